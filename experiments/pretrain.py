@@ -1,0 +1,99 @@
+"""Pretraining: tokenizer → corpus pipeline → sharded model → trainer loop → results.json."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import time
+
+import jax
+import ml_collections
+from absl import logging
+
+from lmreuse import objectives, workdir as workdir_lib
+from lmreuse.data import pipeline
+from lmreuse.data.corpus import wordnet
+from lmreuse.parallel import mesh as mesh_lib, sharding as sharding_lib
+from lmreuse.train import optim
+from lmreuse.train.checkpoint import Checkpointer, abstract_like
+from lmreuse.train.trainer import LoopConfig, Trainer, run_loop
+from lmreuse.train.writers import MetricWriter
+from lmreuse import components
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+  """Every check that needs no compilation, so bad configs fail in seconds."""
+  for key in ("total_steps", "batch_size", "grad_accum_steps", "log_every", "eval_steps",
+              "checkpoint_every", "keep_checkpoints"):
+    if config[key] <= 0:
+      raise ValueError(f"config.{key}={config[key]} must be positive")
+  if config.eval_every < 0:
+    raise ValueError(f"config.eval_every={config.eval_every} must be >= 0 (0 = only at the end)")
+  if config.batch_size % config.grad_accum_steps:
+    raise ValueError(f"config.batch_size={config.batch_size} is not divisible by "
+                     f"config.grad_accum_steps={config.grad_accum_steps}")
+  if config.data.corpus != "wordnet":
+    raise ValueError(f"config.data.corpus={config.data.corpus!r}: only 'wordnet' is bundled")
+  objective = objectives.get(config.objective.name)
+  if config.model.architecture != objective.architecture:
+    raise ValueError(
+        f"config.objective.name={config.objective.name!r} trains a {objective.architecture}, "
+        f"but config.model.architecture={config.model.architecture!r}")
+  if config.data.seq_len > config.model.max_len:
+    raise ValueError(f"config.data.seq_len={config.data.seq_len} exceeds "
+                     f"config.model.max_len={config.model.max_len}")
+  components.model_config(config.model, config.tokenizer.vocab_size).validate()
+  optim.validate(config.optimizer, config.total_steps)
+
+
+def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  start_time = time.time()
+  validate(config)
+  mesh = mesh_lib.make_mesh(config.mesh)
+  rules = sharding_lib.rules_from_config(config.mesh.rules)
+  components.check_batch(config, mesh, rules)
+  workdir_lib.prepare(workdir, config)
+
+  tokenizer = components.tokenizer(config.tokenizer, workdir)
+  model_cfg = components.model_config(config.model, tokenizer.vocab_size)
+  objective = objectives.get(config.objective.name)
+  program = objective.program(model_cfg, config.objective, config.data)
+  tx, schedule = optim.make_optimizer(config.optimizer, config.total_steps)
+  trainer = Trainer(program, tx, schedule, mesh, rules)
+  logging.info("model: %s, %s parameters", model_cfg, f"{trainer.param_count():,}")
+
+  def dataset(split: str, train: bool):
+    source = wordnet.data_source("documents", split, config.data.tfds_dir or None)
+    return pipeline.make_pretrain_dataset(
+        config.objective.name, source, tokenizer, seq_len=config.data.seq_len,
+        batch_size=config.batch_size // jax.process_count(), seed=config.seed, train=train,
+        nsp=config.objective.nsp, mask_prob=config.objective.mask_prob,
+        noise_density=config.objective.noise_density,
+        mean_noise_span_length=config.objective.mean_noise_span_length,
+        target_len=config.data.target_len or None, shard_index=jax.process_index(),
+        shard_count=jax.process_count())
+
+  train_iter = iter(dataset("train", train=True))
+  eval_ds = dataset("validation", train=False)
+  eval_batches = lambda: itertools.islice(iter(eval_ds), config.eval_steps)
+
+  checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"),
+                              max_to_keep=config.keep_checkpoints)
+  state = trainer.init_state(config.seed)
+  latest = checkpointer.latest_step()
+  if latest is not None:
+    logging.info("resuming from %s step %d", checkpointer.directory, latest)
+    state = checkpointer.restore(latest, abstract_like(state), train_iter)
+  writer = MetricWriter(workdir, resume_step=latest or 0)
+  loop = LoopConfig(total_steps=config.total_steps, log_every=config.log_every,
+                    eval_every=config.eval_every, checkpoint_every=config.checkpoint_every,
+                    grad_accum_steps=config.grad_accum_steps)
+  try:
+    state, eval_metrics = run_loop(trainer, state, train_iter, eval_batches, loop,
+                                   checkpointer, writer)
+  finally:
+    checkpointer.close()
+    writer.close()
+  return workdir_lib.write_results(
+      workdir, config, eval_metrics, start_time=start_time, steps=int(state.step),
+      parameters=trainer.param_count(), tokenizer=tokenizer.model_path)

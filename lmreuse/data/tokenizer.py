@@ -1,0 +1,149 @@
+"""SentencePiece tokenizer with fixed special ids shared by every objective.
+
+Ids 0..5 are [PAD] [UNK] [CLS] [SEP] [MASK] [EOS]; T5 sentinels <extra_id_0>.. follow at 6..
+Every special except [UNK] is a SentencePiece control symbol, so raw text can never produce
+one (typing "[MASK]" in a document gives ordinary pieces). Objectives add specials by id.
+
+    tok = get_or_train("workdirs/spm/wordnet_8k.model", texts_fn, vocab_size=8000)
+    ids = tok.encode("a dog barked")
+"""
+
+import io
+import itertools
+import os
+import tempfile
+from typing import Callable, Iterable, Sequence
+
+import numpy as np
+import sentencepiece as spm
+
+PAD, UNK, CLS, SEP, MASK, EOS = "[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "[EOS]"
+FIXED_SPECIALS = (PAD, UNK, CLS, SEP, MASK, EOS)  # Piece i has id i.
+TRAINING_SEED = 0
+
+
+def sentinel_piece(i: int) -> str:
+  return f"<extra_id_{i}>"
+
+
+class Tokenizer:
+  """A loaded SentencePiece model plus the ids of its special pieces; picklable."""
+
+  def __init__(self, model_proto: bytes, model_path: str = ""):
+    self.model_path = model_path
+    self._model_proto = model_proto
+    self._sp = spm.SentencePieceProcessor(model_proto=model_proto)
+    where = model_path or "<in-memory model>"
+    for expected_id, piece in enumerate(FIXED_SPECIALS):
+      got = self._sp.id_to_piece(expected_id)
+      if got != piece:
+        raise ValueError(f"{where}: special {piece} must have id {expected_id}, which is {got!r}")
+    first = len(FIXED_SPECIALS)
+    n = 0
+    size = self._sp.get_piece_size()
+    while first + n < size and self._sp.id_to_piece(first + n) == sentinel_piece(n):
+      n += 1
+    self.vocab_size: int = size
+    self.pad_id, self.unk_id, self.cls_id, self.sep_id, self.mask_id, self.eos_id = range(first)
+    self.sentinel_ids: tuple[int, ...] = tuple(range(first, first + n))
+    self.special_ids: np.ndarray = np.arange(first + n, dtype=np.int32)
+    not_control = [int(i) for i in self.special_ids
+                   if i != self.unk_id and not self._sp.is_control(int(i))]
+    if not_control:
+      raise ValueError(f"{where}: specials {not_control} are not control symbols")
+
+  def encode(self, text: str) -> list[int]:
+    """Token ids of `text`, no specials added."""
+    return self._sp.encode(text, out_type=int)
+
+  def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
+    return self._sp.encode(list(texts), out_type=int)
+
+  def decode(self, ids: Iterable[int]) -> str:
+    """Text of `ids`: pad/[CLS]/[SEP]/[MASK]/[EOS] dropped, sentinels shown as <extra_id_k>."""
+    ids = [int(i) for i in ids]
+    sentinels = set(self.sentinel_ids)
+    out = []
+    for is_sentinel, run in itertools.groupby(ids, key=lambda i: i in sentinels):
+      run = list(run)
+      if is_sentinel:
+        out.extend(self._sp.id_to_piece(i) for i in run)
+        continue
+      text = self._sp.decode(run)  # Control symbols decode to "".
+      # SentencePiece drops the leading space of its output; restore it after a sentinel.
+      first_text_id = next((i for i in run if not self._sp.is_control(i)), None)
+      if out and text and self._sp.id_to_piece(first_text_id).startswith("\u2581"):
+        text = " " + text
+      out.append(text)
+    return "".join(out)
+
+  def id_to_piece(self, i: int) -> str:
+    return self._sp.id_to_piece(int(i))
+
+  def __getstate__(self) -> dict:
+    return {"model_proto": self._model_proto, "model_path": self.model_path}
+
+  def __setstate__(self, state: dict) -> None:
+    self.__init__(state["model_proto"], state["model_path"])
+
+  def __repr__(self) -> str:
+    return f"Tokenizer({self.model_path!r}, vocab_size={self.vocab_size})"
+
+
+def load_tokenizer(model_path: str) -> Tokenizer:
+  """Loads a .model file written by train_tokenizer (special ids are checked)."""
+  if not os.path.exists(model_path):
+    raise FileNotFoundError(f"tokenizer model {model_path} does not exist")
+  with open(model_path, "rb") as f:
+    return Tokenizer(f.read(), model_path)
+
+
+def train_tokenizer(texts: Iterable[str], model_path: str, *, vocab_size: int,
+                    model_type: str = "unigram", num_sentinels: int = 100,
+                    max_sentences: int | None = None) -> Tokenizer:
+  """Trains deterministically (same texts -> byte-identical file) and writes model_path atomically.
+
+  `max_sentences` keeps the first texts only (no sampling, for determinism).
+  """
+  texts = (t for t in texts if t.strip())
+  if max_sentences is not None:
+    texts = itertools.islice(texts, max_sentences)
+  model = io.BytesIO()
+  spm.set_random_generator_seed(TRAINING_SEED)
+  # Training from an iterator into memory keeps temp paths out of the model's TrainerSpec.
+  spm.SentencePieceTrainer.train(
+      sentence_iterator=texts, model_writer=model,
+      model_type=model_type, vocab_size=vocab_size,
+      pad_id=0, pad_piece=PAD, unk_id=1, unk_piece=UNK, bos_id=-1, eos_id=-1,
+      control_symbols=[CLS, SEP, MASK, EOS] + [sentinel_piece(i) for i in range(num_sentinels)],
+      byte_fallback=True, num_threads=1, shuffle_input_sentence=False, input_sentence_size=0,
+      max_sentence_length=16384, minloglevel=2)
+  tokenizer = Tokenizer(model.getvalue(), model_path)
+  if len(tokenizer.sentinel_ids) != num_sentinels:
+    raise ValueError(f"{model_path}: trained {len(tokenizer.sentinel_ids)} sentinels, "
+                     f"num_sentinels={num_sentinels}")
+  _write_atomically(model_path, model.getvalue())
+  return tokenizer
+
+
+def get_or_train(model_path: str, texts_fn: Callable[[], Iterable[str]],
+                 **train_kwargs) -> Tokenizer:
+  """Loads model_path if it exists, else trains it on texts_fn() (called only then)."""
+  if os.path.exists(model_path):
+    return load_tokenizer(model_path)
+  return train_tokenizer(texts_fn(), model_path, **train_kwargs)
+
+
+def _write_atomically(path: str, data: bytes) -> None:
+  """Readers (other hosts, other runs) see no file or the whole file, never a partial one."""
+  directory = os.path.dirname(os.path.abspath(path))
+  os.makedirs(directory, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".model")
+  try:
+    with os.fdopen(fd, "wb") as f:
+      f.write(data)
+    os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide the model from other users.
+    os.replace(tmp, path)
+  except BaseException:
+    os.unlink(tmp)
+    raise

@@ -1,0 +1,106 @@
+"""One configuration for every Transformer in lmreuse (BERT-, GPT- and T5-style).
+
+Variants are options of one model, never copies of it: the architecture (encoder, decoder,
+encoder-decoder) picks the module, the rest picks positions, norms, activations and dtypes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax.numpy as jnp
+
+ARCHITECTURES = ("encoder", "decoder", "encoder_decoder")
+POSITIONS = ("learned", "sinusoidal", "rope", "relative_bias")
+NORMS = ("layernorm", "rmsnorm")
+NORM_PLACEMENTS = ("pre", "post")
+# 'geglu' is T5 v1.1's gated GELU (tanh approximation); 'gelu' is BERT's exact erf GELU.
+ACTIVATIONS = ("gelu", "gelu_tanh", "relu", "swiglu", "geglu")
+GATED_ACTIVATIONS = ("swiglu", "geglu")
+REMAT_POLICIES = ("none", "full", "dots")
+ATTENTION_IMPLEMENTATIONS = ("auto", "xla", "cudnn")
+
+
+@dataclasses.dataclass(frozen=True)
+class TransformerConfig:
+  """Hyper-parameters of a Transformer; `validate()` names the field at fault."""
+
+  architecture: str = "encoder"
+  vocab_size: int = 8192
+  d_model: int = 64
+  num_heads: int = 2
+  num_kv_heads: int = 0  # 0 = num_heads (multi-head); fewer = grouped-query attention.
+  head_dim: int = 0  # 0 = d_model // num_heads.
+  d_ff: int = 256
+  num_layers: int = 2
+  num_decoder_layers: int = 0  # encoder_decoder only; 0 = num_layers.
+  max_len: int = 128
+  dropout_rate: float = 0.1
+  position: str = "learned"
+  relative_num_buckets: int = 32
+  relative_max_distance: int = 128
+  norm: str = "layernorm"
+  norm_placement: str = "post"
+  norm_eps: float = 1e-12
+  activation: str = "gelu"
+  use_bias: bool = True
+  num_token_types: int = 0  # 2 for BERT's sentence A/B embeddings.
+  tie_embeddings: bool = True
+  scale_attention: bool = True  # T5 folds 1/sqrt(d) into its init and uses scale 1.
+  init_std: float = 0.02
+  dtype: str = "float32"  # compute dtype
+  param_dtype: str = "float32"
+  remat: str = "none"
+  attention_impl: str = "auto"
+
+  @property
+  def kv_heads(self) -> int:
+    return self.num_kv_heads or self.num_heads
+
+  @property
+  def dim_per_head(self) -> int:
+    return self.head_dim or self.d_model // self.num_heads
+
+  @property
+  def decoder_layers(self) -> int:
+    return self.num_decoder_layers or self.num_layers
+
+  @property
+  def compute_dtype(self) -> Any:
+    return jnp.dtype(self.dtype)
+
+  @property
+  def params_dtype(self) -> Any:
+    return jnp.dtype(self.param_dtype)
+
+  def validate(self, prefix: str = "config.model") -> None:
+    """Raises ValueError naming the offending key before anything is compiled."""
+    choices = {
+        "architecture": ARCHITECTURES,
+        "position": POSITIONS,
+        "norm": NORMS,
+        "norm_placement": NORM_PLACEMENTS,
+        "activation": ACTIVATIONS,
+        "remat": REMAT_POLICIES,
+        "attention_impl": ATTENTION_IMPLEMENTATIONS,
+        "dtype": ("float32", "bfloat16", "float16"),
+        "param_dtype": ("float32", "bfloat16"),
+    }
+    for key, allowed in choices.items():
+      if getattr(self, key) not in allowed:
+        raise ValueError(f"{prefix}.{key}={getattr(self, key)!r} is not one of {allowed}")
+    for key in ("vocab_size", "d_model", "num_heads", "d_ff", "num_layers", "max_len"):
+      if getattr(self, key) <= 0:
+        raise ValueError(f"{prefix}.{key}={getattr(self, key)} must be positive")
+    if not self.head_dim and self.d_model % self.num_heads:
+      raise ValueError(
+          f"{prefix}.d_model={self.d_model} is not divisible by {prefix}.num_heads="
+          f"{self.num_heads}; change one of them or set {prefix}.head_dim")
+    if self.num_heads % self.kv_heads:
+      raise ValueError(f"{prefix}.num_heads={self.num_heads} is not divisible by "
+                       f"{prefix}.num_kv_heads={self.kv_heads}")
+    if not 0.0 <= self.dropout_rate < 1.0:
+      raise ValueError(f"{prefix}.dropout_rate={self.dropout_rate} must be in [0, 1)")
+    if self.position == "rope" and self.dim_per_head % 2:
+      raise ValueError(f"{prefix}.position='rope' needs an even head dim, got {self.dim_per_head}")

@@ -1,0 +1,283 @@
+"""Transformer building blocks with logical axis names on every parameter and activation.
+
+Parameter axes: vocab, embed, heads, kv_heads, kv (per-head dim), mlp, relpos_buckets.
+Activation axes: batch, length, act_embed, act_heads, act_mlp, act_vocab. The mapping of these
+names to mesh axes lives in the config (`config.mesh.rules`), never here.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from lmreuse.models.config import TransformerConfig
+
+Array = jax.Array
+
+
+def dense_init(cfg: TransformerConfig, axes: tuple[str | None, ...]) -> Callable:
+  return nn.with_logical_partitioning(nn.initializers.normal(cfg.init_std), axes)
+
+
+def zeros_init(axes: tuple[str | None, ...]) -> Callable:
+  return nn.with_logical_partitioning(nn.initializers.zeros_init(), axes)
+
+
+def constrain(x: Array, axes: tuple[str | None, ...]) -> Array:
+  return nn.with_logical_constraint(x, axes)
+
+
+class Projection(nn.Module):
+  """x · kernel contracting the last `num_in` axes; parameters named like nn.DenseGeneral.
+
+  Written out because DenseGeneral initialises a flattened kernel, which cannot carry the
+  3-D logical axes (embed, heads, kv) that shard attention weights.
+  """
+
+  cfg: TransformerConfig
+  features: tuple[int, ...]
+  axes: tuple[str | None, ...]  # logical names of the kernel: input axes, then output axes
+  num_in: int = 1
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    cfg = self.cfg
+    in_shape = x.shape[x.ndim - self.num_in:]
+    kernel = self.param("kernel", dense_init(cfg, self.axes), in_shape + self.features,
+                        cfg.params_dtype)
+    contract_x = tuple(range(x.ndim - self.num_in, x.ndim))
+    y = jax.lax.dot_general(x.astype(cfg.compute_dtype), kernel.astype(cfg.compute_dtype),
+                            ((contract_x, tuple(range(self.num_in))), ((), ())))
+    if cfg.use_bias:
+      bias = self.param("bias", zeros_init(self.axes[self.num_in:]), self.features,
+                        cfg.params_dtype)
+      y = y + bias.astype(cfg.compute_dtype)
+    return y
+
+
+class Norm(nn.Module):
+  """LayerNorm (BERT, GPT-2) or RMSNorm (T5); statistics always in float32."""
+
+  cfg: TransformerConfig
+
+  @nn.compact
+  def __call__(self, x_BxLxD: Array) -> Array:
+    cfg = self.cfg
+    scale_init = nn.with_logical_partitioning(nn.initializers.ones_init(), ("embed",))
+    if cfg.norm == "rmsnorm":
+      return nn.RMSNorm(epsilon=cfg.norm_eps, dtype=cfg.compute_dtype,
+                        param_dtype=cfg.params_dtype, scale_init=scale_init, name="norm")(x_BxLxD)
+    return nn.LayerNorm(epsilon=cfg.norm_eps, dtype=cfg.compute_dtype,
+                        param_dtype=cfg.params_dtype, use_bias=cfg.use_bias,
+                        scale_init=scale_init, bias_init=zeros_init(("embed",)),
+                        name="norm")(x_BxLxD)
+
+
+class Embed(nn.Module):
+  """Token embedding table; `attend` reuses it as the tied output projection."""
+
+  num_embeddings: int
+  cfg: TransformerConfig
+  axes: tuple[str | None, str] = ("vocab", "embed")
+
+  def setup(self):
+    self.embedding = self.param(
+        "embedding", dense_init(self.cfg, self.axes),
+        (self.num_embeddings, self.cfg.d_model), self.cfg.params_dtype)
+
+  def __call__(self, ids_BxL: Array) -> Array:
+    table_VxD = jnp.asarray(self.embedding, self.cfg.compute_dtype)
+    return constrain(jnp.take(table_VxD, ids_BxL, axis=0), ("batch", "length", "act_embed"))
+
+  def attend(self, x_BxLxD: Array) -> Array:
+    table_VxD = jnp.asarray(self.embedding, self.cfg.compute_dtype)
+    logits_BxLxV = jnp.einsum("bld,vd->blv", x_BxLxD, table_VxD)
+    return constrain(logits_BxLxV, ("batch", "length", "act_vocab"))
+
+
+def sinusoidal_table(max_len: int, d_model: int) -> np.ndarray:
+  """Fixed sin/cos positions (Vaswani et al. 2017): sin on the first half, cos on the second."""
+  positions_L = np.arange(max_len)[:, None]
+  inv_freq = np.exp(-math.log(10000.0) * np.arange(0, d_model // 2) / max(d_model // 2 - 1, 1))
+  angles_LxH = positions_L * inv_freq[None, :]
+  table = np.zeros((max_len, d_model), np.float32)
+  table[:, : d_model // 2] = np.sin(angles_LxH)
+  table[:, d_model // 2: 2 * (d_model // 2)] = np.cos(angles_LxH)
+  return table
+
+
+def apply_rope(x_BxLxNxH: Array, positions_BxL: Array, base: float = 10000.0) -> Array:
+  """Rotary embeddings (Su et al. 2021), rotate-half convention as in GPT-NeoX/LLaMA."""
+  half = x_BxLxNxH.shape[-1] // 2
+  inv_freq_H = 1.0 / (base ** (jnp.arange(half, dtype=jnp.float32) / half))
+  angles_BxLxH = positions_BxL[..., None].astype(jnp.float32) * inv_freq_H
+  sin, cos = jnp.sin(angles_BxLxH)[:, :, None, :], jnp.cos(angles_BxLxH)[:, :, None, :]
+  x1, x2 = jnp.split(x_BxLxNxH.astype(jnp.float32), 2, axis=-1)
+  rotated = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+  return rotated.astype(x_BxLxNxH.dtype)
+
+
+def relative_position_bucket(relative_position: Array, *, bidirectional: bool,
+                             num_buckets: int, max_distance: int) -> Array:
+  """T5's log-spaced buckets of (key position - query position)."""
+  ret = 0
+  n = -relative_position
+  if bidirectional:
+    num_buckets //= 2
+    ret += (n < 0).astype(jnp.int32) * num_buckets
+    n = jnp.abs(n)
+  else:
+    n = jnp.maximum(n, 0)
+  max_exact = num_buckets // 2
+  is_small = n < max_exact
+  val_if_large = max_exact + (
+      jnp.log(jnp.maximum(n, 1).astype(jnp.float32) / max_exact)
+      / math.log(max_distance / max_exact) * (num_buckets - max_exact)).astype(jnp.int32)
+  val_if_large = jnp.minimum(val_if_large, num_buckets - 1)
+  return ret + jnp.where(is_small, n, val_if_large)
+
+
+class RelativePositionBias(nn.Module):
+  """T5 relative attention bias, computed once per stack and shared by all its layers."""
+
+  cfg: TransformerConfig
+  bidirectional: bool
+
+  @nn.compact
+  def __call__(self, q_positions_BxT: Array, k_positions_BxS: Array) -> Array:
+    cfg = self.cfg
+    table_KxN = self.param("rel_embedding", dense_init(cfg, ("relpos_buckets", "heads")),
+                           (cfg.relative_num_buckets, cfg.num_heads), cfg.params_dtype)
+    relative_BxTxS = k_positions_BxS[:, None, :] - q_positions_BxT[:, :, None]
+    buckets_BxTxS = relative_position_bucket(
+        relative_BxTxS, bidirectional=self.bidirectional,
+        num_buckets=cfg.relative_num_buckets, max_distance=cfg.relative_max_distance)
+    bias_BxTxSxN = jnp.take(jnp.asarray(table_KxN, jnp.float32), buckets_BxTxS, axis=0)
+    return jnp.transpose(bias_BxTxSxN, (0, 3, 1, 2))
+
+
+def attention_mask(q_segments_BxT: Array | None, k_segments_BxS: Array | None,
+                   causal: bool, q_positions_BxT: Array | None = None,
+                   k_positions_BxS: Array | None = None) -> Array | None:
+  """Boolean [B, 1, T, S] mask: same packed segment, key not padding (segment 0), causal."""
+  mask = None
+  if k_segments_BxS is not None:
+    mask = (k_segments_BxS != 0)[:, None, None, :]
+    if q_segments_BxT is not None:
+      mask = mask & (q_segments_BxT[:, None, :, None] == k_segments_BxS[:, None, None, :])
+  if causal:
+    if q_positions_BxT is None:
+      raise ValueError("a causal mask needs query and key positions")
+    causal_mask = (k_positions_BxS[:, None, None, :] <= q_positions_BxT[:, None, :, None])
+    mask = causal_mask if mask is None else mask & causal_mask
+  return mask
+
+
+class Attention(nn.Module):
+  """Multi-/grouped-query attention through `jax.nn.dot_product_attention`.
+
+  `decode=True` keeps a KV cache in the 'cache' collection: initialise it by calling the model
+  once with decode=True on [batch, max_len] inputs, then feed one or more tokens per call.
+  """
+
+  cfg: TransformerConfig
+  causal: bool = False
+  decode: bool = False
+
+  @nn.compact
+  def __call__(self, x_BxTxD: Array, kv_BxSxD: Array | None = None, *,
+               mask: Array | None = None, bias_BxNxTxS: Array | None = None,
+               q_positions_BxT: Array | None = None, k_positions_BxS: Array | None = None,
+               use_rope: bool = False) -> Array:
+    cfg = self.cfg
+    is_self = kv_BxSxD is None
+    kv_BxSxD = x_BxTxD if is_self else kv_BxSxD
+    n, k, h = cfg.num_heads, cfg.kv_heads, cfg.dim_per_head
+
+    def proj(name, features, axes):
+      return Projection(cfg, features, ("embed",) + axes, name=name)
+
+    q_BxTxNxH = proj("query", (n, h), ("heads", "kv"))(x_BxTxD)
+    k_BxSxKxH = proj("key", (k, h), ("kv_heads", "kv"))(kv_BxSxD)
+    v_BxSxKxH = proj("value", (k, h), ("kv_heads", "kv"))(kv_BxSxD)
+    if use_rope:
+      q_BxTxNxH = apply_rope(q_BxTxNxH, q_positions_BxT)
+      k_BxSxKxH = apply_rope(k_BxSxKxH, k_positions_BxS)
+    q_BxTxNxH = constrain(q_BxTxNxH, ("batch", "length", "act_heads", "kv"))
+
+    is_causal = self.causal
+    if self.decode and is_self:
+      k_BxSxKxH, v_BxSxKxH, mask = self._update_cache(k_BxSxKxH, v_BxSxKxH, mask)
+      is_causal = False  # the cache mask already hides the future
+
+    scale = 1.0 / math.sqrt(h) if cfg.scale_attention else 1.0
+    out_BxTxNxH = dot_product_attention(
+        q_BxTxNxH, k_BxSxKxH, v_BxSxKxH, bias=bias_BxNxTxS, mask=mask, scale=scale,
+        is_causal=is_causal, implementation=cfg.attention_impl)
+    out_BxTxD = Projection(cfg, (cfg.d_model,), ("heads", "kv", "embed"), num_in=2,
+                           name="out")(out_BxTxNxH)
+    return constrain(out_BxTxD, ("batch", "length", "act_embed"))
+
+  def _update_cache(self, k_BxTxKxH: Array, v_BxTxKxH: Array, mask: Array | None):
+    """Writes new keys/values at the cache index; returns the full cache and its mask."""
+    is_initialized = self.has_variable("cache", "cached_key")
+    cached_k = self.variable("cache", "cached_key", jnp.zeros, k_BxTxKxH.shape, k_BxTxKxH.dtype)
+    cached_v = self.variable("cache", "cached_value", jnp.zeros, v_BxTxKxH.shape, v_BxTxKxH.dtype)
+    index = self.variable("cache", "cache_index", lambda: jnp.array(0, jnp.int32))
+    if not is_initialized:
+      return k_BxTxKxH, v_BxTxKxH, mask
+    t = k_BxTxKxH.shape[1]
+    start = index.value
+    cached_k.value = jax.lax.dynamic_update_slice(cached_k.value, k_BxTxKxH, (0, start, 0, 0))
+    cached_v.value = jax.lax.dynamic_update_slice(cached_v.value, v_BxTxKxH, (0, start, 0, 0))
+    index.value = start + t
+    max_len = cached_k.value.shape[1]
+    q_pos_T = start + jnp.arange(t)
+    cache_mask = (jnp.arange(max_len)[None, :] <= q_pos_T[:, None])[None, None]
+    return cached_k.value, cached_v.value, cache_mask if mask is None else mask & cache_mask
+
+
+def dot_product_attention(q, k, v, *, bias, mask, scale, is_causal, implementation):
+  """Picks cuDNN flash attention on GPU when its constraints hold, else XLA.
+
+  `implementation='auto'` avoids relying on JAX's default, which may silently choose XLA.
+  """
+  if implementation == "auto":
+    head_dim = q.shape[-1]
+    cudnn_ok = (jax.default_backend() == "gpu" and q.dtype in (jnp.bfloat16, jnp.float16)
+                and head_dim <= 128 and head_dim % 8 == 0)
+    implementation = "cudnn" if cudnn_ok else "xla"
+  return jax.nn.dot_product_attention(q, k, v, bias=bias, mask=mask, scale=scale,
+                                      is_causal=is_causal, implementation=implementation)
+
+
+class MLP(nn.Module):
+  cfg: TransformerConfig
+
+  @nn.compact
+  def __call__(self, x_BxLxD: Array, deterministic: bool) -> Array:
+    cfg = self.cfg
+
+    def dense(name, features, axes):
+      return nn.Dense(features, use_bias=cfg.use_bias, dtype=cfg.compute_dtype,
+                      param_dtype=cfg.params_dtype, kernel_init=dense_init(cfg, axes),
+                      bias_init=zeros_init(axes[-1:]), name=name)
+
+    if cfg.activation in ("swiglu", "geglu"):
+      gate = nn.silu if cfg.activation == "swiglu" else (lambda z: nn.gelu(z, approximate=True))
+      h_BxLxF = gate(dense("wi_0", cfg.d_ff, ("embed", "mlp"))(x_BxLxD)) * dense(
+          "wi_1", cfg.d_ff, ("embed", "mlp"))(x_BxLxD)
+    else:
+      act = {"gelu": lambda z: nn.gelu(z, approximate=False),
+             "gelu_tanh": lambda z: nn.gelu(z, approximate=True),
+             "relu": nn.relu}[cfg.activation]
+      h_BxLxF = act(dense("wi", cfg.d_ff, ("embed", "mlp"))(x_BxLxD))
+    h_BxLxF = constrain(h_BxLxF, ("batch", "length", "act_mlp"))
+    h_BxLxF = nn.Dropout(cfg.dropout_rate)(h_BxLxF, deterministic=deterministic)
+    out_BxLxD = dense("wo", cfg.d_model, ("mlp", "embed"))(h_BxLxF)
+    return constrain(out_BxLxD, ("batch", "length", "act_embed"))

@@ -1,0 +1,85 @@
+"""Causal language modelling on packed rows: next-token targets and loss.
+
+Rows hold several documents (segment ids 1, 2, ... and 0 for padding). A
+position predicts the next token only when that token belongs to the same
+document, so no loss crosses a document boundary, padding, or the row end.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from lmreuse.objectives import mlm
+from lmreuse.objectives import base
+from lmreuse.models.config import TransformerConfig
+from lmreuse.models.transformer import Decoder
+from lmreuse.train.trainer import Program
+
+
+def shift_targets(tokens_BxL: np.ndarray, segment_ids_BxL: np.ndarray) -> dict[str, np.ndarray]:
+  """Returns `inputs`, `targets` (tokens[t + 1]) and float32 `weights` for packed rows."""
+  tokens_BxL = np.asarray(tokens_BxL)
+  segment_ids_BxL = np.asarray(segment_ids_BxL)
+  if tokens_BxL.ndim != 2 or tokens_BxL.shape != segment_ids_BxL.shape:
+    raise ValueError(
+        f"tokens_BxL {tokens_BxL.shape} and segment_ids_BxL {segment_ids_BxL.shape}"
+        " must be 2-D with equal shapes"
+    )
+  batch = tokens_BxL.shape[0]
+  targets_BxL = np.concatenate(
+      [tokens_BxL[:, 1:], np.zeros((batch, 1), tokens_BxL.dtype)], axis=1
+  )
+  same_doc_BxLm1 = (segment_ids_BxL[:, 1:] == segment_ids_BxL[:, :-1]) & (
+      segment_ids_BxL[:, :-1] > 0
+  )
+  weights_BxL = np.concatenate([same_doc_BxLm1, np.zeros((batch, 1), bool)], axis=1)
+  return {
+      "inputs": tokens_BxL.astype(np.int32),
+      "targets": targets_BxL.astype(np.int32),
+      "weights": weights_BxL.astype(np.float32),
+  }
+
+
+def loss(
+    logits_BxLxV: jax.Array, targets_BxL: jax.Array, weights_BxL: jax.Array
+) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """Next-token cross-entropy, token-weighted mean in fp32."""
+  return mlm.weighted_cross_entropy(logits_BxLxV, targets_BxL, weights_BxL, prefix="clm")
+
+
+class GptPretrainer(nn.Module):
+  """Causal decoder with its LM head: GPT's pretraining model."""
+
+  cfg: TransformerConfig
+
+  def setup(self):
+    self.backbone = Decoder(self.cfg)
+
+  def __call__(self, batch: dict[str, jax.Array], deterministic: bool = True) -> jax.Array:
+    logits_BxLxV, _ = self.backbone(batch["inputs"], segment_ids_BxL=batch["segment_ids"],
+                                    positions_BxL=batch["positions"], deterministic=deterministic)
+    return logits_BxLxV
+
+
+def program(model_cfg: TransformerConfig, objective: Any, data: Any) -> Program:
+  del objective  # clm has no options of its own
+  model = GptPretrainer(model_cfg)
+  example = {k: jnp.zeros((1, data.seq_len), jnp.int32)
+             for k in ("inputs", "segment_ids", "positions")}
+
+  def loss_fn(params, batch, rng, train):
+    logits = model.apply({"params": params}, batch, deterministic=not train,
+                         rngs=base.apply_rngs(rng, train))
+    total, metrics = loss(logits, batch["targets"], batch["weights"])
+    return total, base.as_pairs(metrics, "clm")
+
+  return Program(init_params=lambda rng: model.init(base.init_rngs(rng), example)["params"],
+                 loss_fn=loss_fn, tokens_per_example=data.seq_len)
+
+
+OBJECTIVE = base.Objective(name="clm", architecture="decoder", program=program)

@@ -1,0 +1,190 @@
+"""Masked language modelling (BERT): host-side masking and the on-device loss.
+
+Selection is exactly proportional per row, as in BERT's
+`create_masked_lm_predictions`: a row with `n` maskable tokens gets
+`max(1, round(n * mask_prob))` predictions (0 when `n == 0` or `mask_prob == 0`). Unlike BERT we
+count only non-special tokens (so [CLS]/[SEP]/padding never inflate the
+budget). Exact counts keep the loss denominator steady from batch to batch,
+which Bernoulli selection would not.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from typing import Any
+
+import flax.linen as nn
+
+from lmreuse.models.config import TransformerConfig
+from lmreuse.models.heads import Classifier, MLMHead, Pooler
+from lmreuse.models.transformer import Encoder
+from lmreuse.objectives import base, nsp
+from lmreuse.train.trainer import Program
+
+
+def _sorted_specials(special_ids: np.ndarray, mask_id: int, vocab_size: int) -> np.ndarray:
+  specials = np.unique(np.append(np.asarray(special_ids, np.int64), mask_id))
+  if specials.size and (specials[0] < 0 or specials[-1] >= vocab_size):
+    raise ValueError(
+        f"special_ids={specials.tolist()} must lie in [0, vocab_size={vocab_size})"
+    )
+  if specials.size >= vocab_size:
+    raise ValueError(
+        f"vocab_size={vocab_size} leaves no non-special ids to sample from"
+        f" ({specials.size} specials)"
+    )
+  return specials
+
+
+def _nth_non_special(rank: np.ndarray, sorted_specials: np.ndarray) -> np.ndarray:
+  """Maps r in [0, V - n_specials) to the r-th non-special id, vectorised.
+
+  The r-th non-special id is r plus the number of specials s_j with
+  s_j - j <= r (specials sorted, unique), so no table of size V is needed.
+  """
+  shifted = sorted_specials - np.arange(sorted_specials.size)
+  return rank + np.searchsorted(shifted, rank, side="right")
+
+
+def mask_tokens(
+    tokens_BxL: np.ndarray,
+    rng: np.random.Generator,
+    *,
+    mask_id: int,
+    vocab_size: int,
+    special_ids: np.ndarray,
+    mask_prob: float = 0.15,
+    mask_token_prob: float = 0.8,
+    random_token_prob: float = 0.1,
+) -> dict[str, np.ndarray]:
+  """Selects tokens to predict and corrupts them 80/10/10 (mask/random/keep).
+
+  Returns `inputs` (int32, corrupted), `mlm_targets` (int32, the original ids
+  everywhere) and `mlm_weights` (float32, 1.0 exactly at selected positions).
+  Special ids (padding included) are never selected and random replacements
+  are drawn uniformly from the non-special ids.
+  """
+  tokens_BxL = np.asarray(tokens_BxL)
+  if tokens_BxL.ndim != 2:
+    raise ValueError(f"tokens_BxL must be 2-D, got shape {tokens_BxL.shape}")
+  if not 0.0 <= mask_prob <= 1.0:
+    raise ValueError(f"mask_prob={mask_prob} must be in [0, 1]")
+  if mask_token_prob < 0 or random_token_prob < 0 or mask_token_prob + random_token_prob > 1:
+    raise ValueError(
+        f"mask_token_prob={mask_token_prob} and random_token_prob={random_token_prob}"
+        " must be non-negative and sum to at most 1"
+    )
+  specials = _sorted_specials(special_ids, mask_id, vocab_size)
+  batch, length = tokens_BxL.shape
+
+  maskable_BxL = ~np.isin(tokens_BxL, specials)
+  num_maskable_B = maskable_BxL.sum(axis=1)
+  num_select_B = np.where(
+      (num_maskable_B > 0) & (mask_prob > 0), np.maximum(1, np.round(num_maskable_B * mask_prob)), 0
+  ).astype(np.int64)
+
+  # Rank maskable positions by a random score; the lowest `num_select` win.
+  scores_BxL = np.where(maskable_BxL, rng.random((batch, length)), 2.0)
+  order_BxL = np.argsort(scores_BxL, axis=1, kind="stable")
+  selected_BxL = np.zeros((batch, length), bool)
+  np.put_along_axis(
+      selected_BxL, order_BxL, np.arange(length)[None, :] < num_select_B[:, None], axis=1
+  )
+
+  action_BxL = rng.random((batch, length))
+  use_mask_BxL = selected_BxL & (action_BxL < mask_token_prob)
+  use_random_BxL = (
+      selected_BxL
+      & (action_BxL >= mask_token_prob)
+      & (action_BxL < mask_token_prob + random_token_prob)
+  )
+  random_ids_BxL = _nth_non_special(
+      rng.integers(0, vocab_size - specials.size, size=(batch, length)), specials
+  )
+  inputs_BxL = np.where(use_mask_BxL, mask_id, tokens_BxL)
+  inputs_BxL = np.where(use_random_BxL, random_ids_BxL, inputs_BxL)
+  return {
+      "inputs": inputs_BxL.astype(np.int32),
+      "mlm_targets": tokens_BxL.astype(np.int32),
+      "mlm_weights": selected_BxL.astype(np.float32),
+  }
+
+
+def weighted_cross_entropy(
+    logits_BxLxV: jax.Array, targets_BxL: jax.Array, weights_BxL: jax.Array, *, prefix: str
+) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """Token-weighted mean cross-entropy in fp32, shared by the token-level objectives.
+
+  Metrics carry the weight sum (`{prefix}_tokens`) so callers can re-weight
+  means across batches or devices; an all-zero weight row gives loss 0, not NaN.
+  """
+  logits_BxLxV = logits_BxLxV.astype(jnp.float32)
+  weights_BxL = weights_BxL.astype(jnp.float32)
+  ce_BxL = optax.softmax_cross_entropy_with_integer_labels(logits_BxLxV, targets_BxL)
+  total_weight = jnp.sum(weights_BxL)
+  denom = jnp.maximum(total_weight, 1e-8)
+  loss = jnp.sum(ce_BxL * weights_BxL) / denom
+  correct_BxL = (jnp.argmax(logits_BxLxV, axis=-1) == targets_BxL).astype(jnp.float32)
+  accuracy = jnp.sum(correct_BxL * weights_BxL) / denom
+  return loss, {
+      f"{prefix}_loss": loss,
+      f"{prefix}_accuracy": accuracy,
+      f"{prefix}_tokens": total_weight,
+  }
+
+
+def loss(
+    logits_BxLxV: jax.Array, targets_BxL: jax.Array, weights_BxL: jax.Array
+) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """MLM loss: cross-entropy averaged over the selected (weighted) positions."""
+  return weighted_cross_entropy(logits_BxLxV, targets_BxL, weights_BxL, prefix="mlm")
+
+
+class BertPretrainer(nn.Module):
+  """Encoder + MLM head (+ pooler and NSP classifier): BERT's pretraining model."""
+
+  cfg: TransformerConfig
+  nsp: bool
+
+  def setup(self):
+    self.backbone = Encoder(self.cfg)
+    self.mlm_head = MLMHead(self.cfg)
+    if self.nsp:
+      self.pooler = Pooler(self.cfg)
+      self.nsp_head = Classifier(self.cfg, num_classes=2)
+
+  def __call__(self, batch: dict[str, jax.Array], deterministic: bool = True) -> dict:
+    hidden_BxLxD = self.backbone(
+        batch["inputs"], segment_ids_BxL=batch["segment_ids"], positions_BxL=batch["positions"],
+        token_types_BxL=batch["token_types"], deterministic=deterministic)
+    out = {"mlm_logits": self.mlm_head(hidden_BxLxD, self.backbone.stack.token_embed)}
+    if self.nsp:
+      out["nsp_logits"] = self.nsp_head(self.pooler(hidden_BxLxD))
+    return out
+
+
+def program(model_cfg: TransformerConfig, objective: Any, data: Any) -> Program:
+  model = BertPretrainer(model_cfg, nsp=objective.nsp)
+  example = {k: jnp.zeros((1, data.seq_len), jnp.int32)
+             for k in ("inputs", "segment_ids", "positions", "token_types")}
+
+  def loss_fn(params, batch, rng, train):
+    out = model.apply({"params": params}, batch, deterministic=not train,
+                      rngs=base.apply_rngs(rng, train))
+    total, metrics = loss(out["mlm_logits"], batch["mlm_targets"], batch["mlm_weights"])
+    pairs = base.as_pairs(metrics, "mlm")
+    if objective.nsp:
+      nsp_loss, nsp_metrics = nsp.loss(out["nsp_logits"], batch["nsp_labels"])
+      total = total + nsp_loss
+      pairs.update(base.example_pairs(nsp_metrics, "nsp", batch["nsp_labels"].shape[0]))
+    return total, pairs
+
+  return Program(init_params=lambda rng: model.init(base.init_rngs(rng), example)["params"],
+                 loss_fn=loss_fn, tokens_per_example=data.seq_len)
+
+
+OBJECTIVE = base.Objective(name="mlm", architecture="encoder", program=program)

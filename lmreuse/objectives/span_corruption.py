@@ -1,0 +1,207 @@
+"""T5 span corruption, ported to numpy from t5/data/preprocessors.py.
+
+`random_spans_noise_mask`, `random_spans_helper` and
+`noise_span_to_unique_sentinel` follow the T5 code line by line (its
+`_random_segmentation` shuffle becomes `rng.permutation`). Sentinels are taken
+from `tok.sentinel_ids` in order (span k -> sentinel_ids[k]) instead of T5's
+"count down from the last vocabulary id". Inputs and targets both end with EOS:
+
+    tokens   a b c d e f g h
+    mask     . . X X . . . X
+    inputs   a b <s0> e f g <s1> EOS
+    targets  <s0> c d <s1> h EOS
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from lmreuse.objectives import mlm
+from lmreuse.objectives import base
+from lmreuse.models.config import TransformerConfig
+from lmreuse.models.transformer import EncoderDecoder
+from lmreuse.train.trainer import Program
+
+
+def random_spans_helper(
+    inputs_length: int, noise_density: float = 0.15, mean_noise_span_length: float = 3.0
+) -> tuple[int, int]:
+  """Returns (tokens_length, targets_length) so a raw chunk fills `inputs_length` exactly.
+
+  Counts one sentinel per noise span in both inputs and targets and one EOS
+  each, as T5's `random_spans_helper` with extra_tokens_per_span_* = 1.
+  """
+  if inputs_length < 2:
+    raise ValueError(f"inputs_length={inputs_length} must be >= 2 (tokens plus EOS)")
+  if not 0.0 < noise_density < 1.0:
+    raise ValueError(f"noise_density={noise_density} must be in (0, 1)")
+  if mean_noise_span_length < 1.0:
+    raise ValueError(f"mean_noise_span_length={mean_noise_span_length} must be >= 1")
+
+  def lengths(tokens_length: int) -> tuple[int, int]:
+    num_noise_tokens = int(round(tokens_length * noise_density))
+    num_nonnoise_tokens = tokens_length - num_noise_tokens
+    num_noise_spans = int(round(num_noise_tokens / mean_noise_span_length))
+    return (
+        num_nonnoise_tokens + num_noise_spans + 1,
+        num_noise_tokens + num_noise_spans + 1,
+    )
+
+  tokens_length = inputs_length - 1
+  while lengths(tokens_length + 1)[0] <= inputs_length:
+    tokens_length += 1
+  inputs_length, targets_length = lengths(tokens_length)
+  # T5's hack: with density 0.5 prefer targets no longer than the (round) inputs length.
+  if noise_density == 0.5 and targets_length > inputs_length:
+    tokens_length -= 1
+    targets_length -= 1
+  return tokens_length, targets_length
+
+
+def num_noise_spans(length: int, noise_density: float, mean_noise_span_length: float) -> int:
+  """How many noise spans `random_spans_noise_mask` makes for a sequence of `length`."""
+  length = max(length, 2)
+  num_noise_tokens = min(max(int(round(length * noise_density)), 1), length - 1)
+  return max(int(round(num_noise_tokens / mean_noise_span_length)), 1)
+
+
+def _random_segmentation(num_items: int, num_segments: int, rng: np.random.Generator) -> np.ndarray:
+  """Splits num_items into num_segments non-empty parts; all splits equally likely."""
+  first_in_segment = np.concatenate(
+      [[0], rng.permutation(np.arange(num_items - 1) < num_segments - 1)]
+  ).astype(np.int64)
+  segment_id = np.cumsum(first_in_segment)
+  return np.bincount(segment_id, minlength=num_segments)
+
+
+def random_spans_noise_mask(
+    length: int,
+    rng: np.random.Generator,
+    *,
+    noise_density: float = 0.15,
+    mean_noise_span_length: float = 3.0,
+) -> np.ndarray:
+  """Boolean [length] mask of random noise spans, alternating non-noise then noise.
+
+  The number of noise tokens and spans is deterministic (round(length *
+  density), round(noise / mean_span)); only where the spans fall is random.
+  """
+  if noise_density == 0.0:
+    return np.zeros(length, bool)
+  orig_length = length
+  length = max(length, 2)  # Avoid degeneracy, as T5.
+  num_noise_tokens = min(max(int(round(length * noise_density)), 1), length - 1)
+  num_nonnoise_tokens = length - num_noise_tokens
+  spans = num_noise_spans(length, noise_density, mean_noise_span_length)
+  # T5 assumes enough non-noise tokens for the spans; clamp so tiny inputs cannot fail.
+  spans = min(spans, num_nonnoise_tokens)
+  noise_span_lengths = _random_segmentation(num_noise_tokens, spans, rng)
+  nonnoise_span_lengths = _random_segmentation(num_nonnoise_tokens, spans, rng)
+  interleaved_lengths = np.stack([nonnoise_span_lengths, noise_span_lengths], axis=1).reshape(-1)
+  is_noise = np.repeat(np.tile([False, True], spans), interleaved_lengths)
+  return is_noise[:orig_length]
+
+
+def noise_span_to_unique_sentinel(
+    tokens: np.ndarray, noise_mask: np.ndarray, sentinel_ids: Sequence[int]
+) -> np.ndarray:
+  """Replaces the k-th run of noise tokens with sentinel_ids[k]."""
+  prev_token_is_noise = np.concatenate([[False], noise_mask[:-1]])
+  first_noise_tokens = noise_mask & ~prev_token_is_noise
+  subsequent_noise_tokens = noise_mask & prev_token_is_noise
+  span_index = np.cumsum(first_noise_tokens) - 1
+  num_spans = int(first_noise_tokens.sum())
+  if num_spans > len(sentinel_ids):
+    raise ValueError(
+        f"{num_spans} noise spans need more sentinels than len(sentinel_ids)={len(sentinel_ids)}"
+    )
+  sentinels = np.asarray(sentinel_ids, tokens.dtype)[np.clip(span_index, 0, None)]
+  tokens = np.where(first_noise_tokens, sentinels, tokens)
+  return tokens[~subsequent_noise_tokens]
+
+
+def nonnoise_span_to_unique_sentinel(
+    tokens: np.ndarray, noise_mask: np.ndarray, sentinel_ids: Sequence[int]
+) -> np.ndarray:
+  return noise_span_to_unique_sentinel(tokens, ~noise_mask, sentinel_ids)
+
+
+def corrupt_spans(
+    tokens: Sequence[int] | np.ndarray,
+    rng: np.random.Generator,
+    *,
+    sentinel_ids: Sequence[int],
+    eos_id: int,
+    noise_density: float = 0.15,
+    mean_noise_span_length: float = 3.0,
+) -> dict[str, np.ndarray]:
+  """Returns 1-D int32 `inputs` and `targets` (both ending in EOS) for one raw chunk."""
+  tokens = np.asarray(tokens, np.int32)
+  noise_mask = random_spans_noise_mask(
+      tokens.size, rng, noise_density=noise_density, mean_noise_span_length=mean_noise_span_length
+  )
+  eos = np.array([eos_id], np.int32)
+  inputs = noise_span_to_unique_sentinel(tokens, noise_mask, sentinel_ids)
+  targets = nonnoise_span_to_unique_sentinel(tokens, noise_mask, sentinel_ids)
+  return {"inputs": np.concatenate([inputs, eos]), "targets": np.concatenate([targets, eos])}
+
+
+def loss(
+    logits_BxLxV: jax.Array, targets_BxL: jax.Array, weights_BxL: jax.Array
+) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """Decoder cross-entropy over real target tokens, token-weighted mean in fp32."""
+  return mlm.weighted_cross_entropy(logits_BxLxV, targets_BxL, weights_BxL, prefix="span")
+
+
+class T5Pretrainer(nn.Module):
+  """Encoder-decoder with its LM head: T5's pretraining model."""
+
+  cfg: TransformerConfig
+
+  def setup(self):
+    self.backbone = EncoderDecoder(self.cfg)
+
+  def __call__(self, batch: dict[str, jax.Array], deterministic: bool = True) -> jax.Array:
+    logits_BxTxV, _ = self.backbone(
+        batch["encoder_inputs"], batch["decoder_inputs"],
+        enc_segment_ids_BxS=batch["encoder_segment_ids"],
+        enc_positions_BxS=batch["encoder_positions"],
+        dec_segment_ids_BxT=batch["decoder_segment_ids"],
+        dec_positions_BxT=batch["decoder_positions"], deterministic=deterministic)
+    return logits_BxTxV
+
+
+def target_length(objective: Any, data: Any) -> int:
+  if data.target_len:
+    return data.target_len
+  return random_spans_helper(data.seq_len, objective.noise_density,
+                             objective.mean_noise_span_length)[1]
+
+
+def program(model_cfg: TransformerConfig, objective: Any, data: Any) -> Program:
+  model = T5Pretrainer(model_cfg)
+  target_len = target_length(objective, data)
+  example = {**{k: jnp.zeros((1, data.seq_len), jnp.int32)
+                for k in ("encoder_inputs", "encoder_segment_ids", "encoder_positions")},
+             **{k: jnp.zeros((1, target_len), jnp.int32)
+                for k in ("decoder_inputs", "decoder_segment_ids", "decoder_positions")}}
+
+  def loss_fn(params, batch, rng, train):
+    logits = model.apply({"params": params}, batch, deterministic=not train,
+                         rngs=base.apply_rngs(rng, train))
+    total, metrics = loss(logits, batch["decoder_targets"], batch["decoder_weights"])
+    return total, base.as_pairs(metrics, "span")
+
+  return Program(init_params=lambda rng: model.init(base.init_rngs(rng), example)["params"],
+                 loss_fn=loss_fn, tokens_per_example=data.seq_len + target_len)
+
+
+OBJECTIVE = base.Objective(name="span_corruption", architecture="encoder_decoder",
+                           program=program)

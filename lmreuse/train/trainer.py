@@ -1,0 +1,234 @@
+"""The one training loop: pure jitted steps over sharded state, evaluation, checkpoints, logs.
+
+Experiments differ only in the `Program` they pass (how parameters are initialised and the loss);
+the loop below is the same for pretraining and fine-tuning.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Any, Callable, Iterable, Iterator
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import tqdm
+from absl import logging
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from lmreuse.parallel import sharding as sharding_lib
+from lmreuse.train.checkpoint import Checkpointer, abstract_like
+from lmreuse.train.writers import MetricWriter
+
+Batch = dict[str, np.ndarray]
+# metrics are (sum, count) pairs so that micro-batches, devices and eval batches combine exactly.
+MetricPairs = dict[str, tuple[jax.Array, jax.Array]]
+LossFn = Callable[[Any, Batch, jax.Array, bool], tuple[jax.Array, MetricPairs]]
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array
+  params: Any
+  opt_state: Any
+  rng: jax.Array  # raw uint32 key; the dropout key of step s is fold_in(rng, s)
+
+
+@dataclasses.dataclass(frozen=True)
+class Program:
+  """What an experiment trains: `init_params(rng)` returns params boxed with logical axis names;
+  `loss_fn(params, batch, rng, train)` returns (scalar loss, metric pairs)."""
+
+  init_params: Callable[[jax.Array], Any]
+  loss_fn: LossFn
+  tokens_per_example: int  # for throughput: sequence positions processed per example
+
+
+def reduce_pairs(pairs: MetricPairs) -> dict[str, float]:
+  return {k: float(s) / max(float(c), 1e-12) for k, (s, c) in pairs.items()}
+
+
+def _add(a: Any, b: Any) -> Any:
+  return jax.tree.map(jnp.add, a, b)
+
+
+def train_step(state: TrainState, batch: Batch, *, loss_fn: LossFn,
+               tx: optax.GradientTransformation, schedule: optax.Schedule
+               ) -> tuple[TrainState, dict[str, jax.Array]]:
+  """One optimizer update; batch leaves are [accum_steps, micro_batch, ...]."""
+  rng = jax.random.fold_in(state.rng, state.step)
+  grad_fn = jax.value_and_grad(lambda p, b, r: loss_fn(p, b, r, True), has_aux=True)
+
+  def micro_step(carry, xs):
+    index, micro_batch = xs
+    (loss, pairs), grads = grad_fn(state.params, micro_batch, jax.random.fold_in(rng, index))
+    return _add(carry, (loss, pairs, grads)), None
+
+  first = jax.tree.map(lambda x: x[0], batch)
+  zeros = jax.tree.map(jnp.zeros_like, jax.eval_shape(
+      lambda: (lambda o, g: (o[0], o[1], g))(*grad_fn(state.params, first, rng))))
+  accum = jax.tree.leaves(batch)[0].shape[0]
+  (loss, pairs, grads), _ = jax.lax.scan(micro_step, zeros, (jnp.arange(accum), batch))
+  loss, grads = loss / accum, jax.tree.map(lambda g: g / accum, grads)
+
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  metrics = {f"train/{k}": s / jnp.maximum(c, 1e-12) for k, (s, c) in pairs.items()}
+  metrics.update({
+      "train/loss": loss,
+      "train/grad_norm": optax.tree.norm(grads),
+      "train/update_norm": optax.tree.norm(updates),
+      "train/param_norm": optax.tree.norm(params),
+      "train/learning_rate": schedule(state.step),
+  })
+  return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+
+def eval_step(params: Any, batch: Batch, *, loss_fn: LossFn) -> MetricPairs:
+  loss, pairs = loss_fn(params, batch, jax.random.PRNGKey(0), False)
+  return {**pairs, "loss": (loss, jnp.ones_like(loss))}
+
+
+@dataclasses.dataclass
+class Trainer:
+  """Builds the sharded state and the compiled steps for one Program on one mesh."""
+
+  program: Program
+  tx: optax.GradientTransformation
+  schedule: optax.Schedule
+  mesh: Mesh
+  rules: tuple
+
+  def __post_init__(self):
+    with sharding_lib.mesh_context(self.mesh, self.rules):
+      abstract = jax.eval_shape(self._init_boxed, jax.random.PRNGKey(0))
+    sharding_lib.check_divisible(abstract.params, self.mesh, self.rules)
+    # The optimizer state inherits the params' logical boxes, so one rule table shards both.
+    self.state_shardings: TrainState = sharding_lib.logical_shardings(
+        abstract, self.mesh, self.rules)
+    self.abstract_params = nn.meta.unbox(abstract.params)
+    self.replicated = NamedSharding(self.mesh, PartitionSpec())
+    self._compiled_train = None
+    self._compiled_eval = None
+
+  def _init_boxed(self, seed_key: jax.Array) -> TrainState:
+    param_rng, dropout_rng = jax.random.split(seed_key)
+    params = self.program.init_params(param_rng)
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                      opt_state=self.tx.init(params), rng=dropout_rng)
+
+  def param_count(self) -> int:
+    return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(self.abstract_params))
+
+  def init_state(self, seed: int) -> TrainState:
+    init = lambda key: nn.meta.unbox(self._init_boxed(key))
+    with sharding_lib.mesh_context(self.mesh, self.rules):
+      return jax.jit(init, out_shardings=self.state_shardings)(jax.random.PRNGKey(seed))
+
+  def state_with_params(self, state: TrainState, params: Any) -> TrainState:
+    """Swaps in (e.g. pretrained) params and re-initialises the optimizer state for them."""
+    params = jax.device_put(params, self.state_shardings.params)
+    with sharding_lib.mesh_context(self.mesh, self.rules):
+      opt_state = jax.jit(self.tx.init, out_shardings=self.state_shardings.opt_state)(params)
+    return state.replace(params=params, opt_state=opt_state)
+
+  def _batch_shardings(self, batch: Batch, leading_axes: int) -> dict[str, NamedSharding]:
+    return {k: sharding_lib.batch_sharding(self.mesh, self.rules, v.ndim, leading_axes)
+            for k, v in batch.items()}
+
+  def device_batch(self, batch: Batch, leading_axes: int = 0) -> dict[str, jax.Array]:
+    shardings = self._batch_shardings(batch, leading_axes)
+    return {k: jax.make_array_from_process_local_data(shardings[k], v)
+            for k, v in batch.items()}
+
+  def train_step(self, state: TrainState, batch: dict[str, jax.Array]):
+    if self._compiled_train is None:
+      batch_shardings = {k: v.sharding for k, v in batch.items()}
+      step = lambda s, b: train_step(s, b, loss_fn=self.program.loss_fn, tx=self.tx,
+                                     schedule=self.schedule)
+      self._compiled_train = jax.jit(
+          step, in_shardings=(self.state_shardings, batch_shardings),
+          out_shardings=(self.state_shardings, self.replicated), donate_argnums=0)
+    with sharding_lib.mesh_context(self.mesh, self.rules):
+      return self._compiled_train(state, batch)
+
+  def evaluate(self, params: Any, batches: Iterable[Batch]) -> dict[str, float]:
+    if self._compiled_eval is None:
+      self._compiled_eval = jax.jit(lambda p, b: eval_step(p, b, loss_fn=self.program.loss_fn))
+    totals = None
+    with sharding_lib.mesh_context(self.mesh, self.rules):
+      for batch in batches:
+        pairs = self._compiled_eval(params, self.device_batch(batch))
+        totals = pairs if totals is None else _add(totals, pairs)
+    if totals is None:
+      raise ValueError("evaluation got no batches: the validation split is smaller than one "
+                       "batch; lower config.batch_size or config.eval_steps")
+    return {f"eval/{k}": v for k, v in reduce_pairs(jax.device_get(totals)).items()}
+
+
+def split_microbatches(batch: Batch, accum_steps: int) -> Batch:
+  """[B, ...] → [accum_steps, B / accum_steps, ...] on the host."""
+  return {k: v.reshape((accum_steps, v.shape[0] // accum_steps) + v.shape[1:])
+          for k, v in batch.items()}
+
+
+@dataclasses.dataclass
+class LoopConfig:
+  total_steps: int
+  log_every: int
+  eval_every: int
+  checkpoint_every: int
+  grad_accum_steps: int
+
+
+def run_loop(trainer: Trainer, state: TrainState, train_iter: Iterator[Batch],
+             eval_batches: Callable[[], Iterable[Batch]], loop: LoopConfig,
+             checkpointer: Checkpointer, writer: MetricWriter) -> tuple[TrainState, dict]:
+  """Trains from `state.step` to `loop.total_steps`; returns the final state and eval metrics."""
+  start = int(state.step)
+  eval_metrics: dict[str, float] = {}
+  pending: list[dict[str, jax.Array]] = []
+  tokens_per_step = 0
+  last_time, last_step = time.perf_counter(), start
+  bar = tqdm.tqdm(total=loop.total_steps, initial=start, desc="train", unit="step",
+                  dynamic_ncols=True, disable=jax.process_index() != 0)
+  for step in range(start + 1, loop.total_steps + 1):
+    host_batch = next(train_iter)
+    tokens_per_step = trainer.program.tokens_per_example * len(next(iter(host_batch.values())))
+    batch = trainer.device_batch(split_microbatches(host_batch, loop.grad_accum_steps), 1)
+    state, metrics = trainer.train_step(state, batch)
+    pending.append(metrics)
+    bar.update(1)
+
+    final = step == loop.total_steps
+    record: dict[str, float] = {}
+    if step % loop.log_every == 0 or final:
+      fetched = jax.device_get(pending)
+      record = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
+      now = time.perf_counter()
+      record["train/tokens_per_sec"] = tokens_per_step * (step - last_step) / (now - last_time)
+      record["train/steps_per_sec"] = (step - last_step) / (now - last_time)
+      last_time, last_step, pending = now, step, []
+      if not np.isfinite(record["train/loss"]):
+        raise FloatingPointError(f"train/loss is {record['train/loss']} at step {step}; "
+                                 "lower config.optimizer.learning_rate or check the data")
+      bar.set_postfix(loss=f"{record['train/loss']:.4f}")
+    if loop.eval_every and (step % loop.eval_every == 0 or final):
+      eval_metrics = trainer.evaluate(state.params, eval_batches())
+      record.update(eval_metrics)
+      last_time = time.perf_counter()  # evaluation time is not training throughput
+    if record:
+      writer.write(step, record)
+    if step % loop.checkpoint_every == 0 or step == loop.total_steps:
+      checkpointer.save(step, state, train_iter, force=True)
+  bar.close()
+  checkpointer.wait()
+  writer.flush()
+  if loop.eval_every == 0 or not eval_metrics:
+    eval_metrics = trainer.evaluate(state.params, eval_batches())
+  logging.info("final eval: %s", eval_metrics)
+  return state, eval_metrics

@@ -1,0 +1,71 @@
+"""Where metrics go: metrics.jsonl, TensorBoard (tensorboardX) and absl logging; process 0 only."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from typing import Any, Mapping
+
+import jax
+from absl import logging
+from tensorboardX import SummaryWriter
+
+
+def _jsonable(value: Any) -> Any:
+  value = float(value) if hasattr(value, "__float__") else value
+  if isinstance(value, float) and not math.isfinite(value):
+    return str(value)
+  return value
+
+
+class MetricWriter:
+  """Appends one JSON object per logged step; on resume, drops lines past the restored step.
+
+  Dropping the tail keeps metrics.jsonl identical to an uninterrupted run's.
+  """
+
+  def __init__(self, workdir: str, *, resume_step: int = 0):
+    self.enabled = jax.process_index() == 0
+    self.path = os.path.join(workdir, "metrics.jsonl")
+    if not self.enabled:
+      return
+    self._truncate_after(resume_step)
+    self.tb = SummaryWriter(os.path.join(workdir, "tensorboard"), purge_step=resume_step + 1
+                            if resume_step else None)
+
+  def _truncate_after(self, step: int) -> None:
+    if not os.path.exists(self.path):
+      return
+    with open(self.path) as f:
+      kept = [line for line in f if line.strip() and json.loads(line)["step"] <= step]
+    tmp = self.path + ".tmp"
+    with open(tmp, "w") as f:
+      f.writelines(kept)
+    os.replace(tmp, self.path)
+
+  def write(self, step: int, metrics: Mapping[str, Any]) -> None:
+    if not self.enabled:
+      return
+    record = {"step": int(step), **{k: _jsonable(v) for k, v in sorted(metrics.items())}}
+    with open(self.path, "a") as f:
+      f.write(json.dumps(record) + "\n")
+    for key, value in record.items():
+      if key != "step" and isinstance(value, (int, float)):
+        self.tb.add_scalar(key, value, step)
+    logging.info("step %d: %s", step, ", ".join(
+        f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()
+        if k != "step"))
+
+  def flush(self) -> None:
+    if self.enabled:
+      self.tb.flush()
+
+  def close(self) -> None:
+    if self.enabled:
+      self.tb.close()
+
+
+def read_metrics(workdir: str) -> list[dict]:
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    return [json.loads(line) for line in f if line.strip()]

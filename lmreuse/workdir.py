@@ -1,0 +1,111 @@
+"""The workdir contract: config.json guards against mixing runs; results.json records one.
+
+Re-running a config in its own workdir resumes it; a different config is refused (naming the
+keys that differ) unless `config.overwrite=True`, which clears the previous run's outputs first.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import os
+import shutil
+import subprocess
+import time
+from typing import Any, Mapping
+
+import jax
+import ml_collections
+
+RUN_OUTPUTS = ("checkpoints", "metrics.jsonl", "tensorboard", "results.json", "plots")
+PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "grain", "sentencepiece",
+            "tensorflow-datasets", "numpy")
+
+
+def config_to_dict(config: ml_collections.ConfigDict) -> dict:
+  """A JSON round-trip of the config, so tuples and lists compare equal to the saved file."""
+  return json.loads(config.to_json())
+
+
+def _diff(old: Mapping, new: Mapping, prefix: str = "config") -> list[str]:
+  out = []
+  for key in sorted(set(old) | set(new)):
+    a, b = old.get(key, "<missing>"), new.get(key, "<missing>")
+    if isinstance(a, dict) and isinstance(b, dict):
+      out += _diff(a, b, f"{prefix}.{key}")
+    elif a != b and key != "overwrite":
+      out.append(f"{prefix}.{key}: {a!r} → {b!r}")
+  return out
+
+
+def prepare(workdir: str, config: ml_collections.ConfigDict) -> bool:
+  """Creates or checks `workdir`; returns True when an earlier run of this config is there."""
+  os.makedirs(workdir, exist_ok=True)
+  path = os.path.join(workdir, "config.json")
+  new = config_to_dict(config)
+  if os.path.exists(path):
+    with open(path) as f:
+      old = json.load(f)
+    differences = _diff(old, new)
+    if not differences:
+      return True
+    if not config.overwrite:
+      raise ValueError(
+          f"{path} holds a different config ({'; '.join(differences[:8])}"
+          f"{' ...' if len(differences) > 8 else ''}). Use another --workdir, or pass "
+          "--config.overwrite=True to discard that run")
+    if jax.process_index() == 0:
+      for name in RUN_OUTPUTS:
+        target = os.path.join(workdir, name)
+        if os.path.isdir(target):
+          shutil.rmtree(target)
+        elif os.path.exists(target):
+          os.remove(target)
+  if jax.process_index() == 0:
+    write_json(path, new)
+  return False
+
+
+def write_json(path: str, obj: Any) -> None:
+  """Atomic write: a crash never leaves a half-written file behind."""
+  tmp = f"{path}.tmp{os.getpid()}"
+  with open(tmp, "w") as f:
+    json.dump(obj, f, indent=2, sort_keys=True, default=str)
+    f.write("\n")
+  os.replace(tmp, path)
+
+
+def git_sha() -> str:
+  try:
+    return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                          cwd=os.path.dirname(os.path.abspath(__file__)),
+                          check=True).stdout.strip()
+  except (OSError, subprocess.CalledProcessError):
+    return "unknown"
+
+
+def package_versions() -> dict[str, str]:
+  versions = {}
+  for name in PACKAGES:
+    try:
+      versions[name] = importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+      versions[name] = "not installed"
+  return versions
+
+
+def write_results(workdir: str, config: ml_collections.ConfigDict, metrics: Mapping[str, Any],
+                  *, start_time: float, **extra: Any) -> dict:
+  results = {
+      "metrics": dict(metrics),
+      **extra,
+      "wall_time_sec": time.time() - start_time,
+      "config": config_to_dict(config),
+      "git_sha": git_sha(),
+      "packages": package_versions(),
+      "devices": {"count": jax.device_count(), "kind": jax.devices()[0].device_kind,
+                  "platform": jax.default_backend(), "processes": jax.process_count()},
+  }
+  if jax.process_index() == 0:
+    write_json(os.path.join(workdir, "results.json"), results)
+  return results

@@ -1,0 +1,232 @@
+import itertools
+
+import grain
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from lmreuse.data import pipeline
+from lmreuse.objectives import span_corruption
+
+WORDS = [f"w{i}" for i in range(300)]
+SEQ_LEN, BATCH = 32, 8
+
+
+class FakeTokenizer:
+  """Whitespace tokenizer over WORDS with the real tokenizer's special-id layout."""
+
+  pad_id, unk_id, cls_id, sep_id, mask_id, eos_id = 0, 1, 2, 3, 4, 5
+  sentinel_ids = tuple(range(6, 106))
+  special_ids = np.arange(106)
+  vocab_size = 106 + len(WORDS)
+  _ids = {w: 106 + i for i, w in enumerate(WORDS)}
+
+  def encode(self, text):
+    return [self._ids.get(w, self.unk_id) for w in text.split()]
+
+  def encode_batch(self, texts):
+    return [self.encode(t) for t in texts]
+
+
+def make_docs(num_docs=120, seed=0, max_segments=5, max_words=9):
+  rng = np.random.default_rng(seed)
+  docs = []
+  for d in range(num_docs):
+    segments = [" ".join(rng.choice(WORDS, size=int(rng.integers(2, max_words))))
+                for _ in range(int(rng.integers(1, max_segments)))]
+    if d % 3 == 0:  # TFDS sources give bytes
+      segments = [s.encode("utf-8") for s in segments]
+    docs.append({"segments": segments})
+  return docs
+
+
+TOK = FakeTokenizer()
+DOCS = make_docs()
+
+
+def _doc_tokens(doc):
+  return TOK.encode(" ".join(s.decode() if isinstance(s, bytes) else s for s in doc["segments"]))
+
+
+def _ds(objective, *, docs=DOCS, train=True, seed=0, batch_size=BATCH, **kw):
+  return pipeline.make_pretrain_dataset(objective, docs, TOK, seq_len=SEQ_LEN,
+                                        batch_size=batch_size, seed=seed, train=train, **kw)
+
+
+def _take(ds_or_it, n):
+  it = iter(ds_or_it)
+  return [next(it) for _ in range(n)]
+
+
+def _assert_same(batches_a, batches_b):
+  assert len(batches_a) == len(batches_b)
+  for a, b in zip(batches_a, batches_b):
+    assert a.keys() == b.keys()
+    for k in a:
+      np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+
+
+CASES = [("mlm", {}), ("mlm", {"nsp": True}), ("clm", {}), ("span_corruption", {})]
+
+
+def test_mlm_batch_layout_and_statistics():
+  batches = _take(_ds("mlm"), 20)
+  b = batches[0]
+  assert set(b) == {"inputs", "token_types", "segment_ids", "positions", "mlm_targets",
+                    "mlm_weights"}
+  for k, v in b.items():
+    assert v.shape == (BATCH, SEQ_LEN)
+    assert v.dtype == (np.float32 if k == "mlm_weights" else np.int32), k
+  targets = np.concatenate([x["mlm_targets"] for x in batches])
+  weights = np.concatenate([x["mlm_weights"] for x in batches])
+  segment_ids = np.concatenate([x["segment_ids"] for x in batches])
+  assert np.all(targets[:, 0] == TOK.cls_id)
+  assert not np.any(weights[np.isin(targets, TOK.special_ids)])
+  assert np.all(targets[segment_ids == 0] == TOK.pad_id)
+  maskable = (targets >= 106).sum()
+  assert abs(weights.sum() / maskable - 0.15) < 0.03
+  assert np.all(np.concatenate([x["token_types"] for x in batches]) == 0)
+
+
+def test_mlm_nsp_labels_and_token_types():
+  batches = _take(_ds("mlm", nsp=True), 40)
+  labels = np.concatenate([x["nsp_labels"] for x in batches])
+  assert labels.shape == (40 * BATCH,) and labels.dtype == np.int32
+  assert abs(labels.mean() - 0.5) < 0.08
+  b = batches[0]
+  for row in range(BATCH):
+    real = b["segment_ids"][row] == 1
+    types = b["token_types"][row][real]
+    assert types[0] == 0 and types[-1] == 1 and np.all(np.diff(types) >= 0)
+    assert np.sum(b["mlm_targets"][row] == TOK.sep_id) == 2
+
+
+def test_clm_packing_boundaries_and_positions():
+  long_doc = {"segments": [" ".join(WORDS[:80])]}  # 80 tokens + EOS > 2 rows of 32
+  batches = _take(_ds("clm", docs=[long_doc] + DOCS, train=False), 6)
+  b = batches[0]
+  assert set(b) == {"inputs", "targets", "weights", "segment_ids", "positions"}
+  assert all(v.shape == (BATCH, SEQ_LEN) for v in b.values())
+  assert b["weights"].dtype == np.float32
+  docs_as_tokens = {tuple(_doc_tokens(d) + [TOK.eos_id]) for d in DOCS}
+  found = 0
+  for x in batches:
+    for tokens, targets, weights, seg, pos in zip(x["inputs"], x["targets"], x["weights"],
+                                                  x["segment_ids"], x["positions"]):
+      for s in np.unique(seg[seg > 0]):
+        idx = np.flatnonzero(seg == s)
+        np.testing.assert_array_equal(idx, np.arange(idx[0], idx[-1] + 1))  # contiguous
+        np.testing.assert_array_equal(pos[idx], np.arange(idx.size))  # restart at 0
+        assert np.all(weights[idx[:-1]] == 1) and weights[idx[-1]] == 0
+        np.testing.assert_array_equal(targets[idx[:-1]], tokens[idx[1:]])
+        found += tuple(tokens[idx]) in docs_as_tokens
+      assert np.all(weights[seg == 0] == 0) and np.all(tokens[seg == 0] == TOK.pad_id)
+  assert found > 20
+  # The long document was cut into seq_len chunks: rows that are one 32-token segment.
+  chunks = [row for x in batches for row, seg in zip(x["inputs"], x["segment_ids"])
+            if np.all(seg == 1) and row[0] == 106]
+  assert chunks, "expected the long document's first chunk as a full row"
+
+
+def test_span_corruption_batch_reconstructs_documents():
+  tokens_length, target_len = span_corruption.random_spans_helper(SEQ_LEN)
+  batches = _take(_ds("span_corruption", train=False), 5)
+  b = batches[0]
+  assert b["encoder_inputs"].shape == (BATCH, SEQ_LEN)
+  assert b["decoder_targets"].shape == (BATCH, target_len)
+  assert b["decoder_weights"].dtype == np.float32
+  originals = {tuple(_doc_tokens(d)[:tokens_length]) for d in DOCS}
+  sentinels = set(TOK.sentinel_ids)
+  for x in batches:
+    for row in range(BATCH):
+      n = x["encoder_segment_ids"][row].sum()
+      m = x["decoder_segment_ids"][row].sum()
+      inputs, targets = x["encoder_inputs"][row][:n], x["decoder_targets"][row][:m]
+      assert inputs[-1] == TOK.eos_id and targets[-1] == TOK.eos_id
+      np.testing.assert_array_equal(x["decoder_inputs"][row][1:m], targets[:-1])
+      assert x["decoder_inputs"][row][0] == TOK.pad_id
+      np.testing.assert_array_equal(x["decoder_weights"][row], x["decoder_segment_ids"][row])
+      np.testing.assert_array_equal(x["encoder_positions"][row][:n], np.arange(n))
+      pieces, out = {}, []
+      for t in targets[:-1]:
+        if t in sentinels:
+          key = t
+          pieces[key] = []
+        else:
+          pieces[key].append(t)
+      for t in inputs[:-1]:
+        out.extend(pieces[t] if t in sentinels else [t])
+      assert tuple(out) in originals
+
+
+def test_explicit_target_len_and_errors():
+  b = _take(_ds("span_corruption", target_len=20), 1)[0]
+  assert b["decoder_targets"].shape == (BATCH, 20)
+  with pytest.raises(ValueError, match="target_len"):
+    _ds("span_corruption", target_len=3)
+  with pytest.raises(ValueError, match="objective"):
+    _ds("electra")
+  with pytest.raises(ValueError, match="nsp"):
+    _ds("clm", nsp=True)
+  with pytest.raises(ValueError, match="shard_index"):
+    _ds("mlm", shard_index=2, shard_count=2)
+
+
+@pytest.mark.parametrize("objective,kw", CASES)
+def test_deterministic_and_seed_dependent(objective, kw):
+  _assert_same(_take(_ds(objective, **kw), 3), _take(_ds(objective, **kw), 3))
+  a, b = _take(_ds(objective, **kw), 1)[0], _take(_ds(objective, seed=1, **kw), 1)[0]
+  assert any(not np.array_equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("objective,kw", CASES)
+def test_eval_is_one_fixed_pass_and_train_repeats(objective, kw):
+  ds = _ds(objective, train=False, **kw)
+  first, second = list(ds), list(ds)
+  assert 0 < len(first) <= len(DOCS) * 2 // BATCH
+  _assert_same(first, second)
+  assert len(_take(_ds(objective, **kw), 3 * len(first))) == 3 * len(first)
+
+
+@pytest.mark.parametrize("objective,kw", CASES)
+def test_iterator_state_restores_exactly(objective, kw):
+  ds = _ds(objective, **kw)
+  it = iter(ds)
+  _take(it, 17)  # past one epoch (120 docs / 8) for mlm, mid packing round for clm
+  state = it.get_state()
+  expected = _take(it, 4)
+  restored = iter(ds)
+  restored.set_state(state)
+  _assert_same(_take(restored, 4), expected)
+
+
+def test_orbax_checkpoint_round_trip(tmp_path):
+  ds = _ds("mlm", nsp=True)
+  it = iter(ds)
+  _take(it, 5)
+  options = ocp.CheckpointManagerOptions(create=True, enable_async_checkpointing=True)
+  with ocp.CheckpointManager(tmp_path / "ckpt", options=options) as manager:
+    manager.save(5, args=ocp.args.Composite(
+        state=ocp.args.StandardSave({"step": np.array(5, np.int32)}),
+        data=grain.checkpoint.CheckpointSave(it)))
+    manager.wait_until_finished()
+  expected = _take(it, 3)
+
+  fresh = iter(ds)
+  with ocp.CheckpointManager(tmp_path / "ckpt", options=options) as manager:
+    restored = manager.restore(manager.latest_step(), args=ocp.args.Composite(
+        state=ocp.args.StandardRestore({"step": np.array(0, np.int32)}),
+        data=grain.checkpoint.CheckpointRestore(fresh)))
+  assert restored["data"] is fresh and int(restored["state"]["step"]) == 5
+  _assert_same(_take(fresh, 3), expected)
+
+
+def test_shards_are_disjoint_and_cover_the_source():
+  def rows(shard_index):
+    ds = _ds("mlm", train=False, batch_size=1, mask_prob=0.0, shard_index=shard_index,
+             shard_count=3)
+    return [tuple(b["mlm_targets"][0][b["segment_ids"][0] == 1][1:-1]) for b in ds]
+
+  shards = [rows(i) for i in range(3)]
+  assert [len(s) for s in shards] == [40, 40, 40]
+  assert sorted(itertools.chain(*shards)) == sorted(tuple(_doc_tokens(d)) for d in DOCS)
