@@ -43,7 +43,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     raise ValueError(f"config.data.seq_len={config.data.seq_len} exceeds "
                      f"config.model.max_len={config.model.max_len}")
   components.model_config(config.model, config.tokenizer.vocab_size).validate()
-  optim.validate(config.optimizer, config.total_steps)
+  optim.validate(config.optimizer)
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:

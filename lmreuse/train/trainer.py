@@ -217,7 +217,7 @@ def run_loop(trainer: Trainer, state: TrainState, train_iter: Iterator[Batch],
         raise FloatingPointError(f"train/loss is {record['train/loss']} at step {step}; "
                                  "lower config.optimizer.learning_rate or check the data")
       bar.set_postfix(loss=f"{record['train/loss']:.4f}")
-    if loop.eval_every and (step % loop.eval_every == 0 or final):
+    if final or (loop.eval_every and step % loop.eval_every == 0):
       eval_metrics = trainer.evaluate(state.params, eval_batches())
       record.update(eval_metrics)
       last_time = time.perf_counter()  # evaluation time is not training throughput
@@ -228,7 +228,7 @@ def run_loop(trainer: Trainer, state: TrainState, train_iter: Iterator[Batch],
   bar.close()
   checkpointer.wait()
   writer.flush()
-  if loop.eval_every == 0 or not eval_metrics:
+  if not eval_metrics:  # nothing left to train: the run had already finished
     eval_metrics = trainer.evaluate(state.params, eval_batches())
   logging.info("final eval: %s", eval_metrics)
   return state, eval_metrics

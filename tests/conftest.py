@@ -1,0 +1,66 @@
+"""Shared fixtures: one small tokenizer and one TFDS build per test session."""
+
+import os
+import tempfile
+
+import jax
+import pytest
+
+from lmreuse.data import tokenizer as tokenizer_lib
+from lmreuse.data.corpus import wordnet
+
+
+# Tests compile the same tiny programs many times; the persistent cache compiles each once.
+jax.config.update("jax_compilation_cache_dir",
+                  os.path.join(tempfile.gettempdir(), "lmreuse-test-jax-cache"))
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+
+
+@pytest.fixture(scope="session")
+def tfds_dir(tmp_path_factory) -> str:
+  return str(tmp_path_factory.mktemp("tfds"))
+
+
+@pytest.fixture(scope="session")
+def tokenizer_path(tmp_path_factory) -> str:
+  """A 1k-piece SentencePiece model on part of the corpus: enough for tiny models, fast."""
+  path = os.path.join(str(tmp_path_factory.mktemp("tokenizer")), "spm.model")
+
+  def texts():
+    for record in wordnet.read_records("train"):
+      yield from wordnet.synset_segments(record)
+
+  tokenizer_lib.train_tokenizer(texts(), path, vocab_size=1024, num_sentinels=32,
+                                max_sentences=30_000)
+  return path
+
+
+@pytest.fixture
+def tiny_config(tokenizer_path, tfds_dir):
+  """A pretraining config small enough for a test: tiny model, short rows, few steps."""
+
+  def make(preset: str = "bert", **overrides):
+    from configs import pretrain
+
+    config = pretrain.get_config(f"{preset},size=tiny")
+    config.tokenizer.path = tokenizer_path
+    config.tokenizer.vocab_size = 1024
+    config.tokenizer.num_sentinels = 32
+    config.data.tfds_dir = tfds_dir
+    config.data.seq_len = 32
+    config.model.max_len = 32
+    config.batch_size = 8
+    config.total_steps = 6
+    config.log_every = 1
+    config.eval_every = 0  # evaluate at the end only
+    config.eval_steps = 2
+    config.checkpoint_every = 3
+    for key, value in overrides.items():
+      target = config
+      *parents, leaf = key.split(".")
+      for parent in parents:
+        target = target[parent]
+      target[leaf] = value
+    return config
+
+  return make

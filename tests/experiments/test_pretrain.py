@@ -1,0 +1,95 @@
+"""End-to-end pretraining through experiments.pretrain.run: learning, outputs, resume, errors."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from experiments import pretrain
+from lmreuse.train import trainer as trainer_lib
+from lmreuse.train.writers import read_metrics
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("preset,metric", [("bert", "mlm_loss"), ("gpt", "clm_loss"),
+                                           ("t5", "span_loss")])
+def test_pretraining_learns_and_writes_the_workdir(tiny_config, tmp_path, preset, metric):
+  config = tiny_config(preset, total_steps=40, log_every=5, eval_every=20, checkpoint_every=20,
+                       **{"optimizer.warmup_steps": 5, "optimizer.learning_rate": 3e-3})
+  results = pretrain.run(config, str(tmp_path))
+  records = read_metrics(str(tmp_path))
+  losses = [r[f"train/{metric}"] for r in records if f"train/{metric}" in r]
+  assert losses[-1] < losses[0] - 0.3, losses  # ~ln(1024) at start; noise is far smaller
+  assert {"train/loss", "train/learning_rate", "train/tokens_per_sec"} <= set(records[0])
+  assert [r["step"] for r in records if "eval/loss" in r] == [20, 40]
+  assert set(os.listdir(tmp_path / "checkpoints")) >= {"40"}
+  assert os.listdir(tmp_path / "tensorboard")
+  saved = json.loads((tmp_path / "results.json").read_text())
+  assert saved["metrics"]["eval/loss"] == results["metrics"]["eval/loss"]
+  assert saved["steps"] == 40 and saved["parameters"] > 0 and saved["devices"]["count"] >= 1
+  assert {"git_sha", "packages", "wall_time_sec", "config"} <= set(saved)
+  assert json.loads((tmp_path / "config.json").read_text())["objective"]["name"] == (
+      config.objective.name)
+
+
+class Preempted(Exception):
+  pass
+
+
+@pytest.mark.slow
+def test_resume_reproduces_the_uninterrupted_run_bitwise(tiny_config, tmp_path, monkeypatch):
+  straight = tmp_path / "straight"
+  pretrain.run(tiny_config("bert"), str(straight))
+
+  interrupted = tmp_path / "interrupted"
+  original = trainer_lib.Trainer.train_step
+  calls = {"n": 0}
+
+  def crash_after_three(self, state, batch):
+    calls["n"] += 1
+    if calls["n"] > 3:
+      raise Preempted()
+    return original(self, state, batch)
+
+  monkeypatch.setattr(trainer_lib.Trainer, "train_step", crash_after_three)
+  with pytest.raises(Preempted):
+    pretrain.run(tiny_config("bert"), str(interrupted))
+  monkeypatch.setattr(trainer_lib.Trainer, "train_step", original)
+  assert sorted(os.listdir(interrupted / "checkpoints")) == ["3"]
+  pretrain.run(tiny_config("bert"), str(interrupted))
+
+  a, b = read_metrics(str(straight)), read_metrics(str(interrupted))
+  assert [r["step"] for r in a] == [r["step"] for r in b] == list(range(1, 7))
+  for ra, rb in zip(a, b):
+    assert ra["train/loss"] == rb["train/loss"], (ra["step"], ra["train/loss"], rb["train/loss"])
+    assert ra["train/grad_norm"] == rb["train/grad_norm"]
+  assert a[-1]["eval/loss"] == b[-1]["eval/loss"]
+
+
+def test_a_different_config_in_an_existing_workdir_is_refused(tiny_config, tmp_path):
+  config = tiny_config("bert", total_steps=2, checkpoint_every=2)
+  pretrain.run(config, str(tmp_path))
+  before = (tmp_path / "metrics.jsonl").read_text()
+  changed = tiny_config("bert", total_steps=2, checkpoint_every=2, **{"optimizer.b2": 0.98})
+  with pytest.raises(ValueError, match=r"config\.optimizer\.b2: 0\.999 → 0\.98"):
+    pretrain.run(changed, str(tmp_path))
+  assert (tmp_path / "metrics.jsonl").read_text() == before  # nothing lost or overwritten
+  changed.overwrite = True
+  pretrain.run(changed, str(tmp_path))
+  assert json.loads((tmp_path / "config.json").read_text())["optimizer"]["b2"] == 0.98
+
+
+@pytest.mark.parametrize("overrides,message", [
+    ({"model.num_heads": 3}, r"config\.model\.d_model=64 is not divisible by config\.model\.num_heads=3"),
+    ({"mesh.data": 3}, r"config\.mesh"),
+    ({"batch_size": 6, "grad_accum_steps": 4}, r"config\.batch_size=6 is not divisible"),
+    ({"objective.name": "clm"}, r"config\.objective\.name='clm' trains a decoder"),
+    ({"objective.name": "mlm_typo"}, r"config\.objective\.name='mlm_typo' is unknown"),
+    ({"optimizer.schedule": "step"}, r"config\.optimizer\.schedule='step'"),
+    ({"data.seq_len": 64}, r"config\.data\.seq_len=64 exceeds config\.model\.max_len=32"),
+])
+def test_bad_configs_fail_before_anything_is_written(tiny_config, tmp_path, overrides, message):
+  with pytest.raises(ValueError, match=message):
+    pretrain.run(tiny_config("bert", **overrides), str(tmp_path / "w"))
+  assert not (tmp_path / "w").exists()
