@@ -5,6 +5,7 @@
 """
 
 import importlib
+import logging as py_logging
 
 import jax
 from absl import app, flags, logging
@@ -19,11 +20,20 @@ _DISTRIBUTED = flags.DEFINE_bool(
 flags.mark_flags_as_required(["config", "workdir"])
 
 
+class _QuietLibraries(py_logging.Filter):
+  """Keeps orbax's and TFDS's per-save INFO chatter off the console; warnings still pass."""
+
+  def filter(self, record: py_logging.LogRecord) -> bool:
+    chatty = any(part in record.pathname for part in ("/orbax/", "/tensorflow_datasets/"))
+    return record.levelno >= py_logging.WARNING or not chatty
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   if _DISTRIBUTED.value:
     jax.distributed.initialize()
+  logging.get_absl_handler().addFilter(_QuietLibraries())
   config = _CONFIG.value
   logging.info("process %d/%d, %d local / %d global devices (%s)", jax.process_index(),
                jax.process_count(), jax.local_device_count(), jax.device_count(),

@@ -48,6 +48,18 @@ class Program:
   tokens_per_example: int  # for throughput: sequence positions processed per example
 
 
+def _replicate_reshaped(tree: Any) -> Any:
+  """Optimizer leaves shaped unlike their parameter (Adafactor's factored row/column
+  statistics) cannot use its logical axes; they are small, so they are replicated."""
+
+  def fit(x):
+    if isinstance(x, nn.Partitioned) and len(x.names) != np.ndim(x.value):
+      return x.replace(names=(None,) * np.ndim(x.value))
+    return x
+
+  return jax.tree.map(fit, tree, is_leaf=lambda x: isinstance(x, nn.Partitioned))
+
+
 def reduce_pairs(pairs: MetricPairs) -> dict[str, float]:
   return {k: float(s) / max(float(c), 1e-12) for k, (s, c) in pairs.items()}
 
@@ -119,7 +131,7 @@ class Trainer:
     param_rng, dropout_rng = jax.random.split(seed_key)
     params = self.program.init_params(param_rng)
     return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                      opt_state=self.tx.init(params), rng=dropout_rng)
+                      opt_state=_replicate_reshaped(self.tx.init(params)), rng=dropout_rng)
 
   def param_count(self) -> int:
     return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(self.abstract_params))
