@@ -45,7 +45,8 @@ _SEQ = flags.DEFINE_integer("seq_len", 128, "Tokens per example (<= 128, the max
 _LR = flags.DEFINE_float("learning_rate", 1e-4, "AdamW learning rate, the same for both.")
 _PEAK_N = flags.DEFINE_integer("peak_size", 2048, "Peak FLOPs/s: N x N @ N x N fp32 matmul.")
 _PEAK_REPS = flags.DEFINE_integer("peak_reps", 10, "Matmuls timed for the peak (best is kept).")
-_QUICK = flags.DEFINE_bool("quick", False, "Smoke run: 2 rounds x 2 steps, 1 warm-up, small peak.")
+_QUICK = flags.DEFINE_bool("quick", False,
+                           "Smoke run: 2 rounds x 2 steps, 1 warm-up, 3 peak matmuls.")
 _PROFILE = flags.DEFINE_bool(
     "profile", False, "Also print XLA cost analysis and forward / grad / step times for both.")
 
@@ -218,24 +219,20 @@ def build_hf(batch: Batch, tx: optax.GradientTransformation):
 # ----------------------------------------------------------------------------- profile
 
 
-def cost(fn: Callable, *args) -> tuple[float, float]:
-  """XLA's own count of (FLOPs, bytes accessed) for one call of the compiled `fn`."""
-  analysis = jax.jit(fn).lower(*args).compile().cost_analysis()
+def timed_cost(fn: Callable, *args, reps: int) -> tuple[float, float, float]:
+  """Median seconds of one compiled call of `fn`, with XLA's own FLOPs and bytes accessed."""
+  compiled = jax.jit(fn).lower(*args).compile()
+  analysis = compiled.cost_analysis()
   if isinstance(analysis, (list, tuple)):
     analysis = analysis[0]
-  return float(analysis.get("flops", 0.0)), float(analysis.get("bytes accessed", 0.0))
-
-
-def time_call(fn: Callable, *args, reps: int) -> float:
-  """Median seconds of a jitted call (compiled first, untimed)."""
-  jitted = jax.jit(fn)
-  jax.block_until_ready(jitted(*args))
+  jax.block_until_ready(compiled(*args))
   times = []
   for _ in range(reps):
     start = time.perf_counter()
-    jax.block_until_ready(jitted(*args))
+    jax.block_until_ready(compiled(*args))
     times.append(time.perf_counter() - start)
-  return statistics.median(times)
+  return (statistics.median(times), float(analysis.get("flops", 0.0)),
+          float(analysis.get("bytes accessed", 0.0)))
 
 
 def profile(ours: tuple, hf: tuple, reps: int) -> None:
@@ -244,7 +241,7 @@ def profile(ours: tuple, hf: tuple, reps: int) -> None:
   eval_fwd has no dropout, so forward - eval_fwd is the cost of the dropout masks (threefry bits).
   """
   _, program, tx, trainer, state, device_batch, _ = ours
-  model, hf_loss, hf_state, hf_batch, hf_train_step, _ = hf
+  _, hf_loss, hf_state, hf_batch, hf_train_step, _ = hf
   flat_batch = jax.tree.map(lambda x: x[0], device_batch)
   rng = jax.random.PRNGKey(2)
   ours_loss = lambda p, b, r: program.loss_fn(p, b, r, True)[0]
@@ -267,8 +264,7 @@ def profile(ours: tuple, hf: tuple, reps: int) -> None:
   with sharding_lib.mesh_context(trainer.mesh, trainer.rules):
     for name, parts in rows.items():
       for part, (fn, *args) in parts.items():
-        flops, nbytes = cost(fn, *args)
-        seconds = time_call(fn, *args, reps=reps)
+        seconds, flops, nbytes = timed_cost(fn, *args, reps=reps)
         print(f"  {name:5s} {part:8s} {seconds * 1e3:8.1f} {flops / 1e9:8.2f} {nbytes / 1e9:8.2f}"
               f" {flops / seconds / 1e9:8.1f}")
 
@@ -293,7 +289,7 @@ def main(argv: list[str]) -> None:
   steps, rounds, warmup = _STEPS.value, _ROUNDS.value, _WARMUP.value
   peak_n, peak_reps = _PEAK_N.value, _PEAK_REPS.value
   if _QUICK.value:
-    steps, rounds, warmup, peak_n, peak_reps = 2, 2, 1, 1024, 3
+    steps, rounds, warmup, peak_reps = 2, 2, 1, 3
   batch_size, seq_len = _BATCH.value, _SEQ.value
   if seq_len > MAX_LEN:
     raise app.UsageError(f"--seq_len={seq_len} exceeds the max positions {MAX_LEN}")

@@ -18,13 +18,16 @@ SIZES = {
 ARCHITECTURES = {
     "bert": dict(architecture="encoder", position="learned", norm="layernorm",
                  norm_placement="post", norm_eps=1e-12, activation="gelu", use_bias=True,
-                 num_token_types=2, tie_embeddings=True, scale_attention=True),
+                 num_token_types=2, tie_embeddings=True, scale_attention=True,
+                 mlp_hidden_dropout=False),
     "gpt": dict(architecture="decoder", position="learned", norm="layernorm",
                 norm_placement="pre", norm_eps=1e-5, activation="gelu_tanh", use_bias=True,
-                num_token_types=0, tie_embeddings=True, scale_attention=True),
+                num_token_types=0, tie_embeddings=True, scale_attention=True,
+                mlp_hidden_dropout=False),
     "t5": dict(architecture="encoder_decoder", position="relative_bias", norm="rmsnorm",
                norm_placement="pre", norm_eps=1e-6, activation="relu", use_bias=False,
-               num_token_types=0, tie_embeddings=True, scale_attention=False),
+               num_token_types=0, tie_embeddings=True, scale_attention=False,
+               mlp_hidden_dropout=True),
 }
 
 

@@ -37,6 +37,7 @@ class TransformerConfig:
   num_decoder_layers: int = 0  # encoder_decoder only; 0 = num_layers.
   max_len: int = 128
   dropout_rate: float = 0.1
+  mlp_hidden_dropout: bool = False  # T5 also drops the FFN hidden units; BERT and GPT-2 do not
   position: str = "learned"
   relative_num_buckets: int = 32
   relative_max_distance: int = 128

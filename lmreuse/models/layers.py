@@ -278,6 +278,7 @@ class MLP(nn.Module):
              "relu": nn.relu}[cfg.activation]
       h_BxLxF = act(dense("wi", cfg.d_ff, ("embed", "mlp"))(x_BxLxD))
     h_BxLxF = constrain(h_BxLxF, ("batch", "length", "act_mlp"))
-    h_BxLxF = nn.Dropout(cfg.dropout_rate)(h_BxLxF, deterministic=deterministic)
+    if cfg.mlp_hidden_dropout:
+      h_BxLxF = nn.Dropout(cfg.dropout_rate)(h_BxLxF, deterministic=deterministic)
     out_BxLxD = dense("wo", cfg.d_model, ("mlp", "embed"))(h_BxLxF)
     return constrain(out_BxLxD, ("batch", "length", "act_embed"))

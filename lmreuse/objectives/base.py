@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Callable
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -35,6 +36,25 @@ def example_pairs(metrics: dict[str, jax.Array], prefix: str, batch_size: int) -
   n = jnp.asarray(batch_size, jnp.float32)
   return {f"{prefix}_loss": (metrics[f"{prefix}_loss"] * n, n),
           f"{prefix}_accuracy": (metrics[f"{prefix}_accuracy"] * n, n)}
+
+
+def init_params_fn(model: nn.Module, example: dict[str, jax.Array]) -> Callable:
+  return lambda rng: model.init(init_rngs(rng), example)["params"]
+
+
+def token_loss_program(model: nn.Module, example: dict[str, jax.Array], *, loss: Callable,
+                       targets: str, weights: str, prefix: str,
+                       tokens_per_example: int) -> Program:
+  """A Program for models that return vocabulary logits scored against batch[targets]."""
+
+  def loss_fn(params, batch, rng, train):
+    logits = model.apply({"params": params}, batch, deterministic=not train,
+                         rngs=apply_rngs(rng, train))
+    total, metrics = loss(logits, batch[targets], batch[weights])
+    return total, as_pairs(metrics, prefix)
+
+  return Program(init_params=init_params_fn(model, example), loss_fn=loss_fn,
+                 tokens_per_example=tokens_per_example)
 
 
 def init_rngs(rng: jax.Array) -> dict[str, jax.Array]:

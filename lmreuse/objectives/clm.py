@@ -14,10 +14,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lmreuse.objectives import mlm
-from lmreuse.objectives import base
 from lmreuse.models.config import TransformerConfig
 from lmreuse.models.transformer import Decoder
+from lmreuse.objectives import base
+from lmreuse.objectives import mlm
 from lmreuse.train.trainer import Program
 
 
@@ -72,14 +72,9 @@ def program(model_cfg: TransformerConfig, objective: Any, data: Any) -> Program:
   example = {k: jnp.zeros((1, data.seq_len), jnp.int32)
              for k in ("inputs", "segment_ids", "positions")}
 
-  def loss_fn(params, batch, rng, train):
-    logits = model.apply({"params": params}, batch, deterministic=not train,
-                         rngs=base.apply_rngs(rng, train))
-    total, metrics = loss(logits, batch["targets"], batch["weights"])
-    return total, base.as_pairs(metrics, "clm")
-
-  return Program(init_params=lambda rng: model.init(base.init_rngs(rng), example)["params"],
-                 loss_fn=loss_fn, tokens_per_example=data.seq_len)
+  return base.token_loss_program(model, example, loss=loss, targets="targets",
+                                 weights="weights", prefix="clm",
+                                 tokens_per_example=data.seq_len)
 
 
 OBJECTIVE = base.Objective(name="clm", architecture="decoder", program=program)

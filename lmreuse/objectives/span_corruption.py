@@ -14,19 +14,17 @@ from `tok.sentinel_ids` in order (span k -> sentinel_ids[k]) instead of T5's
 
 from __future__ import annotations
 
-from typing import Sequence
-
-from typing import Any
+from typing import Any, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lmreuse.objectives import mlm
-from lmreuse.objectives import base
 from lmreuse.models.config import TransformerConfig
 from lmreuse.models.transformer import EncoderDecoder
+from lmreuse.objectives import base
+from lmreuse.objectives import mlm
 from lmreuse.train.trainer import Program
 
 
@@ -193,14 +191,9 @@ def program(model_cfg: TransformerConfig, objective: Any, data: Any) -> Program:
              **{k: jnp.zeros((1, target_len), jnp.int32)
                 for k in ("decoder_inputs", "decoder_segment_ids", "decoder_positions")}}
 
-  def loss_fn(params, batch, rng, train):
-    logits = model.apply({"params": params}, batch, deterministic=not train,
-                         rngs=base.apply_rngs(rng, train))
-    total, metrics = loss(logits, batch["decoder_targets"], batch["decoder_weights"])
-    return total, base.as_pairs(metrics, "span")
-
-  return Program(init_params=lambda rng: model.init(base.init_rngs(rng), example)["params"],
-                 loss_fn=loss_fn, tokens_per_example=data.seq_len + target_len)
+  return base.token_loss_program(model, example, loss=loss, targets="decoder_targets",
+                                 weights="decoder_weights", prefix="span",
+                                 tokens_per_example=data.seq_len + target_len)
 
 
 OBJECTIVE = base.Objective(name="span_corruption", architecture="encoder_decoder",

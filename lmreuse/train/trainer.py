@@ -21,7 +21,7 @@ from absl import logging
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from lmreuse.parallel import sharding as sharding_lib
-from lmreuse.train.checkpoint import Checkpointer, abstract_like
+from lmreuse.train.checkpoint import Checkpointer
 from lmreuse.train.writers import MetricWriter
 
 Batch = dict[str, np.ndarray]

@@ -101,3 +101,46 @@ def test_loss_uniform_confident_and_weights():
   # No selected tokens: loss 0, not NaN; and jit works.
   zero, _ = jax.jit(mlm.loss)(confident, targets, jnp.zeros_like(weights))
   assert zero == 0.0
+
+
+def test_max_predictions_bounds_every_row_mask_tokens_can_make():
+  rng = np.random.default_rng(0)
+  for seq_len in (8, 32, 128, 512):
+    # Rows with every possible number of maskable tokens (the rest padding).
+    tokens = np.zeros((seq_len + 1, seq_len), np.int32)
+    for n in range(seq_len + 1):
+      tokens[n, :n] = rng.integers(10, 50, n)
+    out = mlm.mask_tokens(tokens, rng, mask_id=4, vocab_size=50, special_ids=np.arange(6))
+    assert out["mlm_weights"].sum(axis=1).max() <= mlm.max_predictions(seq_len, 0.15)
+
+
+def test_gathered_mlm_loss_equals_the_dense_loss():
+  import jax
+  import jax.numpy as jnp
+
+  from configs import pretrain
+  from lmreuse import components
+  from lmreuse.models.heads import MLMHead
+  from tests.parallel import synthetic
+
+  config = pretrain.get_config("bert,size=tiny")
+  config.data.seq_len, config.model.dropout_rate = 32, 0.0
+  program = mlm.program(components.model_config(config.model, synthetic.VOCAB),
+                        config.objective, config.data)
+  params = program.init_params(jax.random.PRNGKey(0))
+  batch = {k: jnp.asarray(v) for k, v in synthetic.batch("mlm", batch_size=4, seq_len=32).items()}
+  gathered_loss, pairs = program.loss_fn(params, batch, jax.random.PRNGKey(1), False)
+
+  model_cfg = components.model_config(config.model, synthetic.VOCAB)
+  encoder = mlm.Encoder(model_cfg)
+  hidden = encoder.apply({"params": params["backbone"]}, batch["inputs"],
+                         segment_ids_BxL=batch["segment_ids"], positions_BxL=batch["positions"],
+                         token_types_BxL=batch["token_types"])
+  embed_params = {"params": params["backbone"]}
+  dense_logits = MLMHead(model_cfg).apply(
+      {"params": params["mlm_head"]}, hidden,
+      encoder.bind(embed_params).stack.token_embed)
+  dense_loss, _ = mlm.loss(dense_logits, batch["mlm_targets"], batch["mlm_weights"])
+  mlm_sum, mlm_count = pairs["mlm_loss"]
+  assert float(mlm_count) == float(batch["mlm_weights"].sum())
+  np.testing.assert_allclose(float(mlm_sum / mlm_count), float(dense_loss), rtol=1e-5)

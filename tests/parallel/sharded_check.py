@@ -11,7 +11,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from configs import common, pretrain
+from configs import pretrain
 from lmreuse import components, objectives
 from lmreuse.parallel import mesh as mesh_lib, sharding as sharding_lib
 from lmreuse.train import optim

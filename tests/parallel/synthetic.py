@@ -5,6 +5,15 @@ import numpy as np
 VOCAB = 128
 
 
+def exact_selection(rng: np.random.Generator, batch_size: int, length: int) -> np.ndarray:
+  """round(15%) of the real positions per row, as mlm.mask_tokens selects (never padding)."""
+  count = max(1, round(0.15 * length))
+  weights = np.zeros((batch_size, length + 3), np.float32)
+  for row in weights:
+    row[rng.permutation(length)[:count]] = 1.0
+  return weights
+
+
 def batch(objective: str, *, batch_size: int, seq_len: int, seed: int = 0) -> dict:
   rng = np.random.default_rng(seed)
   tokens = lambda length: rng.integers(6, VOCAB, (batch_size, length)).astype(np.int32)
@@ -15,7 +24,7 @@ def batch(objective: str, *, batch_size: int, seq_len: int, seed: int = 0) -> di
     return dict(inputs=tokens(seq_len), token_types=(positions(seq_len) >= seq_len // 2).astype(
         np.int32), segment_ids=segments(seq_len), positions=positions(seq_len),
                 mlm_targets=tokens(seq_len),
-                mlm_weights=(rng.random((batch_size, seq_len)) < 0.15).astype(np.float32),
+                mlm_weights=exact_selection(rng, batch_size, seq_len - 3),
                 nsp_labels=rng.integers(0, 2, (batch_size,)).astype(np.int32))
   if objective == "clm":
     return dict(inputs=tokens(seq_len), targets=tokens(seq_len),

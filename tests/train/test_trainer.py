@@ -3,7 +3,6 @@
 import jax
 import ml_collections
 import numpy as np
-import optax
 import pytest
 
 from configs import common, pretrain
