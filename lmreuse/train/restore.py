@@ -1,0 +1,65 @@
+"""Reuse: load a pretraining checkpoint's parameters into a (possibly different) new model.
+
+Parameters are matched by path. What matches is loaded bit for bit; what only the new model
+has (task heads, adapters) keeps its fresh init; what only the checkpoint has (pretraining
+heads) is dropped. The report says which is which, as big_vision's `load` and t5x's
+`RestoreCheckpointConfig` do; a shape mismatch is an error that lists every offending path.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from flax import traverse_util
+
+
+def checkpoint_state_dir(init_from: str) -> str:
+  """`init_from` is a workdir (its latest checkpoint) or one step's checkpoint directory."""
+  if os.path.isdir(os.path.join(init_from, "state")):
+    return os.path.join(init_from, "state")
+  checkpoints = os.path.join(init_from, "checkpoints")
+  steps = sorted(int(d) for d in os.listdir(checkpoints) if d.isdigit()) if os.path.isdir(
+      checkpoints) else []
+  if not steps:
+    raise FileNotFoundError(
+        f"init_from={init_from!r} is neither a checkpoint step directory (with state/) nor a "
+        f"workdir with checkpoints under {checkpoints}")
+  return os.path.join(checkpoints, str(steps[-1]), "state")
+
+
+def load_params(init_from: str) -> dict:
+  """The parameter tree of a checkpoint, as host numpy arrays."""
+  state = ocp.StandardCheckpointer().restore(os.path.abspath(checkpoint_state_dir(init_from)))
+  return jax.tree.map(np.asarray, state["params"])
+
+
+def merge_params(fresh: Any, pretrained: Any) -> tuple[dict, dict[str, list[str]]]:
+  """Pretrained values where paths match, fresh ones elsewhere; plus the loaded/new/dropped
+  report. Raises ValueError naming every path whose shapes disagree."""
+  fresh_flat = traverse_util.flatten_dict(jax.device_get(fresh), sep="/")
+  old_flat = traverse_util.flatten_dict(pretrained, sep="/")
+  mismatched = [f"{path}: checkpoint {np.shape(old_flat[path])} vs model "
+                f"{np.shape(value)}" for path, value in fresh_flat.items()
+                if path in old_flat and np.shape(old_flat[path]) != np.shape(value)]
+  if mismatched:
+    raise ValueError("pretrained parameters do not fit the model (different architecture or "
+                     "size?):\n  " + "\n  ".join(mismatched))
+  merged = {path: (old_flat[path] if path in old_flat else value)
+            for path, value in fresh_flat.items()}
+  report = {
+      "loaded": sorted(p for p in fresh_flat if p in old_flat),
+      "new": sorted(p for p in fresh_flat if p not in old_flat),
+      "dropped": sorted(p for p in old_flat if p not in fresh_flat),
+  }
+  return traverse_util.unflatten_dict(merged, sep="/"), report
+
+
+def write_report(path: str, report: dict[str, list[str]]) -> None:
+  with open(path, "w") as f:
+    json.dump({**report, "counts": {k: len(v) for k, v in report.items()}}, f, indent=2)
+    f.write("\n")

@@ -1,0 +1,67 @@
+"""Reusing a pretraining checkpoint: exact loading by path, and a report of what was not."""
+
+import flax.linen as nn
+import jax
+import numpy as np
+import pytest
+from flax import traverse_util
+
+from experiments import pretrain
+from lmreuse import components, objectives
+from lmreuse.data import tokenizer as tokenizer_lib
+from lmreuse.train import restore
+
+
+@pytest.fixture(scope="module")
+def bert_workdir(tmp_path_factory, tokenizer_path, tfds_dir):
+  from configs import pretrain as pretrain_config
+
+  config = pretrain_config.get_config("bert,size=tiny")
+  config.tokenizer.update(dict(path=tokenizer_path, vocab_size=1024, num_sentinels=32))
+  config.data.update(dict(tfds_dir=tfds_dir, seq_len=32))
+  config.model.max_len = 32
+  config.update(dict(batch_size=8, total_steps=2, checkpoint_every=2, eval_steps=1))
+  workdir = str(tmp_path_factory.mktemp("bert"))
+  pretrain.run(config, workdir)
+  return workdir, config
+
+
+def test_backbone_loads_bitwise_and_heads_are_reported(bert_workdir, tokenizer_path):
+  workdir, config = bert_workdir
+  pretrained = restore.load_params(workdir)
+  # A different model on the same backbone: MLM only, no NSP pooler/classifier.
+  config = config.copy_and_resolve_references()
+  config.objective.nsp = False
+  vocab = tokenizer_lib.load_tokenizer(tokenizer_path).vocab_size
+  program = objectives.get("mlm").program(components.model_config(config.model, vocab),
+                                          config.objective, config.data)
+  fresh = jax.device_get(nn.meta.unbox(program.init_params(jax.random.PRNGKey(7))))
+  merged, report = restore.merge_params(fresh, pretrained)
+
+  flat_old = traverse_util.flatten_dict(pretrained, sep="/")
+  flat_new = traverse_util.flatten_dict(merged, sep="/")
+  assert report["loaded"] and all(p.startswith(("backbone/", "mlm_head/"))
+                                  for p in report["loaded"])
+  for path in report["loaded"]:
+    np.testing.assert_array_equal(flat_new[path], flat_old[path])  # bitwise
+  assert report["new"] == []
+  assert report["dropped"] and all(p.startswith(("pooler/", "nsp_head/"))
+                                   for p in report["dropped"])
+  # A step directory works as well as a workdir.
+  step_dir = f"{workdir}/checkpoints/2"
+  assert traverse_util.flatten_dict(restore.load_params(step_dir), sep="/").keys() == (
+      flat_old.keys())
+
+
+def test_shape_mismatch_lists_the_paths(bert_workdir):
+  workdir, _ = bert_workdir
+  pretrained = restore.load_params(workdir)
+  wrong = jax.tree.map(lambda x: np.zeros(x.shape[:-1] + (x.shape[-1] + 1,), x.dtype),
+                       pretrained)
+  with pytest.raises(ValueError, match=r"backbone/stack/token_embed/embedding: checkpoint"):
+    restore.merge_params(wrong, pretrained)
+
+
+def test_missing_checkpoint_is_a_clear_error(tmp_path):
+  with pytest.raises(FileNotFoundError, match="init_from="):
+    restore.load_params(str(tmp_path))
