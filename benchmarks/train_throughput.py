@@ -36,6 +36,7 @@ from lmreuse import components, objectives  # noqa: E402
 from lmreuse.models.config import TransformerConfig  # noqa: E402
 from lmreuse.parallel import mesh as mesh_lib, sharding as sharding_lib  # noqa: E402
 from lmreuse.train import optim, trainer as trainer_lib  # noqa: E402
+from tests.parallel import synthetic  # noqa: E402
 
 _STEPS = flags.DEFINE_integer("steps", 20, "Train steps per timed round (per model).")
 _ROUNDS = flags.DEFINE_integer("rounds", 5, "Timed rounds, alternating between the two models.")
@@ -51,25 +52,16 @@ _PROFILE = flags.DEFINE_bool(
     "profile", False, "Also print XLA cost analysis and forward / grad / step times for both.")
 
 VOCAB, D_MODEL, HEADS, D_FF, LAYERS, MAX_LEN, DROPOUT = 8192, 256, 4, 1024, 4, 128, 0.1
-NUM_SPECIALS = 6  # ids below this are [PAD]/[CLS]/... in lmreuse's tokenizer; never sampled
 
 Batch = dict[str, np.ndarray]
 
 
 def mlm_batch(batch_size: int, seq_len: int, seed: int = 0) -> Batch:
-  """Random well-formed MLM batch (as tests/parallel/synthetic.py, but with vocab 8192).
-
-  Two sentence halves (token types 0/1), the last 3 positions padding (segment 0), ~15% masked.
-  """
-  rng = np.random.default_rng(seed)
-  positions = np.tile(np.arange(seq_len, dtype=np.int32), (batch_size, 1))
-  segments = np.where(np.arange(seq_len) < seq_len - 3, 1, 0).astype(np.int32)
-  return dict(
-      inputs=rng.integers(NUM_SPECIALS, VOCAB, (batch_size, seq_len)).astype(np.int32),
-      token_types=(positions >= seq_len // 2).astype(np.int32),
-      segment_ids=np.repeat(segments[None], batch_size, 0), positions=positions,
-      mlm_targets=rng.integers(NUM_SPECIALS, VOCAB, (batch_size, seq_len)).astype(np.int32),
-      mlm_weights=(rng.random((batch_size, seq_len)) < 0.15).astype(np.float32))
+  """A well-formed MLM batch: two sentence halves, 3 padding positions, and exactly
+  round(15%) of the real positions selected per row, as lmreuse's masking does."""
+  batch = synthetic.batch("mlm", batch_size=batch_size, seq_len=seq_len, seed=seed, vocab=VOCAB)
+  del batch["nsp_labels"]  # MLM only on both sides
+  return batch
 
 
 def flops_per_token(cfg: TransformerConfig, seq_len: int) -> tuple[float, int]:

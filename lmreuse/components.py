@@ -29,12 +29,8 @@ def tokenizer(tok: ml_collections.ConfigDict, workdir: str) -> tokenizer_lib.Tok
   if tok.path and not os.path.exists(path):
     raise FileNotFoundError(f"config.tokenizer.path={path!r} does not exist")
 
-  def texts():
-    for record in wordnet.read_records("train"):
-      yield from wordnet.synset_segments(record)
-
   return tokenizer_lib.get_or_train(
-      path, texts, vocab_size=tok.vocab_size, model_type=tok.model_type,
+      path, lambda: wordnet.segments("train"), vocab_size=tok.vocab_size, model_type=tok.model_type,
       num_sentinels=tok.num_sentinels, max_sentences=tok.max_sentences)
 
 

@@ -25,17 +25,12 @@ def tfds_dir(tmp_path_factory) -> str:
 def tokenizer_path(tmp_path_factory) -> str:
   """A 1k-piece SentencePiece model on part of the corpus: enough for tiny models, fast."""
   path = os.path.join(str(tmp_path_factory.mktemp("tokenizer")), "spm.model")
-
-  def texts():
-    for record in wordnet.read_records("train"):
-      yield from wordnet.synset_segments(record)
-
-  tokenizer_lib.train_tokenizer(texts(), path, vocab_size=1024, num_sentinels=32,
+  tokenizer_lib.train_tokenizer(wordnet.segments("train"), path, vocab_size=1024, num_sentinels=32,
                                 max_sentences=30_000)
   return path
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def tiny_config(tokenizer_path, tfds_dir):
   """A pretraining config small enough for a test: tiny model, short rows, few steps."""
 

@@ -14,9 +14,10 @@ def exact_selection(rng: np.random.Generator, batch_size: int, length: int) -> n
   return weights
 
 
-def batch(objective: str, *, batch_size: int, seq_len: int, seed: int = 0) -> dict:
+def batch(objective: str, *, batch_size: int, seq_len: int, seed: int = 0,
+          vocab: int = VOCAB) -> dict:
   rng = np.random.default_rng(seed)
-  tokens = lambda length: rng.integers(6, VOCAB, (batch_size, length)).astype(np.int32)
+  tokens = lambda length: rng.integers(6, vocab, (batch_size, length)).astype(np.int32)
   positions = lambda length: np.tile(np.arange(length, dtype=np.int32), (batch_size, 1))
   segments = lambda length: np.where(np.arange(length) < length - 3, 1, 0).astype(
       np.int32)[None].repeat(batch_size, 0)

@@ -13,14 +13,8 @@ from lmreuse.train import restore
 
 
 @pytest.fixture(scope="module")
-def bert_workdir(tmp_path_factory, tokenizer_path, tfds_dir):
-  from configs import pretrain as pretrain_config
-
-  config = pretrain_config.get_config("bert,size=tiny")
-  config.tokenizer.update(dict(path=tokenizer_path, vocab_size=1024, num_sentinels=32))
-  config.data.update(dict(tfds_dir=tfds_dir, seq_len=32))
-  config.model.max_len = 32
-  config.update(dict(batch_size=8, total_steps=2, checkpoint_every=2, eval_steps=1))
+def bert_workdir(tmp_path_factory, tiny_config):
+  config = tiny_config("bert", total_steps=2, checkpoint_every=2, eval_steps=1)
   workdir = str(tmp_path_factory.mktemp("bert"))
   pretrain.run(config, workdir)
   return workdir, config

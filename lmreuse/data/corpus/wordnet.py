@@ -51,6 +51,12 @@ def synset_segments(record: dict) -> list[str]:
   return [first, *record["examples"]]
 
 
+def segments(split: str | None = None, path: str = DEFAULT_PATH) -> Iterator[str]:
+    """Every text segment of a split, in corpus order: what tokenizers are trained on."""
+    for record in read_records(split, path):
+        yield from synset_segments(record)
+
+
 def documents(records: Iterable[dict], max_synsets: int = MAX_DOCUMENT_SYNSETS) -> Iterator[dict]:
   """Groups runs of <= max_synsets consecutive synsets (same lexname and split) into documents.
 
