@@ -183,6 +183,7 @@ class Attention(nn.Module):
 
   `decode=True` keeps a KV cache in the 'cache' collection: initialise it by calling the model
   once with decode=True on [batch, max_len] inputs, then feed one or more tokens per call.
+  `key_valid_BxS` (decode only) says which fed tokens are real; padding stays hidden for good.
   """
 
   cfg: TransformerConfig
@@ -193,7 +194,7 @@ class Attention(nn.Module):
   def __call__(self, x_BxTxD: Array, kv_BxSxD: Array | None = None, *,
                mask: Array | None = None, bias_BxNxTxS: Array | None = None,
                q_positions_BxT: Array | None = None, k_positions_BxS: Array | None = None,
-               use_rope: bool = False) -> Array:
+               use_rope: bool = False, key_valid_BxS: Array | None = None) -> Array:
     cfg = self.cfg
     is_self = kv_BxSxD is None
     kv_BxSxD = x_BxTxD if is_self else kv_BxSxD
@@ -212,7 +213,8 @@ class Attention(nn.Module):
 
     is_causal = self.causal
     if self.decode and is_self:
-      k_BxSxKxH, v_BxSxKxH, mask = self._update_cache(k_BxSxKxH, v_BxSxKxH, mask)
+      k_BxSxKxH, v_BxSxKxH, mask = self._update_cache(k_BxSxKxH, v_BxSxKxH, mask,
+                                                      key_valid_BxS)
       is_causal = False  # the cache mask already hides the future
 
     scale = 1.0 / math.sqrt(h) if cfg.scale_attention else 1.0
@@ -223,22 +225,33 @@ class Attention(nn.Module):
                            name="out")(out_BxTxNxH)
     return constrain(out_BxTxD, ("batch", "length", "act_embed"))
 
-  def _update_cache(self, k_BxTxKxH: Array, v_BxTxKxH: Array, mask: Array | None):
-    """Writes new keys/values at the cache index; returns the full cache and its mask."""
+  def _update_cache(self, k_BxTxKxH: Array, v_BxTxKxH: Array, mask: Array | None,
+                    key_valid_BxT: Array | None):
+    """Writes new keys/values and their validity at the cache index; returns the cache and mask.
+
+    The mask is causal over cache slots and hides invalid (padding) keys, except that every slot
+    sees itself: a padding query then attends to something and stays finite.
+    """
+    b, t = k_BxTxKxH.shape[:2]
     is_initialized = self.has_variable("cache", "cached_key")
     cached_k = self.variable("cache", "cached_key", jnp.zeros, k_BxTxKxH.shape, k_BxTxKxH.dtype)
     cached_v = self.variable("cache", "cached_value", jnp.zeros, v_BxTxKxH.shape, v_BxTxKxH.dtype)
+    cached_valid = self.variable("cache", "cached_valid", jnp.zeros, (b, t), jnp.bool_)
     index = self.variable("cache", "cache_index", lambda: jnp.array(0, jnp.int32))
     if not is_initialized:
       return k_BxTxKxH, v_BxTxKxH, mask
-    t = k_BxTxKxH.shape[1]
+    if key_valid_BxT is None:
+      key_valid_BxT = jnp.ones((b, t), jnp.bool_)
     start = index.value
     cached_k.value = jax.lax.dynamic_update_slice(cached_k.value, k_BxTxKxH, (0, start, 0, 0))
     cached_v.value = jax.lax.dynamic_update_slice(cached_v.value, v_BxTxKxH, (0, start, 0, 0))
+    cached_valid.value = jax.lax.dynamic_update_slice(cached_valid.value, key_valid_BxT, (0, start))
     index.value = start + t
-    max_len = cached_k.value.shape[1]
-    q_pos_T = start + jnp.arange(t)
-    cache_mask = (jnp.arange(max_len)[None, :] <= q_pos_T[:, None])[None, None]
+    q_slots_Tx1 = (start + jnp.arange(t))[:, None]
+    k_slots_1xS = jnp.arange(cached_k.value.shape[1])[None, :]
+    causal_TxS = k_slots_1xS <= q_slots_Tx1
+    own_TxS = k_slots_1xS == q_slots_Tx1
+    cache_mask = (causal_TxS & (cached_valid.value[:, None, :] | own_TxS))[:, None]
     return cached_k.value, cached_v.value, cache_mask if mask is None else mask & cache_mask
 
 

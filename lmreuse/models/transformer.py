@@ -29,7 +29,7 @@ class Block(nn.Module):
 
   @nn.compact
   def __call__(self, x_BxLxD, deterministic, mask, bias, positions_BxL,
-               encoded_BxSxD=None, cross_mask=None, enc_positions_BxS=None):
+               encoded_BxSxD=None, cross_mask=None, enc_positions_BxS=None, key_valid_BxL=None):
     cfg = self.cfg
     pre_norm = cfg.norm_placement == "pre"
     use_rope = cfg.position == "rope"
@@ -43,7 +43,7 @@ class Block(nn.Module):
     x_BxLxD = residual("self_attention", x_BxLxD, lambda h: Attention(
         cfg, causal=self.causal, decode=self.decode, name="self_attention")(
             h, mask=mask, bias_BxNxTxS=bias, q_positions_BxT=positions_BxL,
-            k_positions_BxS=positions_BxL, use_rope=use_rope))
+            k_positions_BxS=positions_BxL, use_rope=use_rope, key_valid_BxS=key_valid_BxL))
     if self.cross:
       x_BxLxD = residual("cross_attention", x_BxLxD, lambda h: Attention(
           cfg, name="cross_attention")(h, encoded_BxSxD, mask=cross_mask))
@@ -57,6 +57,26 @@ def _block_class(cfg: TransformerConfig):
   policy = (jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims
             if cfg.remat == "dots" else None)
   return nn.remat(Block, static_argnums=(2,), policy=policy)  # self=0, x=1, deterministic=2
+
+
+class KeyPositionCache(nn.Module):
+  """Positions of the keys in a KV cache, for the relative bias while decoding.
+
+  Keys then span the cache, whose length need not be cfg.max_len, and left-padded prompts give
+  real tokens positions that are not their slots.
+  """
+
+  @nn.compact
+  def __call__(self, positions_BxT: Array) -> Array:
+    is_initialized = self.has_variable("cache", "cached_positions")
+    cached = self.variable("cache", "cached_positions", jnp.zeros, positions_BxT.shape, jnp.int32)
+    index = self.variable("cache", "cache_index", lambda: jnp.array(0, jnp.int32))
+    if not is_initialized:
+      return positions_BxT
+    cached.value = jax.lax.dynamic_update_slice(
+        cached.value, positions_BxT.astype(jnp.int32), (0, index.value))
+    index.value = index.value + positions_BxT.shape[1]
+    return cached.value
 
 
 def _default_positions(ids_BxL: Array) -> Array:
@@ -83,6 +103,8 @@ class Stack(nn.Module):
       self.token_type_embed = Embed(cfg.num_token_types, cfg, axes=(None, "embed"))
     if cfg.position == "relative_bias":
       self.relative_bias = RelativePositionBias(cfg, bidirectional=not self.causal)
+      if self.decode:
+        self.key_positions = KeyPositionCache()
     self.embed_dropout = nn.Dropout(cfg.dropout_rate)
     self.norm = Norm(cfg)  # after the embeddings (post-norm) or after the last layer (pre-norm)
     block = _block_class(cfg)
@@ -110,29 +132,27 @@ class Stack(nn.Module):
       x_BxLxD = self.norm(x_BxLxD)
     x_BxLxD = self.embed_dropout(x_BxLxD, deterministic=deterministic)
 
-    # With a KV cache, causality and padding come from the cache itself.
-    mask = None if self.decode else attention_mask(
-        segment_ids_BxL, segment_ids_BxL, self.causal, positions_BxL, positions_BxL)
+    # With a KV cache, causality and padding come from the cache: keys enter it with their validity.
+    mask = key_valid_BxL = None
+    if not self.decode:
+      mask = attention_mask(segment_ids_BxL, segment_ids_BxL, self.causal, positions_BxL,
+                            positions_BxL)
+    elif segment_ids_BxL is not None:
+      key_valid_BxL = segment_ids_BxL > 0
     bias = None
     if cfg.position == "relative_bias":
-      bias = self.relative_bias(positions_BxL, self._key_positions(positions_BxL))
+      k_positions = self.key_positions(positions_BxL) if self.decode else positions_BxL
+      bias = self.relative_bias(positions_BxL, k_positions)
     cross_mask = None
     if self.cross:
       cross_mask = attention_mask(segment_ids_BxL, enc_segment_ids_BxS, False)
     for layer in self.layers:
       x_BxLxD = layer(x_BxLxD, deterministic, mask, bias, positions_BxL,
-                      encoded_BxSxD, cross_mask, enc_positions_BxS)
+                      encoded_BxSxD, cross_mask, enc_positions_BxS, key_valid_BxL)
     if cfg.norm_placement == "pre":
       x_BxLxD = self.norm(x_BxLxD)
       x_BxLxD = self.embed_dropout(x_BxLxD, deterministic=deterministic)
     return x_BxLxD
-
-  def _key_positions(self, positions_BxL: Array) -> Array:
-    """Keys span the whole cache while decoding, else they are the queries' positions."""
-    if not self.decode:
-      return positions_BxL
-    b = positions_BxL.shape[0]
-    return jnp.broadcast_to(jnp.arange(self.cfg.max_len, dtype=jnp.int32), (b, self.cfg.max_len))
 
   def attend(self, x_BxLxD: Array) -> Array:
     return self.token_embed.attend(x_BxLxD)
@@ -174,7 +194,11 @@ class LMHead(nn.Module):
 
 
 class Decoder(nn.Module):
-  """Causal decoder (GPT) with a KV cache for generation (`decode=True`)."""
+  """Causal decoder (GPT) with a KV cache for generation (`decode=True`).
+
+  Left-padded prompts decode like unpadded ones given segment ids (0 on padding) and positions
+  that start at each first real token.
+  """
 
   cfg: TransformerConfig
   decode: bool = False
