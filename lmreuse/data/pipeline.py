@@ -1,4 +1,5 @@
-"""grain input pipelines for pretraining: documents → tokens → objective examples → batches.
+"""grain input pipelines: documents → tokens → objective examples → batches (pretraining), and
+task examples → features → batches (fine-tuning).
 
     ds = make_pretrain_dataset("mlm", source, tok, seq_len=128, batch_size=32, seed=0,
                                train=True, nsp=True)
@@ -271,4 +272,18 @@ def make_pretrain_dataset(
     ds = _span_dataset(indices, docs, tokenizer, seq_len=seq_len, target_len=target_len,
                        noise_density=noise_density,
                        mean_noise_span_length=mean_noise_span_length)
+  return ds.batch(batch_size, drop_remainder=True)
+
+
+def make_task_dataset(examples: Sequence[dict], features_fn: Any, *, batch_size: int, seed: int,
+                      shard_index: int = 0, shard_count: int = 1) -> grain.IterDataset:
+  """Endless shuffled training batches of a downstream task (this process's share).
+
+  `features_fn(example, rng)` returns a list of feature dicts (several for windowed QA, with
+  `rng` for augmentation), so the examples are re-featurized with fresh randomness each epoch.
+  """
+  indices = _document_indices(len(examples), seed=seed, train=True, shard_index=shard_index,
+                              shard_count=shard_count)
+  ds = indices.random_map(lambda i, rng: features_fn(examples[int(i)], rng))
+  ds = grain.experimental.FlatMapIterDataset(ds.to_iter_dataset(_READ_OPTIONS), _Unlist())
   return ds.batch(batch_size, drop_remainder=True)

@@ -59,6 +59,23 @@ class Tokenizer:
   def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
     return self._sp.encode(list(texts), out_type=int)
 
+  def encode_with_offsets(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
+    """Token ids plus each token's (start, end) character span in `text` (extractive QA maps
+    predicted token spans back to exact answer text through these)."""
+    proto = self._sp.encode(text, return_type="proto")
+    # SentencePiece reports UTF-8 byte offsets; map them to character offsets.
+    char_of_byte = np.zeros(len(text.encode("utf-8")) + 1, np.int64)
+    position = 0
+    for i, ch in enumerate(text):
+      width = len(ch.encode("utf-8"))
+      char_of_byte[position:position + width] = i
+      position += width
+    char_of_byte[position] = len(text)
+    ids = [piece.id for piece in proto.pieces]
+    offsets = [(int(char_of_byte[piece.begin]), int(char_of_byte[piece.end]))
+               for piece in proto.pieces]
+    return ids, offsets
+
   def decode(self, ids: Iterable[int]) -> str:
     """Text of `ids`: pad/[CLS]/[SEP]/[MASK]/[EOS] dropped, sentinels shown as <extra_id_k>."""
     ids = [int(i) for i in ids]

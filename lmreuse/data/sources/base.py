@@ -1,0 +1,54 @@
+"""What every downstream data source returns: examples in one canonical schema per task type.
+
+Sources (bundled WordNet tasks, the TFDS catalog, local files) differ only in where examples
+come from; task types (lmreuse/tasks/) read only these fields:
+
+  classification  {"text": str, "text_pair": str (pair tasks only), "label": str | int}
+  regression      {"text": str, "text_pair": str (pair tasks only), "label": float}
+  tagging         {"tokens": list[str], "tags": list[str]}            (one tag per token)
+  extractive_qa   {"id": str, "question": str, "context": str,
+                   "answers": list[{"text": str, "start": int}]}     (start: char offset)
+  seq2seq         {"source": str, "target": str}
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Sequence
+
+import numpy as np
+
+TASK_TYPES = ("classification", "regression", "tagging", "extractive_qa", "seq2seq")
+SPLITS = ("train", "validation", "test")
+
+
+@dataclasses.dataclass
+class TaskData:
+  """Examples per split ("train", "validation", "test"), random access (len, [i]).
+
+  `labels` is the label set (classification) or tag set (tagging), sorted or in the dataset's
+  own class order, else None.
+  `origin` names where each split came from (a file, a TFDS split) for messages and results.
+  `positive_label` is the class whose binary F1 a benchmark reports (MRPC), if any.
+  """
+
+  task_type: str
+  splits: dict[str, Sequence[dict]]
+  labels: list | None = None
+  origin: dict[str, str] = dataclasses.field(default_factory=dict)
+  positive_label: Any = None
+
+
+def split_off(examples: Sequence, fraction: float, seed: int
+              ) -> tuple[list[dict], list[dict]]:
+  """A seeded (rest, held_out) split taking round(fraction × n) examples, at least one."""
+  if not 0.0 < fraction < 1.0:
+    raise ValueError(f"validation_fraction={fraction} must be in (0, 1)")
+  order = np.random.default_rng(seed).permutation(len(examples))
+  n_held = max(1, int(round(fraction * len(examples))))
+  if n_held >= len(examples):
+    raise ValueError(f"validation_fraction={fraction} of {len(examples)} examples leaves no "
+                     "training examples")
+  held = set(order[:n_held].tolist())
+  rest = [examples[i] for i in range(len(examples)) if i not in held]
+  return rest, [examples[i] for i in sorted(held)]

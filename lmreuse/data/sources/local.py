@@ -1,0 +1,296 @@
+"""Loads the user's own CSV, TSV or JSONL files as the canonical examples of one task type.
+
+A column mapping in config.task (see `config_defaults`) names which column holds which field,
+so a new data set needs no code. Every problem raises one ValueError pointing at `file:line`:
+a silently skipped or coerced row would change results without anyone noticing.
+
+    data = local.load(config.task, seed=config.seed)  # TaskData, as the other sources return.
+"""
+
+from __future__ import annotations
+
+import codecs
+import csv
+import dataclasses
+import io
+import json
+import math
+import os
+import re
+from typing import Any, Callable
+
+from lmreuse.data.sources import base
+
+_DELIMITERS = {".csv": ",", ".tsv": "\t", ".jsonl": None, ".json-lines": None}  # None: JSONL.
+_COLUMN_KEYS = {  # The config keys naming each task type's columns; '' leaves one out.
+    "classification": ("text_column", "text_pair_column", "label_column"),
+    "regression": ("text_column", "text_pair_column", "label_column"),
+    "tagging": ("tokens_column", "tags_column"),
+    "extractive_qa": ("question_column", "context_column", "answer_column",
+                      "answer_start_column", "id_column"),
+    "seq2seq": ("source_column", "target_column"),
+}
+_INTEGER = re.compile(r"[+-]?[0-9]+")
+_MAX_LISTED = 20
+
+
+def config_defaults() -> dict:
+  """The config.task keys `load` reads besides `type`, with defaults, for the finetune config."""
+  return dict(
+      train_path="", validation_path="", test_path="", validation_fraction=0.1,
+      text_column="text", text_pair_column="", label_column="label", tokens_column="tokens",
+      tags_column="tags", question_column="question", context_column="context",
+      answer_column="answer", answer_start_column="", source_column="source",
+      target_column="target", id_column="")
+
+
+@dataclasses.dataclass
+class _Row:
+  """One row of a file with its line, so that every check can name `file:line`."""
+
+  path: str
+  line: int
+  values: dict
+  columns: dict[str, str]  # Config key ("text_column") -> column name.
+  from_json: bool
+
+  def error(self, message: str) -> ValueError:
+    return ValueError(f"{self.path}:{self.line}: {message}")
+
+  def what(self, key: str) -> str:
+    return f"column {self.columns[key]!r} (config.task.{key})"
+
+  def raw(self, key: str) -> Any:
+    return self.values[self.columns[key]]
+
+  def text(self, key: str) -> str:
+    return self.check_text(self.raw(key), key)
+
+  def check_text(self, value: Any, key: str) -> str:
+    if not isinstance(value, str) or not value.strip():
+      raise self.error(f"{self.what(key)} is empty or not text: {value!r}")
+    return value
+
+  def words(self, key: str) -> list[str]:
+    value = self.raw(key)
+    if isinstance(value, str):
+      return value.split()
+    if self.from_json and isinstance(value, list) and all(isinstance(w, str) for w in value):
+      return value
+    raise self.error(f"{self.what(key)} is neither whitespace-separated text nor a list of "
+                     f"strings: {value!r}")
+
+
+def _texts(row: _Row) -> dict:
+  example = {"text": row.text("text_column")}
+  if "text_pair_column" in row.columns:
+    example["text_pair"] = row.text("text_pair_column")
+  return example
+
+
+def _classification(row: _Row) -> dict:
+  label = row.raw("label_column")
+  if isinstance(label, str) and label.strip():
+    return {**_texts(row), "label": label.strip()}
+  if row.from_json and isinstance(label, int) and not isinstance(label, bool):
+    return {**_texts(row), "label": label}
+  raise row.error(f"{row.what('label_column')} is not a label (text or integer): {label!r}")
+
+
+def _regression(row: _Row) -> dict:
+  label = row.raw("label_column")
+  try:
+    value = float(label) if not isinstance(label, bool) else math.nan
+  except (TypeError, ValueError):
+    value = math.nan
+  if not math.isfinite(value):
+    raise row.error(f"{row.what('label_column')} is not a number: {label!r}")
+  return {**_texts(row), "label": value}
+
+
+def _tagging(row: _Row) -> dict:
+  tokens, tags = row.words("tokens_column"), row.words("tags_column")
+  if not tokens:
+    raise row.error(f"{row.what('tokens_column')} has no tokens")
+  if len(tokens) != len(tags):
+    raise row.error(f"{len(tokens)} tokens but {len(tags)} tags (one tag per token)")
+  return {"tokens": tokens, "tags": tags}
+
+
+def _answer_start(row: _Row, value: Any) -> int:
+  if isinstance(value, int) and not isinstance(value, bool):
+    return value
+  if isinstance(value, str) and _INTEGER.fullmatch(value.strip()):
+    return int(value)
+  raise row.error(f"{row.what('answer_start_column')} is not an integer: {value!r}")
+
+
+def _extractive_qa(row: _Row) -> dict:
+  question, context = row.text("question_column"), row.text("context_column")
+  texts = row.raw("answer_column")
+  texts = texts if row.from_json and isinstance(texts, list) else [texts]
+  starts = [None] * len(texts)
+  if "answer_start_column" in row.columns:
+    starts = row.raw("answer_start_column")
+    starts = starts if isinstance(starts, list) else [starts]
+  if not texts or len(starts) != len(texts):
+    raise row.error(f"{len(texts)} answers but {len(starts)} answer starts")
+  answers = []
+  for text, start in zip(texts, starts):
+    text = row.check_text(text, "answer_column")
+    if start is None:
+      start = context.find(text)
+      if start < 0:
+        raise row.error(f"answer {text!r} does not occur in the context")
+    else:
+      start = _answer_start(row, start)
+      if start < 0 or context[start:start + len(text)] != text:
+        raise row.error(f"answer {text!r} is not at answer_start={start} in the context, which "
+                        f"has {context[max(0, start):][:len(text)]!r} there")
+    answers.append({"text": text, "start": start})
+  row_id = str(row.raw("id_column")) if "id_column" in row.columns else str(row.line)
+  return {"id": row_id, "question": question, "context": context, "answers": answers}
+
+
+def _seq2seq(row: _Row) -> dict:
+  return {"source": row.text("source_column"), "target": row.text("target_column")}
+
+
+_CONVERTERS: dict[str, Callable[[_Row], dict]] = {
+    "classification": _classification, "regression": _regression, "tagging": _tagging,
+    "extractive_qa": _extractive_qa, "seq2seq": _seq2seq}
+
+
+def _check_columns(columns: dict[str, str], available: Any, where: str) -> None:
+  for key, column in columns.items():
+    if column not in available:
+      raise ValueError(f"{where}: no column {column!r} (config.task.{key}); available columns: "
+                       f"{', '.join(map(repr, available))}")
+
+
+def _decode(path: str) -> str:
+  with open(path, "rb") as f:
+    data = f.read()
+  try:
+    return data.decode("utf-8-sig")
+  except UnicodeDecodeError as e:
+    offset = e.start + (len(codecs.BOM_UTF8) if data.startswith(codecs.BOM_UTF8) else 0)
+    line = data[:offset].count(b"\n") + 1
+    raise ValueError(f"{path}:{line}: not UTF-8 text (byte offset {offset}: {e.reason}); "
+                     "save the file as UTF-8") from e
+
+
+def _read_csv(path: str, text: str, delimiter: str, columns: dict[str, str]
+              ) -> list[tuple[int, dict]]:
+  reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
+  rows = []
+  try:
+    header = next((fields for fields in reader if fields), None)
+    if header is None:
+      raise ValueError(f"{path}: empty file (no header row)")
+    _check_columns(columns, header, f"{path}:{reader.line_num}")
+    start = reader.line_num + 1  # A quoted field may span lines: report the row's first.
+    for fields in reader:
+      if fields and len(fields) != len(header):
+        raise ValueError(f"{path}:{start}: {len(fields)} fields but the header has {len(header)}")
+      if fields:
+        rows.append((start, dict(zip(header, fields))))
+      start = reader.line_num + 1
+  except csv.Error as e:
+    raise ValueError(f"{path}:{reader.line_num}: {e}") from e
+  if not rows:
+    raise ValueError(f"{path}: no data rows after the header")
+  return rows
+
+
+def _read_jsonl(path: str, text: str, columns: dict[str, str]) -> list[tuple[int, dict]]:
+  rows = []
+  for line, content in enumerate(text.split("\n"), 1):  # Not splitlines: JSON allows U+2028.
+    if not content.strip():
+      continue
+    try:
+      values = json.loads(content)
+    except json.JSONDecodeError as e:
+      raise ValueError(f"{path}:{line}: not valid JSON ({e})") from e
+    if not isinstance(values, dict):
+      raise ValueError(f"{path}:{line}: not a JSON object but {type(values).__name__}")
+    _check_columns(columns, values, f"{path}:{line}")
+    rows.append((line, values))
+  if not rows:
+    raise ValueError(f"{path}: empty file (no JSON lines)")
+  return rows
+
+
+def _load_file(task: Any, key: str, columns: dict[str, str]
+               ) -> tuple[str, bool, list[tuple[int, dict]]]:
+  """(path, whether JSONL, [(line, example)]) of the file that config.task.<key> names."""
+  path = getattr(task, key)
+  extension = os.path.splitext(path)[1].lower()
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"config.task.{key}={path!r}: no such file")
+  if extension not in _DELIMITERS:
+    raise ValueError(f"config.task.{key}={path!r}: unknown extension {extension!r}; expected "
+                     f"one of {', '.join(_DELIMITERS)}")
+  text, delimiter = _decode(path), _DELIMITERS[extension]
+  from_json = delimiter is None
+  rows = (_read_jsonl(path, text, columns) if from_json
+          else _read_csv(path, text, delimiter, columns))
+  convert = _CONVERTERS[task.type]
+  return path, from_json, [(line, convert(_Row(path, line, values, columns, from_json)))
+                           for line, values in rows]
+
+
+def _listing(values: list) -> str:
+  more = f", ... ({len(values)} in all)" if len(values) > _MAX_LISTED else ""
+  return ", ".join(map(repr, values[:_MAX_LISTED])) + more
+
+
+def _label_set(files: dict, values_of: Callable[[dict], list], what: str) -> list:
+  """The train file's sorted label (or tag) set, which validation and test must stay within."""
+  path, _, train = files["train"]
+  known = {value for _, example in train for value in values_of(example)}
+  if len({type(value) for value in known}) > 1:
+    raise ValueError(f"{path}: {what}s mix integers and strings: "
+                     f"{_listing(sorted(known, key=str))}")
+  for split_path, _, examples in (files[s] for s in ("validation", "test") if s in files):
+    for line, example in examples:
+      for value in values_of(example):
+        if value not in known:
+          raise ValueError(f"{split_path}:{line}: {what} {value!r} is not among the train "
+                           f"{what}s ({_listing(sorted(known))})")
+  return sorted(known)
+
+
+def _integer_labels(files: dict) -> None:
+  """Turns CSV/TSV labels into ints where every train label is integer-looking, as in JSON."""
+  _, from_json, train = files["train"]
+  if from_json or not all(_INTEGER.fullmatch(example["label"]) for _, example in train):
+    return
+  for _, split_from_json, examples in files.values():
+    for _, example in examples:
+      if not split_from_json and _INTEGER.fullmatch(example["label"]):
+        example["label"] = int(example["label"])
+
+
+def load(task: Any, seed: int) -> base.TaskData:
+  """Reads config.task's train/validation/test files; a missing validation file is split off."""
+  task_type = task.type
+  if task_type not in base.TASK_TYPES:
+    raise ValueError(f"config.task.type={task_type!r} is not one of {base.TASK_TYPES}")
+  columns = {key: getattr(task, key) for key in _COLUMN_KEYS[task_type] if getattr(task, key)}
+  files = {split: _load_file(task, f"{split}_path", columns)
+           for split in base.SPLITS if split == "train" or getattr(task, f"{split}_path")}
+  labels = None
+  if task_type == "classification":
+    _integer_labels(files)
+    labels = _label_set(files, lambda example: [example["label"]], "label")
+  elif task_type == "tagging":
+    labels = _label_set(files, lambda example: example["tags"], "tag")
+  splits = {split: [example for _, example in rows] for split, (_, _, rows) in files.items()}
+  origin = {split: path for split, (path, _, _) in files.items()}
+  if "validation" not in splits:
+    fraction = task.validation_fraction
+    splits["train"], splits["validation"] = base.split_off(splits["train"], fraction, seed)
+    origin["validation"] = f"{task.train_path} (validation_fraction={fraction}, seed={seed})"
+  splits = {split: splits[split] for split in base.SPLITS if split in splits}
+  return base.TaskData(task_type, splits, labels, {split: origin[split] for split in splits})

@@ -1,0 +1,110 @@
+"""Downstream tasks with real labels from the bundled WordNet 3.0 corpus (no download).
+
+Splits follow the corpus's held-out synset blocks, which pretraining never sees (see
+lmreuse/data/corpus/build.py), so validation/test text is unseen by a pretrained model.
+
+  wordnet_supersense   classification  gloss → its lexicographer file (45 classes, noun.animal…)
+  wordnet_relation     classification  (headwords of A, a gloss) → same_synset if it is A's gloss,
+                                       hypernym if it is a hypernym's, unrelated otherwise
+  wordnet_headword_qa  extractive_qa   question = gloss, context = an example sentence,
+                                       answer = the headword's occurrence in that sentence
+  wordnet_definition   seq2seq         headword → gloss (definition modelling)
+
+Examples are a pure function of the corpus (the relation task's choices use a fixed seed), so
+every run and every seed sees the same dataset.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+
+import numpy as np
+
+from lmreuse.data.corpus import wordnet
+from lmreuse.data.sources.base import SPLITS, TaskData
+
+TASK_TYPES = {
+    "wordnet_supersense": "classification",
+    "wordnet_relation": "classification",
+    "wordnet_headword_qa": "extractive_qa",
+    "wordnet_definition": "seq2seq",
+}
+NAMES = tuple(TASK_TYPES)
+RELATIONS = ("hypernym", "same_synset", "unrelated")
+_DATASET_SEED = 20250101
+
+
+@functools.lru_cache(maxsize=1)
+def _records() -> tuple[dict, ...]:
+  return tuple(wordnet.read_records())
+
+
+def _headwords(record: dict) -> str:
+  return ", ".join(lemma.replace("_", " ") for lemma in record["lemmas"])
+
+
+def _supersense(records: list[dict], by_id: dict) -> list[dict]:
+  return [{"text": r["gloss"], "label": r["lexname"]} for r in records if r["gloss"]]
+
+
+def _relation(records: list[dict], by_id: dict) -> list[dict]:
+  rng = np.random.default_rng(_DATASET_SEED)
+  everyone = [r for r in _records() if r["gloss"]]
+  out = []
+  for r in records:
+    hypernyms = [by_id[h] for h in r["hypernyms"] if h in by_id and by_id[h]["gloss"]]
+    if not r["gloss"] or not hypernyms:
+      continue
+    label = RELATIONS[int(rng.integers(len(RELATIONS)))]
+    if label == "same_synset":
+      other = r
+    elif label == "hypernym":
+      other = hypernyms[int(rng.integers(len(hypernyms)))]
+    else:
+      other = everyone[int(rng.integers(len(everyone)))]
+      while other["lexname"] == r["lexname"]:
+        other = everyone[int(rng.integers(len(everyone)))]
+    out.append({"text": _headwords(r), "text_pair": other["gloss"], "label": label})
+  return out
+
+
+def _headword_qa(records: list[dict], by_id: dict) -> list[dict]:
+  out = []
+  for r in records:
+    if not r["gloss"]:
+      continue
+    lemmas = sorted({lemma.replace("_", " ") for lemma in r["lemmas"]}, key=len, reverse=True)
+    pattern = re.compile(r"\b(" + "|".join(re.escape(lemma) for lemma in lemmas) + r")\b",
+                         re.IGNORECASE)
+    for sentence in r["examples"]:
+      match = pattern.search(sentence)
+      if match:
+        out.append({"id": r["id"], "question": r["gloss"], "context": sentence,
+                    "answers": [{"text": match.group(0), "start": match.start()}]})
+        break
+  return out
+
+
+def _definition(records: list[dict], by_id: dict) -> list[dict]:
+  return [{"source": r["lemmas"][0].replace("_", " "), "target": r["gloss"]}
+          for r in records if r["gloss"]]
+
+
+_BUILDERS = {"wordnet_supersense": _supersense, "wordnet_relation": _relation,
+             "wordnet_headword_qa": _headword_qa, "wordnet_definition": _definition}
+
+
+def load(name: str) -> TaskData:
+  if name not in TASK_TYPES:
+    raise ValueError(f"config.task.name={name!r} is not a bundled WordNet task; choose one of "
+                     f"{NAMES}")
+  by_id = {r["id"]: r for r in _records()}
+  splits = {split: _BUILDERS[name]([r for r in _records() if r["split"] == split], by_id)
+            for split in SPLITS}
+  task_type = TASK_TYPES[name]
+  labels = None
+  if task_type == "classification":
+    labels = sorted({e["label"] for e in splits["train"]})
+  origin = {split: f"{wordnet.DEFAULT_PATH} ({name}, {split} synsets)" for split in SPLITS}
+  return TaskData(task_type=task_type, splits=splits, labels=labels, origin=origin)
