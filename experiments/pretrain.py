@@ -23,15 +23,8 @@ from lmreuse import components
 
 def validate(config: ml_collections.ConfigDict) -> None:
   """Every check that needs no compilation, so bad configs fail in seconds."""
-  for key in ("total_steps", "batch_size", "grad_accum_steps", "log_every", "eval_steps",
-              "checkpoint_every", "keep_checkpoints"):
-    if config[key] <= 0:
-      raise ValueError(f"config.{key}={config[key]} must be positive")
-  if config.eval_every < 0:
-    raise ValueError(f"config.eval_every={config.eval_every} must be >= 0 (0 = only at the end)")
-  if config.batch_size % config.grad_accum_steps:
-    raise ValueError(f"config.batch_size={config.batch_size} is not divisible by "
-                     f"config.grad_accum_steps={config.grad_accum_steps}")
+  components.validate_loop(config, ("total_steps", "batch_size", "grad_accum_steps", "log_every",
+                                     "eval_steps", "checkpoint_every", "keep_checkpoints"))
   if config.data.corpus != "wordnet":
     raise ValueError(f"config.data.corpus={config.data.corpus!r}: only 'wordnet' is bundled")
   objective = objectives.get(config.objective.name)
@@ -89,7 +82,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
                     eval_every=config.eval_every, checkpoint_every=config.checkpoint_every,
                     grad_accum_steps=config.grad_accum_steps)
   try:
-    state, eval_metrics = run_loop(trainer, state, train_iter, eval_batches, loop,
+    evaluate = lambda params: trainer.evaluate(params, eval_batches())
+    state, eval_metrics = run_loop(trainer, state, train_iter, evaluate, loop,
                                    checkpointer, writer)
   finally:
     checkpointer.close()

@@ -34,6 +34,18 @@ def tokenizer(tok: ml_collections.ConfigDict, workdir: str) -> tokenizer_lib.Tok
       num_sentinels=tok.num_sentinels, max_sentences=tok.max_sentences)
 
 
+def validate_loop(config: ml_collections.ConfigDict, positive_keys: tuple[str, ...]) -> None:
+  """The training-loop keys every experiment shares: positive counts, eval cadence, batching."""
+  for key in positive_keys:
+    if config[key] <= 0:
+      raise ValueError(f"config.{key}={config[key]} must be positive")
+  if config.eval_every < 0:
+    raise ValueError(f"config.eval_every={config.eval_every} must be >= 0 (0 = only at the end)")
+  if config.batch_size % config.grad_accum_steps:
+    raise ValueError(f"config.batch_size={config.batch_size} is not divisible by "
+                     f"config.grad_accum_steps={config.grad_accum_steps}")
+
+
 def check_batch(config: ml_collections.ConfigDict, mesh: Mesh, rules) -> None:
   """The per-step micro-batch must split evenly over the mesh's batch axes."""
   divisor = sharding_lib.batch_divisor(mesh, rules)

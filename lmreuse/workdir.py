@@ -17,7 +17,8 @@ from typing import Any, Mapping
 import jax
 import ml_collections
 
-RUN_OUTPUTS = ("checkpoints", "metrics.jsonl", "tensorboard", "results.json", "plots")
+RUN_OUTPUTS = ("checkpoints", "best", "metrics.jsonl", "tensorboard", "results.json", "plots",
+               "predictions.jsonl", "init_report.json", "labels.json", "early_stopping.json")
 PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "grain", "sentencepiece",
             "tensorflow-datasets", "numpy")
 

@@ -50,12 +50,55 @@ def tiny_config(tokenizer_path, tfds_dir):
     config.eval_every = 0  # evaluate at the end only
     config.eval_steps = 2
     config.checkpoint_every = 3
-    for key, value in overrides.items():
-      target = config
-      *parents, leaf = key.split(".")
-      for parent in parents:
-        target = target[parent]
-      target[leaf] = value
-    return config
+    return override(config, overrides)
 
   return make
+
+
+def override(config, overrides: dict):
+  """Sets dotted keys ("optimizer.learning_rate") as --config.KEY=VALUE flags would."""
+  for key, value in overrides.items():
+    target = config
+    *parents, leaf = key.split(".")
+    for parent in parents:
+      target = target[parent]
+    target[leaf] = value
+  return config
+
+
+@pytest.fixture(scope="session")
+def finetune_config(tokenizer_path):
+  """A fine-tuning config for tests: tiny model, 32-token rows, 4 steps, small data subsets."""
+
+  def make(preset: str = "bert", **overrides):
+    from configs import finetune
+
+    config = finetune.get_config(f"{preset},size=tiny")
+    config.tokenizer.path = tokenizer_path
+    config.tokenizer.vocab_size = 1024
+    config.tokenizer.num_sentinels = 32
+    config.model.max_len = 64
+    config.max_len = 32
+    config.batch_size = 8
+    config.total_steps = 4
+    config.log_every = 2
+    config.eval_every = 0
+    config.checkpoint_every = 4
+    config.optimizer.warmup_steps = 1
+    config.task.max_train_examples = 64
+    config.task.max_eval_examples = 16
+    config.task.max_target_len = 16
+    return override(config, overrides)
+
+  return make
+
+
+@pytest.fixture(scope="session")
+def bert_pretrained(tmp_path_factory, tiny_config):
+  """A briefly pretrained tiny BERT (MLM + NSP) workdir and its config, shared by reuse tests."""
+  from experiments import pretrain
+
+  config = tiny_config("bert", total_steps=2, checkpoint_every=2, eval_steps=1)
+  workdir = str(tmp_path_factory.mktemp("bert_pretrained"))
+  pretrain.run(config, workdir)
+  return workdir, config

@@ -198,9 +198,15 @@ class LoopConfig:
 
 
 def run_loop(trainer: Trainer, state: TrainState, train_iter: Iterator[Batch],
-             eval_batches: Callable[[], Iterable[Batch]], loop: LoopConfig,
-             checkpointer: Checkpointer, writer: MetricWriter) -> tuple[TrainState, dict]:
-  """Trains from `state.step` to `loop.total_steps`; returns the final state and eval metrics."""
+             evaluate: Callable[[Any], dict[str, float]], loop: LoopConfig,
+             checkpointer: Checkpointer, writer: MetricWriter,
+             after_eval: Callable[[int, TrainState, dict[str, float]], bool] | None = None,
+             ) -> tuple[TrainState, dict]:
+  """Trains from `state.step` to `loop.total_steps`; returns the final state and eval metrics.
+
+  `evaluate(params)` gives eval metrics; `after_eval(step, state, metrics)` (e.g. early
+  stopping, best-checkpoint tracking) may return True to stop training after that step.
+  """
   start = int(state.step)
   eval_metrics: dict[str, float] = {}
   pending: list[dict[str, jax.Array]] = []
@@ -229,18 +235,23 @@ def run_loop(trainer: Trainer, state: TrainState, train_iter: Iterator[Batch],
         raise FloatingPointError(f"train/loss is {record['train/loss']} at step {step}; "
                                  "lower config.optimizer.learning_rate or check the data")
       bar.set_postfix(loss=f"{record['train/loss']:.4f}")
+    stop = False
     if final or (loop.eval_every and step % loop.eval_every == 0):
-      eval_metrics = trainer.evaluate(state.params, eval_batches())
+      eval_metrics = evaluate(state.params)
       record.update(eval_metrics)
+      stop = after_eval is not None and after_eval(step, state, eval_metrics)
       last_time = time.perf_counter()  # evaluation time is not training throughput
     if record:
       writer.write(step, record)
-    if step % loop.checkpoint_every == 0 or step == loop.total_steps:
+    if step % loop.checkpoint_every == 0 or final or stop:
       checkpointer.save(step, state, train_iter, force=True)
+    if stop:
+      logging.info("stopping early at step %d", step)
+      break
   bar.close()
   checkpointer.wait()
   writer.flush()
   if not eval_metrics:  # nothing left to train: the run had already finished
-    eval_metrics = trainer.evaluate(state.params, eval_batches())
+    eval_metrics = evaluate(state.params)
   logging.info("final eval: %s", eval_metrics)
   return state, eval_metrics

@@ -6,22 +6,13 @@ import numpy as np
 import pytest
 from flax import traverse_util
 
-from experiments import pretrain
 from lmreuse import components, objectives
 from lmreuse.data import tokenizer as tokenizer_lib
 from lmreuse.train import restore
 
 
-@pytest.fixture(scope="module")
-def bert_workdir(tmp_path_factory, tiny_config):
-  config = tiny_config("bert", total_steps=2, checkpoint_every=2, eval_steps=1)
-  workdir = str(tmp_path_factory.mktemp("bert"))
-  pretrain.run(config, workdir)
-  return workdir, config
-
-
-def test_backbone_loads_bitwise_and_heads_are_reported(bert_workdir, tokenizer_path):
-  workdir, config = bert_workdir
+def test_backbone_loads_bitwise_and_heads_are_reported(bert_pretrained, tokenizer_path):
+  workdir, config = bert_pretrained
   pretrained = restore.load_params(workdir)
   # A different model on the same backbone: MLM only, no NSP pooler/classifier.
   config = config.copy_and_resolve_references()
@@ -47,8 +38,8 @@ def test_backbone_loads_bitwise_and_heads_are_reported(bert_workdir, tokenizer_p
       flat_old.keys())
 
 
-def test_shape_mismatch_lists_the_paths(bert_workdir):
-  workdir, _ = bert_workdir
+def test_shape_mismatch_lists_the_paths(bert_pretrained):
+  workdir, _ = bert_pretrained
   pretrained = restore.load_params(workdir)
   wrong = jax.tree.map(lambda x: np.zeros(x.shape[:-1] + (x.shape[-1] + 1,), x.dtype),
                        pretrained)

@@ -1,0 +1,79 @@
+"""Fine-tune a pretrained (or freshly initialised) model on one downstream task.
+
+  # from a pretraining workdir (model + tokenizer + weights come from it):
+  python run.py --config=configs/finetune.py --workdir=/tmp/ft_supersense \
+      --config.init_from=/tmp/bert_tiny --config.task.name=wordnet_supersense
+  # the same architecture and tokenizer, random weights (the from-scratch baseline):
+  python run.py --config=configs/finetune.py --workdir=/tmp/ft_scratch \
+      --config.init_from=/tmp/bert_tiny --config.from_scratch=True
+  # no pretraining workdir at all: model from the preset argument, tokenizer trained here:
+  python run.py --config=configs/finetune.py:bert,size=tiny --workdir=/tmp/ft_fresh
+  # your own files:
+  python run.py --config=configs/finetune.py --workdir=/tmp/ft_local --config.init_from=W \
+      --config.task.name=local --config.task.type=classification \
+      --config.task.train_path=train.csv --config.task.test_path=test.csv
+
+Task names: wordnet_supersense | wordnet_relation | wordnet_headword_qa | wordnet_definition
+(bundled), glue/sst2 glue/mrpc glue/stsb glue/mnli super_glue/boolq imdb_reviews conll2003 squad
+wmt14_translate/de-en cnn_dailymail (TFDS, prepared beforehand), local.
+"""
+
+import ml_collections
+
+from configs import common
+from lmreuse.data import augment
+from lmreuse.data.sources import local
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  args = common.parse_arg(arg, {"preset": "bert", "size": "tiny"})
+
+  config = ml_collections.ConfigDict()
+  config.experiment = "finetune"
+  config.seed = 0
+  config.overwrite = False
+  config.init_from = ""          # pretraining workdir or checkpoint step dir; '' = from scratch
+  config.from_scratch = False    # True: take init_from's architecture/tokenizer, not its weights
+  config.total_steps = 300
+  config.batch_size = 32
+  config.grad_accum_steps = 1
+  config.learning_rate = 1e-4 if args["size"] != "tiny" else 1e-3
+  config.log_every = 10
+  config.eval_every = 100        # 0 = only at the end
+  config.checkpoint_every = 100
+  config.keep_checkpoints = 1    # latest checkpoints kept for resuming; the best is kept apart
+  config.max_len = 128           # input tokens (the source, for seq2seq)
+  config.dropout_rate = -1.0     # -1 = the pretrained model's own dropout rate
+  config.label_smoothing = 0.0
+  config.early_stopping = ml_collections.ConfigDict(dict(
+      metric="",   # validation metric to select the best checkpoint by; '' = the task's headline
+      mode="",     # max | min; '' = min for loss/mse, else max
+      patience=0,  # evaluations without improvement before stopping; 0 = never stop early
+  ))
+
+  config.task = ml_collections.ConfigDict(dict(
+      name="wordnet_supersense",
+      type="",                   # required for name=local; checked against named datasets
+      tfds_dir="",               # where TFDS catalog datasets are prepared (array_record)
+      train_fraction=1.0,        # seeded fraction of the training examples (low-resource runs)
+      max_train_examples=0,      # 0 = all
+      max_eval_examples=0,       # cap validation/test examples (smoke runs); 0 = all
+      pooling="auto",            # auto | cls | mean | last (classification, regression)
+      positive_label="",         # binary F1 for this label (e.g. MRPC's '1')
+      augment=augment.config_defaults(),  # text classification, training only
+      max_query_len=64,          # extractive_qa
+      doc_stride=64,             # extractive_qa: tokens between context windows
+      n_best=20,                 # extractive_qa
+      max_answer_len=30,         # extractive_qa, in tokens
+      max_target_len=64,         # seq2seq, in tokens
+      beam_size=1,               # seq2seq: 1 = greedy
+      length_penalty=0.6,        # seq2seq beam search (GNMT alpha)
+      **local.config_defaults(),
+  ))
+  config.tokenizer = common.tokenizer_config(vocab_size=8000)     # only without init_from
+  config.model = common.model_config(args["preset"], args["size"], max_len=512)  # likewise
+  config.optimizer = common.optimizer_config(learning_rate=config.get_ref("learning_rate"),
+                                             warmup_steps=30)
+  config.optimizer.schedule = "linear"
+  config.mesh = common.mesh_config()
+  return config

@@ -1,0 +1,238 @@
+"""Fine-tuning: a pretrained backbone + a task head, early stopping on a validation metric, test
+metrics from the best checkpoint.
+
+Everything that can fail on bad input (config, pretrained workdir, data files, labels, shapes
+of the pretrained parameters) is checked before the workdir is touched, so a failing run never
+overwrites an earlier one's outputs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+from absl import logging
+
+from lmreuse import components, tasks, workdir as workdir_lib
+from lmreuse.data import pipeline, sources, tokenizer as tokenizer_lib
+from lmreuse.eval import metrics as metrics_lib
+from lmreuse.objectives.base import apply_rngs, init_rngs
+from lmreuse.parallel import mesh as mesh_lib, sharding as sharding_lib
+from lmreuse.tasks.evaluation import EvalSet, Evaluator, featurize
+from lmreuse.train import optim, restore
+from lmreuse.train.checkpoint import Checkpointer, abstract_like
+from lmreuse.train.early_stopping import EarlyStopping, default_mode
+from lmreuse.train.trainer import LoopConfig, Program, Trainer, run_loop
+from lmreuse.train.writers import MetricWriter
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+  components.validate_loop(config, ("total_steps", "batch_size", "grad_accum_steps", "log_every",
+                                     "checkpoint_every", "keep_checkpoints", "max_len"))
+  if not 0.0 <= config.label_smoothing < 1.0:
+    raise ValueError(f"config.label_smoothing={config.label_smoothing} must be in [0, 1)")
+  if config.dropout_rate != -1.0 and not 0.0 <= config.dropout_rate < 1.0:
+    raise ValueError(f"config.dropout_rate={config.dropout_rate} must be in [0, 1) or -1")
+  if config.from_scratch and not config.init_from:
+    raise ValueError("config.from_scratch=True takes the architecture from config.init_from, "
+                     "which is empty")
+  if config.task.type:
+    tasks.get(config.task.type)
+  optim.validate(config.optimizer)
+
+
+def pretrained_workdir(init_from: str) -> str:
+  """The pretraining workdir of `init_from` (a workdir or one of its checkpoint step dirs)."""
+  if not os.path.isdir(init_from):
+    raise FileNotFoundError(f"config.init_from={init_from!r} is not a directory")
+  for candidate in (init_from, os.path.dirname(os.path.dirname(os.path.abspath(init_from)))):
+    if os.path.exists(os.path.join(candidate, "config.json")):
+      return candidate
+  raise FileNotFoundError(f"config.init_from={init_from!r}: no config.json in it or two levels "
+                          "up; point it at a pretraining workdir or a checkpoint step directory")
+
+
+def model_and_tokenizer(config: ml_collections.ConfigDict, workdir: str):
+  """(TransformerConfig, Tokenizer): from the pretraining workdir, else from this config."""
+  if config.init_from:
+    source = pretrained_workdir(config.init_from)
+    with open(os.path.join(source, "config.json")) as f:
+      saved = json.load(f)
+    model = ml_collections.ConfigDict(saved["model"])
+    tok_path = saved["tokenizer"]["path"] or os.path.join(source, "tokenizer", "spm.model")
+    tokenizer = tokenizer_lib.load_tokenizer(tok_path)
+  else:
+    model = config.model
+    tokenizer = components.tokenizer(config.tokenizer, workdir)
+  model_cfg = components.model_config(model, tokenizer.vocab_size)
+  if config.dropout_rate != -1.0:
+    model_cfg = dataclasses.replace(model_cfg, dropout_rate=config.dropout_rate)
+  model_cfg.validate()
+  if config.max_len > model_cfg.max_len:
+    raise ValueError(f"config.max_len={config.max_len} exceeds the model's max_len="
+                     f"{model_cfg.max_len}")
+  return model_cfg, tokenizer
+
+
+def make_program(task: tasks.TaskType, module, example: dict[str, np.ndarray],
+                 tokens_per_example: int) -> Program:
+  example = {k: np.asarray(v)[None] for k, v in example.items()}
+
+  def loss_fn(params, batch, rng, train):
+    outputs = module.apply({"params": params}, batch, deterministic=not train,
+                           rngs=apply_rngs(rng, train))
+    return task.loss(outputs, batch)
+
+  return Program(init_params=lambda rng: module.init(init_rngs(rng), example)["params"],
+                 loss_fn=loss_fn, tokens_per_example=tokens_per_example)
+
+
+def write_jsonl(path: str, records: list[dict]) -> None:
+  tmp = f"{path}.tmp"
+  with open(tmp, "w") as f:
+    for record in records:
+      f.write(json.dumps(record, default=str) + "\n")
+  os.replace(tmp, path)
+
+
+@dataclasses.dataclass
+class Setup:
+  """Everything built from the config before the workdir is written to."""
+
+  data: Any
+  task: tasks.TaskType
+  module: Any
+  trainer: Trainer
+  state: Any  # initial train state, pretrained params swapped in when init_from is given
+  report: dict | None  # loaded / new / dropped parameter paths
+  eval_sets: dict[str, EvalSet]
+  stopper: EarlyStopping
+  tokenizer: Any
+  model_cfg: Any
+
+
+def build(config: ml_collections.ConfigDict, workdir: str) -> Setup:
+  """Validates and builds the run; raises on any bad input without writing run outputs."""
+  validate(config)
+  mesh = mesh_lib.make_mesh(config.mesh)
+  rules = sharding_lib.rules_from_config(config.mesh.rules)
+  components.check_batch(config, mesh, rules)
+  model_cfg, tokenizer = model_and_tokenizer(config, workdir)
+
+  data = sources.subsample(
+      sources.load(config.task, config.seed), train_fraction=config.task.train_fraction,
+      max_train_examples=config.task.max_train_examples,
+      max_eval_examples=config.task.max_eval_examples, seed=config.seed)
+  task = tasks.build(data.task_type, tasks.Context(
+      model_cfg=model_cfg, tokenizer=tokenizer, task=config.task, labels=data.labels,
+      max_len=config.max_len, label_smoothing=config.label_smoothing,
+      positive_label=data.positive_label))
+  metric = config.early_stopping.metric or metrics_lib.HEADLINE[data.task_type][0]
+  stopper = EarlyStopping(metric, config.early_stopping.mode or default_mode(metric),
+                          config.early_stopping.patience)
+  eval_sets = {name: featurize(task, name, data.splits[name], data.origin.get(name, ""))
+               for name in ("validation", "test") if name in data.splits}
+  if "validation" not in eval_sets:
+    raise ValueError(f"{config.task.name}: no validation split to select the best checkpoint")
+  module = task.model()
+  example = task.features(data.splits["train"][0], None)[0].arrays
+  tokens = sum(v.size for k, v in example.items() if k in ("inputs", "decoder_inputs"))
+  tx, schedule = optim.make_optimizer(config.optimizer, config.total_steps)
+  trainer = Trainer(make_program(task, module, example, tokens), tx, schedule, mesh, rules)
+  state = trainer.init_state(config.seed)
+  report = None
+  if config.init_from and not config.from_scratch:
+    params, report = restore.merge_params(state.params, restore.load_params(config.init_from))
+    if not report["loaded"]:
+      raise ValueError(f"config.init_from={config.init_from!r}: no parameter path matches the "
+                       f"task model; checkpoint has e.g. {report['dropped'][:5]}")
+    state = trainer.state_with_params(state, params)
+  return Setup(data, task, module, trainer, state, report, eval_sets, stopper, tokenizer,
+               model_cfg)
+
+
+def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  start_time = time.time()
+  setup = build(config, workdir)
+  data, task, trainer, state, report = (setup.data, setup.task, setup.trainer, setup.state,
+                                        setup.report)
+  eval_sets, stopper = setup.eval_sets, setup.stopper
+  workdir_lib.prepare(workdir, config)  # the first write: every check above has passed
+  is_main = jax.process_index() == 0
+  checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"),
+                              max_to_keep=config.keep_checkpoints)
+  best_checkpointer = Checkpointer(os.path.join(workdir, "best"), max_to_keep=1)
+  best_json = os.path.join(workdir, "early_stopping.json")
+  train_iter = iter(pipeline.make_task_dataset(
+      data.splits["train"], lambda ex, rng: [f.arrays for f in task.features(ex, rng)],
+      batch_size=config.batch_size // jax.process_count(), seed=config.seed,
+      shard_index=jax.process_index(), shard_count=jax.process_count()))
+  latest = checkpointer.latest_step()
+  if latest is not None:
+    logging.info("resuming from %s step %d", checkpointer.directory, latest)
+    state = checkpointer.restore(latest, abstract_like(state), train_iter)
+  elif report is not None:
+    logging.info("init_from %s: %d parameter arrays loaded, %d new (%s), %d dropped (%s)",
+                 config.init_from, len(report["loaded"]), len(report["new"]),
+                 ", ".join(report["new"]), len(report["dropped"]), ", ".join(report["dropped"]))
+    if is_main:
+      restore.write_report(os.path.join(workdir, "init_report.json"), report)
+  if is_main and data.labels is not None:
+    workdir_lib.write_json(os.path.join(workdir, "labels.json"), {"labels": data.labels})
+  stopper = EarlyStopping.restore(best_json, stopper.metric, stopper.mode, stopper.patience,
+                                  latest or 0)
+  evaluator = Evaluator(trainer, task, setup.module, config.batch_size)
+
+  def evaluate(params):
+    scores, _ = evaluator(params, eval_sets["validation"])
+    return {f"validation/{k}": v for k, v in scores.items()}
+
+  def after_eval(step, state, scores):
+    improved, stop = stopper.update(step, {k.split("/", 1)[1]: v for k, v in scores.items()})
+    if improved:
+      best_checkpointer.save(step, state.params, None, force=True)
+      best_checkpointer.wait()
+    if is_main:
+      stopper.save(best_json)
+    return stop
+
+  writer = MetricWriter(workdir, resume_step=latest or 0)
+  loop = LoopConfig(total_steps=config.total_steps, log_every=config.log_every,
+                    eval_every=config.eval_every, checkpoint_every=config.checkpoint_every,
+                    grad_accum_steps=config.grad_accum_steps)
+  try:
+    if not stopper.stopped_at:
+      state, _ = run_loop(trainer, state, train_iter, evaluate, loop, checkpointer, writer,
+                          after_eval)
+    best_step = best_checkpointer.latest_step()
+    best_params = best_checkpointer.restore(best_step, abstract_like(state.params), None)
+  finally:
+    checkpointer.close()
+    best_checkpointer.close()
+    writer.close()
+
+  results = {f"validation/{k}": v for k, v in stopper.best_metrics.items()}
+  predictions_split = "test" if "test" in eval_sets else "validation"
+  scores, predictions = evaluator(best_params, eval_sets[predictions_split])
+  if predictions_split == "test":
+    results.update({f"test/{k}": v for k, v in scores.items()})
+  if is_main:
+    examples = eval_sets[predictions_split].examples
+    write_jsonl(os.path.join(workdir, "predictions.jsonl"),
+                [task.record(examples[i], p) for i, p in enumerate(predictions)])
+  logging.info("best step %d: %s", best_step, results)
+  total = trainer.param_count()
+  return workdir_lib.write_results(
+      workdir, config, results, start_time=start_time, steps=int(state.step),
+      best_step=int(best_step), stopped_early=bool(stopper.stopped_at),
+      selection={"metric": f"validation/{stopper.metric}", "mode": stopper.mode},
+      parameters={"total": total, "trainable": total, "trainable_fraction": 1.0},
+      task={"name": config.task.name, "type": data.task_type,
+            "examples": {k: len(v) for k, v in data.splits.items()}, "origin": data.origin},
+      model=dataclasses.asdict(setup.model_cfg), tokenizer=setup.tokenizer.model_path)

@@ -1,0 +1,115 @@
+"""What a downstream task type provides: features, a model (backbone + head), a loss, decoding
+of the model's outputs into predictions, and metrics over those predictions.
+
+Every task model keeps the pretrained Transformer under `params["backbone"]`, exactly where the
+pretraining models keep it, so a pretraining checkpoint loads into it by path (see
+lmreuse/train/restore.py). Heads are new parameters.
+
+Data flow for one task:
+  canonical example (lmreuse/data/sources/base.py)
+    → `features(example, rng)`: fixed-shape numpy arrays per feature + host-side `meta`
+    → batches → model (`loss` in training; `predict` at evaluation, jitted)
+    → `postprocess(examples, metas, outputs)` → one prediction per example → `metrics`.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from lmreuse.data.tokenizer import Tokenizer
+from lmreuse.models.config import TransformerConfig
+from lmreuse.train.trainer import MetricPairs
+
+Arrays = dict[str, np.ndarray]
+
+
+@dataclasses.dataclass(frozen=True)
+class Feature:
+  """One model input: `arrays` go to the device, `meta` stays on the host for decoding."""
+
+  arrays: Arrays
+  meta: Any = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Context:
+  """Everything a task type is built from."""
+
+  model_cfg: TransformerConfig
+  tokenizer: Tokenizer
+  task: ml_collections.ConfigDict   # config.task
+  labels: list | None               # classification labels / tagging tags (sorted)
+  max_len: int                      # input length in tokens
+  label_smoothing: float = 0.0
+  positive_label: Any = None        # the dataset's binary-F1 class (config.task.positive_label
+                                    # overrides it)
+
+
+class TaskType(abc.ABC):
+  """A kind of downstream problem (classification, tagging, ...); one subclass per file."""
+
+  name: str = ""
+  architectures: tuple[str, ...] = ("encoder", "decoder", "encoder_decoder")
+
+  def __init__(self, ctx: Context):
+    self.ctx = ctx
+    arch = ctx.model_cfg.architecture
+    if arch not in self.architectures:
+      raise ValueError(f"task type {self.name!r} cannot run on the {arch} architecture; it needs "
+                       f"one of {self.architectures}")
+
+  @abc.abstractmethod
+  def features(self, example: dict, rng: np.random.Generator | None) -> list[Feature]:
+    """Model inputs for one example; `rng` is given in training (augmentation), else None."""
+
+  @abc.abstractmethod
+  def model(self) -> nn.Module:
+    """A module whose `__call__(batch, deterministic)` returns the head's outputs."""
+
+  @abc.abstractmethod
+  def loss(self, outputs: Any, batch: dict[str, jax.Array]) -> tuple[jax.Array, MetricPairs]:
+    """Scalar training loss and metric pairs; padding examples have batch['weight'] == 0."""
+
+  def predict(self, module: nn.Module, params: Any, batch: dict[str, jax.Array]
+              ) -> dict[str, jax.Array]:
+    """Per-example outputs at evaluation (jitted); generation overrides this."""
+    return self.outputs_for_decoding(module.apply({"params": params}, batch))
+
+  def outputs_for_decoding(self, outputs: Any) -> dict[str, jax.Array]:
+    return outputs
+
+  @abc.abstractmethod
+  def postprocess(self, examples: Sequence[dict], example_index: np.ndarray,
+                  metas: Sequence[Any], outputs: dict[str, np.ndarray]) -> list[Any]:
+    """One prediction per example from the per-feature outputs (host side); feature i came
+    from examples[example_index[i]] (one feature per example except in windowed QA)."""
+
+  @abc.abstractmethod
+  def metrics(self, examples: Sequence[dict], predictions: Sequence[Any]) -> dict[str, float]:
+    """Task metrics from maintained libraries (lmreuse/eval/metrics.py)."""
+
+  def record(self, example: dict, prediction: Any) -> dict:
+    """One line of predictions.jsonl: the example's inputs, its gold answer, the prediction."""
+    return {**example, "prediction": prediction}
+
+
+def weighted_mean_pairs(name: str, values_B: jax.Array, weights_B: jax.Array) -> MetricPairs:
+  return {name: (jnp.sum(values_B * weights_B), jnp.sum(weights_B))}
+
+
+def cross_entropy(logits_BxC: jax.Array, labels_B: jax.Array, smoothing: float) -> jax.Array:
+  """Per-row cross-entropy in fp32 against (optionally label-smoothed) one-hot targets."""
+  logits_BxC = logits_BxC.astype(jnp.float32)
+  targets = jax.nn.one_hot(labels_B, logits_BxC.shape[-1])
+  if smoothing:
+    targets = optax.smooth_labels(targets, smoothing)
+  return optax.softmax_cross_entropy(logits_BxC, targets)

@@ -1,0 +1,105 @@
+"""Single-sentence and sentence-pair classification over a pooled representation."""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from lmreuse.data import augment
+from lmreuse.eval import metrics
+from lmreuse.models.config import TransformerConfig
+from lmreuse.models.heads import Classifier, Pooler
+from lmreuse.tasks import base, encoding
+
+
+class PooledModel(nn.Module):
+  """Backbone → pooled vector → dropout → linear head with `num_outputs` outputs."""
+
+  cfg: TransformerConfig
+  num_outputs: int
+  pooling: str
+
+  def setup(self):
+    self.backbone = encoding.make_backbone(self.cfg)
+    self.pooler = Pooler(self.cfg) if self.pooling == "cls" else None
+    self.head_dropout = nn.Dropout(self.cfg.dropout_rate)
+    self.classifier = Classifier(self.cfg, num_classes=self.num_outputs)
+
+  def __call__(self, batch: dict[str, jax.Array], deterministic: bool = True) -> jax.Array:
+    hidden_BxLxD = encoding.hidden_states(self.backbone, self.cfg, batch, deterministic)
+    pooled_BxD = encoding.pool(hidden_BxLxD, batch["segment_ids"], self.pooling, self.pooler)
+    return self.classifier(self.head_dropout(pooled_BxD, deterministic=deterministic))
+
+
+class TextTask(base.TaskType):
+  """Shared by classification and regression: (pair of) text(s) → one row, training-time
+  augmentation of the words (off by default)."""
+
+  def __init__(self, ctx: base.Context):
+    super().__init__(ctx)
+    self.pooling = encoding.resolve_pooling(ctx.task.pooling, ctx.model_cfg.architecture)
+    self.augmenter = augment.from_config(ctx.task.augment)
+
+  def row(self, example: dict, rng: np.random.Generator | None) -> dict[str, np.ndarray]:
+    texts = [example["text"], example.get("text_pair") or ""]
+    if rng is not None and self.augmenter is not None:
+      texts = [self.augmenter(t, rng) if t else t for t in texts]
+    tok = self.ctx.tokenizer
+    a, b = tok.encode_batch(texts)
+    row = encoding.encode_pair(tok, self.ctx.model_cfg.architecture, a, b, self.ctx.max_len)
+    return {**row, "weight": np.float32(1.0)}
+
+
+class Classification(TextTask):
+  name = "classification"
+
+  def __init__(self, ctx: base.Context):
+    super().__init__(ctx)
+    if not ctx.labels or len(ctx.labels) < 2:
+      raise ValueError(f"classification needs at least 2 labels in the training data, got "
+                       f"{ctx.labels}")
+    self.label_ids = {label: i for i, label in enumerate(ctx.labels)}
+    self.positive_label = None
+    wanted = ctx.task.positive_label or ctx.positive_label
+    if wanted is not None and wanted != "":
+      matches = [label for label in ctx.labels if str(label) == str(wanted)]
+      if not matches:
+        raise ValueError(f"config.task.positive_label={wanted!r} is not one of the labels "
+                         f"{ctx.labels[:20]}")
+      self.positive_label = matches[0]
+
+  def features(self, example: dict, rng: np.random.Generator | None) -> list[base.Feature]:
+    label = self.label_ids.get(example["label"])
+    if label is None:
+      raise ValueError(f"label {example['label']!r} is not one of the training labels "
+                       f"{self.ctx.labels[:20]}")
+    return [base.Feature({**self.row(example, rng), "label": np.int32(label)})]
+
+  def model(self) -> nn.Module:
+    return PooledModel(self.ctx.model_cfg, len(self.ctx.labels), self.pooling)
+
+  def loss(self, logits_BxC, batch):
+    weight_B = batch["weight"]
+    ce_B = base.cross_entropy(logits_BxC, batch["label"], self.ctx.label_smoothing)
+    correct_B = (jnp.argmax(logits_BxC, -1) == batch["label"]).astype(jnp.float32)
+    loss = jnp.sum(ce_B * weight_B) / jnp.maximum(jnp.sum(weight_B), 1e-8)
+    return loss, {**base.weighted_mean_pairs("loss", ce_B, weight_B),
+                  **base.weighted_mean_pairs("accuracy", correct_B, weight_B)}
+
+  def outputs_for_decoding(self, logits_BxC):
+    probs_BxC = jax.nn.softmax(logits_BxC.astype(jnp.float32))
+    return {"label_id": jnp.argmax(probs_BxC, -1), "confidence": jnp.max(probs_BxC, -1)}
+
+  def postprocess(self, examples, example_index, metas, outputs) -> list[Any]:
+    return [self.ctx.labels[int(i)] for i in outputs["label_id"]]
+
+  def metrics(self, examples: Sequence[dict], predictions: Sequence[Any]) -> dict[str, float]:
+    return metrics.classification([e["label"] for e in examples], predictions,
+                                  positive_label=self.positive_label)
+
+
+TASK_TYPE = Classification

@@ -1,0 +1,41 @@
+"""Regression on a pooled representation (semantic similarity scores such as STS-B)."""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax.numpy as jnp
+import numpy as np
+
+from lmreuse.eval import metrics
+from lmreuse.tasks import base
+from lmreuse.tasks.classification import PooledModel, TextTask
+
+
+class Regression(TextTask):
+  name = "regression"
+
+  def features(self, example: dict, rng: np.random.Generator | None) -> list[base.Feature]:
+    return [base.Feature({**self.row(example, rng), "label": np.float32(example["label"])})]
+
+  def model(self) -> nn.Module:
+    return PooledModel(self.ctx.model_cfg, 1, self.pooling)
+
+  def loss(self, outputs_Bx1, batch):
+    weight_B = batch["weight"]
+    se_B = jnp.square(outputs_Bx1[:, 0].astype(jnp.float32) - batch["label"])
+    loss = jnp.sum(se_B * weight_B) / jnp.maximum(jnp.sum(weight_B), 1e-8)
+    return loss, base.weighted_mean_pairs("loss", se_B, weight_B)
+
+  def outputs_for_decoding(self, outputs_Bx1):
+    return {"score": outputs_Bx1[:, 0].astype(jnp.float32)}
+
+  def postprocess(self, examples, example_index, metas, outputs) -> list[Any]:
+    return [float(s) for s in outputs["score"]]
+
+  def metrics(self, examples: Sequence[dict], predictions: Sequence[Any]) -> dict[str, float]:
+    return metrics.regression([float(e["label"]) for e in examples], predictions)
+
+
+TASK_TYPE = Regression

@@ -1,0 +1,133 @@
+"""Sequence-to-sequence generation (translation, summarization, definition modelling).
+
+Encoder-decoders read the source in the encoder and are trained with teacher forcing on the
+target (decoder start token = [PAD], as T5). Decoders read `source [SEP] target [EOS]` as one
+row and are trained on the target positions only (a prefix LM loss). Evaluation generates
+with greedy or beam search on the KV cache (lmreuse/models/decoding.py) and scores BLEU
+(sacrebleu) and ROUGE (rouge-score).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from lmreuse.eval import metrics
+from lmreuse.models import decoding
+from lmreuse.models.config import TransformerConfig
+from lmreuse.tasks import base, encoding
+
+
+class Seq2SeqModel(nn.Module):
+  """The backbone with its LM head: vocabulary logits at every target position."""
+
+  cfg: TransformerConfig
+
+  def setup(self):
+    self.backbone = encoding.make_backbone(self.cfg)
+
+  def __call__(self, batch: dict[str, jax.Array], deterministic: bool = True) -> jax.Array:
+    if self.cfg.architecture == "decoder":
+      return self.backbone(batch["inputs"], segment_ids_BxL=batch["segment_ids"],
+                           positions_BxL=batch["positions"], deterministic=deterministic)[0]
+    return self.backbone(
+        batch["inputs"], batch["decoder_inputs"], enc_segment_ids_BxS=batch["segment_ids"],
+        enc_positions_BxS=batch["positions"], dec_segment_ids_BxT=batch["decoder_segment_ids"],
+        dec_positions_BxT=batch["decoder_positions"], deterministic=deterministic)[0]
+
+
+class Seq2Seq(base.TaskType):
+  name = "seq2seq"
+  architectures = ("decoder", "encoder_decoder")
+
+  def __init__(self, ctx: base.Context):
+    super().__init__(ctx)
+    self.target_len = ctx.task.max_target_len
+    self.beam_size = ctx.task.beam_size
+    self.length_penalty = ctx.task.length_penalty
+    needed = ctx.max_len + self.target_len if self.decoder_only else max(ctx.max_len,
+                                                                        self.target_len)
+    if needed > ctx.model_cfg.max_len:
+      raise ValueError(
+          f"config.max_len={ctx.max_len} (source) and config.task.max_target_len="
+          f"{self.target_len} need {needed} positions, but the model embeds only "
+          f"{ctx.model_cfg.max_len} (model max_len)")
+
+  @property
+  def decoder_only(self) -> bool:
+    return self.ctx.model_cfg.architecture == "decoder"
+
+  def features(self, example: dict, rng: np.random.Generator | None) -> list[base.Feature]:
+    tok = self.ctx.tokenizer
+    source, target = tok.encode_batch([example["source"], example["target"]])
+    target = target[:self.target_len - 1] + [tok.eos_id]
+    if self.decoder_only:
+      prompt = source[:self.ctx.max_len - 1] + [tok.sep_id]
+      row = encoding.pad_row(prompt + target, self.ctx.max_len + self.target_len)
+      weights = np.zeros_like(row["inputs"], np.float32)
+      weights[len(prompt) - 1:len(prompt) - 1 + len(target)] = 1.0  # positions predicting target
+      targets = np.zeros_like(row["inputs"])
+      targets[:-1] = row["inputs"][1:]
+      left = np.zeros(self.ctx.max_len, np.int32)  # the prompt, left-padded, for generation
+      left[self.ctx.max_len - len(prompt):] = prompt
+      left_segments = np.zeros(self.ctx.max_len, np.int32)
+      left_segments[self.ctx.max_len - len(prompt):] = 1
+      arrays = {**row, "targets": targets, "target_weights": weights, "prompt": left,
+                "prompt_segment_ids": left_segments}
+    else:
+      enc = encoding.pad_row(source[:self.ctx.max_len - 1] + [tok.eos_id], self.ctx.max_len)
+      dec = encoding.pad_row(target, self.target_len)
+      inputs = np.concatenate([[tok.pad_id], dec["inputs"][:-1]]).astype(np.int32)
+      inputs[dec["segment_ids"] == 0] = tok.pad_id
+      arrays = {**enc, "decoder_inputs": inputs, "decoder_segment_ids": dec["segment_ids"],
+                "decoder_positions": dec["positions"], "targets": dec["inputs"],
+                "target_weights": dec["segment_ids"].astype(np.float32)}
+    arrays.pop("token_types", None)
+    return [base.Feature({**arrays, "weight": np.float32(1.0)})]
+
+  def model(self) -> nn.Module:
+    return Seq2SeqModel(self.ctx.model_cfg)
+
+  def loss(self, logits_BxTxV, batch):
+    weights_BxT = batch["target_weights"] * batch["weight"][:, None]
+    vocab = logits_BxTxV.shape[-1]
+    ce_BxT = base.cross_entropy(logits_BxTxV.reshape(-1, vocab), batch["targets"].reshape(-1),
+                                self.ctx.label_smoothing).reshape(weights_BxT.shape)
+    correct_BxT = (jnp.argmax(logits_BxTxV, -1) == batch["targets"]).astype(jnp.float32)
+    total = jnp.sum(weights_BxT)
+    loss = jnp.sum(ce_BxT * weights_BxT) / jnp.maximum(total, 1e-8)
+    return loss, {"loss": (jnp.sum(ce_BxT * weights_BxT), total),
+                  "token_accuracy": (jnp.sum(correct_BxT * weights_BxT), total)}
+
+  def predict(self, module, params, batch):
+    cfg, tok = self.ctx.model_cfg, self.ctx.tokenizer
+    if self.decoder_only:
+      tokens = decoding.generate_decoder(
+          cfg, params["backbone"], batch["prompt"], batch["prompt_segment_ids"],
+          max_new_tokens=self.target_len, beam_size=self.beam_size, eos_id=tok.eos_id,
+          length_penalty=self.length_penalty)
+    else:
+      tokens = decoding.generate_encoder_decoder(
+          cfg, params["backbone"], batch["inputs"], batch["segment_ids"],
+          max_len=self.target_len, beam_size=self.beam_size, eos_id=tok.eos_id,
+          start_id=tok.pad_id, length_penalty=self.length_penalty)
+    return {"tokens": tokens}
+
+  def postprocess(self, examples, example_index, metas, outputs) -> list[Any]:
+    eos = self.ctx.tokenizer.eos_id
+    texts = []
+    for row in outputs["tokens"]:
+      row = list(row)
+      texts.append(self.ctx.tokenizer.decode(row[:row.index(eos)] if eos in row else row))
+    return texts
+
+  def metrics(self, examples: Sequence[dict], predictions: Sequence[Any]) -> dict[str, float]:
+    references = [e["target"] for e in examples]
+    return {**metrics.bleu(predictions, references), **metrics.rouge(predictions, references)}
+
+
+TASK_TYPE = Seq2Seq
