@@ -54,6 +54,15 @@ class TransformerConfig:
   param_dtype: str = "float32"
   remat: str = "none"
   attention_impl: str = "auto"
+  # Parameter-efficient fine-tuning modules; all off by default, leaving the param tree unchanged.
+  adapter_size: int = 0  # Houlsby bottleneck adapters after every sublayer; 0 = none.
+  ia3: bool = False  # (IA)^3 rescaling of attention keys/values and of the FFN hidden units.
+  prefix_length: int = 0  # prefix tuning: trainable key/value slots in every self-attention.
+  prompt_length: int = 0  # prompt tuning: soft-prompt vectors before the (encoder) input.
+  lora_rank: int = 0  # LoRA branches beside the projections matching lora_targets; 0 = none.
+  lora_alpha: float = 16.0
+  lora_dropout: float = 0.0
+  lora_targets: str = "attention/(query|value)/kernel"  # regexes over kernel paths | all_linear
 
   @property
   def kv_heads(self) -> int:
@@ -94,6 +103,10 @@ class TransformerConfig:
     for key in ("vocab_size", "d_model", "num_heads", "d_ff", "num_layers", "max_len"):
       if getattr(self, key) <= 0:
         raise ValueError(f"{prefix}.{key}={getattr(self, key)} must be positive")
+    # Prompt slots read no position table, so prompt_length needs no room within max_len.
+    for key in ("adapter_size", "prefix_length", "prompt_length", "lora_rank"):
+      if getattr(self, key) < 0:
+        raise ValueError(f"{prefix}.{key}={getattr(self, key)} must be >= 0 (0 = off)")
     if not self.head_dim and self.d_model % self.num_heads:
       raise ValueError(
           f"{prefix}.d_model={self.d_model} is not divisible by {prefix}.num_heads="

@@ -1,6 +1,6 @@
 """Transformer building blocks with logical axis names on every parameter and activation.
 
-Parameter axes: vocab, embed, heads, kv_heads, kv (per-head dim), mlp, relpos_buckets.
+Parameter axes: vocab, embed, heads, kv_heads, kv (per-head dim), mlp, relpos_buckets, adapter.
 Activation axes: batch, length, act_embed, act_heads, act_mlp, act_vocab. The mapping of these
 names to mesh axes lives in the config (`config.mesh.rules`), never here.
 """
@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from lmreuse.models import lora
 from lmreuse.models.config import TransformerConfig
 
 Array = jax.Array
@@ -26,6 +27,10 @@ def dense_init(cfg: TransformerConfig, axes: tuple[str | None, ...]) -> Callable
 
 def zeros_init(axes: tuple[str | None, ...]) -> Callable:
   return nn.with_logical_partitioning(nn.initializers.zeros_init(), axes)
+
+
+def ones_init(axes: tuple[str | None, ...]) -> Callable:
+  return nn.with_logical_partitioning(nn.initializers.ones_init(), axes)
 
 
 def constrain(x: Array, axes: tuple[str | None, ...]) -> Array:
@@ -60,6 +65,34 @@ class Projection(nn.Module):
     return y
 
 
+def ia3_rescale(module: nn.Module, name: str, x: Array, axes: tuple[str | None, ...]) -> Array:
+  """(IA)^3 (Liu et al. 2022): learned rescaling of the last axes, ones so it starts as identity."""
+  scale = module.param(name, ones_init(axes), x.shape[x.ndim - len(axes):],
+                       module.cfg.params_dtype)
+  return x * scale.astype(x.dtype)
+
+
+class Adapter(nn.Module):
+  """Houlsby et al. (2019) bottleneck h + up(gelu(down(h))) after a sublayer.
+
+  `up` starts at zero (kernel and bias), so an adapter inserted into a pretrained model is the
+  identity until trained. Biases are always on, whatever cfg.use_bias says of the base model.
+  """
+
+  cfg: TransformerConfig
+
+  @nn.compact
+  def __call__(self, h_BxLxD: Array) -> Array:
+    cfg = self.cfg
+    kwargs = dict(dtype=cfg.compute_dtype, param_dtype=cfg.params_dtype)
+    z_BxLxA = nn.Dense(cfg.adapter_size, kernel_init=dense_init(cfg, ("embed", "adapter")),
+                       bias_init=zeros_init(("adapter",)), name="down", **kwargs)(h_BxLxD)
+    z_BxLxA = nn.gelu(z_BxLxA, approximate=False)
+    up_BxLxD = nn.Dense(cfg.d_model, kernel_init=zeros_init(("adapter", "embed")),
+                        bias_init=zeros_init(("embed",)), name="up", **kwargs)(z_BxLxA)
+    return constrain(h_BxLxD + up_BxLxD, ("batch", "length", "act_embed"))
+
+
 class Norm(nn.Module):
   """LayerNorm (BERT, GPT-2) or RMSNorm (T5); statistics always in float32."""
 
@@ -68,7 +101,7 @@ class Norm(nn.Module):
   @nn.compact
   def __call__(self, x_BxLxD: Array) -> Array:
     cfg = self.cfg
-    scale_init = nn.with_logical_partitioning(nn.initializers.ones_init(), ("embed",))
+    scale_init = ones_init(("embed",))
     if cfg.norm == "rmsnorm":
       return nn.RMSNorm(epsilon=cfg.norm_eps, dtype=cfg.compute_dtype,
                         param_dtype=cfg.params_dtype, scale_init=scale_init, name="norm")(x_BxLxD)
@@ -164,12 +197,16 @@ class RelativePositionBias(nn.Module):
 def attention_mask(q_segments_BxT: Array | None, k_segments_BxS: Array | None,
                    causal: bool, q_positions_BxT: Array | None = None,
                    k_positions_BxS: Array | None = None) -> Array | None:
-  """Boolean [B, 1, T, S] mask: same packed segment, key not padding (segment 0), causal."""
+  """Boolean [B, 1, T, S] mask: same packed segment, key not padding (segment 0), causal.
+
+  Keys of a negative segment (a soft prompt) are shared: every query may see them.
+  """
   mask = None
   if k_segments_BxS is not None:
     mask = (k_segments_BxS != 0)[:, None, None, :]
     if q_segments_BxT is not None:
-      mask = mask & (q_segments_BxT[:, None, :, None] == k_segments_BxS[:, None, None, :])
+      same_BxTxS = q_segments_BxT[:, :, None] == k_segments_BxS[:, None, :]
+      mask = mask & (same_BxTxS | (k_segments_BxS < 0)[:, None, :])[:, None]
   if causal:
     if q_positions_BxT is None:
       raise ValueError("a causal mask needs query and key positions")
@@ -200,12 +237,16 @@ class Attention(nn.Module):
     kv_BxSxD = x_BxTxD if is_self else kv_BxSxD
     n, k, h = cfg.num_heads, cfg.kv_heads, cfg.dim_per_head
 
-    def proj(name, features, axes):
-      return Projection(cfg, features, ("embed",) + axes, name=name)
+    def proj(name, features, axes, x):
+      y = Projection(cfg, features, ("embed",) + axes, name=name)(x)
+      return y + lora.branch(self, name, x, 1, features)
 
-    q_BxTxNxH = proj("query", (n, h), ("heads", "kv"))(x_BxTxD)
-    k_BxSxKxH = proj("key", (k, h), ("kv_heads", "kv"))(kv_BxSxD)
-    v_BxSxKxH = proj("value", (k, h), ("kv_heads", "kv"))(kv_BxSxD)
+    q_BxTxNxH = proj("query", (n, h), ("heads", "kv"), x_BxTxD)
+    k_BxSxKxH = proj("key", (k, h), ("kv_heads", "kv"), kv_BxSxD)
+    v_BxSxKxH = proj("value", (k, h), ("kv_heads", "kv"), kv_BxSxD)
+    if cfg.ia3:
+      k_BxSxKxH = ia3_rescale(self, "ia3_key", k_BxSxKxH, ("kv_heads", "kv"))
+      v_BxSxKxH = ia3_rescale(self, "ia3_value", v_BxSxKxH, ("kv_heads", "kv"))
     if use_rope:
       q_BxTxNxH = apply_rope(q_BxTxNxH, q_positions_BxT)
       k_BxSxKxH = apply_rope(k_BxSxKxH, k_positions_BxS)
@@ -216,6 +257,10 @@ class Attention(nn.Module):
       k_BxSxKxH, v_BxSxKxH, mask = self._update_cache(k_BxSxKxH, v_BxSxKxH, mask,
                                                       key_valid_BxS)
       is_causal = False  # the cache mask already hides the future
+    if cfg.prefix_length and is_self:
+      k_BxSxKxH, v_BxSxKxH, mask, bias_BxNxTxS = self._prepend_prefix(
+          k_BxSxKxH, v_BxSxKxH, mask, bias_BxNxTxS, is_causal)
+      is_causal = False  # now part of the mask: the prefix shifts the key slots
 
     scale = 1.0 / math.sqrt(h) if cfg.scale_attention else 1.0
     out_BxTxNxH = dot_product_attention(
@@ -223,7 +268,33 @@ class Attention(nn.Module):
         is_causal=is_causal, implementation=cfg.attention_impl)
     out_BxTxD = Projection(cfg, (cfg.d_model,), ("heads", "kv", "embed"), num_in=2,
                            name="out")(out_BxTxNxH)
+    out_BxTxD = out_BxTxD + lora.branch(self, "out", out_BxTxNxH, 2, (cfg.d_model,))
     return constrain(out_BxTxD, ("batch", "length", "act_embed"))
+
+  def _prepend_prefix(self, k_BxSxKxH: Array, v_BxSxKxH: Array, mask: Array | None,
+                      bias_BxNxTxS: Array | None, is_causal: bool):
+    """Prefix tuning (Li & Liang 2021): trainable key/value slots in front of the keys.
+
+    Prefixes carry no position (zero relative bias, no RoPE) and every query sees them, padding
+    and packed segments included. With a KV cache they are prepended at each call, never cached.
+    """
+    cfg = self.cfg
+    p, (b, s, k, h) = cfg.prefix_length, k_BxSxKxH.shape
+
+    def prepend(name, x_BxSxKxH):
+      slots_PxKxH = self.param(name, dense_init(cfg, (None, "kv_heads", "kv")), (p, k, h),
+                               cfg.params_dtype)
+      slots_BxPxKxH = jnp.broadcast_to(slots_PxKxH.astype(x_BxSxKxH.dtype), (b, p, k, h))
+      return jnp.concatenate([slots_BxPxKxH, x_BxSxKxH], axis=1)
+
+    if is_causal:  # self-attention without a cache: as many queries as keys
+      causal_SxS = jnp.tril(jnp.ones((s, s), jnp.bool_))
+      mask = causal_SxS if mask is None else mask & causal_SxS
+    if mask is not None:
+      mask = jnp.concatenate([jnp.ones(mask.shape[:-1] + (p,), jnp.bool_), mask], axis=-1)
+    if bias_BxNxTxS is not None:
+      bias_BxNxTxS = jnp.pad(bias_BxNxTxS, [(0, 0)] * 3 + [(p, 0)])
+    return prepend("prefix_key", k_BxSxKxH), prepend("prefix_value", v_BxSxKxH), mask, bias_BxNxTxS
 
   def _update_cache(self, k_BxTxKxH: Array, v_BxTxKxH: Array, mask: Array | None,
                     key_valid_BxT: Array | None):
@@ -276,22 +347,25 @@ class MLP(nn.Module):
   def __call__(self, x_BxLxD: Array, deterministic: bool) -> Array:
     cfg = self.cfg
 
-    def dense(name, features, axes):
-      return nn.Dense(features, use_bias=cfg.use_bias, dtype=cfg.compute_dtype,
-                      param_dtype=cfg.params_dtype, kernel_init=dense_init(cfg, axes),
-                      bias_init=zeros_init(axes[-1:]), name=name)
+    def dense(name, features, axes, x):
+      y = nn.Dense(features, use_bias=cfg.use_bias, dtype=cfg.compute_dtype,
+                   param_dtype=cfg.params_dtype, kernel_init=dense_init(cfg, axes),
+                   bias_init=zeros_init(axes[-1:]), name=name)(x)
+      return y + lora.branch(self, name, x, 1, (features,))
 
     if cfg.activation in ("swiglu", "geglu"):
       gate = nn.silu if cfg.activation == "swiglu" else (lambda z: nn.gelu(z, approximate=True))
-      h_BxLxF = gate(dense("wi_0", cfg.d_ff, ("embed", "mlp"))(x_BxLxD)) * dense(
-          "wi_1", cfg.d_ff, ("embed", "mlp"))(x_BxLxD)
+      h_BxLxF = gate(dense("wi_0", cfg.d_ff, ("embed", "mlp"), x_BxLxD)) * dense(
+          "wi_1", cfg.d_ff, ("embed", "mlp"), x_BxLxD)
     else:
       act = {"gelu": lambda z: nn.gelu(z, approximate=False),
              "gelu_tanh": lambda z: nn.gelu(z, approximate=True),
              "relu": nn.relu}[cfg.activation]
-      h_BxLxF = act(dense("wi", cfg.d_ff, ("embed", "mlp"))(x_BxLxD))
+      h_BxLxF = act(dense("wi", cfg.d_ff, ("embed", "mlp"), x_BxLxD))
+    if cfg.ia3:
+      h_BxLxF = ia3_rescale(self, "ia3_mlp", h_BxLxF, ("mlp",))
     h_BxLxF = constrain(h_BxLxF, ("batch", "length", "act_mlp"))
     if cfg.mlp_hidden_dropout:
       h_BxLxF = nn.Dropout(cfg.dropout_rate)(h_BxLxF, deterministic=deterministic)
-    out_BxLxD = dense("wo", cfg.d_model, ("mlp", "embed"))(h_BxLxF)
+    out_BxLxD = dense("wo", cfg.d_model, ("mlp", "embed"), h_BxLxF)
     return constrain(out_BxLxD, ("batch", "length", "act_embed"))

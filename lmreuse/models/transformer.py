@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 
 from lmreuse.models.config import TransformerConfig
-from lmreuse.models.layers import (MLP, Attention, Embed, Norm, RelativePositionBias,
+from lmreuse.models.layers import (MLP, Adapter, Attention, Embed, Norm, RelativePositionBias,
                                    attention_mask, constrain, dense_init, sinusoidal_table)
 
 Array = jax.Array
@@ -35,8 +35,10 @@ class Block(nn.Module):
     use_rope = cfg.position == "rope"
 
     def residual(name, x, fn):
-      h = Norm(cfg, name=f"{name}_norm")(x) if pre_norm else x
-      h = nn.Dropout(cfg.dropout_rate)(fn(h), deterministic=deterministic)
+      h = fn(Norm(cfg, name=f"{name}_norm")(x) if pre_norm else x)
+      if cfg.adapter_size:
+        h = Adapter(cfg, name=f"{name}_adapter")(h)
+      h = nn.Dropout(cfg.dropout_rate)(h, deterministic=deterministic)
       x = x + h
       return x if pre_norm else Norm(cfg, name=f"{name}_norm")(x)
 
@@ -105,17 +107,28 @@ class Stack(nn.Module):
       self.relative_bias = RelativePositionBias(cfg, bidirectional=not self.causal)
       if self.decode:
         self.key_positions = KeyPositionCache()
+    if self.num_prompt:
+      self.prompt = self.param("prompt", dense_init(cfg, (None, "embed")),
+                               (self.num_prompt, cfg.d_model), cfg.params_dtype)
     self.embed_dropout = nn.Dropout(cfg.dropout_rate)
     self.norm = Norm(cfg)  # after the embeddings (post-norm) or after the last layer (pre-norm)
     block = _block_class(cfg)
     self.layers = [block(cfg, causal=self.causal, cross=self.cross, decode=self.decode,
                          name=f"layers_{i}") for i in range(self.num_layers)]
 
+  @property
+  def num_prompt(self) -> int:
+    """Soft-prompt slots: the encoder side or a decoder-only model reads them, a T5 decoder not."""
+    return 0 if self.cross else self.cfg.prompt_length
+
   def __call__(self, ids_BxL: Array, *, segment_ids_BxL: Array | None = None,
                positions_BxL: Array | None = None, token_types_BxL: Array | None = None,
                encoded_BxSxD: Array | None = None, enc_segment_ids_BxS: Array | None = None,
                enc_positions_BxS: Array | None = None, deterministic: bool = True) -> Array:
     cfg = self.cfg
+    if self.decode and self.num_prompt:
+      raise ValueError(f"config.model.prompt_length={cfg.prompt_length}: prompt tuning does not "
+                       "support KV-cache generation on decoder-only models; use prefix tuning")
     if positions_BxL is None:
       positions_BxL = _default_positions(ids_BxL)
     x_BxLxD = self.token_embed(ids_BxL)
@@ -128,6 +141,9 @@ class Stack(nn.Module):
       if token_types_BxL is None:
         token_types_BxL = jnp.zeros_like(ids_BxL)
       x_BxLxD = x_BxLxD + self.token_type_embed(token_types_BxL)
+    if self.num_prompt:
+      x_BxLxD, segment_ids_BxL, positions_BxL = self._prepend_prompt(
+          x_BxLxD, segment_ids_BxL, positions_BxL)
     if cfg.norm_placement == "post":
       x_BxLxD = self.norm(x_BxLxD)
     x_BxLxD = self.embed_dropout(x_BxLxD, deterministic=deterministic)
@@ -152,7 +168,29 @@ class Stack(nn.Module):
     if cfg.norm_placement == "pre":
       x_BxLxD = self.norm(x_BxLxD)
       x_BxLxD = self.embed_dropout(x_BxLxD, deterministic=deterministic)
-    return x_BxLxD
+    return x_BxLxD[:, self.num_prompt:]
+
+  def _prepend_prompt(self, x_BxLxD: Array, segment_ids_BxL: Array | None,
+                      positions_BxL: Array) -> tuple[Array, Array, Array]:
+    """Prompt tuning (Lester et al. 2021): soft-prompt vectors before the embedded tokens.
+
+    The prompt takes no position embedding but shares the embeddings' norm (post-norm) and
+    dropout; its slots sit at positions -P..-1, before every packed segment's start, which the
+    causal mask, RoPE and the relative bias read. Its segment (-1) is visible to every query,
+    while its own queries see only the prompt, so its states never depend on the input: packed
+    segments and padding stay isolated as without a prompt (Lester et al. let an encoder's prompt
+    read the input too).
+    """
+    b, p = x_BxLxD.shape[0], self.num_prompt
+    if segment_ids_BxL is None:  # spelled out, or the prompt's queries would read the input
+      segment_ids_BxL = jnp.ones(positions_BxL.shape, jnp.int32)
+    segment_ids_BxL = jnp.concatenate(
+        [jnp.full((b, p), -1, segment_ids_BxL.dtype), segment_ids_BxL], axis=1)
+    prompt_positions_BxP = jnp.broadcast_to(jnp.arange(-p, 0, dtype=positions_BxL.dtype), (b, p))
+    positions_BxL = jnp.concatenate([prompt_positions_BxP, positions_BxL], axis=1)
+    prompt_BxPxD = jnp.broadcast_to(self.prompt.astype(x_BxLxD.dtype), (b, p, self.cfg.d_model))
+    x_BxLxD = jnp.concatenate([prompt_BxPxD, x_BxLxD], axis=1)
+    return x_BxLxD, segment_ids_BxL, positions_BxL
 
   def attend(self, x_BxLxD: Array) -> Array:
     return self.token_embed.attend(x_BxLxD)

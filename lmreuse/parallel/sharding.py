@@ -28,6 +28,7 @@ DEFAULT_RULES: tuple[tuple[str, Any], ...] = (
     ("kv_heads", "tensor"),
     ("kv", None),
     ("relpos_buckets", None),
+    ("adapter", None),
     ("act_embed", None),
     ("act_mlp", "tensor"),
     ("act_heads", "tensor"),
