@@ -21,6 +21,7 @@ wmt14_translate/de-en cnn_dailymail (TFDS, prepared beforehand), local.
 import ml_collections
 
 from configs import common
+from lmreuse import strategies
 from lmreuse.data import augment
 from lmreuse.data.sources import local
 
@@ -34,6 +35,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.overwrite = False
   config.init_from = ""          # pretraining workdir or checkpoint step dir; '' = from scratch
   config.from_scratch = False    # True: take init_from's architecture/tokenizer, not its weights
+  config.init_trainable_from = ""  # a parameter-efficient run's workdir: its trained head and
+                                   # strategy params go on top of init_from
   config.total_steps = 300
   config.batch_size = 32
   config.grad_accum_steps = 1
@@ -70,6 +73,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       length_penalty=0.6,        # seq2seq beam search (GNMT alpha)
       **local.config_defaults(),
   ))
+  # How the pretrained model is reused: one of `strategies.names()` or a comma-separated
+  # combination ("lora,llrd"); the other keys belong to individual strategies.
+  config.strategy = strategies.config_defaults()
   config.tokenizer = common.tokenizer_config(vocab_size=8000)     # only without init_from
   config.model = common.model_config(args["preset"], args["size"], max_len=512)  # likewise
   config.optimizer = common.optimizer_config(learning_rate=config.get_ref("learning_rate"),

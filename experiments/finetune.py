@@ -14,12 +14,14 @@ import os
 import time
 from typing import Any
 
+import flax.linen as nn
 import jax
 import ml_collections
 import numpy as np
 from absl import logging
+from flax import traverse_util
 
-from lmreuse import components, tasks, workdir as workdir_lib
+from lmreuse import components, strategies, tasks, workdir as workdir_lib
 from lmreuse.data import pipeline, sources, tokenizer as tokenizer_lib
 from lmreuse.eval import metrics as metrics_lib
 from lmreuse.objectives.base import apply_rngs, init_rngs
@@ -32,9 +34,15 @@ from lmreuse.train.trainer import LoopConfig, Program, Trainer, run_loop
 from lmreuse.train.writers import MetricWriter
 
 
+TRAINABLE_DIR = "trainable"  # the best checkpoint's trainable params: head + strategy params
+
+
 def validate(config: ml_collections.ConfigDict) -> None:
-  components.validate_loop(config, ("total_steps", "batch_size", "grad_accum_steps", "log_every",
+  components.validate_loop(config, ("batch_size", "grad_accum_steps", "log_every",
                                      "checkpoint_every", "keep_checkpoints", "max_len"))
+  if config.total_steps < 0:
+    raise ValueError(f"config.total_steps={config.total_steps} must be >= 0 (0 = evaluate "
+                     "the initial model only)")
   if not 0.0 <= config.label_smoothing < 1.0:
     raise ValueError(f"config.label_smoothing={config.label_smoothing} must be in [0, 1)")
   if config.dropout_rate != -1.0 and not 0.0 <= config.dropout_rate < 1.0:
@@ -44,7 +52,6 @@ def validate(config: ml_collections.ConfigDict) -> None:
                      "which is empty")
   if config.task.type:
     tasks.get(config.task.type)
-  optim.validate(config.optimizer)
 
 
 def pretrained_workdir(init_from: str) -> str:
@@ -115,6 +122,7 @@ class Setup:
   stopper: EarlyStopping
   tokenizer: Any
   model_cfg: Any
+  plan: strategies.Plan
 
 
 def build(config: ml_collections.ConfigDict, workdir: str) -> Setup:
@@ -129,6 +137,10 @@ def build(config: ml_collections.ConfigDict, workdir: str) -> Setup:
       sources.load(config.task, config.seed), train_fraction=config.task.train_fraction,
       max_train_examples=config.task.max_train_examples,
       max_eval_examples=config.task.max_eval_examples, seed=config.seed)
+  plan = strategies.Plan(config.strategy, strategies.Context(
+      model_cfg=model_cfg, task_type=data.task_type, total_steps=config.total_steps))
+  model_cfg = plan.model(model_cfg)
+  model_cfg.validate()
   task = tasks.build(data.task_type, tasks.Context(
       model_cfg=model_cfg, tokenizer=tokenizer, task=config.task, labels=data.labels,
       max_len=config.max_len, label_smoothing=config.label_smoothing,
@@ -143,18 +155,31 @@ def build(config: ml_collections.ConfigDict, workdir: str) -> Setup:
   module = task.model()
   example = task.features(data.splits["train"][0], None)[0].arrays
   tokens = sum(v.size for k, v in example.items() if k in ("inputs", "decoder_inputs"))
-  tx, schedule = optim.make_optimizer(config.optimizer, config.total_steps)
-  trainer = Trainer(make_program(task, module, example, tokens), tx, schedule, mesh, rules)
+  program = make_program(task, module, example, tokens)
+  abstract = nn.meta.unbox(jax.eval_shape(program.init_params, jax.random.PRNGKey(0)))
+  paths = list(traverse_util.flatten_dict(abstract, sep="/"))
+  plan.check(paths)
+  opt = plan.optimizer(config.optimizer)
+  optim.validate(opt)
+  tx, schedule = optim.make_optimizer(opt, max(config.total_steps, 1))
+  mask = traverse_util.unflatten_dict({p: plan.trainable(p) for p in paths}, sep="/")
+  tx = plan.wrap_optimizer(tx, abstract, mask)
+  trainer = Trainer(program, tx, schedule, mesh, rules, trainable_mask=mask)
   state = trainer.init_state(config.seed)
-  report = None
+  params, report = jax.device_get(state.params), None
   if config.init_from and not config.from_scratch:
-    params, report = restore.merge_params(state.params, restore.load_params(config.init_from))
+    params, report = restore.merge_params(params, restore.load_params(config.init_from))
     if not report["loaded"]:
       raise ValueError(f"config.init_from={config.init_from!r}: no parameter path matches the "
                        f"task model; checkpoint has e.g. {report['dropped'][:5]}")
-    state = trainer.state_with_params(state, params)
+    report["strategy"] = [p for p in report["new"] if strategies.is_strategy_param(p)]
+  if config.init_trainable_from:
+    params = restore.overlay(params, restore.load_tree(
+        os.path.join(config.init_trainable_from, TRAINABLE_DIR)), "config.init_trainable_from")
+  state = trainer.state_with_params(state, plan.init_pretrained(params, config.seed))
   return Setup(data, task, module, trainer, state, report, eval_sets, stopper, tokenizer,
-               model_cfg)
+               model_cfg, plan)
+
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
@@ -211,7 +236,11 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
       state, _ = run_loop(trainer, state, train_iter, evaluate, loop, checkpointer, writer,
                           after_eval)
     best_step = best_checkpointer.latest_step()
-    best_params = best_checkpointer.restore(best_step, abstract_like(state.params), None)
+    if best_step is None:  # total_steps=0: evaluate the initial (e.g. loaded) model only
+      best_step, best_params = 0, state.params
+      stopper.best_metrics = {k.split("/", 1)[1]: v for k, v in evaluate(state.params).items()}
+    else:
+      best_params = best_checkpointer.restore(best_step, abstract_like(state.params), None)
   finally:
     checkpointer.close()
     best_checkpointer.close()
@@ -227,12 +256,19 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     write_jsonl(os.path.join(workdir, "predictions.jsonl"),
                 [task.record(examples[i], p) for i, p in enumerate(predictions)])
   logging.info("best step %d: %s", best_step, results)
-  total = trainer.param_count()
+  total, trainable = trainer.param_count(), trainer.trainable_count()
+  if is_main and trainable < total:  # parameter-efficient: the trained part alone is shareable
+    flat = traverse_util.flatten_dict(jax.device_get(best_params), sep="/")
+    restore.save_tree(os.path.join(workdir, TRAINABLE_DIR), traverse_util.unflatten_dict(
+        {p: v for p, v in flat.items() if setup.plan.trainable(p)}, sep="/"))
+  logging.info("strategy %s: %s of %s parameters train (%.3f%%)", setup.plan.name,
+               f"{trainable:,}", f"{total:,}", 100 * trainable / total)
   return workdir_lib.write_results(
       workdir, config, results, start_time=start_time, steps=int(state.step),
       best_step=int(best_step), stopped_early=bool(stopper.stopped_at),
       selection={"metric": f"validation/{stopper.metric}", "mode": stopper.mode},
-      parameters={"total": total, "trainable": total, "trainable_fraction": 1.0},
+      strategy=setup.plan.name,
+      parameters={"total": total, "trainable": trainable, "trainable_fraction": trainable / total},
       task={"name": config.task.name, "type": data.task_type,
             "examples": {k: len(v) for k, v in data.splits.items()}, "origin": data.origin},
       model=dataclasses.asdict(setup.model_cfg), tokenizer=setup.tokenizer.model_path)

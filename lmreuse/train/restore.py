@@ -73,3 +73,29 @@ def write_report(path: str, report: dict[str, list[str]]) -> None:
   with open(path, "w") as f:
     json.dump({**report, "counts": {k: len(v) for k, v in report.items()}}, f, indent=2)
     f.write("\n")
+
+
+def save_tree(directory: str, tree: Any) -> None:
+  """Saves a parameter (sub)tree, e.g. the trainable part of a parameter-efficient run."""
+  ocp.StandardCheckpointer().save(os.path.abspath(directory), jax.device_get(tree), force=True)
+
+
+def load_tree(directory: str) -> dict:
+  if not os.path.isdir(directory):
+    raise FileNotFoundError(f"{directory} does not exist: only runs that train part of the model "
+                            "(parameter-efficient strategies) save their trainable parameters")
+  restored = ocp.StandardCheckpointer().restore(os.path.abspath(directory))
+  return jax.tree.map(np.asarray, restored)
+
+
+def overlay(params: Any, tree: Any, key: str) -> dict:
+  """`params` with every leaf of `tree` put in its place; paths and shapes must match."""
+  flat = traverse_util.flatten_dict(params, sep="/")
+  bad = [f"{p}: {np.shape(v)}" + (f" vs model {np.shape(flat[p])}" if p in flat else
+                                   " (not in the model)")
+         for p, v in traverse_util.flatten_dict(tree, sep="/").items()
+         if p not in flat or np.shape(flat[p]) != np.shape(v)]
+  if bad:
+    raise ValueError(f"{key}: saved parameters do not fit the model:\n  " + "\n  ".join(bad))
+  flat.update(traverse_util.flatten_dict(tree, sep="/"))
+  return traverse_util.unflatten_dict(flat, sep="/")

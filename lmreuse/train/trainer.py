@@ -60,6 +60,24 @@ def _replicate_reshaped(tree: Any) -> Any:
   return jax.tree.map(fit, tree, is_leaf=lambda x: isinstance(x, nn.Partitioned))
 
 
+def select_trainable(params: Any, mask: Any) -> Any:
+  """`params` with every frozen leaf replaced by an empty optax.MaskedNode.
+
+  Gradients, optimizer state and updates then exist only for trainable parameters: frozen ones
+  cost no weight-gradient compute and no optimizer memory, and cannot change.
+  """
+  if mask is None:
+    return params
+  return jax.tree.map(lambda p, m: p if m else optax.MaskedNode(), params, mask,
+                      is_leaf=lambda x: isinstance(x, nn.Partitioned))
+
+
+def merge_trainable(params: Any, trainable: Any) -> Any:
+  """The full parameter tree: `trainable`'s leaves where it has them, `params`' elsewhere."""
+  return jax.tree.map(lambda p, t: p if isinstance(t, optax.MaskedNode) else t, params,
+                      trainable)
+
+
 def reduce_pairs(pairs: MetricPairs) -> dict[str, float]:
   return {k: float(s) / max(float(c), 1e-12) for k, (s, c) in pairs.items()}
 
@@ -69,26 +87,32 @@ def _add(a: Any, b: Any) -> Any:
 
 
 def train_step(state: TrainState, batch: Batch, *, loss_fn: LossFn,
-               tx: optax.GradientTransformation, schedule: optax.Schedule
-               ) -> tuple[TrainState, dict[str, jax.Array]]:
-  """One optimizer update; batch leaves are [accum_steps, micro_batch, ...]."""
+               tx: optax.GradientTransformation, schedule: optax.Schedule,
+               trainable_mask: Any = None) -> tuple[TrainState, dict[str, jax.Array]]:
+  """One optimizer update; batch leaves are [accum_steps, micro_batch, ...].
+
+  Only parameters whose `trainable_mask` leaf is True (all when None) are differentiated and
+  updated; the rest pass through bitwise unchanged.
+  """
   rng = jax.random.fold_in(state.rng, state.step)
-  grad_fn = jax.value_and_grad(lambda p, b, r: loss_fn(p, b, r, True), has_aux=True)
+  trainable = select_trainable(state.params, trainable_mask)
+  grad_fn = jax.value_and_grad(
+      lambda t, b, r: loss_fn(merge_trainable(state.params, t), b, r, True), has_aux=True)
 
   def micro_step(carry, xs):
     index, micro_batch = xs
-    (loss, pairs), grads = grad_fn(state.params, micro_batch, jax.random.fold_in(rng, index))
+    (loss, pairs), grads = grad_fn(trainable, micro_batch, jax.random.fold_in(rng, index))
     return _add(carry, (loss, pairs, grads)), None
 
   first = jax.tree.map(lambda x: x[0], batch)
   zeros = jax.tree.map(jnp.zeros_like, jax.eval_shape(
-      lambda: (lambda o, g: (o[0], o[1], g))(*grad_fn(state.params, first, rng))))
+      lambda: (lambda o, g: (o[0], o[1], g))(*grad_fn(trainable, first, rng))))
   accum = jax.tree.leaves(batch)[0].shape[0]
   (loss, pairs, grads), _ = jax.lax.scan(micro_step, zeros, (jnp.arange(accum), batch))
   loss, grads = loss / accum, jax.tree.map(lambda g: g / accum, grads)
 
-  updates, opt_state = tx.update(grads, state.opt_state, state.params)
-  params = optax.apply_updates(state.params, updates)
+  updates, opt_state = tx.update(grads, state.opt_state, trainable)
+  params = merge_trainable(state.params, optax.apply_updates(trainable, updates))
   metrics = {f"train/{k}": s / jnp.maximum(c, 1e-12) for k, (s, c) in pairs.items()}
   metrics.update({
       "train/loss": loss,
@@ -114,6 +138,7 @@ class Trainer:
   schedule: optax.Schedule
   mesh: Mesh
   rules: tuple
+  trainable_mask: Any = None  # bools shaped like the params (True = trains); None = all train
 
   def __post_init__(self):
     with sharding_lib.mesh_context(self.mesh, self.rules):
@@ -130,11 +155,16 @@ class Trainer:
   def _init_boxed(self, seed_key: jax.Array) -> TrainState:
     param_rng, dropout_rng = jax.random.split(seed_key)
     params = self.program.init_params(param_rng)
+    opt_state = self.tx.init(select_trainable(params, self.trainable_mask))
     return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                      opt_state=_replicate_reshaped(self.tx.init(params)), rng=dropout_rng)
+                      opt_state=_replicate_reshaped(opt_state), rng=dropout_rng)
 
   def param_count(self) -> int:
     return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(self.abstract_params))
+
+  def trainable_count(self) -> int:
+    trainable = select_trainable(self.abstract_params, self.trainable_mask)
+    return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(trainable))
 
   def init_state(self, seed: int) -> TrainState:
     init = lambda key: nn.meta.unbox(self._init_boxed(key))
@@ -145,7 +175,8 @@ class Trainer:
     """Swaps in (e.g. pretrained) params and re-initialises the optimizer state for them."""
     params = jax.device_put(params, self.state_shardings.params)
     with sharding_lib.mesh_context(self.mesh, self.rules):
-      opt_state = jax.jit(self.tx.init, out_shardings=self.state_shardings.opt_state)(params)
+      init = lambda p: self.tx.init(select_trainable(p, self.trainable_mask))
+      opt_state = jax.jit(init, out_shardings=self.state_shardings.opt_state)(params)
     return state.replace(params=params, opt_state=opt_state)
 
   def _batch_shardings(self, batch: Batch, leading_axes: int) -> dict[str, NamedSharding]:
@@ -161,7 +192,8 @@ class Trainer:
     if self._compiled_train is None:
       batch_shardings = {k: v.sharding for k, v in batch.items()}
       step = lambda s, b: train_step(s, b, loss_fn=self.program.loss_fn, tx=self.tx,
-                                     schedule=self.schedule)
+                                     schedule=self.schedule,
+                                     trainable_mask=self.trainable_mask)
       self._compiled_train = jax.jit(
           step, in_shardings=(self.state_shardings, batch_shardings),
           out_shardings=(self.state_shardings, self.replicated), donate_argnums=0)

@@ -80,7 +80,8 @@ def test_a_different_config_in_an_existing_workdir_is_refused(tiny_config, tmp_p
 
 
 @pytest.mark.parametrize("overrides,message", [
-    ({"model.num_heads": 3}, r"config\.model\.d_model=64 is not divisible by config\.model\.num_heads=3"),
+    ({"model.num_heads": 3},
+     r"config\.model\.d_model=64 is not divisible by config\.model\.num_heads=3"),
     ({"mesh.data": 3}, r"config\.mesh"),
     ({"batch_size": 6, "grad_accum_steps": 4}, r"config\.batch_size=6 is not divisible"),
     ({"objective.name": "clm"}, r"config\.objective\.name='clm' trains a decoder"),

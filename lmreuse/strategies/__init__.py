@@ -1,0 +1,100 @@
+"""Fine-tuning strategies by name: one file each, one registry line each.
+
+`config.strategy.name` is one name or a comma-separated combination ("lora,llrd",
+"adapters,modules"): model changes compose; a parameter trains if any strategy trains it (if
+none has an opinion, it trains); LR scales multiply; the latest start step wins.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import optax
+from flax import traverse_util
+
+from lmreuse.strategies import base, gates
+from lmreuse.strategies.base import Context, is_strategy_param
+
+__all__ = ["Context", "Plan", "config_defaults", "is_strategy_param", "names"]
+
+
+def _registry() -> dict[str, type[base.Strategy]]:
+  from lmreuse.strategies import (adapters, bitfit, frozen, full, gradual_unfreeze, ia3, llrd,
+                                  lora, lp_ft, modules, prefix_tuning, prompt_tuning, top_k)
+  classes = [full.STRATEGY, frozen.STRATEGY, frozen.LinearProbe, top_k.STRATEGY,
+             modules.STRATEGY, gradual_unfreeze.STRATEGY, llrd.STRATEGY, lp_ft.STRATEGY,
+             bitfit.STRATEGY, adapters.STRATEGY, lora.STRATEGY, ia3.STRATEGY,
+             prompt_tuning.STRATEGY, prefix_tuning.STRATEGY]
+  return {cls.name: cls for cls in classes}
+
+
+def names() -> list[str]:
+  return sorted(_registry())
+
+
+def config_defaults() -> dict[str, Any]:
+  """config.strategy: the name plus every strategy's own keys (names are unique across them)."""
+  out: dict[str, Any] = {"name": "full"}
+  for cls in _registry().values():
+    for key, value in cls.defaults.items():
+      if key in out and out[key] != value:
+        raise ValueError(f"strategy key {key!r} is declared twice with different defaults")
+      out[key] = value
+  return out
+
+
+class Plan:
+  """The combination of strategies a run uses, answering per parameter path."""
+
+  def __init__(self, cfg: Any, ctx: Context):
+    registry = _registry()
+    requested = [n.strip() for n in cfg.name.split(",") if n.strip()]
+    unknown = [n for n in requested if n not in registry]
+    if not requested or unknown:
+      raise ValueError(f"config.strategy.name={cfg.name!r}: unknown strategy {unknown or ''}; "
+                       f"choose from {sorted(registry)}, or combine them with commas")
+    self.name = ",".join(requested)
+    self.strategies = [registry[n](cfg, ctx) for n in requested]
+
+  def _fold(self, method: str, value: Any, *args) -> Any:
+    for strategy in self.strategies:
+      value = getattr(strategy, method)(value, *args)
+    return value
+
+  def model(self, model_cfg):
+    return self._fold("model", model_cfg)
+
+  def optimizer(self, opt):
+    return self._fold("optimizer", opt)
+
+  def init_pretrained(self, params: dict, seed: int) -> dict:
+    return self._fold("init_pretrained", params, seed)
+
+  def trainable(self, path: str) -> bool:
+    votes = [s.trainable(path) for s in self.strategies]
+    return any(votes) or all(v is None for v in votes)
+
+  def lr_scale(self, path: str) -> float:
+    scale = 1.0
+    for strategy in self.strategies:
+      scale *= strategy.lr_scale(path)
+    return scale
+
+  def start_step(self, path: str) -> int:
+    return max(s.start_step(path) for s in self.strategies)
+
+  def check(self, paths: list[str]) -> None:
+    for strategy in self.strategies:
+      strategy.check(paths)
+    if not any(self.trainable(p) for p in paths):
+      raise ValueError(f"strategy {self.name!r} leaves no parameter to train")
+
+  def wrap_optimizer(self, tx: optax.GradientTransformation, params: Any, mask: Any
+                     ) -> optax.GradientTransformation:
+    """Adds per-parameter LR scales and start steps to `tx` (a no-op when all are trivial)."""
+    from lmreuse.train.trainer import select_trainable
+
+    flat = traverse_util.flatten_dict(params, sep="/")
+    scales = traverse_util.unflatten_dict({p: self.lr_scale(p) for p in flat}, sep="/")
+    starts = traverse_util.unflatten_dict({p: self.start_step(p) for p in flat}, sep="/")
+    return gates.wrap(tx, select_trainable(scales, mask), select_trainable(starts, mask))

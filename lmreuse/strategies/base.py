@@ -1,0 +1,134 @@
+"""What a fine-tuning strategy may do, and the parameter-path vocabulary strategies share.
+
+A strategy can (a) change the model through TransformerConfig switches (adapters, LoRA, IA3,
+prefixes, prompts); (b) say which parameters train; (c) scale the learning rate per parameter;
+(d) let a parameter start training only from some step (gradual unfreezing, LP-FT). Each
+answers per parameter path ("backbone/stack/layers_3/mlp/wi/kernel"), so the same strategy
+serves encoders, decoders and encoder-decoders, and strategies combine (see
+lmreuse/strategies/__init__.py).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from typing import Any
+
+import ml_collections
+
+from lmreuse.models.config import TransformerConfig
+
+# Parameters that strategies add to the model: adapters, IA3 vectors, prefixes, soft prompts,
+# LoRA factors. They are new in every init report and train under every PEFT strategy.
+STRATEGY_PARAM = re.compile(r"(adapter|(^|/)lora_[ab]$|(^|/)ia3_|(^|/)prefix_(key|value)$|"
+                            r"(^|/)prompt$)")
+_LAYER = re.compile(r"/layers_(\d+)/")
+_EMBEDDING = re.compile(r"(token_embed|position_embed|token_type_embed|relative_bias)/")
+
+
+@dataclasses.dataclass(frozen=True)
+class Context:
+  """What strategies see of the run."""
+
+  model_cfg: TransformerConfig
+  task_type: str
+  total_steps: int
+
+
+def is_strategy_param(path: str) -> bool:
+  return bool(STRATEGY_PARAM.search(path))
+
+
+def is_head(path: str) -> bool:
+  """Task-head parameters: everything outside the pretrained Transformer (and its additions)."""
+  return not path.startswith("backbone/")
+
+
+def depth(path: str, cfg: TransformerConfig) -> int:
+  """0 for embeddings, i + 1 for layer i of any stack, L + 1 above the top layer (final norms,
+  LM head, task heads), with L the deepest stack's layer count. Encoder and decoder layers of
+  the same index share a depth."""
+  top = max(cfg.num_layers, cfg.decoder_layers) + 1
+  if is_head(path):
+    return top
+  layer = _LAYER.search(path)
+  if layer:
+    return int(layer.group(1)) + 1
+  if _EMBEDDING.search(path) or path.endswith("/prompt"):
+    return 0
+  if re.search(r"(^|/)norm/", path):  # the stack norm: after the embeddings when post-norm
+    return 0 if cfg.norm_placement == "post" else top
+  return top  # lm_head
+
+
+class Strategy:
+  """Defaults say nothing: every parameter trains at the base learning rate from step 0."""
+
+  name = ""
+  defaults: dict[str, Any] = {}  # this strategy's config.strategy keys and their defaults
+
+  def __init__(self, cfg: ml_collections.ConfigDict, ctx: Context):
+    self.cfg, self.ctx = cfg, ctx
+
+  def model(self, model_cfg: TransformerConfig) -> TransformerConfig:
+    """(a) Switch on modules the strategy inserts."""
+    return model_cfg
+
+  def init_pretrained(self, params: dict, seed: int) -> dict:
+    """(a) Initialise added parameters from the loaded weights (prompt tuning from vocabulary)."""
+    return params
+
+  def trainable(self, path: str) -> bool | None:
+    """(b) True / False, or None for no opinion (another strategy decides, else it trains)."""
+    return None
+
+  def lr_scale(self, path: str) -> float:
+    """(c) Multiplier on the learning rate of this parameter."""
+    return 1.0
+
+  def start_step(self, path: str) -> int:
+    """(d) The step from which this parameter trains."""
+    return 0
+
+  def optimizer(self, opt: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """Changes to the optimizer config (e.g. ULMFiT's slanted triangular schedule)."""
+    return opt
+
+  def check(self, paths: list[str]) -> None:
+    """Raises ValueError, before training, when the strategy does not fit the model."""
+
+
+class InsertedModules(Strategy):
+  """Inserts modules sized by one config key (`size_key`, also the TransformerConfig field) and
+  trains only them and the head: the shape of adapters, prefix and prompt tuning."""
+
+  size_key = ""
+
+  def model(self, model_cfg: TransformerConfig) -> TransformerConfig:
+    return dataclasses.replace(model_cfg, **{self.size_key: self.cfg[self.size_key]})
+
+  def trainable(self, path: str) -> bool:
+    return frozen_backbone(path)
+
+  def check(self, paths: list[str]) -> None:
+    if self.cfg[self.size_key] <= 0:
+      raise ValueError(f"config.strategy.{self.size_key}={self.cfg[self.size_key]} must be "
+                       "positive")
+
+
+def frozen_backbone(path: str, also: re.Pattern | None = None) -> bool:
+  """Train strategy parameters, the task head and paths matching `also`; freeze the rest."""
+  return is_head(path) or is_strategy_param(path) or bool(also and also.search(path))
+
+
+def compile_regexes(value: str, key: str) -> re.Pattern | None:
+  """A comma-separated list of regexes (config strings cannot hold lists) as one pattern."""
+  parts = [p.strip() for p in value.split(",") if p.strip()]
+  if not parts:
+    return None
+  for part in parts:
+    try:
+      re.compile(part)
+    except re.error as e:
+      raise ValueError(f"config.strategy.{key}: {part!r} is not a regex: {e}") from e
+  return re.compile("|".join(f"(?:{p})" for p in parts))

@@ -1,0 +1,42 @@
+"""Feature extraction: the pretrained Transformer is frozen; the task head (plus any modules
+named by `train_modules`) trains. `linear_probe` trains the final linear layer alone."""
+
+from __future__ import annotations
+
+from lmreuse.strategies import base
+
+
+class Frozen(base.Strategy):
+  name = "frozen"
+  defaults = {"train_modules": ""}  # comma-separated regexes of extra paths that train
+
+  def __init__(self, cfg, ctx):
+    super().__init__(cfg, ctx)
+    self.also = base.compile_regexes(cfg.train_modules, "train_modules")
+
+  def trainable(self, path: str) -> bool:
+    return base.frozen_backbone(path, self.also)
+
+  def check(self, paths: list[str]) -> None:
+    if not any(self.trainable(p) for p in paths):
+      raise ValueError(
+          f"strategy {self.name!r} leaves nothing to train: a {self.ctx.task_type} model has no "
+          "parameters outside its backbone (the LM head is the tied token embedding). Add "
+          "config.strategy.train_modules or pick another strategy")
+
+
+class LinearProbe(Frozen):
+  """Only the last linear layer of the head: the classic probe of representation quality."""
+
+  name = "linear_probe"
+  defaults = {}
+
+  def __init__(self, cfg, ctx):
+    base.Strategy.__init__(self, cfg, ctx)
+    self.also = None
+
+  def trainable(self, path: str) -> bool:
+    return path.startswith("classifier/")
+
+
+STRATEGY = Frozen

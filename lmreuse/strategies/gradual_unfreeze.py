@@ -1,0 +1,36 @@
+"""ULMFiT's gradual unfreezing (Howard & Ruder 2018): the head trains from the start and one more
+layer, from the top down, joins every `unfreeze_every` steps; the embeddings join last.
+`slanted_triangular` swaps in ULMFiT's schedule (a short linear rise over `cut_frac` of the
+steps, then a linear fall to 1/32 of the peak)."""
+
+from __future__ import annotations
+
+from lmreuse.strategies import base
+
+
+class GradualUnfreeze(base.Strategy):
+  name = "gradual_unfreeze"
+  defaults = {"unfreeze_every": 100, "slanted_triangular": False, "cut_frac": 0.1}
+
+  def start_step(self, path: str) -> int:
+    cfg = self.ctx.model_cfg
+    top = max(cfg.num_layers, cfg.decoder_layers) + 1
+    return (top - base.depth(path, cfg)) * self.cfg.unfreeze_every
+
+  def optimizer(self, opt):
+    if not self.cfg.slanted_triangular:
+      return opt
+    opt = opt.copy_and_resolve_references()
+    opt.schedule, opt.end_lr_factor = "linear", 1 / 32
+    opt.warmup_steps = max(1, int(self.cfg.cut_frac * self.ctx.total_steps))
+    return opt
+
+  def check(self, paths: list[str]) -> None:
+    if self.cfg.unfreeze_every <= 0:
+      raise ValueError(f"config.strategy.unfreeze_every={self.cfg.unfreeze_every} must be "
+                       "positive")
+    if not 0.0 < self.cfg.cut_frac < 1.0:
+      raise ValueError(f"config.strategy.cut_frac={self.cfg.cut_frac} must be in (0, 1)")
+
+
+STRATEGY = GradualUnfreeze

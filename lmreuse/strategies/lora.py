@@ -1,0 +1,71 @@
+"""LoRA (Hu et al. 2022): a low-rank update B·A, scaled by alpha / rank, beside chosen frozen
+projections (`targets`: comma-separated regexes over parameter paths, or 'all_linear'). B starts
+at zero, so training starts from the pretrained function. `merge` folds the update into the
+kernels for inference (a plain model, no extra matmuls); `unmerge` takes it out again."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+
+import numpy as np
+from flax import traverse_util
+
+from lmreuse.models import lora as lora_lib
+from lmreuse.strategies import base
+
+
+class LoRA(base.Strategy):
+  name = "lora"
+  defaults = {"rank": 8, "alpha": 16.0, "lora_dropout": 0.0,
+              "targets": "attention/(query|value)/kernel"}
+
+  def model(self, model_cfg):
+    return dataclasses.replace(model_cfg, lora_rank=self.cfg.rank, lora_alpha=self.cfg.alpha,
+                               lora_dropout=self.cfg.lora_dropout, lora_targets=self.cfg.targets)
+
+  def trainable(self, path: str) -> bool:
+    return base.frozen_backbone(path)
+
+  def check(self, paths: list[str]) -> None:
+    if self.cfg.rank <= 0:
+      raise ValueError(f"config.strategy.rank={self.cfg.rank} must be positive")
+    if not 0.0 <= self.cfg.lora_dropout < 1.0:
+      raise ValueError(f"config.strategy.lora_dropout={self.cfg.lora_dropout} must be in [0, 1)")
+    if not any(re.search(r"(^|/)lora_a$", p) for p in paths):
+      kernels = [p for p in paths if p.endswith("/kernel") and p.startswith("backbone/")]
+      raise ValueError(f"config.strategy.targets={self.cfg.targets!r} matches no projection "
+                       f"kernel; kernels look like {kernels[:4]}")
+
+
+def merge(params: dict, alpha: float) -> dict:
+  """Params of the same model without LoRA: every kernel with LoRA factors gets W + s·A·B."""
+  return _fold(params, alpha, +1)
+
+
+def unmerge(merged: dict, factors: dict, alpha: float) -> dict:
+  """Undoes `merge`: puts the factors back (`factors` = the lora_a/lora_b leaves) and subtracts
+  their product from the kernels."""
+  flat = traverse_util.flatten_dict(merged, sep="/")
+  flat.update(traverse_util.flatten_dict(factors, sep="/"))
+  return _fold(traverse_util.unflatten_dict(flat, sep="/"), alpha, -1, keep_factors=True)
+
+
+def _fold(params: dict, alpha: float, sign: int, keep_factors: bool = False) -> dict:
+  flat = traverse_util.flatten_dict(params, sep="/")
+  out = dict(flat)
+  for path in [p for p in flat if p.endswith("/lora_a")]:
+    b_path = path[:-len("lora_a")] + "lora_b"
+    kernel_path = lora_lib.merged_name(path)
+    a, b = np.asarray(flat[path]), np.asarray(flat[b_path])
+    kernel = np.asarray(flat[kernel_path])
+    out[kernel_path] = (kernel + sign * lora_lib.delta(a, b, alpha, kernel.shape)).astype(
+        kernel.dtype)
+    if not keep_factors:
+      del out[path], out[b_path]
+  if not keep_factors:  # drop the now-empty {name}_lora modules
+    out = {p: v for p, v in out.items() if "_lora/" not in p}
+  return traverse_util.unflatten_dict(out, sep="/")
+
+
+STRATEGY = LoRA

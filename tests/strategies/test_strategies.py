@@ -1,0 +1,190 @@
+"""Fine-tuning strategies: which parameters train, at which rate, from which step; the
+guarantees behind fair comparisons (frozen means bitwise frozen, optimizer state only for what
+trains); parameter-efficient checkpoints; and clear errors when a strategy does not fit."""
+
+import dataclasses
+import json
+
+import jax
+import numpy as np
+import optax
+import pytest
+from flax import traverse_util
+
+from experiments import finetune
+from lmreuse.strategies import base, lora as lora_strategy
+from lmreuse.train.trainer import split_microbatches
+
+STRATEGY_KEYS = {
+    "full": {},
+    "frozen": {},
+    "linear_probe": {},
+    "top_k": {"strategy.k": 1},
+    "modules": {"strategy.patterns": "attention/"},
+    "gradual_unfreeze": {"strategy.unfreeze_every": 1},
+    "llrd": {"strategy.decay": 0.5},
+    "lp_ft": {"strategy.probe_steps": 1},
+    "bitfit": {},
+    "adapters": {"strategy.adapter_size": 8},
+    "lora": {"strategy.rank": 4, "strategy.targets": "all_linear"},
+    "ia3": {},
+    "prompt_tuning": {"strategy.prompt_length": 4},
+    "prefix_tuning": {"strategy.prefix_length": 4},
+}
+# Strategies that cannot serve a task, and why (checked in test_misfits_fail_before_training).
+SEQ2SEQ_MISFITS = {"frozen", "linear_probe", "bitfit", "lp_ft"}
+
+
+def flat(tree):
+  return traverse_util.flatten_dict(jax.device_get(tree), sep="/")
+
+
+def train_steps(setup, batch_size, steps):
+  features = [f.arrays for e in list(setup.data.splits["train"])[:batch_size]
+              for f in setup.task.features(e, None)][:batch_size]
+  batch = {k: np.stack([f[k] for f in features]) for k in features[0]}
+  trainer, state = setup.trainer, setup.state
+  before = flat(state.params)
+  for _ in range(steps):
+    state, metrics = trainer.train_step(state, trainer.device_batch(
+        split_microbatches(batch, 1), 1))
+  assert np.isfinite(float(metrics["train/loss"]))
+  return before, flat(state.params), state
+
+
+def check_only_trainables_change(setup, before, after, state):
+  plan = setup.plan
+  trainable = [p for p in before if plan.trainable(p)]
+  frozen = [p for p in before if not plan.trainable(p)]
+  for path in frozen:
+    np.testing.assert_array_equal(after[path], before[path], err_msg=path)  # bitwise
+  assert any(not np.array_equal(after[p], before[p]) for p in trainable)
+  # Adam's moments exist for trainable parameters only.
+  mu = [s for s in jax.tree.leaves(state.opt_state, is_leaf=lambda x: isinstance(
+      x, optax.ScaleByAdamState)) if isinstance(s, optax.ScaleByAdamState)][0].mu
+  with_state = [p for p, v in flat(mu).items() if not isinstance(v, optax.MaskedNode)]
+  assert sorted(with_state) == sorted(trainable)
+  assert setup.trainer.trainable_count() == sum(before[p].size for p in trainable)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(STRATEGY_KEYS))
+def test_each_strategy_trains_an_encoder_task(name, finetune_config, tmp_path):
+  config = finetune_config("bert", **{"strategy.name": name, **STRATEGY_KEYS[name],
+                                      "task.pooling": "mean"})
+  setup = finetune.build(config, str(tmp_path))
+  before, after, state = train_steps(setup, config.batch_size, steps=2)
+  check_only_trainables_change(setup, before, after, state)
+  added = [p for p in before if base.is_strategy_param(p)]
+  assert bool(added) == (name in ("adapters", "lora", "ia3", "prompt_tuning", "prefix_tuning"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(set(STRATEGY_KEYS) - SEQ2SEQ_MISFITS))
+def test_each_strategy_trains_a_seq2seq_task(name, finetune_config, tmp_path):
+  # One layer per stack and one step: compile time dominates, and is all these tests pay for.
+  config = finetune_config("t5", **{"strategy.name": name, **STRATEGY_KEYS[name],
+                                    "task.name": "wordnet_definition", "model.num_layers": 1,
+                                    "optimizer.warmup_steps": 0})
+  setup = finetune.build(config, str(tmp_path))
+  before, after, state = train_steps(setup, config.batch_size, steps=1)
+  check_only_trainables_change(setup, before, after, state)
+
+
+def test_layer_depths_and_rates_follow_the_stack(finetune_config, tmp_path):
+  setup = finetune.build(finetune_config("bert", **{"strategy.name": "llrd,top_k",
+                                                     "strategy.decay": 0.5,
+                                                     "strategy.k": 1}), str(tmp_path))
+  plan, cfg = setup.plan, setup.model_cfg
+  assert base.depth("backbone/stack/token_embed/embedding", cfg) == 0
+  assert base.depth("backbone/stack/norm/scale", cfg) == 0  # BERT's embedding LayerNorm
+  assert base.depth("backbone/stack/layers_1/mlp/wi/kernel", cfg) == 2
+  assert base.depth("classifier/dense/kernel", cfg) == 3
+  assert plan.lr_scale("classifier/dense/kernel") == 1.0
+  assert plan.lr_scale("backbone/stack/layers_1/mlp/wi/kernel") == 0.5
+  assert plan.lr_scale("backbone/stack/token_embed/embedding") == 0.125
+  assert plan.trainable("backbone/stack/layers_1/mlp/wi/kernel")  # top_k=1 + the head
+  assert not plan.trainable("backbone/stack/layers_0/mlp/wi/kernel")
+
+
+def test_gradual_unfreezing_and_lp_ft_start_steps(finetune_config, tmp_path):
+  config = finetune_config("bert", **{"strategy.name": "gradual_unfreeze",
+                                      "strategy.unfreeze_every": 10})
+  plan = finetune.build(config, str(tmp_path)).plan
+  assert [plan.start_step(p) for p in ("classifier/dense/kernel",
+                                       "backbone/stack/layers_1/mlp/wi/kernel",
+                                       "backbone/stack/layers_0/mlp/wi/kernel",
+                                       "backbone/stack/token_embed/embedding")] == [0, 10, 20, 30]
+  config = finetune_config("bert", **{"strategy.name": "lp_ft", "strategy.probe_steps": 3})
+  plan = finetune.build(config, str(tmp_path)).plan
+  assert plan.start_step("classifier/dense/kernel") == 0
+  assert plan.start_step("backbone/stack/layers_0/mlp/wi/kernel") == 3
+
+
+def test_lora_merge_and_unmerge_compute_the_same_function(finetune_config, tmp_path):
+  config = finetune_config("bert", **{"strategy.name": "lora", "strategy.rank": 4,
+                                      "strategy.targets": "all_linear"})
+  setup = finetune.build(config, str(tmp_path))
+  params = flat(setup.state.params)
+  rng = np.random.default_rng(0)
+  factors = {p: rng.normal(size=v.shape).astype(v.dtype) * 0.1 for p, v in params.items()
+             if p.endswith(("/lora_a", "/lora_b"))}
+  params.update(factors)
+  params = traverse_util.unflatten_dict(params, sep="/")
+  batch = {k: np.stack([f.arrays[k] for f in setup.eval_sets["test"].features[:4]])
+           for k in setup.eval_sets["test"].features[0].arrays}
+  with_lora = setup.module.apply({"params": params}, batch)
+  merged = lora_strategy.merge(params, config.strategy.alpha)
+  assert not any("lora" in p for p in flat(merged))
+  plain_cfg = dataclasses.replace(setup.model_cfg, lora_rank=0)
+  plain = type(setup.task)(dataclasses.replace(setup.task.ctx, model_cfg=plain_cfg)).model()
+  np.testing.assert_allclose(plain.apply({"params": merged}, batch), with_lora, atol=1e-5)
+  factors_tree = traverse_util.unflatten_dict(factors, sep="/")
+  restored = lora_strategy.unmerge(merged, factors_tree, config.strategy.alpha)
+  for path, value in flat(restored).items():
+    np.testing.assert_allclose(value, flat(params)[path], atol=1e-6)
+
+
+def test_misfits_fail_before_training(finetune_config, tmp_path):
+  cases = [
+      ("bert", {"strategy.name": "lora", "strategy.targets": "nothing_like_this"},
+       "config.strategy.targets='nothing_like_this' matches no projection"),
+      ("bert", {"strategy.name": "top_k", "strategy.k": 5}, r"config.strategy.k=5 must be in"),
+      ("gpt", {"strategy.name": "prompt_tuning", "task.name": "wordnet_definition"},
+       "use prefix_tuning"),
+      ("t5", {"strategy.name": "bitfit", "task.name": "wordnet_definition"}, "needs a backbone with biases"),
+      ("t5", {"strategy.name": "frozen", "task.name": "wordnet_definition"},
+       "leaves nothing to train"),
+      ("t5", {"strategy.name": "lp_ft", "task.name": "wordnet_definition"}, "no task head"),
+      ("bert", {"strategy.name": "lora,nope"}, "unknown strategy"),
+  ]
+  for preset, overrides, message in cases:
+    with pytest.raises(ValueError, match=message):
+      finetune.build(finetune_config(preset, **overrides), str(tmp_path))
+
+
+def test_combined_lora_and_trainable_norms(finetune_config, tmp_path):
+  config = finetune_config("bert", **{"strategy.name": "lora,modules",
+                                      "strategy.patterns": "_norm/"})
+  plan = finetune.build(config, str(tmp_path)).plan
+  assert plan.trainable("backbone/stack/layers_0/mlp_norm/scale")
+  assert plan.trainable("backbone/stack/layers_0/self_attention/query_lora/lora_a")
+  assert not plan.trainable("backbone/stack/layers_0/self_attention/query/kernel")
+
+
+@pytest.mark.slow
+def test_a_saved_peft_run_reloads_onto_its_base_with_identical_metrics(
+    bert_pretrained, finetune_config, tmp_path):
+  base_dir, _ = bert_pretrained
+  keys = {"strategy.name": "lora", "strategy.rank": 4, "init_from": base_dir,
+          "task.pooling": "mean"}
+  trained = finetune.run(finetune_config("bert", **keys), str(tmp_path / "lora"))
+  fraction = trained["parameters"]["trainable_fraction"]
+  assert 0 < fraction < 0.2 and trained["strategy"] == "lora"
+  report = json.loads((tmp_path / "lora" / "init_report.json").read_text())
+  assert report["strategy"] and all("_lora/" in p for p in report["strategy"])
+  reloaded = finetune.run(finetune_config("bert", **keys, total_steps=0,
+                                          init_trainable_from=str(tmp_path / "lora")),
+                          str(tmp_path / "reloaded"))
+  test = {k: v for k, v in trained["metrics"].items() if k.startswith("test/")}
+  assert test == {k: v for k, v in reloaded["metrics"].items() if k.startswith("test/")}
