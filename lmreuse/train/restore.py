@@ -77,7 +77,10 @@ def write_report(path: str, report: dict[str, list[str]]) -> None:
 
 def save_tree(directory: str, tree: Any) -> None:
   """Saves a parameter (sub)tree, e.g. the trainable part of a parameter-efficient run."""
-  ocp.StandardCheckpointer().save(os.path.abspath(directory), jax.device_get(tree), force=True)
+  checkpointer = ocp.StandardCheckpointer()
+  checkpointer.save(os.path.abspath(directory), jax.device_get(tree), force=True)
+  checkpointer.wait_until_finished()  # it saves asynchronously; the process may exit next
+  checkpointer.close()
 
 
 def load_tree(directory: str) -> dict:

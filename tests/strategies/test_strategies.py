@@ -52,10 +52,11 @@ def train_steps(setup, batch_size, steps):
   return before, flat(state.params), state
 
 
-def check_only_trainables_change(setup, before, after, state):
+def check_only_trainables_change(setup, before, after, state, steps):
   plan = setup.plan
   trainable = [p for p in before if plan.trainable(p)]
-  frozen = [p for p in before if not plan.trainable(p)]
+  # Not trainable, or not started yet (gradual unfreezing, LP-FT): bitwise unchanged.
+  frozen = [p for p in before if not plan.trainable(p) or plan.start_step(p) >= steps]
   for path in frozen:
     np.testing.assert_array_equal(after[path], before[path], err_msg=path)  # bitwise
   assert any(not np.array_equal(after[p], before[p]) for p in trainable)
@@ -74,7 +75,7 @@ def test_each_strategy_trains_an_encoder_task(name, finetune_config, tmp_path):
                                       "task.pooling": "mean"})
   setup = finetune.build(config, str(tmp_path))
   before, after, state = train_steps(setup, config.batch_size, steps=2)
-  check_only_trainables_change(setup, before, after, state)
+  check_only_trainables_change(setup, before, after, state, steps=2)
   added = [p for p in before if base.is_strategy_param(p)]
   assert bool(added) == (name in ("adapters", "lora", "ia3", "prompt_tuning", "prefix_tuning"))
 
@@ -88,7 +89,7 @@ def test_each_strategy_trains_a_seq2seq_task(name, finetune_config, tmp_path):
                                     "optimizer.warmup_steps": 0})
   setup = finetune.build(config, str(tmp_path))
   before, after, state = train_steps(setup, config.batch_size, steps=1)
-  check_only_trainables_change(setup, before, after, state)
+  check_only_trainables_change(setup, before, after, state, steps=1)
 
 
 def test_layer_depths_and_rates_follow_the_stack(finetune_config, tmp_path):
@@ -107,7 +108,7 @@ def test_layer_depths_and_rates_follow_the_stack(finetune_config, tmp_path):
   assert not plan.trainable("backbone/stack/layers_0/mlp/wi/kernel")
 
 
-def test_gradual_unfreezing_and_lp_ft_start_steps(finetune_config, tmp_path):
+def test_gradual_unfreezing_lp_ft_and_slanted_triangular_lr(finetune_config, tmp_path):
   config = finetune_config("bert", **{"strategy.name": "gradual_unfreeze",
                                       "strategy.unfreeze_every": 10})
   plan = finetune.build(config, str(tmp_path)).plan
@@ -115,6 +116,12 @@ def test_gradual_unfreezing_and_lp_ft_start_steps(finetune_config, tmp_path):
                                        "backbone/stack/layers_1/mlp/wi/kernel",
                                        "backbone/stack/layers_0/mlp/wi/kernel",
                                        "backbone/stack/token_embed/embedding")] == [0, 10, 20, 30]
+  opt = plan.optimizer(config.optimizer)
+  assert opt.schedule == config.optimizer.schedule  # unchanged unless asked for
+  config = finetune_config("bert", **{"strategy.name": "gradual_unfreeze", "total_steps": 50,
+                                      "strategy.slanted_triangular": True})
+  opt = finetune.build(config, str(tmp_path)).plan.optimizer(config.optimizer)
+  assert (opt.warmup_steps, opt.end_lr_factor, opt.schedule) == (5, 1 / 32, "linear")
   config = finetune_config("bert", **{"strategy.name": "lp_ft", "strategy.probe_steps": 3})
   plan = finetune.build(config, str(tmp_path)).plan
   assert plan.start_step("classifier/dense/kernel") == 0

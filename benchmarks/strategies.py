@@ -1,0 +1,219 @@
+"""Train-step time and compiled memory of each fine-tuning strategy on one model and batch.
+
+Parameter-efficient strategies promise cheaper steps: frozen weights need no weight gradients
+and no optimizer state. How much of that survives depends on the model and the machine (the
+backward pass through the activations remains for every strategy whose trainable parameters
+sit below the top layer), so we measure it: every strategy is built by `experiments.finetune`
+on the same config, model size and batch, and timed in alternating rounds in one process, so a
+noisy machine slows all alike; each is reported as a ratio against `full` from the same run.
+Memory is XLA's own account of the compiled step: arguments + outputs - donated (aliased)
+buffers + temporaries, i.e. the live bytes of one step rather than a measured process peak.
+
+  python benchmarks/strategies.py                  # BERT-mini, 3 rounds x 5 steps each
+  python benchmarks/strategies.py --quick          # smoke run: tiny model, 1 round x 2 steps
+  python benchmarks/strategies.py --size=small --batch_size=8 --strategies=full,lora,bitfit
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from typing import Any
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import jax  # noqa: E402
+import ml_collections  # noqa: E402
+import numpy as np  # noqa: E402
+from absl import app, flags, logging  # noqa: E402
+
+from configs import common, finetune as finetune_config  # noqa: E402
+from experiments import finetune  # noqa: E402
+from lmreuse import strategies  # noqa: E402
+from lmreuse.data import tokenizer as tokenizer_lib  # noqa: E402
+from lmreuse.data.corpus import wordnet  # noqa: E402
+from lmreuse.parallel import sharding as sharding_lib  # noqa: E402
+from lmreuse.train import trainer as trainer_lib  # noqa: E402
+
+DEFAULT_STRATEGIES = ("full,frozen,top_k,bitfit,lora,adapters,ia3,prefix_tuning,prompt_tuning,"
+                      "llrd,gradual_unfreeze")
+# Strategy keys: the sizes the papers use for BERT-sized models, and LoRA on every projection
+# (the most expensive target set). unfreeze_every=1 has every layer training after warm-up.
+STRATEGY_KEYS: dict[str, dict[str, Any]] = {
+    "top_k": {"k": 1},
+    "lora": {"rank": 8, "targets": "all_linear"},
+    "adapters": {"adapter_size": 64},
+    "prefix_tuning": {"prefix_length": 16},
+    "prompt_tuning": {"prompt_length": 16},
+    "llrd": {"decay": 0.9},
+    "gradual_unfreeze": {"unfreeze_every": 1},
+}
+TOKENIZER_CACHE = os.path.join(os.path.expanduser("~"), ".cache", "lmreuse", "bench_tokenizer")
+TOKENIZER_SENTENCES = 50_000  # enough for an 8k vocabulary; trains in about a minute
+
+_SIZE = flags.DEFINE_enum("size", "mini", sorted(common.SIZES), "Model size preset.")
+_PRESET = flags.DEFINE_enum("preset", "bert", ["bert"], "Architecture preset (an encoder task).")
+_BATCH = flags.DEFINE_integer("batch_size", 16, "Examples per step.")
+_SEQ = flags.DEFINE_integer("seq_len", 128, "Tokens per example (config.max_len, model.max_len).")
+_ROUNDS = flags.DEFINE_integer("rounds", 3, "Timed rounds; each runs every strategy in turn.")
+_STEPS = flags.DEFINE_integer("steps", 5, "Timed train steps per strategy and round.")
+_WARMUP = flags.DEFINE_integer("warmup", 2, "Untimed steps per strategy after compiling.")
+_STRATEGIES = flags.DEFINE_list("strategies", DEFAULT_STRATEGIES.split(","),
+                                "Strategies to compare; ratios are against 'full' if listed.")
+_TOKENIZER = flags.DEFINE_string(
+    "tokenizer", "", f"SentencePiece model; default: one trained once into {TOKENIZER_CACHE}.")
+_QUICK = flags.DEFINE_bool("quick", False, "Smoke run: tiny model, 1 round x 2 steps, 1 warm-up.")
+
+Batch = dict[str, np.ndarray]
+
+
+def cached_tokenizer(tok: ml_collections.ConfigDict) -> str:
+  """The path of an 8k-piece WordNet tokenizer, trained on the first run only; the file name
+  carries the settings, so changing them trains a new one instead of reusing a stale one."""
+  path = os.path.join(TOKENIZER_CACHE, f"wordnet_{tok.model_type}_{tok.vocab_size}_"
+                      f"{tok.num_sentinels}_{TOKENIZER_SENTENCES}.model")
+  if not os.path.exists(path):
+    print(f"training the benchmark tokenizer into {path} (once)", flush=True)
+  tokenizer_lib.get_or_train(path, lambda: wordnet.segments("train"), vocab_size=tok.vocab_size,
+                             model_type=tok.model_type, num_sentinels=tok.num_sentinels,
+                             max_sentences=TOKENIZER_SENTENCES)
+  return path
+
+
+def make_config(strategy: str, size: str, batch_size: int, seq_len: int,
+                tokenizer: str) -> ml_collections.ConfigDict:
+  config = finetune_config.get_config(f"{_PRESET.value},size={size}")
+  config.task.name = "wordnet_supersense"
+  config.task.max_train_examples = batch_size
+  config.task.max_eval_examples = 8
+  config.batch_size = batch_size
+  config.max_len = seq_len
+  config.model.max_len = seq_len
+  config.tokenizer.path = tokenizer or cached_tokenizer(config.tokenizer)
+  config.strategy.name = strategy
+  config.strategy.update(STRATEGY_KEYS.get(strategy, {}))
+  return config
+
+
+def host_batch(setup: finetune.Setup, batch_size: int) -> Batch:
+  """The first `batch_size` training features, stacked: one step's batch."""
+  features = [f.arrays for e in list(setup.data.splits["train"])[:batch_size]
+              for f in setup.task.features(e, None)][:batch_size]
+  if len(features) < batch_size:
+    raise ValueError(f"only {len(features)} training features for --batch_size={batch_size}")
+  return {k: np.stack([f[k] for f in features]) for k in features[0]}
+
+
+@dataclasses.dataclass
+class Runner:
+  """One strategy's trainer and state, stepped on the shared batch."""
+
+  name: str
+  trainer: trainer_lib.Trainer
+  state: Any
+  batch: dict[str, jax.Array]
+  seconds: list[float] = dataclasses.field(default_factory=list)
+  memory: dict[str, int] = dataclasses.field(default_factory=dict)
+
+  def step(self) -> float:
+    start = time.perf_counter()
+    self.state, metrics = self.trainer.train_step(self.state, self.batch)
+    jax.block_until_ready((self.state, metrics))
+    return time.perf_counter() - start
+
+  def measure_memory(self) -> None:
+    """XLA's memory account of the step `train_step` compiled (its jit exists after step 1)."""
+    with sharding_lib.mesh_context(self.trainer.mesh, self.trainer.rules):
+      stats = self.trainer._compiled_train.lower(self.state, self.batch).compile(
+      ).memory_analysis()
+    self.memory = {"arguments": stats.argument_size_in_bytes,
+                   "outputs": stats.output_size_in_bytes,
+                   "donated": stats.alias_size_in_bytes, "temp": stats.temp_size_in_bytes}
+
+  @property
+  def memory_bytes(self) -> int:
+    m = self.memory
+    return m["arguments"] + m["outputs"] - m["donated"] + m["temp"]
+
+  @property
+  def trainable_fraction(self) -> float:
+    return self.trainer.trainable_count() / self.trainer.param_count()
+
+
+def versions() -> str:
+  import flax
+  import jaxlib
+  return (f"python {platform.python_version()}, jax {jax.__version__}, jaxlib {jaxlib.__version__}"
+          f", flax {flax.__version__}, numpy {np.__version__}; backend {jax.default_backend()} "
+          f"x{jax.device_count()} ({jax.devices()[0].device_kind}), {os.cpu_count()} CPUs")
+
+
+def main(argv: list[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  size, rounds, steps, warmup = _SIZE.value, _ROUNDS.value, _STEPS.value, _WARMUP.value
+  if _QUICK.value:
+    size, rounds, steps, warmup = "tiny", 1, 2, 1
+  names = [n.strip() for n in _STRATEGIES.value if n.strip()]
+  unknown = sorted(set(names) - set(strategies.names()))
+  if unknown or not names or rounds < 1 or steps < 1 or warmup < 0:
+    raise app.UsageError(f"need known --strategies (unknown: {unknown}; choose from "
+                         f"{strategies.names()}), --rounds >= 1, --steps >= 1, --warmup >= 0")
+  if not flags.FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)
+  start_time = time.perf_counter()
+  print(versions(), flush=True)
+  tokenizer = _TOKENIZER.value
+
+  runners: list[Runner] = []
+  batch = model_cfg = None
+  with tempfile.TemporaryDirectory() as workdir:
+    for name in names:
+      config = make_config(name, size, _BATCH.value, _SEQ.value, tokenizer)
+      tokenizer = config.tokenizer.path
+      setup = finetune.build(config, workdir)
+      if batch is None:  # every strategy steps on the same examples
+        batch, model_cfg = host_batch(setup, _BATCH.value), setup.model_cfg
+      device_batch = setup.trainer.device_batch(trainer_lib.split_microbatches(batch, 1), 1)
+      runners.append(Runner(name, setup.trainer, setup.state, device_batch))
+
+  for runner in runners:
+    compile_start = time.perf_counter()
+    runner.step()
+    compile_seconds = time.perf_counter() - compile_start
+    runner.measure_memory()
+    for _ in range(warmup):
+      runner.step()
+    print(f"  {runner.name:16s} compiled in {compile_seconds:5.1f} s", flush=True)
+
+  for r in range(rounds):
+    for runner in runners[::1 if r % 2 == 0 else -1]:
+      runner.seconds.extend(runner.step() for _ in range(steps))
+
+  base = next((r for r in runners if r.name == "full"), runners[0])
+  base_ms, base_mb = statistics.median(base.seconds) * 1e3, base.memory_bytes / 2 ** 20
+  print(f"\n{rounds} rounds x {steps} steps, alternating; median step; memory = XLA arguments + "
+        f"outputs - donated + temp\n")
+  print(f"| strategy | trainable % | step ms | × {base.name} | memory MB | × {base.name} |")
+  print("|---|---:|---:|---:|---:|---:|")
+  for runner in runners:
+    ms, mb = statistics.median(runner.seconds) * 1e3, runner.memory_bytes / 2 ** 20
+    print(f"| {runner.name} | {100 * runner.trainable_fraction:.2f} | {ms:.1f} | "
+          f"{ms / base_ms:.2f} | {mb:.1f} | {mb / base_mb:.2f} |")
+  print(f"\nmodel: {_PRESET.value}-{size}, {base.trainer.param_count():,} parameters "
+        f"({base.name}), {model_cfg.num_layers} layers, d_model {model_cfg.d_model}, "
+        f"seq len {_SEQ.value}, batch {_BATCH.value}")
+  print("\nmemory parts, MB: arguments / outputs / donated / temp")
+  for runner in runners:
+    parts = " / ".join(f"{v / 2 ** 20:.1f}" for v in runner.memory.values())
+    print(f"  {runner.name:16s} {parts}")
+  print(f"\nwall time: {time.perf_counter() - start_time:.1f} s")
+
+
+if __name__ == "__main__":
+  app.run(main)
