@@ -1,0 +1,1 @@
+"""Reuse studies: grids of pretraining and fine-tuning runs, and their aggregation."""
