@@ -76,6 +76,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # How the pretrained model is reused: one of `strategies.names()` or a comma-separated
   # combination ("lora,llrd"); the other keys belong to individual strategies.
   config.strategy = strategies.config_defaults()
+  # Representation analysis at the end of the run: PCA / t-SNE of the pooled validation
+  # features before and after fine-tuning, and the attention maps of one validation example.
+  config.viz = ml_collections.ConfigDict(dict(enabled=False, example=0))
   config.tokenizer = common.tokenizer_config(vocab_size=8000)     # only without init_from
   config.model = common.model_config(args["preset"], args["size"], max_len=512)  # likewise
   config.optimizer = common.optimizer_config(learning_rate=config.get_ref("learning_rate"),

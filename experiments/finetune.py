@@ -213,6 +213,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   stopper = EarlyStopping.restore(best_json, stopper.metric, stopper.mode, stopper.patience,
                                   latest or 0)
   evaluator = Evaluator(trainer, task, setup.module, config.batch_size)
+  # The representation "before" fine-tuning: the initial (pretrained) params, on the host.
+  params_before = jax.device_get(setup.state.params) if config.viz.enabled else None
 
   def evaluate(params):
     scores, _ = evaluator(params, eval_sets["validation"])
@@ -256,6 +258,13 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     write_jsonl(os.path.join(workdir, "predictions.jsonl"),
                 [task.record(examples[i], p) for i, p in enumerate(predictions)])
   logging.info("best step %d: %s", best_step, results)
+  extra = {}
+  if config.viz.enabled and is_main:
+    from lmreuse.viz import finetune_plots
+    extra["viz"] = finetune_plots.write(
+        workdir, setup.module, params_before, jax.device_get(best_params),
+        eval_sets["validation"], setup.tokenizer, example=config.viz.example, seed=config.seed,
+        step=int(best_step))
   total, trainable = trainer.param_count(), trainer.trainable_count()
   if is_main and trainable < total:  # parameter-efficient: the trained part alone is shareable
     flat = traverse_util.flatten_dict(jax.device_get(best_params), sep="/")
@@ -271,4 +280,4 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
       parameters={"total": total, "trainable": trainable, "trainable_fraction": trainable / total},
       task={"name": config.task.name, "type": data.task_type,
             "examples": {k: len(v) for k, v in data.splits.items()}, "origin": data.origin},
-      model=dataclasses.asdict(setup.model_cfg), tokenizer=setup.tokenizer.model_path)
+      model=dataclasses.asdict(setup.model_cfg), tokenizer=setup.tokenizer.model_path, **extra)

@@ -263,6 +263,9 @@ class Attention(nn.Module):
       is_causal = False  # now part of the mask: the prefix shifts the key slots
 
     scale = 1.0 / math.sqrt(h) if cfg.scale_attention else 1.0
+    if self.is_mutable_collection("intermediates"):  # fused kernels never materialise them
+      self.sow("intermediates", "attention_probs",
+               attention_probs(q_BxTxNxH, k_BxSxKxH, bias_BxNxTxS, mask, scale, is_causal))
     out_BxTxNxH = dot_product_attention(
         q_BxTxNxH, k_BxSxKxH, v_BxSxKxH, bias=bias_BxNxTxS, mask=mask, scale=scale,
         is_causal=is_causal, implementation=cfg.attention_impl)
@@ -324,6 +327,28 @@ class Attention(nn.Module):
     own_TxS = k_slots_1xS == q_slots_Tx1
     cache_mask = (causal_TxS & (cached_valid.value[:, None, :] | own_TxS))[:, None]
     return cached_k.value, cached_v.value, cache_mask if mask is None else mask & cache_mask
+
+
+def attention_probs(q_BxTxNxH: Array, k_BxSxKxH: Array, bias_BxNxTxS: Array | None,
+                    mask: Array | None, scale: float, is_causal: bool) -> Array:
+  """[B, N, T, S] float32 softmax weights as `jax.nn.dot_product_attention` computes them.
+
+  Keys are those attention saw: the KV cache's slots while decoding, prefix-tuning slots first.
+  A query with no visible key (padding) spreads uniformly, as the XLA kernel does.
+  """
+  groups = q_BxTxNxH.shape[2] // k_BxSxKxH.shape[2]
+  k_BxSxNxH = jnp.repeat(k_BxSxKxH, groups, axis=2)  # query head n reads kv head n // groups
+  logits_BxNxTxS = jnp.einsum("btnh,bsnh->bnts", q_BxTxNxH.astype(jnp.float32),
+                              k_BxSxNxH.astype(jnp.float32)) * scale
+  if bias_BxNxTxS is not None:
+    logits_BxNxTxS = logits_BxNxTxS + bias_BxNxTxS.astype(jnp.float32)
+  t, s = logits_BxNxTxS.shape[2:]
+  if is_causal:
+    causal_TxS = jnp.tril(jnp.ones((t, s), jnp.bool_))
+    mask = causal_TxS if mask is None else mask & causal_TxS
+  if mask is not None:
+    logits_BxNxTxS = jnp.where(mask, logits_BxNxTxS, jnp.finfo(jnp.float32).min)
+  return jax.nn.softmax(logits_BxNxTxS, axis=-1)
 
 
 def dot_product_attention(q, k, v, *, bias, mask, scale, is_causal, implementation):

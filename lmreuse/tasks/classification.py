@@ -29,9 +29,13 @@ class PooledModel(nn.Module):
     self.head_dropout = nn.Dropout(self.cfg.dropout_rate)
     self.classifier = Classifier(self.cfg, num_classes=self.num_outputs)
 
-  def __call__(self, batch: dict[str, jax.Array], deterministic: bool = True) -> jax.Array:
+  def features(self, batch: dict[str, jax.Array], deterministic: bool = True) -> jax.Array:
+    """[B, D] pooled vector the head reads; its own method so analyses can look at it."""
     hidden_BxLxD = encoding.hidden_states(self.backbone, self.cfg, batch, deterministic)
-    pooled_BxD = encoding.pool(hidden_BxLxD, batch["segment_ids"], self.pooling, self.pooler)
+    return encoding.pool(hidden_BxLxD, batch["segment_ids"], self.pooling, self.pooler)
+
+  def __call__(self, batch: dict[str, jax.Array], deterministic: bool = True) -> jax.Array:
+    pooled_BxD = self.features(batch, deterministic)
     return self.classifier(self.head_dropout(pooled_BxD, deterministic=deterministic))
 
 

@@ -23,7 +23,7 @@ def read_jsonl(path):
 def test_finetuning_a_pretrained_bert_loads_the_encoder_bitwise(bert_pretrained, finetune_config,
                                                                tmp_path):
   pretrained_dir, _ = bert_pretrained
-  config = finetune_config(init_from=pretrained_dir)
+  config = finetune_config(init_from=pretrained_dir, **{"viz.enabled": True})
   setup = finetune.build(config, str(tmp_path))
   pretrained = traverse_util.flatten_dict(restore.load_params(pretrained_dir), sep="/")
   fresh = traverse_util.flatten_dict(jax.device_get(setup.state.params), sep="/")
@@ -51,6 +51,11 @@ def test_finetuning_a_pretrained_bert_loads_the_encoder_bitwise(bert_pretrained,
   assert all(p["prediction"] in labels and p["text"] for p in predictions)
   accuracy = np.mean([p["prediction"] == p["label"] for p in predictions])
   assert accuracy == pytest.approx(metrics["test/accuracy"])
+  plots = {os.path.basename(p) for p in results["viz"]["plots"]}
+  assert plots == {"pca_before.png", "pca_after.png", "tsne_before.png", "tsne_after.png",
+                   "attention.png"}
+  assert all((tmp_path / "plots" / name).stat().st_size > 0 for name in plots)
+  assert set(results["viz"]["silhouette"]) == {"before", "after"}
 
 
 def write_lines(path, lines):

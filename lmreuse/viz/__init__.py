@@ -1,0 +1,1 @@
+"""Figures for papers and debugging: representation projections and attention maps."""

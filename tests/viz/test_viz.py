@@ -1,0 +1,117 @@
+"""Attention probabilities are the ones the layer used; the figures get written."""
+
+from __future__ import annotations
+
+import os
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from experiments import finetune
+from lmreuse.models.config import TransformerConfig
+from lmreuse.models.layers import Attention, attention_mask
+from lmreuse.viz import attention, representations
+
+B, T, D = 2, 8, 32
+REAL = 5  # row 1 has REAL tokens, then padding
+
+
+def tiny(**overrides) -> TransformerConfig:
+  base = dict(vocab_size=97, d_model=D, num_heads=4, d_ff=64, num_layers=1, max_len=T,
+              dropout_rate=0.0)
+  return TransformerConfig(**{**base, **overrides})
+
+
+def inputs(cfg: TransformerConfig) -> tuple[jax.Array, dict]:
+  x_BxTxD = jax.random.normal(jax.random.key(0), (B, T, D))
+  segments_BxT = jnp.ones((B, T), jnp.int32).at[1, REAL:].set(0)
+  positions_BxT = jnp.broadcast_to(jnp.arange(T), (B, T))
+  bias_BxNxTxT = jax.random.normal(jax.random.key(1), (B, cfg.num_heads, T, T))
+  kwargs = dict(mask=attention_mask(segments_BxT, segments_BxT, True, positions_BxT,
+                                    positions_BxT), bias_BxNxTxS=bias_BxNxTxT)
+  return x_BxTxD, kwargs
+
+
+def output_from_probs(params: dict, x_BxTxD: jax.Array, probs_BxNxTxS: jax.Array) -> jax.Array:
+  """The layer's output rebuilt from the probabilities and its value/output projections."""
+  v_BxSxKxH = jnp.einsum("bsd,dkh->bskh", x_BxTxD, params["value"]["kernel"])
+  v_BxSxKxH = v_BxSxKxH + params["value"]["bias"]
+  if "prefix_value" in params:
+    prefix_BxPxKxH = jnp.broadcast_to(params["prefix_value"],
+                                      (B,) + params["prefix_value"].shape)
+    v_BxSxKxH = jnp.concatenate([prefix_BxPxKxH, v_BxSxKxH], axis=1)
+  groups = probs_BxNxTxS.shape[1] // v_BxSxKxH.shape[2]
+  out_BxTxNxH = jnp.einsum("bnts,bsnh->btnh", probs_BxNxTxS,
+                           jnp.repeat(v_BxSxKxH, groups, axis=2))
+  return jnp.einsum("btnh,nhd->btd", out_BxTxNxH, params["out"]["kernel"]) + params["out"]["bias"]
+
+
+@pytest.mark.parametrize("overrides", [dict(num_kv_heads=2), dict(prefix_length=3)],
+                         ids=["gqa", "prefix"])
+def test_sown_probabilities_are_the_ones_attention_used(overrides):
+  cfg = tiny(**overrides)
+  layer = Attention(cfg, causal=True)
+  x_BxTxD, kwargs = inputs(cfg)
+  variables = nn.meta.unbox(layer.init(jax.random.key(2), x_BxTxD, **kwargs))
+  out_BxTxD, state = layer.apply(variables, x_BxTxD, **kwargs, mutable=["intermediates"])
+  (probs_BxNxTxS,) = state["intermediates"]["attention_probs"]
+  p = cfg.prefix_length
+  assert probs_BxNxTxS.shape == (B, cfg.num_heads, T, p + T)
+  np.testing.assert_allclose(probs_BxNxTxS.sum(-1), 1.0, atol=1e-5)
+  tokens_BxNxTxT = np.asarray(probs_BxNxTxS[..., p:])
+  assert np.all(np.triu(tokens_BxNxTxT[0], k=1) == 0)  # causal
+  assert np.all(tokens_BxNxTxT[1, :, :REAL, REAL:] == 0)  # padding keys, seen from real queries
+  np.testing.assert_allclose(output_from_probs(variables["params"], x_BxTxD, probs_BxNxTxS),
+                             out_BxTxD, atol=1e-5)
+
+
+def test_a_plain_call_computes_no_probabilities():
+  cfg = tiny()
+  layer = Attention(cfg, causal=True)
+  x_BxTxD, kwargs = inputs(cfg)
+  variables = layer.init(jax.random.key(2), x_BxTxD, **kwargs)
+  plain = jax.make_jaxpr(lambda v: layer.apply(v, x_BxTxD, **kwargs))(variables)
+  sown = jax.make_jaxpr(
+      lambda v: layer.apply(v, x_BxTxD, **kwargs, mutable=["intermediates"]))(variables)
+  assert str(plain).count("exp") < str(sown).count("exp")
+  out_BxTxD, _ = layer.apply(variables, x_BxTxD, **kwargs, mutable=["intermediates"])
+  np.testing.assert_array_equal(layer.apply(variables, x_BxTxD, **kwargs), out_BxTxD)
+
+
+@pytest.fixture(scope="module")
+def setup(finetune_config, tmp_path_factory):
+  return finetune.build(finetune_config("bert"), str(tmp_path_factory.mktemp("viz")))
+
+
+def test_representation_plots_and_silhouettes(setup, tmp_path):
+  eval_set = setup.eval_sets["validation"]
+  params = setup.state.params
+  moved = jax.tree.map(lambda x: 1.5 * x, params)  # stands in for fine-tuned parameters
+  paths, silhouette = representations.write_representation_plots(
+      str(tmp_path), setup.module, params, moved, eval_set,
+      representations.feature_labels(eval_set), seed=0)
+  names = sorted(os.path.basename(p) for p in paths)
+  assert names == ["pca_after.png", "pca_before.png", "tsne_after.png", "tsne_before.png"]
+  assert all(os.path.getsize(p) > 0 for p in paths)
+  assert set(silhouette) == {"before", "after"}
+  assert all(np.isfinite(s) and -1 <= s <= 1 for s in silhouette.values())
+
+
+def test_attention_maps_of_the_task_model(setup, tmp_path):
+  row = setup.eval_sets["validation"].features[0].arrays
+  batch_1 = {k: np.asarray(v)[None] for k, v in row.items()}
+  maps = attention.attention_maps(setup.module, setup.state.params, batch_1)
+  cfg, length = setup.model_cfg, row["inputs"].shape[0]
+  assert list(maps) == [f"backbone/stack/layers_{i}/self_attention"
+                        for i in range(cfg.num_layers)]
+  real = int(row["segment_ids"].sum())
+  for probs_NxTxS in maps.values():
+    assert probs_NxTxS.shape == (cfg.num_heads, length, length)
+    np.testing.assert_allclose(probs_NxTxS.sum(-1), 1.0, atol=1e-5)
+    assert np.all(probs_NxTxS[:, :real, real:] == 0)
+  tokens = [setup.tokenizer.id_to_piece(int(i)) for i in row["inputs"][:real]]
+  path = attention.plot_attention(maps, tokens, str(tmp_path / "attention.png"))
+  assert os.path.getsize(path) > 0
