@@ -4,10 +4,12 @@ Parameter-efficient strategies promise cheaper steps: frozen weights need no wei
 and no optimizer state. How much of that survives depends on the model and the machine (the
 backward pass through the activations remains for every strategy whose trainable parameters
 sit below the top layer), so we measure it: every strategy is built by `experiments.finetune`
-on the same config, model size and batch, and timed in alternating rounds in one process, so a
-noisy machine slows all alike; each is reported as a ratio against `full` from the same run.
+on the same config, model size and batch and stepped in turn in one process (rounds alternate
+the order), so a noisy machine slows all alike; each is reported as a ratio against `full` from
+the same run.
+
 Memory is XLA's own account of the compiled step: arguments + outputs - donated (aliased)
-buffers + temporaries, i.e. the live bytes of one step rather than a measured process peak.
+buffers + temporaries, i.e. what XLA allocates for one step, not a measured process peak.
 
   python benchmarks/strategies.py                  # BERT-mini, 3 rounds x 5 steps each
   python benchmarks/strategies.py --quick          # smoke run: tiny model, 1 round x 2 steps
@@ -60,8 +62,9 @@ _SIZE = flags.DEFINE_enum("size", "mini", sorted(common.SIZES), "Model size pres
 _PRESET = flags.DEFINE_enum("preset", "bert", ["bert"], "Architecture preset (an encoder task).")
 _BATCH = flags.DEFINE_integer("batch_size", 16, "Examples per step.")
 _SEQ = flags.DEFINE_integer("seq_len", 128, "Tokens per example (config.max_len, model.max_len).")
-_ROUNDS = flags.DEFINE_integer("rounds", 3, "Timed rounds; each runs every strategy in turn.")
-_STEPS = flags.DEFINE_integer("steps", 5, "Timed train steps per strategy and round.")
+_ROUNDS = flags.DEFINE_integer("rounds", 3, "Timed rounds, alternating the order of strategies.")
+_STEPS = flags.DEFINE_integer(
+    "steps", 5, "Timed train steps per strategy and round; each step runs every strategy in turn.")
 _WARMUP = flags.DEFINE_integer("warmup", 2, "Untimed steps per strategy after compiling.")
 _STRATEGIES = flags.DEFINE_list("strategies", DEFAULT_STRATEGIES.split(","),
                                 "Strategies to compare; ratios are against 'full' if listed.")
@@ -191,14 +194,17 @@ def main(argv: list[str]) -> None:
       runner.step()
     print(f"  {runner.name:16s} compiled in {compile_seconds:5.1f} s", flush=True)
 
+  # Step by step in turn, not a block per strategy: a burst of load from another process then
+  # hits every strategy alike instead of whichever block it coincides with.
   for r in range(rounds):
-    for runner in runners[::1 if r % 2 == 0 else -1]:
-      runner.seconds.extend(runner.step() for _ in range(steps))
+    for _ in range(steps):
+      for runner in runners[::1 if r % 2 == 0 else -1]:
+        runner.seconds.append(runner.step())
 
   base = next((r for r in runners if r.name == "full"), runners[0])
   base_ms, base_mb = statistics.median(base.seconds) * 1e3, base.memory_bytes / 2 ** 20
-  print(f"\n{rounds} rounds x {steps} steps, alternating; median step; memory = XLA arguments + "
-        f"outputs - donated + temp\n")
+  print(f"\n{rounds} rounds x {steps} steps, strategies in turn; median step; memory = XLA "
+        f"arguments + outputs - donated + temp\n")
   print(f"| strategy | trainable % | step ms | × {base.name} | memory MB | × {base.name} |")
   print("|---|---:|---:|---:|---:|---:|")
   for runner in runners:
