@@ -169,7 +169,7 @@ def test_decoder_greedy_on_left_padded_prompts_matches_each_prompt_alone(positio
   assert_pad_after_eos(out, eos_id)
 
 
-@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("seed", [0, 1])
 def test_beam_search_scores_at_least_greedy(seed):
   cfg = config("encoder_decoder")
   params = enc_dec_params(cfg, seed)
