@@ -192,7 +192,7 @@ def main(argv: list[str]) -> None:
     runner.measure_memory()
     for _ in range(warmup):
       runner.step()
-    print(f"  {runner.name:16s} compiled in {compile_seconds:5.1f} s", flush=True)
+    print(f"  {runner.name:16s} compile + first step {compile_seconds:5.1f} s", flush=True)
 
   # Step by step in turn, not a block per strategy: a burst of load from another process then
   # hits every strategy alike instead of whichever block it coincides with.
