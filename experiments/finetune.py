@@ -100,14 +100,6 @@ def make_program(task: tasks.TaskType, module, example: dict[str, np.ndarray],
                  loss_fn=loss_fn, tokens_per_example=tokens_per_example)
 
 
-def write_jsonl(path: str, records: list[dict]) -> None:
-  tmp = f"{path}.tmp"
-  with open(tmp, "w") as f:
-    for record in records:
-      f.write(json.dumps(record, default=str) + "\n")
-  os.replace(tmp, path)
-
-
 @dataclasses.dataclass
 class Setup:
   """Everything built from the config before the workdir is written to."""
@@ -179,7 +171,6 @@ def build(config: ml_collections.ConfigDict, workdir: str) -> Setup:
   state = trainer.state_with_params(state, plan.init_pretrained(params, config.seed))
   return Setup(data, task, module, trainer, state, report, eval_sets, stopper, tokenizer,
                model_cfg, plan)
-
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
@@ -255,7 +246,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     results.update({f"test/{k}": v for k, v in scores.items()})
   if is_main:
     examples = eval_sets[predictions_split].examples
-    write_jsonl(os.path.join(workdir, "predictions.jsonl"),
+    workdir_lib.write_jsonl(os.path.join(workdir, "predictions.jsonl"),
                 [task.record(examples[i], p) for i, p in enumerate(predictions)])
   logging.info("best step %d: %s", best_step, results)
   extra = {}

@@ -69,10 +69,18 @@ def prepare(workdir: str, config: ml_collections.ConfigDict) -> bool:
 
 def write_json(path: str, obj: Any) -> None:
   """Atomic write: a crash never leaves a half-written file behind."""
+  _write_atomically(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def write_jsonl(path: str, records: list[dict]) -> None:
+  """One JSON object per line, written atomically like write_json."""
+  _write_atomically(path, "".join(json.dumps(r, default=str) + "\n" for r in records))
+
+
+def _write_atomically(path: str, text: str) -> None:
   tmp = f"{path}.tmp{os.getpid()}"
   with open(tmp, "w") as f:
-    json.dump(obj, f, indent=2, sort_keys=True, default=str)
-    f.write("\n")
+    f.write(text)
   os.replace(tmp, path)
 
 

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
-import json
 import os
 from typing import Any
 
 import ml_collections
+
+from lmreuse import workdir as workdir_lib
 
 SCRATCH = "scratch"
 
@@ -105,8 +106,5 @@ def status(study_dir: str, cell: Cell) -> str:
 
 def write_manifest(study_dir: str, name: str, cells: list[Cell]) -> str:
   path = os.path.join(study_dir, "study.json")
-  tmp = f"{path}.tmp"
-  with open(tmp, "w") as f:
-    json.dump({"name": name, "cells": [dataclasses.asdict(c) for c in cells]}, f, indent=2)
-  os.replace(tmp, path)
+  workdir_lib.write_json(path, {"name": name, "cells": [dataclasses.asdict(c) for c in cells]})
   return path

@@ -11,6 +11,8 @@ import dataclasses
 import json
 import os
 
+from lmreuse import workdir as workdir_lib
+
 LOWER_IS_BETTER = ("loss", "mse")
 
 
@@ -66,10 +68,7 @@ class EarlyStopping:
     return improved, stop
 
   def save(self, path: str) -> None:
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-      json.dump(dataclasses.asdict(self), f, indent=2)
-    os.replace(tmp, path)
+    workdir_lib.write_json(path, dataclasses.asdict(self))
 
   @classmethod
   def restore(cls, path: str, metric: str, mode: str, patience: int,
