@@ -186,7 +186,7 @@ def test_load_gives_canonical_examples_from_the_mapped_splits(prepared_dir, name
   for split, examples in data.splits.items():
     tfds_split = tfds_splits[split]
     assert data.origin[split].startswith(f"{task.tfds_name} {tfds_split}")
-    assert isinstance(examples, catalog.ConvertedSource) and len(examples) > 0
+    assert isinstance(examples, base.View) and len(examples) > 0
     for example in examples:
       check_canonical(task.task_type, example, data.labels)
       assert first_text(example).startswith(f"{tfds_split}-")

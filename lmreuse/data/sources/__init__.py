@@ -4,26 +4,13 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
-from lmreuse.data.sources.base import TaskData
+from lmreuse.data.sources.base import TaskData, View
 
 LOCAL = "local"
-
-
-class _Subset:
-  """A lazy view of some indices of a random-access sequence."""
-
-  def __init__(self, items: Sequence[dict], indices: np.ndarray):
-    self.items, self.indices = items, indices
-
-  def __len__(self) -> int:
-    return len(self.indices)
-
-  def __getitem__(self, i: int) -> dict:
-    return self.items[int(self.indices[i])]
 
 
 def names() -> tuple[str, ...]:
@@ -66,11 +53,11 @@ def subsample(data: TaskData, *, train_fraction: float, max_train_examples: int,
     keep = min(keep, max_train_examples)
   if keep < len(train):
     order = np.sort(np.random.default_rng(seed).permutation(len(train))[:keep])
-    splits["train"] = _Subset(train, order)
+    splits["train"] = View(train, order)
   if max_eval_examples:
     for name in ("validation", "test"):
       if name in splits and len(splits[name]) > max_eval_examples:
         # A fixed seed, not the run's: every run of a comparison scores the same examples.
         order = np.random.default_rng(0).permutation(len(splits[name]))[:max_eval_examples]
-        splits[name] = _Subset(splits[name], np.sort(order))
+        splits[name] = View(splits[name], np.sort(order))
   return dataclasses.replace(data, splits=splits)

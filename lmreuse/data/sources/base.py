@@ -13,8 +13,9 @@ come from; task types (lmreuse/tasks/) read only these fields:
 
 from __future__ import annotations
 
+import collections.abc
 import dataclasses
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -37,6 +38,22 @@ class TaskData:
   labels: list | None = None
   origin: dict[str, str] = dataclasses.field(default_factory=dict)
   positive_label: Any = None
+
+
+class View(collections.abc.Sequence):
+  """Some records of a random-access source, in order, converted on access when `convert` is
+  given: subsets and TFDS splits stay lazy instead of being copied into memory."""
+
+  def __init__(self, items: Sequence, indices: Sequence[int],
+               convert: Callable[[Any], dict] | None = None):
+    self._items, self._indices, self._convert = items, indices, convert
+
+  def __len__(self) -> int:
+    return len(self._indices)
+
+  def __getitem__(self, i: int) -> dict:
+    item = self._items[int(self._indices[i])]
+    return self._convert(item) if self._convert else item
 
 
 def split_off(examples: Sequence, fraction: float, seed: int

@@ -16,7 +16,6 @@ validation split (imdb_reviews, squad) get their `validation` the same way.
 
 from __future__ import annotations
 
-import collections.abc
 import dataclasses
 import functools
 from typing import Callable, Sequence
@@ -143,23 +142,6 @@ def get(name: str) -> CatalogTask:
   return CATALOG[name]
 
 
-class ConvertedSource(collections.abc.Sequence):
-  """Canonical examples of a TFDS data source, converted on access rather than held in memory.
-
-  `indices` are the source records this view shows, in order (a held-out split, a prefix).
-  """
-
-  def __init__(self, source: Sequence[dict], convert: Callable[[dict], dict],
-               indices: Sequence[int]):
-    self._source, self._convert, self._indices = source, convert, indices
-
-  def __len__(self) -> int:
-    return len(self._indices)
-
-  def __getitem__(self, i: int) -> dict:
-    return self._convert(self._source[self._indices[i]])
-
-
 def load(name: str, *, data_dir: str | None, seed: int, validation_fraction: float,
          max_examples: int = 0) -> base.TaskData:
   """The catalog dataset `name` from ArrayRecord files prepared in `data_dir` (None: TFDS's).
@@ -199,7 +181,7 @@ def load(name: str, *, data_dir: str | None, seed: int, validation_fraction: flo
     indices = {split: split_indices[:max_examples] for split, split_indices in indices.items()}
   return base.TaskData(
       task.task_type,
-      {split: ConvertedSource(sources[split], task.convert, indices[split])
+      {split: base.View(sources[split], indices[split], task.convert)
        for split in base.SPLITS},
       labels=list(task.labels) if task.labels else None, origin=origin,
       positive_label=task.positive_label)
