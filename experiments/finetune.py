@@ -207,9 +207,11 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   # The representation "before" fine-tuning: the initial (pretrained) params, on the host.
   params_before = jax.device_get(setup.state.params) if config.viz.enabled else None
 
+  def validation_scores(params):
+    return evaluator(params, eval_sets["validation"])[0]
+
   def evaluate(params):
-    scores, _ = evaluator(params, eval_sets["validation"])
-    return {f"validation/{k}": v for k, v in scores.items()}
+    return {f"validation/{k}": v for k, v in validation_scores(params).items()}
 
   def after_eval(step, state, scores):
     improved, stop = stopper.update(step, {k.split("/", 1)[1]: v for k, v in scores.items()})
@@ -231,7 +233,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     best_step = best_checkpointer.latest_step()
     if best_step is None:  # total_steps=0: evaluate the initial (e.g. loaded) model only
       best_step, best_params = 0, state.params
-      stopper.best_metrics = {k.split("/", 1)[1]: v for k, v in evaluate(state.params).items()}
+      stopper.best_metrics = validation_scores(state.params)
     else:
       best_params = best_checkpointer.restore(best_step, abstract_like(state.params), None)
   finally:

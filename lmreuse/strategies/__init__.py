@@ -14,6 +14,7 @@ from flax import traverse_util
 
 from lmreuse.strategies import base, gates
 from lmreuse.strategies.base import Context, is_strategy_param
+from lmreuse.train.trainer import select_trainable
 
 __all__ = ["Context", "Plan", "config_defaults", "is_strategy_param", "names"]
 
@@ -92,8 +93,6 @@ class Plan:
   def wrap_optimizer(self, tx: optax.GradientTransformation, params: Any, mask: Any
                      ) -> optax.GradientTransformation:
     """Adds per-parameter LR scales and start steps to `tx` (a no-op when all are trivial)."""
-    from lmreuse.train.trainer import select_trainable
-
     flat = traverse_util.flatten_dict(params, sep="/")
     scales = traverse_util.unflatten_dict({p: self.lr_scale(p) for p in flat}, sep="/")
     starts = traverse_util.unflatten_dict({p: self.start_step(p) for p in flat}, sep="/")
