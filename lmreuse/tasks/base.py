@@ -102,8 +102,14 @@ class TaskType(abc.ABC):
     return {**example, "prediction": prediction}
 
 
-def weighted_mean_pairs(name: str, values_B: jax.Array, weights_B: jax.Array) -> MetricPairs:
-  return {name: (jnp.sum(values_B * weights_B), jnp.sum(weights_B))}
+def weighted_loss(loss: jax.Array, weights: jax.Array, **metrics: jax.Array
+                  ) -> tuple[jax.Array, MetricPairs]:
+  """The weighted mean of per-row (or per-token) `loss` values, and (sum, count) pairs for it
+  and for each of `metrics` under the same weights; padding weighs 0, so it never counts."""
+  total = jnp.sum(weights)
+  pairs = {name: (jnp.sum(values * weights), total)
+           for name, values in {"loss": loss, **metrics}.items()}
+  return pairs["loss"][0] / jnp.maximum(total, 1e-8), pairs
 
 
 def cross_entropy(logits_BxC: jax.Array, labels_B: jax.Array, smoothing: float) -> jax.Array:

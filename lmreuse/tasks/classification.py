@@ -90,9 +90,7 @@ class Classification(TextTask):
     weight_B = batch["weight"]
     ce_B = base.cross_entropy(logits_BxC, batch["label"], self.ctx.label_smoothing)
     correct_B = (jnp.argmax(logits_BxC, -1) == batch["label"]).astype(jnp.float32)
-    loss = jnp.sum(ce_B * weight_B) / jnp.maximum(jnp.sum(weight_B), 1e-8)
-    return loss, {**base.weighted_mean_pairs("loss", ce_B, weight_B),
-                  **base.weighted_mean_pairs("accuracy", correct_B, weight_B)}
+    return base.weighted_loss(ce_B, weight_B, accuracy=correct_B)
 
   def outputs_for_decoding(self, logits_BxC):
     probs_BxC = jax.nn.softmax(logits_BxC.astype(jnp.float32))

@@ -89,9 +89,7 @@ class ExtractiveQA(base.TaskType):
                   + base.cross_entropy(end_BxL, batch["end"], self.ctx.label_smoothing))
     exact_B = ((jnp.argmax(start_BxL, -1) == batch["start"])
                & (jnp.argmax(end_BxL, -1) == batch["end"])).astype(jnp.float32)
-    loss = jnp.sum(ce_B * weight_B) / jnp.maximum(jnp.sum(weight_B), 1e-8)
-    return loss, {**base.weighted_mean_pairs("loss", ce_B, weight_B),
-                  **base.weighted_mean_pairs("span_accuracy", exact_B, weight_B)}
+    return base.weighted_loss(ce_B, weight_B, span_accuracy=exact_B)
 
   def predict(self, module, params, batch):
     start_BxL, end_BxL = self._logits(module.apply({"params": params}, batch), batch)

@@ -25,8 +25,7 @@ class Regression(TextTask):
   def loss(self, outputs_Bx1, batch):
     weight_B = batch["weight"]
     se_B = jnp.square(outputs_Bx1[:, 0].astype(jnp.float32) - batch["label"])
-    loss = jnp.sum(se_B * weight_B) / jnp.maximum(jnp.sum(weight_B), 1e-8)
-    return loss, base.weighted_mean_pairs("loss", se_B, weight_B)
+    return base.weighted_loss(se_B, weight_B)
 
   def outputs_for_decoding(self, outputs_Bx1):
     return {"score": outputs_Bx1[:, 0].astype(jnp.float32)}

@@ -98,10 +98,7 @@ class Seq2Seq(base.TaskType):
     ce_BxT = base.cross_entropy(logits_BxTxV.reshape(-1, vocab), batch["targets"].reshape(-1),
                                 self.ctx.label_smoothing).reshape(weights_BxT.shape)
     correct_BxT = (jnp.argmax(logits_BxTxV, -1) == batch["targets"]).astype(jnp.float32)
-    total = jnp.sum(weights_BxT)
-    loss = jnp.sum(ce_BxT * weights_BxT) / jnp.maximum(total, 1e-8)
-    return loss, {"loss": (jnp.sum(ce_BxT * weights_BxT), total),
-                  "token_accuracy": (jnp.sum(correct_BxT * weights_BxT), total)}
+    return base.weighted_loss(ce_BxT, weights_BxT, token_accuracy=correct_BxT)
 
   def predict(self, module, params, batch):
     cfg, tok = self.ctx.model_cfg, self.ctx.tokenizer

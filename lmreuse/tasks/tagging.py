@@ -78,9 +78,7 @@ class Tagging(base.TaskType):
     weights_BxL = batch["label_weights"] * batch["weight"][:, None]
     ce_BxL = base.cross_entropy(logits_BxLxC, batch["labels"], self.ctx.label_smoothing)
     correct_BxL = (jnp.argmax(logits_BxLxC, -1) == batch["labels"]).astype(jnp.float32)
-    loss = jnp.sum(ce_BxL * weights_BxL) / jnp.maximum(jnp.sum(weights_BxL), 1e-8)
-    return loss, {"loss": (jnp.sum(ce_BxL * weights_BxL), jnp.sum(weights_BxL)),
-                  "token_accuracy": (jnp.sum(correct_BxL * weights_BxL), jnp.sum(weights_BxL))}
+    return base.weighted_loss(ce_BxL, weights_BxL, token_accuracy=correct_BxL)
 
   def outputs_for_decoding(self, logits_BxLxC):
     return {"tag_ids": jnp.argmax(logits_BxLxC, -1)}
