@@ -12,10 +12,13 @@ import io
 import itertools
 import os
 import tempfile
-from typing import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Callable, Iterable, Sequence
 
 import numpy as np
 import sentencepiece as spm
+
+if TYPE_CHECKING:
+  from lmreuse.data.hf_tokenizer import HFTokenizer
 
 PAD, UNK, CLS, SEP, MASK, EOS = "[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "[EOS]"
 FIXED_SPECIALS = (PAD, UNK, CLS, SEP, MASK, EOS)  # Piece i has id i.
@@ -24,6 +27,24 @@ TRAINING_SEED = 0
 
 def sentinel_piece(i: int) -> str:
   return f"<extra_id_{i}>"
+
+
+def sp_encode_with_offsets(sp: spm.SentencePieceProcessor,
+                           text: str) -> tuple[list[int], list[tuple[int, int]]]:
+  """Ids of `text` plus each piece's (start, end) span in characters of `text`, as slicing needs
+  (SentencePiece itself reports UTF-8 byte offsets)."""
+  proto = sp.encode(text, return_type="proto")
+  char_of_byte = np.zeros(len(text.encode("utf-8")) + 1, np.int64)
+  position = 0
+  for i, ch in enumerate(text):
+    width = len(ch.encode("utf-8"))
+    char_of_byte[position:position + width] = i
+    position += width
+  char_of_byte[position] = len(text)
+  ids = [piece.id for piece in proto.pieces]
+  offsets = [(int(char_of_byte[piece.begin]), int(char_of_byte[piece.end]))
+             for piece in proto.pieces]
+  return ids, offsets
 
 
 class Tokenizer:
@@ -62,19 +83,7 @@ class Tokenizer:
   def encode_with_offsets(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
     """Token ids plus each token's (start, end) character span in `text` (extractive QA maps
     predicted token spans back to exact answer text through these)."""
-    proto = self._sp.encode(text, return_type="proto")
-    # SentencePiece reports UTF-8 byte offsets; map them to character offsets.
-    char_of_byte = np.zeros(len(text.encode("utf-8")) + 1, np.int64)
-    position = 0
-    for i, ch in enumerate(text):
-      width = len(ch.encode("utf-8"))
-      char_of_byte[position:position + width] = i
-      position += width
-    char_of_byte[position] = len(text)
-    ids = [piece.id for piece in proto.pieces]
-    offsets = [(int(char_of_byte[piece.begin]), int(char_of_byte[piece.end]))
-               for piece in proto.pieces]
-    return ids, offsets
+    return sp_encode_with_offsets(self._sp, text)
 
   def decode(self, ids: Iterable[int]) -> str:
     """Text of `ids`: pad/[CLS]/[SEP]/[MASK]/[EOS] dropped, sentinels shown as <extra_id_k>."""
@@ -107,8 +116,12 @@ class Tokenizer:
     return f"Tokenizer({self.model_path!r}, vocab_size={self.vocab_size})"
 
 
-def load_tokenizer(model_path: str) -> Tokenizer:
-  """Loads a .model file written by train_tokenizer (special ids are checked)."""
+def load_tokenizer(model_path: str) -> "Tokenizer | HFTokenizer":
+  """Loads a .model file written by train_tokenizer (special ids are checked), or a Hugging Face
+  tokenizer directory (same interface), so every caller can fine-tune Hugging Face checkpoints."""
+  if os.path.isdir(model_path):
+    from lmreuse.data import hf_tokenizer  # Imported here: hf_tokenizer imports this module.
+    return hf_tokenizer.load(model_path)
   if not os.path.exists(model_path):
     raise FileNotFoundError(f"tokenizer model {model_path} does not exist")
   with open(model_path, "rb") as f:
