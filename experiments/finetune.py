@@ -9,7 +9,6 @@ overwrites an earlier one's outputs.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import time
 from typing import Any
@@ -21,8 +20,9 @@ import numpy as np
 from absl import logging
 from flax import traverse_util
 
-from lmreuse import components, strategies, tasks, workdir as workdir_lib
-from lmreuse.data import pipeline, sources, tokenizer as tokenizer_lib
+from lmreuse import components, pretrained as pretrained_lib, strategies, tasks
+from lmreuse import workdir as workdir_lib
+from lmreuse.data import pipeline, sources
 from lmreuse.eval import metrics as metrics_lib
 from lmreuse.objectives.base import apply_rngs, init_rngs
 from lmreuse.parallel import mesh as mesh_lib, sharding as sharding_lib
@@ -54,30 +54,17 @@ def validate(config: ml_collections.ConfigDict) -> None:
     tasks.get(config.task.type)
 
 
-def pretrained_workdir(init_from: str) -> str:
-  """The pretraining workdir of `init_from` (a workdir or one of its checkpoint step dirs)."""
-  if not os.path.isdir(init_from):
-    raise FileNotFoundError(f"config.init_from={init_from!r} is not a directory")
-  for candidate in (init_from, os.path.dirname(os.path.dirname(os.path.abspath(init_from)))):
-    if os.path.exists(os.path.join(candidate, "config.json")):
-      return candidate
-  raise FileNotFoundError(f"config.init_from={init_from!r}: no config.json in it or two levels "
-                          "up; point it at a pretraining workdir or a checkpoint step directory")
-
-
-def model_and_tokenizer(config: ml_collections.ConfigDict, workdir: str):
-  """(TransformerConfig, Tokenizer): from the pretraining workdir, else from this config."""
-  if config.init_from:
-    source = pretrained_workdir(config.init_from)
-    with open(os.path.join(source, "config.json")) as f:
-      saved = json.load(f)
-    model = ml_collections.ConfigDict(saved["model"])
-    tok_path = saved["tokenizer"]["path"] or os.path.join(source, "tokenizer", "spm.model")
-    tokenizer = tokenizer_lib.load_tokenizer(tok_path)
+def model_and_tokenizer(config: ml_collections.ConfigDict, workdir: str,
+                        source: pretrained_lib.Pretrained | None):
+  """(TransformerConfig, Tokenizer): from what init_from points at, else from this config."""
+  if source is not None:
+    model, tokenizer = source.model, source.tokenizer
+    vocab_size = model.get("vocab_size") or tokenizer.vocab_size  # HF models pad their vocab
   else:
     model = config.model
     tokenizer = components.tokenizer(config.tokenizer, workdir)
-  model_cfg = components.model_config(model, tokenizer.vocab_size)
+    vocab_size = tokenizer.vocab_size
+  model_cfg = components.model_config(model, vocab_size)
   if config.dropout_rate != -1.0:
     model_cfg = dataclasses.replace(model_cfg, dropout_rate=config.dropout_rate)
   model_cfg.validate()
@@ -123,7 +110,8 @@ def build(config: ml_collections.ConfigDict, workdir: str) -> Setup:
   mesh = mesh_lib.make_mesh(config.mesh)
   rules = sharding_lib.rules_from_config(config.mesh.rules)
   components.check_batch(config, mesh, rules)
-  model_cfg, tokenizer = model_and_tokenizer(config, workdir)
+  source = pretrained_lib.load(config.init_from) if config.init_from else None
+  model_cfg, tokenizer = model_and_tokenizer(config, workdir, source)
 
   data = sources.subsample(
       sources.load(config.task, config.seed), train_fraction=config.task.train_fraction,
@@ -160,7 +148,7 @@ def build(config: ml_collections.ConfigDict, workdir: str) -> Setup:
   state = trainer.init_state(config.seed)
   params, report = jax.device_get(state.params), None
   if config.init_from and not config.from_scratch:
-    params, report = restore.merge_params(params, restore.load_params(config.init_from))
+    params, report = restore.merge_params(params, source.load_params())
     if not report["loaded"]:
       raise ValueError(f"config.init_from={config.init_from!r}: no parameter path matches the "
                        f"task model; checkpoint has e.g. {report['dropped'][:5]}")

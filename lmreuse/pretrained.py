@@ -1,0 +1,56 @@
+"""What `init_from` points at: an lmreuse pretraining workdir, one of its checkpoint step
+directories, or `hf:DIR`, a Hugging Face checkpoint directory converted on the fly.
+
+Each gives the same three things: the saved model section, its tokenizer, and a loader for its
+parameters (called only when the weights are wanted, so `from_scratch` never reads them).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any, Callable
+
+import ml_collections
+
+from lmreuse.data import tokenizer as tokenizer_lib
+from lmreuse.interop import hf
+from lmreuse.train import restore
+
+HF_PREFIX = "hf:"
+
+
+@dataclasses.dataclass
+class Pretrained:
+  model: ml_collections.ConfigDict  # TransformerConfig fields; vocab_size where it is fixed
+  tokenizer: Any
+  load_params: Callable[[], dict]
+
+
+def workdir_of(init_from: str) -> str:
+  """The pretraining workdir of `init_from` (a workdir or one of its checkpoint step dirs)."""
+  if not os.path.isdir(init_from):
+    raise FileNotFoundError(f"config.init_from={init_from!r} is not a directory")
+  for candidate in (init_from, os.path.dirname(os.path.dirname(os.path.abspath(init_from)))):
+    if os.path.exists(os.path.join(candidate, "config.json")):
+      return candidate
+  raise FileNotFoundError(f"config.init_from={init_from!r}: no config.json in it or two levels "
+                          "up; point it at a pretraining workdir or a checkpoint step directory")
+
+
+def load(init_from: str) -> Pretrained:
+  if init_from.startswith(HF_PREFIX):
+    imported = hf.read(init_from[len(HF_PREFIX):])
+    return Pretrained(ml_collections.ConfigDict(imported.model),
+                      tokenizer_lib.load_tokenizer(imported.tokenizer_dir),
+                      lambda: imported.params)
+  source = workdir_of(init_from)
+  with open(os.path.join(source, "config.json")) as f:
+    saved = json.load(f)
+  tok_path = saved["tokenizer"]["path"] or os.path.join(source, "tokenizer", "spm.model")
+  if not os.path.exists(tok_path):  # a workdir written by `hf.import_to_workdir`
+    tok_path = os.path.dirname(tok_path)
+  return Pretrained(ml_collections.ConfigDict(saved["model"]),
+                    tokenizer_lib.load_tokenizer(tok_path),
+                    lambda: restore.load_params(init_from))
