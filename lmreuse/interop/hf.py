@@ -30,7 +30,7 @@ import numpy as np
 from flax import traverse_util
 from safetensors.numpy import load_file, save_file
 
-from lmreuse.data import hf_tokenizer
+from lmreuse.data import hf_tokenizer, tokenizer as tokenizer_lib
 from lmreuse.models.config import TransformerConfig
 
 Arrays = list[np.ndarray]
@@ -137,6 +137,11 @@ class Family:
     """Regexes of names that are buffers or tied copies, not parameters."""
     raise NotImplementedError
 
+  def export_name(self, name: str, groups: set[str]) -> str:
+    """The name `transformers` expects in a checkpoint with these optional parts."""
+    del groups
+    return name
+
 
 HF_ACTIVATIONS = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh",
                   "relu": "relu"}
@@ -163,6 +168,11 @@ class Bert(Family):
 
   def ignored(self, cfg):
     return (r"embeddings\.position_ids", r"cls\.predictions\.decoder\.(weight|bias)")
+
+  def export_name(self, name, groups):
+    # With pretraining heads (BertForPreTraining) the encoder sits under `bert.`.
+    heads = groups & {"mlm", "nsp"}
+    return f"bert.{name}" if heads and not name.startswith("cls.") else name
 
   def model_fields(self, hf):
     _expect(hf, "position_embedding_type", ("absolute",), "absolute")
@@ -453,7 +463,7 @@ def params_to_hf(params: dict, family: Family, cfg: TransformerConfig
     if rule.group and rule.group not in groups:
       continue
     for name, value in zip(rule.hf, rule.to_hf([flat[p] for p in rule.ours])):
-      tensors[name] = np.ascontiguousarray(value)
+      tensors[family.export_name(name, groups)] = np.ascontiguousarray(value)
   return tensors, groups
 
 
@@ -513,9 +523,11 @@ def import_to_workdir(hf_dir: str, workdir: str) -> str:
   return workdir
 
 
-def export(params: dict, cfg: TransformerConfig, out_dir: str,
-           tokenizer_dir: str | None = None) -> dict[str, np.ndarray]:
+def export(params: dict, cfg: TransformerConfig, out_dir: str, tokenizer_dir: str | None = None,
+           token_ids: dict[str, int] | None = None) -> dict[str, np.ndarray]:
   """Writes config.json + model.safetensors (+ the tokenizer files) loadable by `transformers`.
+
+  `token_ids` (pad_token_id, eos_token_id, ...) go into config.json, where generation reads them.
 
   Raises, naming the fields, when the config uses something the HF family cannot express
   (RoPE in a BERT, strategy modules that were not merged away, ...).
@@ -542,7 +554,7 @@ def export(params: dict, cfg: TransformerConfig, out_dir: str,
   os.makedirs(out_dir, exist_ok=True)
   save_file(tensors, os.path.join(out_dir, "model.safetensors"), metadata={"format": "pt"})
   with open(os.path.join(out_dir, "config.json"), "w") as f:
-    json.dump(family.hf_config(cfg, groups), f, indent=2)
+    json.dump({**family.hf_config(cfg, groups), **(token_ids or {})}, f, indent=2)
     f.write("\n")
   if tokenizer_dir:
     _copy_tokenizer(tokenizer_dir, out_dir)
@@ -559,9 +571,14 @@ def export_workdir(workdir: str, out_dir: str) -> None:
                    if k.endswith("token_embed/embedding"))
   cfg = TransformerConfig(**{**saved["model"], "vocab_size": embedding.shape[0]})
   tokenizer_dir = os.path.join(workdir, "tokenizer")
-  # An lmreuse SentencePiece tokenizer (tokenizer/spm.model) has no HF form.
-  export(params, cfg, out_dir,
-         tokenizer_dir if hf_tokenizer.is_hf_tokenizer_dir(tokenizer_dir) else None)
+  tok_path = saved["tokenizer"]["path"] or os.path.join(tokenizer_dir, "spm.model")
+  is_hf = hf_tokenizer.is_hf_tokenizer_dir(tokenizer_dir)
+  tok = tokenizer_lib.load_tokenizer(tokenizer_dir if is_hf else tok_path)
+  token_ids = dict(pad_token_id=tok.pad_id, eos_token_id=tok.eos_id)
+  if cfg.architecture == "encoder_decoder":
+    token_ids["decoder_start_token_id"] = tok.pad_id  # as lmreuse's seq2seq task starts
+  # An lmreuse SentencePiece tokenizer (tokenizer/spm.model) has no HF form: ids only.
+  export(params, cfg, out_dir, tokenizer_dir if is_hf else None, token_ids)
 
 
 def main(argv: list[str]) -> None:

