@@ -26,12 +26,18 @@ import shutil
 import sys
 from typing import Any, Callable, Iterable
 
+import flax.linen as nn
+import jax
 import numpy as np
+import orbax.checkpoint as ocp
 from flax import traverse_util
 from safetensors.numpy import load_file, save_file
 
+from lmreuse import workdir as workdir_lib
 from lmreuse.data import hf_tokenizer, tokenizer as tokenizer_lib
 from lmreuse.models.config import TransformerConfig
+from lmreuse.tasks import encoding
+from lmreuse.train import restore
 
 Arrays = list[np.ndarray]
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
@@ -419,9 +425,9 @@ def _strip_prefixes(tensors: dict[str, np.ndarray], family: Family) -> dict[str,
 
 
 def params_from_hf(tensors: dict[str, np.ndarray], family: Family, cfg: TransformerConfig,
-                   where: str) -> tuple[dict, set[str]]:
-  """(nested float32 param tree, the optional groups found); raises listing every missing or
-  unknown tensor name before converting any."""
+                   where: str) -> dict:
+  """The nested float32 param tree; raises listing every missing or unknown tensor name before
+  converting any, and every tensor whose shape does not fit the config."""
   tensors = _strip_prefixes(tensors, family)
   rules = family.rules(cfg)
   known = {name for rule in rules for name in rule.hf}
@@ -438,13 +444,35 @@ def params_from_hf(tensors: dict[str, np.ndarray], family: Family, cfg: Transfor
                     f"lmreuse can express: {unknown}")
   if problems:
     raise ValueError(f"{where}: " + "; ".join(problems))
-  flat = {}
+  flat, bad = {}, []
+  expected = backbone_shapes(cfg)
   for rule in rules:
     if rule.group and rule.group not in groups:
       continue
-    for path, value in zip(rule.ours, rule.to_ours([tensors[n] for n in rule.hf])):
-      flat[path] = np.asarray(value, np.float32)
-  return traverse_util.unflatten_dict(flat, sep="/"), groups
+    values = [tensors[n] for n in rule.hf]
+    try:
+      converted = rule.to_ours(values)
+    except ValueError:  # a reshape the shapes do not allow
+      converted = [None] * len(rule.ours)
+    for path, value in zip(rule.ours, converted):
+      want = expected.get(path)
+      if value is None or (want is not None and value.shape != want):
+        bad.append(f"{'+'.join(rule.hf)} {[v.shape for v in values]} -> {path} needs "
+                   f"{want or 'another shape'}")
+      else:
+        flat[path] = np.asarray(value, np.float32)
+  if bad:
+    raise ValueError(f"{where}: weights whose shapes do not fit config.json: {bad}")
+  return traverse_util.unflatten_dict(flat, sep="/")
+
+
+def backbone_shapes(cfg: TransformerConfig) -> dict[str, tuple[int, ...]]:
+  """Shapes of every `backbone/...` parameter of the model `cfg` describes (no compute)."""
+  ids = jax.ShapeDtypeStruct((1, 8), np.int32)
+  args = (ids, ids) if cfg.architecture == "encoder_decoder" else (ids,)
+  tree = jax.eval_shape(encoding.make_backbone(cfg).init, jax.random.PRNGKey(0), *args)
+  return {f"backbone/{k}": v.shape for k, v in traverse_util.flatten_dict(
+      nn.meta.unbox(tree["params"]), sep="/").items()}
 
 
 def params_to_hf(params: dict, family: Family, cfg: TransformerConfig
@@ -487,7 +515,7 @@ def read(hf_dir: str) -> Imported:
   model = family.model_fields(hf_config)
   cfg = TransformerConfig(**model)
   cfg.validate(prefix=f"{hf_dir}/config.json -> model")
-  params, _ = params_from_hf(read_tensors(hf_dir), family, cfg, hf_dir)
+  params = params_from_hf(read_tensors(hf_dir), family, cfg, hf_dir)
   return Imported(family.model_type, model, params, hf_dir)
 
 
@@ -507,8 +535,6 @@ def _check_new_dir(path: str) -> None:
 def import_to_workdir(hf_dir: str, workdir: str) -> str:
   """Writes a pretraining-workdir-style checkpoint (config.json, checkpoints/0/state with
   `params`, tokenizer/) that `init_from=workdir` and `export_workdir` read."""
-  import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
-  from lmreuse import workdir as workdir_lib  # pylint: disable=import-outside-toplevel
   imported = read(hf_dir)
   _check_new_dir(workdir)
   _copy_tokenizer(imported.tokenizer_dir, os.path.join(workdir, "tokenizer"))
@@ -563,7 +589,6 @@ def export(params: dict, cfg: TransformerConfig, out_dir: str, tokenizer_dir: st
 
 def export_workdir(workdir: str, out_dir: str) -> None:
   """Exports the latest checkpoint of a pretraining (or imported) workdir."""
-  from lmreuse.train import restore  # pylint: disable=import-outside-toplevel
   with open(os.path.join(workdir, "config.json")) as f:
     saved = json.load(f)
   params = restore.load_params(workdir)

@@ -265,3 +265,14 @@ def test_an_lmreuse_pretrained_bert_exports_to_transformers(bert_pretrained, tmp
   hidden = Encoder(cfg).apply({"params": source.load_params()["backbone"]}, jnp.asarray(ids),
                               segment_ids_BxL=jnp.asarray(mask))
   assert np.abs(np.asarray(hidden) - want.hidden_states[-1].numpy())[mask == 1].max() <= TOLERANCE
+
+
+def test_weights_that_do_not_fit_the_config_are_named(gpt2_dir, tmp_path):
+  def edit(tensors):
+    tensors["transformer.wpe.weight"] = tensors["transformer.wpe.weight"][:32]
+    tensors["transformer.h.0.mlp.c_fc.weight"] = np.zeros((64, 95), np.float32)
+
+  with pytest.raises(ValueError, match=r"do not fit config.json.*wpe\.weight \[\(32, 64\)\].*"
+                     r"h\.0\.mlp\.c_fc\.weight \[\(64, 95\)\] -> "
+                     r"backbone/stack/layers_0/mlp/wi/kernel needs \(64, 96\)"):
+    hf.read(copy_with(gpt2_dir, tmp_path / "broken", edit))
