@@ -85,12 +85,15 @@ class Adapter(nn.Module):
   def __call__(self, h_BxLxD: Array) -> Array:
     cfg = self.cfg
     kwargs = dict(dtype=cfg.compute_dtype, param_dtype=cfg.params_dtype)
-    z_BxLxA = nn.Dense(cfg.adapter_size, kernel_init=dense_init(cfg, ("embed", "adapter")),
-                       bias_init=zeros_init(("adapter",)), name="down", **kwargs)(h_BxLxD)
-    z_BxLxA = nn.gelu(z_BxLxA, approximate=False)
-    up_BxLxD = nn.Dense(cfg.d_model, kernel_init=zeros_init(("adapter", "embed")),
-                        bias_init=zeros_init(("embed",)), name="up", **kwargs)(z_BxLxA)
-    return constrain(h_BxLxD + up_BxLxD, ("batch", "length", "act_embed"))
+    # On [tokens, d]: kernel gradients then contract one axis, which XLA:CPU does without
+    # transposed copies of the activation gradients ([batch, length] cost ~10% of a step).
+    h_TxD = h_BxLxD.reshape((-1, h_BxLxD.shape[-1]))
+    z_TxA = nn.Dense(cfg.adapter_size, kernel_init=dense_init(cfg, ("embed", "adapter")),
+                     bias_init=zeros_init(("adapter",)), name="down", **kwargs)(h_TxD)
+    z_TxA = nn.gelu(z_TxA, approximate=False)
+    up_TxD = nn.Dense(cfg.d_model, kernel_init=zeros_init(("adapter", "embed")),
+                      bias_init=zeros_init(("embed",)), name="up", **kwargs)(z_TxA)
+    return constrain(h_BxLxD + up_TxD.reshape(h_BxLxD.shape), ("batch", "length", "act_embed"))
 
 
 class Norm(nn.Module):
