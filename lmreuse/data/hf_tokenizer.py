@@ -112,17 +112,7 @@ class HFTokenizer:
     ids = [int(i) for i in ids if int(i) not in self._dropped]
     if self._tok is not None:
       return self._tok.decode(ids, skip_special_tokens=False)
-    out = []
-    for is_sentinel, run in itertools.groupby(ids, key=self._sentinel_pieces.__contains__):
-      run = list(run)
-      if is_sentinel:
-        out.extend(self._sentinel_pieces[i] for i in run)
-        continue
-      text = self._sp.decode(run)
-      # SentencePiece drops the leading space of its output; restore it after a sentinel.
-      out.append(" " + text if out and text and self.id_to_piece(run[0]).startswith("\u2581")
-                 else text)
-    return "".join(out)
+    return tokenizer_lib.sp_decode(self._sp, ids, self._sentinel_pieces)
 
   def id_to_piece(self, i: int) -> str:
     if self._tok is not None:

@@ -47,6 +47,24 @@ def sp_encode_with_offsets(sp: spm.SentencePieceProcessor,
   return ids, offsets
 
 
+def sp_decode(sp: spm.SentencePieceProcessor, ids: list[int], sentinels: dict[int, str]) -> str:
+  """SentencePiece's decode with sentinel ids shown as their pieces (span corruption targets
+  read "<extra_id_0> a dog <extra_id_1>"); control symbols decode to ""."""
+  out = []
+  for is_sentinel, run in itertools.groupby(ids, key=sentinels.__contains__):
+    run = list(run)
+    if is_sentinel:
+      out.extend(sentinels[i] for i in run)
+      continue
+    text = sp.decode(run)
+    # SentencePiece drops the leading space of its output; restore it after a sentinel.
+    first_text_id = next((i for i in run if not sp.is_control(i)), None)
+    if out and text and sp.id_to_piece(first_text_id).startswith("\u2581"):
+      text = " " + text
+    out.append(text)
+  return "".join(out)
+
+
 class Tokenizer:
   """A loaded SentencePiece model plus the ids of its special pieces; picklable."""
 
@@ -87,21 +105,8 @@ class Tokenizer:
 
   def decode(self, ids: Iterable[int]) -> str:
     """Text of `ids`: pad/[CLS]/[SEP]/[MASK]/[EOS] dropped, sentinels shown as <extra_id_k>."""
-    ids = [int(i) for i in ids]
-    sentinels = set(self.sentinel_ids)
-    out = []
-    for is_sentinel, run in itertools.groupby(ids, key=lambda i: i in sentinels):
-      run = list(run)
-      if is_sentinel:
-        out.extend(self._sp.id_to_piece(i) for i in run)
-        continue
-      text = self._sp.decode(run)  # Control symbols decode to "".
-      # SentencePiece drops the leading space of its output; restore it after a sentinel.
-      first_text_id = next((i for i in run if not self._sp.is_control(i)), None)
-      if out and text and self._sp.id_to_piece(first_text_id).startswith("\u2581"):
-        text = " " + text
-      out.append(text)
-    return "".join(out)
+    return sp_decode(self._sp, [int(i) for i in ids],
+                     {i: self._sp.id_to_piece(i) for i in self.sentinel_ids})
 
   def id_to_piece(self, i: int) -> str:
     return self._sp.id_to_piece(int(i))
