@@ -11,8 +11,8 @@ the model is always lmreuse's own (lmreuse/models/transformer.py).
     hf.import_to_workdir("path/to/hf_dir", "W")       # init_from=W, or init_from=hf:path/to/hf_dir
     hf.export_workdir("W", "out_dir")                 # back to config.json + model.safetensors
 
-Command line: `python -m lmreuse.interop.hf import HF_DIR WORKDIR` and
-`python -m lmreuse.interop.hf export WORKDIR OUT_DIR`.
+Command line: `python run.py --config=configs/hf.py:import --config.source=HF_DIR --workdir=W`
+and `python run.py --config=configs/hf.py:export --config.out_dir=OUT_DIR --workdir=W`.
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ import math
 import os
 import re
 import shutil
-import sys
 from typing import Any, Callable, Iterable
 
 import flax.linen as nn
@@ -605,18 +604,3 @@ def export_workdir(workdir: str, out_dir: str) -> None:
   # An lmreuse SentencePiece tokenizer (tokenizer/spm.model) has no HF form: ids only.
   export(params, cfg, out_dir, tokenizer_dir if is_hf else None, token_ids)
 
-
-def main(argv: list[str]) -> None:
-  usage = ("usage: python -m lmreuse.interop.hf import HF_DIR WORKDIR\n"
-           "       python -m lmreuse.interop.hf export WORKDIR OUT_DIR")
-  if len(argv) != 3 or argv[0] not in ("import", "export"):
-    raise SystemExit(usage)
-  if argv[0] == "import":
-    import_to_workdir(argv[1], argv[2])
-  else:
-    export_workdir(argv[1], argv[2])
-  print(f"wrote {argv[2]}")
-
-
-if __name__ == "__main__":
-  main(sys.argv[1:])

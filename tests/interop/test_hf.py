@@ -207,8 +207,18 @@ def test_unsupported_architectures_fail_clearly(gpt2_dir, tmp_path):
   assert not (tmp_path / "out").exists()
 
 
+def convert(direction, workdir, **keys):
+  """What `python run.py --config=configs/hf.py:DIRECTION --workdir=W` runs."""
+  from configs import hf as hf_config
+  from experiments import hf as hf_experiment
+
+  config = hf_config.get_config(direction)
+  config.update(keys)
+  return hf_experiment.run(config, workdir)
+
+
 def test_imported_workdir_round_trips_through_init_from_and_export(tmp_path):
-  workdir = hf.import_to_workdir(MINILM, str(tmp_path / "W"))
+  workdir = convert("import", str(tmp_path / "W"), source=MINILM)
   from_workdir, from_hf = pretrained.load(workdir), pretrained.load("hf:" + MINILM)
   assert from_workdir.model.to_dict() == from_hf.model.to_dict()
   assert from_workdir.tokenizer.encode(TEXTS[1]) == from_hf.tokenizer.encode(TEXTS[1])
@@ -216,8 +226,10 @@ def test_imported_workdir_round_trips_through_init_from_and_export(tmp_path):
   assert saved.keys() == direct.keys()
   assert all(saved[p].tobytes() == direct[p].tobytes() for p in saved)
   with pytest.raises(FileExistsError, match="not empty"):
-    hf.import_to_workdir(MINILM, workdir)
-  hf.export_workdir(workdir, str(tmp_path / "out"))
+    convert("import", workdir, source=MINILM)
+  with pytest.raises(ValueError, match="config.out_dir is empty"):
+    convert("export", workdir)
+  convert("export", workdir, out_dir=str(tmp_path / "out"))
   exported = load_file(str(tmp_path / "out" / "model.safetensors"))
   original = hf.read_tensors(MINILM)
   assert all(np.array_equal(original[k], v) for k, v in exported.items())
@@ -252,8 +264,7 @@ def test_finetune_starts_from_an_hf_checkpoint_with_any_strategy(finetune_config
 def test_an_lmreuse_pretrained_bert_exports_to_transformers(bert_pretrained, tmp_path):
   """A natively pretrained BERT (MLM + NSP heads) runs in transformers as it does here."""
   workdir, _ = bert_pretrained
-  out = str(tmp_path / "hf")
-  hf.export_workdir(workdir, out)
+  out = convert("export", workdir, out_dir=str(tmp_path / "hf"))
   exported = json.loads((tmp_path / "hf" / "config.json").read_text())
   assert exported["architectures"] == ["BertForPreTraining"] and exported["pad_token_id"] == 0
   source = pretrained.load(workdir)
