@@ -65,6 +65,10 @@ def model_and_tokenizer(config: ml_collections.ConfigDict, workdir: str,
     tokenizer = components.tokenizer(config.tokenizer, workdir)
     vocab_size = tokenizer.vocab_size
   model_cfg = components.model_config(model, vocab_size)
+  if tokenizer.vocab_size > model_cfg.vocab_size:  # out-of-range ids would be clamped silently
+    raise ValueError(f"config.init_from={config.init_from!r}: the tokenizer "
+                     f"{tokenizer.model_path} has {tokenizer.vocab_size} ids but the model's "
+                     f"embedding only {model_cfg.vocab_size} rows")
   if config.dropout_rate != -1.0:
     model_cfg = dataclasses.replace(model_cfg, dropout_rate=config.dropout_rate)
   model_cfg.validate()

@@ -261,6 +261,44 @@ def test_finetune_starts_from_an_hf_checkpoint_with_any_strategy(finetune_config
   assert "test/accuracy" in results["metrics"]
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("family", ["gpt2", "t5"])
+def test_finetune_gpt2_and_t5_from_hf_with_their_tokenizers(family, gpt2_dir, t5_dirs,
+                                                            finetune_config, tmp_path):
+  """GPT-2 (BPE) with prefix tuning on classification; T5 v1.1 (SentencePiece) with LoRA on
+  seq2seq, whose predictions come back through the T5 tokenizer's decode."""
+  from experiments import finetune
+
+  directory = str(tmp_path / family)
+  if family == "gpt2":
+    shutil.copytree(gpt2_dir, directory)
+    hf_fixtures.gpt2_tokenizer_dir(directory, vocab_size=300)
+    config = finetune_config("gpt", init_from=f"hf:{directory}", total_steps=2,
+                             **{"strategy.name": "prefix_tuning"})
+  else:
+    shutil.copytree(t5_dirs["v1.1"], directory)
+    hf_fixtures.t5_tokenizer_dir(directory, vocab_size=300, extra_ids=10)
+    config = finetune_config("t5", init_from=f"hf:{directory}", total_steps=2,
+                             **{"task.name": "wordnet_definition", "strategy.name": "lora"})
+  results = finetune.run(config, str(tmp_path / "W"))
+  assert 0 < results["parameters"]["trainable"] < results["parameters"]["total"]
+  headline = "test/accuracy" if family == "gpt2" else "test/bleu"
+  assert headline in results["metrics"]
+  predictions = [json.loads(line) for line in (tmp_path / "W" / "predictions.jsonl").open()]
+  assert predictions and all(isinstance(p["prediction"], str) for p in predictions)
+
+
+def test_a_tokenizer_larger_than_the_embedding_is_refused(gpt2_dir, finetune_config, tmp_path):
+  from experiments import finetune
+
+  directory = str(tmp_path / "gpt2")
+  shutil.copytree(gpt2_dir, directory)  # 300 embedding rows
+  hf_fixtures.gpt2_tokenizer_dir(directory, vocab_size=400)
+  with pytest.raises(ValueError, match=r"has 400 ids but the model's embedding only 300 rows"):
+    finetune.build(finetune_config("gpt", init_from=f"hf:{directory}"), str(tmp_path / "W"))
+  assert not (tmp_path / "W").exists()
+
+
 def test_an_lmreuse_pretrained_bert_exports_to_transformers(bert_pretrained, tmp_path):
   """A natively pretrained BERT (MLM + NSP heads) runs in transformers as it does here."""
   workdir, _ = bert_pretrained
