@@ -41,6 +41,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       size=args["size"],             # model size of every pretraining preset
       pretrain=pretrain,             # presets to pretrain: bert | gpt | t5
       from_scratch=True,             # also fine-tune each architecture from random weights
+      checkpoints=(),                # existing models too: "minilm=hf:DIR", "mine=WORKDIR"
       tasks=tasks,
       strategies=strategies,         # names or combinations ("lora,llrd") from lmreuse.strategies
       seeds=seeds,

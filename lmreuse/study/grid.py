@@ -25,13 +25,29 @@ class Cell:
   name: str
   kind: str                 # pretrain | finetune
   workdir: str              # relative to the study workdir
-  depends_on: str | None    # the pretraining cell whose workdir a fine-tuning cell reads
+  depends_on: str | None    # the pretraining cell whose workdir a fine-tuning cell reads, if any
   group: dict               # what the tables group by (seeds are averaged)
   seed: int = 0
 
 
 def _slug(text: str) -> str:
   return text.replace("/", "_").replace(",", "+")
+
+
+def checkpoints(study: Any) -> dict[str, str]:
+  """`study.checkpoints` entries "NAME=hf:DIR" or "NAME=WORKDIR" as {NAME: init_from}: existing
+  models (Hugging Face or earlier runs) fine-tuned beside the study's own pretraining."""
+  out: dict[str, str] = {}
+  for entry in study.checkpoints:
+    name, sep, path = entry.partition("=")
+    if not (sep and name and path) or "." in name or "/" in name:
+      raise ValueError(f"config.study.checkpoints entry {entry!r}: write NAME=hf:DIR or "
+                       "NAME=WORKDIR, NAME without '.' or '/' (it names the cells)")
+    if name in out or name in study.pretrain or name.endswith(SCRATCH):
+      raise ValueError(f"config.study.checkpoints: the name {name!r} is taken (pretraining "
+                       f"presets {tuple(study.pretrain)}, scratch inits, other checkpoints)")
+    out[name] = path
+  return out
 
 
 def expand(study: Any) -> list[Cell]:
@@ -43,19 +59,21 @@ def expand(study: Any) -> list[Cell]:
 
   for preset in study.pretrain:
     add(f"pretrain-{preset}", "pretrain", None, {"objective": preset})
-  inits = [(p, p, False) for p in study.pretrain]
+  inits = [(p, p) for p in study.pretrain]  # (pretraining preset, init name)
   if study.from_scratch:
-    inits += [(p, SCRATCH if len(study.pretrain) == 1 else f"{p}-{SCRATCH}", True)
+    inits += [(p, SCRATCH if len(study.pretrain) == 1 else f"{p}-{SCRATCH}")
               for p in study.pretrain]
+  inits += [(None, name) for name in checkpoints(study)]
   many_fractions = len(study.train_fractions) > 1
   for task in study.tasks:
-    for preset, init, _ in inits:
+    for preset, init in inits:
       for strategy in study.strategies:
         for fraction in study.train_fractions:
           for seed in study.seeds:
             parts = [_slug(task), init, _slug(strategy)]
             parts += [f"data{fraction:g}"] if many_fractions else []
-            add(".".join(parts + [f"seed{seed}"]), "finetune", f"pretrain-{preset}",
+            add(".".join(parts + [f"seed{seed}"]), "finetune",
+                f"pretrain-{preset}" if preset else None,
                 {"task": task, "init": init, "strategy": strategy,
                  "train_fraction": float(fraction)}, seed)
   return cells
@@ -87,7 +105,8 @@ def child_config(cell: Cell, config: ml_collections.ConfigDict, study_dir: str
   else:
     child = finetune.get_config()
     child.update(config.finetune.to_dict())
-    child.init_from = os.path.join(study_dir, "runs", cell.depends_on)
+    child.init_from = (os.path.join(study_dir, "runs", cell.depends_on) if cell.depends_on
+                       else checkpoints(config.study)[cell.group["init"]])
     child.from_scratch = cell.group["init"].endswith(SCRATCH)
     child.task.name = cell.group["task"]
     child.task.train_fraction = cell.group["train_fraction"]
