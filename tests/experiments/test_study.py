@@ -46,20 +46,20 @@ def test_grid_names_dependencies_and_selection(tiny_study):
   assert scratch.optimizer.learning_rate == tiny_study.finetune.learning_rate
 
 
-def test_existing_checkpoints_join_the_grid_without_pretraining_cells(tiny_study):
-  tiny_study.study.checkpoints = ("minilm=hf:/models/minilm", "mine=/runs/bert")
+def test_existing_checkpoints_join_the_grid_without_pretraining_cells(tiny_study, tmp_path):
+  tiny_study.study.checkpoints = (f"minilm=hf:{tmp_path}", f"mine={tmp_path}")
   cells = grid.expand(tiny_study.study)
   minilm = [c for c in cells if ".minilm." in c.name]
   assert [c.name for c in minilm] == [f"wordnet_supersense.minilm.{s}.seed{i}"
                                       for s in ("full", "lora") for i in (0, 1)]
   assert {c.depends_on for c in minilm} == {None} and len(cells) == 1 + 3 * 2 * 2
   child = grid.child_config(minilm[0], tiny_study, "/s")
-  assert child.init_from == "hf:/models/minilm" and not child.from_scratch
-  assert grid.child_config(cells[-1], tiny_study, "/s").init_from == "/runs/bert"
+  assert child.init_from == f"hf:{tmp_path}" and not child.from_scratch
+  assert grid.child_config(cells[-1], tiny_study, "/s").init_from == str(tmp_path)
   for bad, message in (("minilm", "write NAME=hf:DIR"), ("a.b=hf:/x", "without '.'"),
-                       ("bert=hf:/x", "is taken")):
+                       ("bert=hf:/x", "is taken"), ("x=hf:/nowhere", "/nowhere is not a dir")):
     tiny_study.study.checkpoints = (bad,)
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises((ValueError, FileNotFoundError), match=message):
       grid.expand(tiny_study.study)
 
 
