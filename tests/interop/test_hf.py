@@ -144,13 +144,18 @@ def test_export_then_import_is_bitwise_identical(name, gpt2_dir, t5_dirs, tmp_pa
           transformers.GPT2LMHeadModel.from_pretrained(source).eval()(ids).logits.numpy())
 
 
-def test_pytorch_bin_checkpoints_read_like_safetensors(gpt2_dir, tmp_path):
-  transformers.GPT2LMHeadModel.from_pretrained(gpt2_dir).save_pretrained(
-      tmp_path, safe_serialization=False)
+@pytest.mark.parametrize("layout", ["pytorch_bin", "sharded_safetensors"])
+def test_other_checkpoint_layouts_read_like_one_safetensors_file(layout, gpt2_dir, tmp_path):
+  model = transformers.GPT2LMHeadModel.from_pretrained(gpt2_dir)
+  if layout == "pytorch_bin":
+    model.save_pretrained(tmp_path, safe_serialization=False)
+  else:
+    model.save_pretrained(tmp_path, max_shard_size="100KB")
+    assert (tmp_path / "model.safetensors.index.json").exists()
   assert not (tmp_path / "model.safetensors").exists()
-  from_bin, from_safetensors = flat(hf.read(str(tmp_path)).params), flat(hf.read(gpt2_dir).params)
-  assert from_bin.keys() == from_safetensors.keys()
-  assert all(np.array_equal(from_bin[p], from_safetensors[p]) for p in from_bin)
+  got, want = flat(hf.read(str(tmp_path)).params), flat(hf.read(gpt2_dir).params)
+  assert got.keys() == want.keys()
+  assert all(np.array_equal(got[p], want[p]) for p in got)
 
 
 def test_t5_checkpoint_with_its_sentencepiece_tokenizer(t5_dirs, tmp_path):
