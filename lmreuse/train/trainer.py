@@ -88,28 +88,36 @@ def _add(a: Any, b: Any) -> Any:
 
 def train_step(state: TrainState, batch: Batch, *, loss_fn: LossFn,
                tx: optax.GradientTransformation, schedule: optax.Schedule,
-               trainable_mask: Any = None) -> tuple[TrainState, dict[str, jax.Array]]:
+               trainable_mask: Any = None, active_mask: Any = None
+               ) -> tuple[TrainState, dict[str, jax.Array]]:
   """One optimizer update; batch leaves are [accum_steps, micro_batch, ...].
 
-  Only parameters whose `trainable_mask` leaf is True (all when None) are differentiated and
-  updated; the rest pass through bitwise unchanged.
+  Only parameters whose `trainable_mask` leaf is True (all when None) are updated; the rest pass
+  through bitwise unchanged. Of those, only the `active_mask` ones (all when None) are
+  differentiated: the others have not started training yet (gradual unfreezing, LP-FT), get
+  zero gradients, and cost no backward compute below the lowest active layer.
   """
   rng = jax.random.fold_in(state.rng, state.step)
   trainable = select_trainable(state.params, trainable_mask)
+  active = trainable if active_mask is None else select_trainable(state.params, active_mask)
   grad_fn = jax.value_and_grad(
       lambda t, b, r: loss_fn(merge_trainable(state.params, t), b, r, True), has_aux=True)
 
   def micro_step(carry, xs):
     index, micro_batch = xs
-    (loss, pairs), grads = grad_fn(trainable, micro_batch, jax.random.fold_in(rng, index))
+    (loss, pairs), grads = grad_fn(active, micro_batch, jax.random.fold_in(rng, index))
     return _add(carry, (loss, pairs, grads)), None
 
   first = jax.tree.map(lambda x: x[0], batch)
   zeros = jax.tree.map(jnp.zeros_like, jax.eval_shape(
-      lambda: (lambda o, g: (o[0], o[1], g))(*grad_fn(trainable, first, rng))))
+      lambda: (lambda o, g: (o[0], o[1], g))(*grad_fn(active, first, rng))))
   accum = jax.tree.leaves(batch)[0].shape[0]
   (loss, pairs, grads), _ = jax.lax.scan(micro_step, zeros, (jnp.arange(accum), batch))
   loss, grads = loss / accum, jax.tree.map(lambda g: g / accum, grads)
+  grads = jax.tree.map(  # inactive trainables: zeros, so the optimizer sees every trainable
+      lambda t, g: jnp.zeros_like(t) if isinstance(g, optax.MaskedNode) and not isinstance(
+          t, optax.MaskedNode) else g, trainable, grads,
+      is_leaf=lambda x: isinstance(x, optax.MaskedNode))
 
   updates, opt_state = tx.update(grads, state.opt_state, trainable)
   params = merge_trainable(state.params, optax.apply_updates(trainable, updates))
@@ -139,6 +147,10 @@ class Trainer:
   mesh: Mesh
   rules: tuple
   trainable_mask: Any = None  # bools shaped like the params (True = trains); None = all train
+  # ints shaped like the params: the step each starts training at (None = all at 0). Each
+  # distinct start opens a phase with its own compiled step that differentiates only what has
+  # started; the optimizer's gates (lmreuse/strategies/gates.py) hold the rest still.
+  start_steps: Any = None
 
   def __post_init__(self):
     with sharding_lib.mesh_context(self.mesh, self.rules):
@@ -149,7 +161,14 @@ class Trainer:
         abstract, self.mesh, self.rules)
     self.abstract_params = nn.meta.unbox(abstract.params)
     self.replicated = NamedSharding(self.mesh, PartitionSpec())
-    self._compiled_train = None
+    mask = (self.trainable_mask if self.trainable_mask is not None
+            else jax.tree.map(lambda _: True, self.abstract_params))
+    starts = (self.start_steps if self.start_steps is not None
+              else jax.tree.map(lambda _: 0, self.abstract_params))
+    self._mask_and_starts = (mask, starts)
+    self.phases: tuple[int, ...] = tuple(sorted({0} | {
+        int(s) for m, s in zip(jax.tree.leaves(mask), jax.tree.leaves(starts)) if m}))
+    self._compiled_train: dict[int, Callable] = {}
     self._compiled_eval = None
 
   def _init_boxed(self, seed_key: jax.Array) -> TrainState:
@@ -188,17 +207,30 @@ class Trainer:
     return {k: jax.make_array_from_process_local_data(shardings[k], v)
             for k, v in batch.items()}
 
-  def train_step(self, state: TrainState, batch: dict[str, jax.Array]):
-    if self._compiled_train is None:
+  def phase(self, step: int | None) -> int:
+    """The phase of the update at `step` (0-based): the latest start at or before it; the last
+    (everything trainable differentiated) when the step is not given."""
+    return self.phases[-1] if step is None else max(p for p in self.phases if p <= step)
+
+  def active_mask(self, phase: int) -> Any:
+    """Which parameters a step of `phase` differentiates: trainable and started by then."""
+    mask, starts = self._mask_and_starts
+    return jax.tree.map(lambda m, s: bool(m) and int(s) <= phase, mask, starts)
+
+  def train_step(self, state: TrainState, batch: dict[str, jax.Array], step: int | None = None):
+    """One update; pass the (0-based) `step` to run only its phase's gradients."""
+    phase = self.phase(step)
+    if phase not in self._compiled_train:
       batch_shardings = {k: v.sharding for k, v in batch.items()}
-      step = lambda s, b: train_step(s, b, loss_fn=self.program.loss_fn, tx=self.tx,
-                                     schedule=self.schedule,
-                                     trainable_mask=self.trainable_mask)
-      self._compiled_train = jax.jit(
-          step, in_shardings=(self.state_shardings, batch_shardings),
+      active = None if phase == self.phases[-1] else self.active_mask(phase)
+      fn = lambda s, b: train_step(s, b, loss_fn=self.program.loss_fn, tx=self.tx,
+                                   schedule=self.schedule, trainable_mask=self.trainable_mask,
+                                   active_mask=active)
+      self._compiled_train[phase] = jax.jit(
+          fn, in_shardings=(self.state_shardings, batch_shardings),
           out_shardings=(self.state_shardings, self.replicated), donate_argnums=0)
     with sharding_lib.mesh_context(self.mesh, self.rules):
-      return self._compiled_train(state, batch)
+      return self._compiled_train[phase](state, batch)
 
   def evaluate(self, params: Any, batches: Iterable[Batch]) -> dict[str, float]:
     if self._compiled_eval is None:
@@ -250,7 +282,7 @@ def run_loop(trainer: Trainer, state: TrainState, train_iter: Iterator[Batch],
     host_batch = next(train_iter)
     tokens_per_step = trainer.program.tokens_per_example * len(next(iter(host_batch.values())))
     batch = trainer.device_batch(split_microbatches(host_batch, loop.grad_accum_steps), 1)
-    state, metrics = trainer.train_step(state, batch)
+    state, metrics = trainer.train_step(state, batch, step - 1)
     pending.append(metrics)
     bar.update(1)
 

@@ -3,6 +3,7 @@ guarantees behind fair comparisons (frozen means bitwise frozen, optimizer state
 trains); parameter-efficient checkpoints; and clear errors when a strategy does not fit."""
 
 import dataclasses
+import functools
 import json
 
 import jax
@@ -13,6 +14,7 @@ from flax import traverse_util
 
 from experiments import finetune
 from lmreuse.strategies import base, lora as lora_strategy
+from lmreuse.train import trainer as trainer_lib
 from lmreuse.train.trainer import split_microbatches
 
 STRATEGY_KEYS = {
@@ -39,15 +41,20 @@ def flat(tree):
   return traverse_util.flatten_dict(jax.device_get(tree), sep="/")
 
 
-def train_steps(setup, batch_size, steps):
+def first_batch(setup, batch_size):
   features = [f.arrays for e in list(setup.data.splits["train"])[:batch_size]
               for f in setup.task.features(e, None)][:batch_size]
   batch = {k: np.stack([f[k] for f in features]) for k in features[0]}
+  return setup.trainer.device_batch(split_microbatches(batch, 1), 1)
+
+
+def train_steps(setup, batch_size, steps, by_phase=False):
+  """`by_phase`: each step runs its phase's compiled step, as the training loop does."""
+  batch = first_batch(setup, batch_size)
   trainer, state = setup.trainer, setup.state
   before = flat(state.params)
-  for _ in range(steps):
-    state, metrics = trainer.train_step(state, trainer.device_batch(
-        split_microbatches(batch, 1), 1))
+  for step in range(steps):
+    state, metrics = trainer.train_step(state, batch, step if by_phase else None)
   assert np.isfinite(float(metrics["train/loss"]))
   return before, flat(state.params), state
 
@@ -126,6 +133,30 @@ def test_gradual_unfreezing_lp_ft_and_slanted_triangular_lr(finetune_config, tmp
   plan = finetune.build(config, str(tmp_path)).plan
   assert plan.start_step("classifier/dense/kernel") == 0
   assert plan.start_step("backbone/stack/layers_0/mlp/wi/kernel") == 3
+
+
+def test_each_phase_differentiates_only_what_has_started(finetune_config, tmp_path):
+  """LP-FT's probe phase computes the head's gradient alone, and stepping phase by phase trains
+  as differentiating everything does while the gates hold unstarted parameters still."""
+  config = finetune_config("bert", **{"strategy.name": "lp_ft", "strategy.probe_steps": 2,
+                                      "dropout_rate": 0.0})
+  runs = []
+  for by_phase in (True, False):
+    setup = finetune.build(config, str(tmp_path))
+    assert setup.trainer.phases == (0, 2)
+    runs.append(train_steps(setup, 8, 3, by_phase=by_phase)[1])
+  for path, value in runs[0].items():
+    np.testing.assert_allclose(value, runs[1][path], rtol=1e-5, atol=1e-7, err_msg=path)
+  trainer, state = setup.trainer, setup.state
+  batch = first_batch(setup, 8)
+
+  def flops(active_mask):
+    step = functools.partial(trainer_lib.train_step, loss_fn=trainer.program.loss_fn,
+                             tx=trainer.tx, schedule=trainer.schedule,
+                             trainable_mask=trainer.trainable_mask, active_mask=active_mask)
+    return jax.jit(step).lower(state, batch).compile().cost_analysis()["flops"]
+
+  assert flops(trainer.active_mask(0)) < 0.6 * flops(None)  # forward + the head's backward
 
 
 def test_lora_merge_and_unmerge_compute_the_same_function(finetune_config, tmp_path):
