@@ -45,11 +45,11 @@ def test_resume_reproduces_the_uninterrupted_run_bitwise(tiny_config, tmp_path, 
   original = trainer_lib.Trainer.train_step
   calls = {"n": 0}
 
-  def crash_after_three(self, state, batch):
+  def crash_after_three(self, state, batch, step=None):
     calls["n"] += 1
     if calls["n"] > 3:
       raise Preempted()
-    return original(self, state, batch)
+    return original(self, state, batch, step)
 
   monkeypatch.setattr(trainer_lib.Trainer, "train_step", crash_after_three)
   with pytest.raises(Preempted):
