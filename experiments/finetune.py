@@ -78,6 +78,12 @@ def model_and_tokenizer(config: ml_collections.ConfigDict, workdir: str,
   return model_cfg, tokenizer
 
 
+def _some(paths: list[str], limit: int = 6) -> str:
+  """A log-sized list: LoRA on a deep model adds hundreds of paths."""
+  more = f", ... {len(paths) - limit} more" if len(paths) > limit else ""
+  return ", ".join(paths[:limit]) + more
+
+
 def make_program(task: tasks.TaskType, module, example: dict[str, np.ndarray],
                  tokens_per_example: int) -> Program:
   example = {k: np.asarray(v)[None] for k, v in example.items()}
@@ -187,9 +193,10 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     logging.info("resuming from %s step %d", checkpointer.directory, latest)
     state = checkpointer.restore(latest, abstract_like(state), train_iter)
   elif report is not None:
-    logging.info("init_from %s: %d parameter arrays loaded, %d new (%s), %d dropped (%s)",
-                 config.init_from, len(report["loaded"]), len(report["new"]),
-                 ", ".join(report["new"]), len(report["dropped"]), ", ".join(report["dropped"]))
+    logging.info("init_from %s: %d parameter arrays loaded, %d new (%s), %d dropped (%s); "
+                 "all paths in init_report.json", config.init_from, len(report["loaded"]),
+                 len(report["new"]), _some(report["new"]), len(report["dropped"]),
+                 _some(report["dropped"]))
     if is_main:
       restore.write_report(os.path.join(workdir, "init_report.json"), report)
   if is_main and data.labels is not None:
