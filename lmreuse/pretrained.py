@@ -41,10 +41,10 @@ def workdir_of(init_from: str) -> str:
 
 def load(init_from: str) -> Pretrained:
   if init_from.startswith(HF_PREFIX):
-    imported = hf.read(init_from[len(HF_PREFIX):])
-    return Pretrained(ml_collections.ConfigDict(imported.model),
-                      tokenizer_lib.load_tokenizer(imported.tokenizer_dir),
-                      lambda: imported.params)
+    hf_dir = init_from.removeprefix(HF_PREFIX)
+    _, model = hf.read_model(hf_dir)
+    return Pretrained(ml_collections.ConfigDict(model), tokenizer_lib.load_tokenizer(hf_dir),
+                      lambda: hf.read(hf_dir).params)
   source = workdir_of(init_from)
   with open(os.path.join(source, "config.json")) as f:
     saved = json.load(f)

@@ -183,17 +183,23 @@ class Imported:
   tokenizer_dir: str
 
 
-def read(hf_dir: str) -> Imported:
+def read_model(hf_dir: str) -> tuple[Family, dict]:
+  """The family and TransformerConfig fields of an HF directory, from config.json alone (no
+  weights read: a from-scratch run needs only the architecture)."""
   hf_dir = os.fspath(hf_dir)
   if not os.path.isdir(hf_dir):
     raise FileNotFoundError(f"{hf_dir!r} is not a directory")
   hf_config = _read_config(hf_dir)
   family = family_of(hf_config, os.path.join(hf_dir, "config.json"))
   model = family.model_fields(hf_config)
-  cfg = TransformerConfig(**model)
-  cfg.validate(prefix=f"{hf_dir}/config.json -> model")
-  params = params_from_hf(read_tensors(hf_dir), family, cfg, hf_dir)
-  return Imported(family.model_type, model, params, hf_dir)
+  TransformerConfig(**model).validate(prefix=f"{hf_dir}/config.json -> model")
+  return family, model
+
+
+def read(hf_dir: str) -> Imported:
+  family, model = read_model(hf_dir)
+  params = params_from_hf(read_tensors(hf_dir), family, TransformerConfig(**model), hf_dir)
+  return Imported(family.model_type, model, params, os.fspath(hf_dir))
 
 
 def _copy_tokenizer(src: str, dst: str) -> None:

@@ -330,3 +330,16 @@ def test_weights_that_do_not_fit_the_config_are_named(gpt2_dir, tmp_path):
                      r"h\.0\.mlp\.c_fc\.weight \[\(64, 95\)\] -> "
                      r"backbone/stack/layers_0/mlp/wi/kernel needs \(64, 96\)"):
     hf.read(copy_with(gpt2_dir, tmp_path / "broken", edit))
+
+
+def test_from_scratch_on_an_hf_architecture_reads_no_weights(finetune_config, tmp_path):
+  """Only config.json and the tokenizer are needed: the directory here has no weights at all."""
+  from experiments import finetune
+
+  directory = tmp_path / "minilm_without_weights"
+  directory.mkdir()
+  for name in ("config.json", "tokenizer.json", "tokenizer_config.json", "vocab.txt"):
+    shutil.copy(os.path.join(MINILM, name), directory)
+  config = finetune_config(init_from=f"hf:{directory}", from_scratch=True)
+  setup = finetune.build(config, str(tmp_path / "W"))
+  assert setup.model_cfg.d_model == 384 and setup.report is None
