@@ -14,7 +14,7 @@ from typing import Any
 
 import ml_collections
 
-from lmreuse import workdir as workdir_lib
+from lmreuse import pretrained, workdir as workdir_lib
 
 SCRATCH = "scratch"
 
@@ -46,9 +46,10 @@ def checkpoints(study: Any) -> dict[str, str]:
     if name in out or name in study.pretrain or name.endswith(SCRATCH):
       raise ValueError(f"config.study.checkpoints: the name {name!r} is taken (pretraining "
                        f"presets {tuple(study.pretrain)}, scratch inits, other checkpoints)")
-    if not os.path.isdir(path.removeprefix("hf:")):  # before any cell runs, not in each
-      raise FileNotFoundError(f"config.study.checkpoints entry {entry!r}: "
-                              f"{path.removeprefix('hf:')} is not a directory")
+    directory = path.removeprefix(pretrained.HF_PREFIX)
+    if not os.path.isdir(directory):  # before any cell runs, not in each
+      raise FileNotFoundError(f"config.study.checkpoints entry {entry!r}: {directory} is not a "
+                              "directory")
     out[name] = path
   return out
 
