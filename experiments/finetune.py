@@ -153,9 +153,9 @@ def build(config: ml_collections.ConfigDict, workdir: str) -> Setup:
   optim.validate(opt)
   tx, schedule = optim.make_optimizer(opt, max(config.total_steps, 1))
   mask = traverse_util.unflatten_dict({p: plan.trainable(p) for p in paths}, sep="/")
-  starts = traverse_util.unflatten_dict({p: plan.start_step(p) for p in paths}, sep="/")
   tx = plan.wrap_optimizer(tx, abstract, mask)
-  trainer = Trainer(program, tx, schedule, mesh, rules, trainable_mask=mask, start_steps=starts)
+  trainer = Trainer(program, tx, schedule, mesh, rules, trainable_mask=mask,
+                    start_steps=plan.start_steps(abstract))
   state = trainer.init_state(config.seed)
   params, report = jax.device_get(state.params), None
   if config.init_from and not config.from_scratch:

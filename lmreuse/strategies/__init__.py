@@ -90,10 +90,15 @@ class Plan:
     if not any(self.trainable(p) for p in paths):
       raise ValueError(f"strategy {self.name!r} leaves no parameter to train")
 
+  def start_steps(self, params: Any) -> Any:
+    """Each parameter's start step, as a tree shaped like `params` (the Trainer's phases)."""
+    flat = traverse_util.flatten_dict(params, sep="/")
+    return traverse_util.unflatten_dict({p: self.start_step(p) for p in flat}, sep="/")
+
   def wrap_optimizer(self, tx: optax.GradientTransformation, params: Any, mask: Any
                      ) -> optax.GradientTransformation:
     """Adds per-parameter LR scales and start steps to `tx` (a no-op when all are trivial)."""
     flat = traverse_util.flatten_dict(params, sep="/")
     scales = traverse_util.unflatten_dict({p: self.lr_scale(p) for p in flat}, sep="/")
-    starts = traverse_util.unflatten_dict({p: self.start_step(p) for p in flat}, sep="/")
-    return gates.wrap(tx, select_trainable(scales, mask), select_trainable(starts, mask))
+    return gates.wrap(tx, select_trainable(scales, mask),
+                      select_trainable(self.start_steps(params), mask))
