@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import subprocess
+import tempfile
 import time
 from typing import Any, Mapping
 
@@ -69,19 +70,27 @@ def prepare(workdir: str, config: ml_collections.ConfigDict) -> bool:
 
 def write_json(path: str, obj: Any) -> None:
   """Atomic write: a crash never leaves a half-written file behind."""
-  _write_atomically(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+  write_atomically(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
 
 
 def write_jsonl(path: str, records: list[dict]) -> None:
   """One JSON object per line, written atomically like write_json."""
-  _write_atomically(path, "".join(json.dumps(r, default=str) + "\n" for r in records))
+  write_atomically(path, "".join(json.dumps(r, default=str) + "\n" for r in records))
 
 
-def _write_atomically(path: str, text: str) -> None:
-  tmp = f"{path}.tmp{os.getpid()}"
-  with open(tmp, "w") as f:
-    f.write(text)
-  os.replace(tmp, path)
+def write_atomically(path: str, data: str | bytes) -> None:
+  """Readers (other hosts, other runs) see no file or the whole file, never a partial one."""
+  directory = os.path.dirname(os.path.abspath(path))
+  os.makedirs(directory, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".tmp-{os.path.basename(path)}-")
+  try:
+    with os.fdopen(fd, "wb") as f:
+      f.write(data.encode("utf-8") if isinstance(data, str) else data)
+    os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide the file from other users.
+    os.replace(tmp, path)
+  except BaseException:
+    os.unlink(tmp)
+    raise
 
 
 def git_sha() -> str:

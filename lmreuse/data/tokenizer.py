@@ -11,11 +11,12 @@ one (typing "[MASK]" in a document gives ordinary pieces). Objectives add specia
 import io
 import itertools
 import os
-import tempfile
 from typing import TYPE_CHECKING, Callable, Iterable, Sequence
 
 import numpy as np
 import sentencepiece as spm
+
+from lmreuse import workdir as workdir_lib
 
 if TYPE_CHECKING:
   from lmreuse.data.hf_tokenizer import HFTokenizer
@@ -157,7 +158,7 @@ def train_tokenizer(texts: Iterable[str], model_path: str, *, vocab_size: int,
   if len(tokenizer.sentinel_ids) != num_sentinels:
     raise ValueError(f"{model_path}: trained {len(tokenizer.sentinel_ids)} sentinels, "
                      f"num_sentinels={num_sentinels}")
-  _write_atomically(model_path, model.getvalue())
+  workdir_lib.write_atomically(model_path, model.getvalue())
   return tokenizer
 
 
@@ -167,18 +168,3 @@ def get_or_train(model_path: str, texts_fn: Callable[[], Iterable[str]],
   if os.path.exists(model_path):
     return load_tokenizer(model_path)
   return train_tokenizer(texts_fn(), model_path, **train_kwargs)
-
-
-def _write_atomically(path: str, data: bytes) -> None:
-  """Readers (other hosts, other runs) see no file or the whole file, never a partial one."""
-  directory = os.path.dirname(os.path.abspath(path))
-  os.makedirs(directory, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".model")
-  try:
-    with os.fdopen(fd, "wb") as f:
-      f.write(data)
-    os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide the model from other users.
-    os.replace(tmp, path)
-  except BaseException:
-    os.unlink(tmp)
-    raise

@@ -11,6 +11,8 @@ import jax
 from absl import logging
 from tensorboardX import SummaryWriter
 
+from lmreuse import workdir as workdir_lib
+
 
 def _jsonable(value: Any) -> Any:
   value = float(value) if hasattr(value, "__float__") else value
@@ -39,10 +41,7 @@ class MetricWriter:
       return
     with open(self.path) as f:
       kept = [line for line in f if line.strip() and json.loads(line)["step"] <= step]
-    tmp = self.path + ".tmp"
-    with open(tmp, "w") as f:
-      f.writelines(kept)
-    os.replace(tmp, self.path)
+    workdir_lib.write_atomically(self.path, "".join(kept))
 
   def write(self, step: int, metrics: Mapping[str, Any]) -> None:
     if not self.enabled:
