@@ -223,9 +223,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     return stop
 
   writer = MetricWriter(workdir, resume_step=latest or 0)
-  loop = LoopConfig(total_steps=config.total_steps, log_every=config.log_every,
-                    eval_every=config.eval_every, checkpoint_every=config.checkpoint_every,
-                    grad_accum_steps=config.grad_accum_steps)
+  loop = LoopConfig.from_config(config)
   try:
     if not stopper.stopped_at:
       state, _ = run_loop(trainer, state, train_iter, evaluate, loop, checkpointer, writer,

@@ -78,9 +78,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     logging.info("resuming from %s step %d", checkpointer.directory, latest)
     state = checkpointer.restore(latest, abstract_like(state), train_iter)
   writer = MetricWriter(workdir, resume_step=latest or 0)
-  loop = LoopConfig(total_steps=config.total_steps, log_every=config.log_every,
-                    eval_every=config.eval_every, checkpoint_every=config.checkpoint_every,
-                    grad_accum_steps=config.grad_accum_steps)
+  loop = LoopConfig.from_config(config)
   try:
     evaluate = lambda params: trainer.evaluate(params, eval_batches())
     state, eval_metrics = run_loop(trainer, state, train_iter, evaluate, loop,

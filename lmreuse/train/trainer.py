@@ -260,6 +260,11 @@ class LoopConfig:
   checkpoint_every: int
   grad_accum_steps: int
 
+  @classmethod
+  def from_config(cls, config: Any) -> "LoopConfig":
+    """The loop keys every experiment config shares (see components.validate_loop)."""
+    return cls(**{f.name: config[f.name] for f in dataclasses.fields(cls)})
+
 
 def run_loop(trainer: Trainer, state: TrainState, train_iter: Iterator[Batch],
              evaluate: Callable[[Any], dict[str, float]], loop: LoopConfig,
