@@ -174,13 +174,12 @@ def params_to_hf(params: dict, family: Family, cfg: TransformerConfig
 
 @dataclasses.dataclass
 class Imported:
-  """An HF checkpoint in lmreuse terms: TransformerConfig fields, the param tree (`backbone`
-  plus any pooler / pretraining heads), and the directory holding its tokenizer files."""
+  """An HF checkpoint in lmreuse terms: TransformerConfig fields and the param tree (`backbone`
+  plus any pooler / pretraining heads). Its tokenizer files sit beside it in the directory."""
 
   family: str
   model: dict
   params: dict
-  tokenizer_dir: str
 
 
 def read_model(hf_dir: str) -> tuple[Family, dict]:
@@ -199,7 +198,7 @@ def read_model(hf_dir: str) -> tuple[Family, dict]:
 def read(hf_dir: str) -> Imported:
   family, model = read_model(hf_dir)
   params = params_from_hf(read_tensors(hf_dir), family, TransformerConfig(**model), hf_dir)
-  return Imported(family.model_type, model, params, os.fspath(hf_dir))
+  return Imported(family.model_type, model, params)
 
 
 def _copy_tokenizer(src: str, dst: str) -> None:
@@ -220,7 +219,7 @@ def import_to_workdir(hf_dir: str, workdir: str) -> str:
   `params`, tokenizer/) that `init_from=workdir` and `export_workdir` read."""
   imported = read(hf_dir)
   _check_new_dir(workdir)
-  _copy_tokenizer(imported.tokenizer_dir, os.path.join(workdir, "tokenizer"))
+  _copy_tokenizer(hf_dir, os.path.join(workdir, "tokenizer"))
   state_dir = os.path.abspath(os.path.join(workdir, "checkpoints", "0", "state"))
   checkpointer = ocp.StandardCheckpointer()
   checkpointer.save(state_dir, {"params": imported.params})

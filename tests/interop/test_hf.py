@@ -122,7 +122,7 @@ def test_export_then_import_is_bitwise_identical(name, gpt2_dir, t5_dirs, tmp_pa
   source = {"minilm": MINILM, "gpt2": gpt2_dir, "t5_v1.1": t5_dirs["v1.1"]}[name]
   imported = hf.read(source)
   out = str(tmp_path / "export")
-  hf.export(imported.params, TransformerConfig(**imported.model), out, imported.tokenizer_dir)
+  hf.export(imported.params, TransformerConfig(**imported.model), out, source)
   again = hf.read(out)
   assert again.model == imported.model
   before, after = flat(imported.params), flat(again.params)
