@@ -39,7 +39,6 @@ from experiments import finetune  # noqa: E402
 from lmreuse import strategies  # noqa: E402
 from lmreuse.data import tokenizer as tokenizer_lib  # noqa: E402
 from lmreuse.data.corpus import wordnet  # noqa: E402
-from lmreuse.parallel import sharding as sharding_lib  # noqa: E402
 from lmreuse.train import trainer as trainer_lib  # noqa: E402
 
 DEFAULT_STRATEGIES = ("full,frozen,top_k,bitfit,lora,adapters,ia3,prefix_tuning,prompt_tuning,"
@@ -130,10 +129,8 @@ class Runner:
     return time.perf_counter() - start
 
   def measure_memory(self) -> None:
-    """XLA's memory account of the step `train_step` compiled (its jit exists after step 1)."""
-    with sharding_lib.mesh_context(self.trainer.mesh, self.trainer.rules):
-      stats = self.trainer._compiled_train.lower(self.state, self.batch).compile(
-      ).memory_analysis()
+    """XLA's memory account of the step `train_step` runs."""
+    stats = self.trainer.lower_train_step(self.state, self.batch).compile().memory_analysis()
     self.memory = {"arguments": stats.argument_size_in_bytes,
                    "outputs": stats.output_size_in_bytes,
                    "donated": stats.alias_size_in_bytes, "temp": stats.temp_size_in_bytes}

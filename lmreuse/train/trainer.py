@@ -219,7 +219,16 @@ class Trainer:
 
   def train_step(self, state: TrainState, batch: dict[str, jax.Array], step: int | None = None):
     """One update; pass the (0-based) `step` to run only its phase's gradients."""
-    phase = self.phase(step)
+    with sharding_lib.mesh_context(self.mesh, self.rules):
+      return self._jitted_train(self.phase(step), batch)(state, batch)
+
+  def lower_train_step(self, state: TrainState, batch: dict[str, jax.Array],
+                       step: int | None = None) -> jax.stages.Lowered:
+    """The step `train_step` runs at `step`, lowered for XLA's cost and memory analyses."""
+    with sharding_lib.mesh_context(self.mesh, self.rules):
+      return self._jitted_train(self.phase(step), batch).lower(state, batch)
+
+  def _jitted_train(self, phase: int, batch: dict[str, jax.Array]) -> Callable:
     if phase not in self._compiled_train:
       batch_shardings = {k: v.sharding for k, v in batch.items()}
       active = None if phase == self.phases[-1] else self.active_mask(phase)
@@ -229,8 +238,7 @@ class Trainer:
       self._compiled_train[phase] = jax.jit(
           fn, in_shardings=(self.state_shardings, batch_shardings),
           out_shardings=(self.state_shardings, self.replicated), donate_argnums=0)
-    with sharding_lib.mesh_context(self.mesh, self.rules):
-      return self._compiled_train[phase](state, batch)
+    return self._compiled_train[phase]
 
   def evaluate(self, params: Any, batches: Iterable[Batch]) -> dict[str, float]:
     if self._compiled_eval is None:
