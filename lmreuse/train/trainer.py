@@ -120,13 +120,16 @@ def train_step(state: TrainState, batch: Batch, *, loss_fn: LossFn,
       is_leaf=lambda x: isinstance(x, optax.MaskedNode))
 
   updates, opt_state = tx.update(grads, state.opt_state, trainable)
-  params = merge_trainable(state.params, optax.apply_updates(trainable, updates))
+  trained = optax.apply_updates(trainable, updates)
+  params = merge_trainable(state.params, trained)
   metrics = {f"train/{k}": s / jnp.maximum(c, 1e-12) for k, (s, c) in pairs.items()}
   metrics.update({
       "train/loss": loss,
       "train/grad_norm": optax.tree.norm(grads),
       "train/update_norm": optax.tree.norm(updates),
-      "train/param_norm": optax.tree.norm(params),
+      # Of the trainable parameters: a frozen backbone's norm never moves, and reading it all
+      # every step would cost parameter-efficient runs a pass over the whole model.
+      "train/param_norm": optax.tree.norm(trained),
       "train/learning_rate": schedule(state.step),
   })
   return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics

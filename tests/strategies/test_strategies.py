@@ -54,7 +54,12 @@ def train_steps(setup, batch_size, steps, by_phase=False):
   for step in range(steps):
     state, metrics = trainer.train_step(state, batch, step if by_phase else None)
   assert np.isfinite(float(metrics["train/loss"]))
-  return before, flat(state.params), state
+  after = flat(state.params)
+  # The logged parameter norm is that of what trains: a frozen backbone's would never move.
+  trained = [np.asarray(v, np.float64) for p, v in after.items() if setup.plan.trainable(p)]
+  np.testing.assert_allclose(float(metrics["train/param_norm"]),
+                             np.sqrt(sum(np.sum(v * v) for v in trained)), rtol=1e-5)
+  return before, after, state
 
 
 def check_only_trainables_change(setup, before, after, state, steps):
