@@ -55,9 +55,14 @@ class Projection(nn.Module):
     in_shape = x.shape[x.ndim - self.num_in:]
     kernel = self.param("kernel", dense_init(cfg, self.axes), in_shape + self.features,
                         cfg.params_dtype)
-    contract_x = tuple(range(x.ndim - self.num_in, x.ndim))
-    y = jax.lax.dot_general(x.astype(cfg.compute_dtype), kernel.astype(cfg.compute_dtype),
-                            ((contract_x, tuple(range(self.num_in))), ((), ())))
+    # One 2-D matmul on row-major reshapes (free bitcasts): contracting several kernel axes made
+    # XLA:CPU write a transposed copy of every attention kernel on every step for the backward
+    # pass (measured: 5% off a BitFit step and 2% off a full one on bert-base).
+    batch_shape = x.shape[:x.ndim - self.num_in]
+    size_in, size_out = math.prod(in_shape), math.prod(self.features)
+    y = jnp.dot(x.reshape(batch_shape + (size_in,)).astype(cfg.compute_dtype),
+                kernel.reshape(size_in, size_out).astype(cfg.compute_dtype))
+    y = y.reshape(batch_shape + self.features)
     if cfg.use_bias:
       bias = self.param("bias", zeros_init(self.axes[self.num_in:]), self.features,
                         cfg.params_dtype)
