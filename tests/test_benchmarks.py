@@ -19,13 +19,14 @@ def run_script(name, *args):
 
 @pytest.mark.slow
 def test_strategies_benchmark_prints_ratios_against_full(tokenizer_path):
-  out = run_script("strategies.py", "--quick", "--strategies=full,lora,gradual_unfreeze",
+  out = run_script("strategies.py", "--quick", "--strategies=full,lora:rank=4:targets=all_linear,gradual_unfreeze",
                    f"--tokenizer={tokenizer_path}", "--batch_size=8", "--seq_len=32")
   rows = {line.split("|")[1].strip(): line.split("|")[2:-1] for line in out.splitlines()
           if line.startswith("| ") and not line.startswith("| strategy")}
-  assert set(rows) == {"full", "lora", "gradual_unfreeze"}
+  assert set(rows) == {"full", "lora:rank=4:targets=all_linear", "gradual_unfreeze"}
   assert float(rows["full"][2]) == 1.0  # the ratio column of the baseline
-  assert float(rows["lora"][0]) < float(rows["full"][0]) == 100.0  # trainable %
+  lora = rows["lora:rank=4:targets=all_linear"]
+  assert float(lora[0]) < float(rows["full"][0]) == 100.0  # trainable %
   assert all(float(r[4]) > 0 for r in rows.values())  # XLA's memory account was read
 
 
