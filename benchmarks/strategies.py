@@ -111,6 +111,10 @@ def make_config(spec: str, size: str, batch_size: int, seq_len: int,
   config.model.max_len = seq_len
   config.tokenizer.path = tokenizer or cached_tokenizer(config.tokenizer)
   config.strategy.name = name
+  unknown = sorted(set(keys) - set(config.strategy))
+  if unknown:
+    raise app.UsageError(f"--strategies entry {spec!r}: config.strategy has no key {unknown}; "
+                         f"it has {sorted(config.strategy)}")
   config.strategy.update(keys)
   return config
 

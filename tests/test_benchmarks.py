@@ -11,17 +11,17 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def run_script(name, *args):
-  proc = subprocess.run([sys.executable, os.path.join("benchmarks", name), *args], cwd=ROOT,
+  return subprocess.run([sys.executable, os.path.join("benchmarks", name), *args], cwd=ROOT,
                         capture_output=True, text=True, timeout=300)
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  return proc.stdout
 
 
 @pytest.mark.slow
 def test_strategies_benchmark_prints_ratios_against_full(tokenizer_path):
-  out = run_script("strategies.py", "--quick", "--strategies=full,lora:rank=4:targets=all_linear,gradual_unfreeze",
-                   f"--tokenizer={tokenizer_path}", "--batch_size=8", "--seq_len=32")
-  rows = {line.split("|")[1].strip(): line.split("|")[2:-1] for line in out.splitlines()
+  proc = run_script("strategies.py", "--quick",
+                    "--strategies=full,lora:rank=4:targets=all_linear,gradual_unfreeze",
+                    f"--tokenizer={tokenizer_path}", "--batch_size=8", "--seq_len=32")
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  rows = {line.split("|")[1].strip(): line.split("|")[2:-1] for line in proc.stdout.splitlines()
           if line.startswith("| ") and not line.startswith("| strategy")}
   assert set(rows) == {"full", "lora:rank=4:targets=all_linear", "gradual_unfreeze"}
   assert float(rows["full"][2]) == 1.0  # the ratio column of the baseline
@@ -30,7 +30,15 @@ def test_strategies_benchmark_prints_ratios_against_full(tokenizer_path):
   assert all(float(r[4]) > 0 for r in rows.values())  # XLA's memory account was read
 
 
+def test_strategies_benchmark_refuses_a_key_the_strategy_lacks(tokenizer_path):
+  proc = run_script("strategies.py", "--quick", "--strategies=full,lora:rnk=4",
+                    f"--tokenizer={tokenizer_path}")
+  assert proc.returncode != 0
+  assert "'lora:rnk=4': config.strategy has no key ['rnk']" in proc.stderr
+
+
 @pytest.mark.slow
 def test_throughput_benchmark_compares_with_hugging_face():
-  out = run_script("train_throughput.py", "--quick")
-  assert "ratio ours/hf:" in out and "MFU" in out
+  proc = run_script("train_throughput.py", "--quick")
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert "ratio ours/hf:" in proc.stdout and "MFU" in proc.stdout
