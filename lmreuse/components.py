@@ -8,6 +8,7 @@ import os
 import ml_collections
 from jax.sharding import Mesh
 
+from lmreuse import workdir as workdir_lib
 from lmreuse.data import tokenizer as tokenizer_lib
 from lmreuse.data.corpus import wordnet
 from lmreuse.models.config import TransformerConfig
@@ -25,7 +26,7 @@ def model_config(model: ml_collections.ConfigDict, vocab_size: int) -> Transform
 
 def tokenizer(tok: ml_collections.ConfigDict, workdir: str) -> tokenizer_lib.Tokenizer:
   """Loads `tok.path`, or trains SentencePiece on the pretraining split into the workdir."""
-  path = tok.path or os.path.join(workdir, "tokenizer", "spm.model")
+  path = tok.path or workdir_lib.trained_tokenizer_path(workdir)
   if tok.path and not os.path.exists(path):
     raise FileNotFoundError(f"config.tokenizer.path={path!r} does not exist")
 

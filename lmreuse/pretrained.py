@@ -14,6 +14,7 @@ from typing import Any, Callable
 
 import ml_collections
 
+from lmreuse import workdir as workdir_lib
 from lmreuse.data import tokenizer as tokenizer_lib
 from lmreuse.interop import hf
 from lmreuse.train import restore
@@ -48,9 +49,6 @@ def load(init_from: str) -> Pretrained:
   source = workdir_of(init_from)
   with open(os.path.join(source, "config.json")) as f:
     saved = json.load(f)
-  tok_path = saved["tokenizer"]["path"] or os.path.join(source, "tokenizer", "spm.model")
-  if not os.path.exists(tok_path):  # a workdir written by `hf.import_to_workdir`
-    tok_path = os.path.dirname(tok_path)
   return Pretrained(ml_collections.ConfigDict(saved["model"]),
-                    tokenizer_lib.load_tokenizer(tok_path),
+                    tokenizer_lib.load_tokenizer(workdir_lib.saved_tokenizer(source, saved)),
                     lambda: restore.load_params(init_from))

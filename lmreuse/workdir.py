@@ -24,6 +24,20 @@ PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "grain", "sent
             "tensorflow-datasets", "numpy")
 
 
+def trained_tokenizer_path(workdir: str) -> str:
+  """Where a run with config.tokenizer.path='' trains (and later finds) its SentencePiece model."""
+  return os.path.join(workdir, "tokenizer", "spm.model")
+
+
+def saved_tokenizer(workdir: str, saved: Mapping) -> str:
+  """What `load_tokenizer` reads for a finished run, given its saved config.json: the configured
+  path, else the model the run trained, else the HF tokenizer directory an import wrote."""
+  if saved["tokenizer"]["path"]:
+    return saved["tokenizer"]["path"]
+  trained = trained_tokenizer_path(workdir)
+  return trained if os.path.exists(trained) else os.path.dirname(trained)
+
+
 def config_to_dict(config: ml_collections.ConfigDict) -> dict:
   """A JSON round-trip of the config, so tuples and lists compare equal to the saved file."""
   return json.loads(config.to_json())

@@ -250,9 +250,8 @@ def export(params: dict, cfg: TransformerConfig, out_dir: str, tokenizer_dir: st
   _check_new_dir(out_dir)
   os.makedirs(out_dir, exist_ok=True)
   save_file(tensors, os.path.join(out_dir, "model.safetensors"), metadata={"format": "pt"})
-  with open(os.path.join(out_dir, "config.json"), "w") as f:
-    json.dump({**family.hf_config(cfg, groups), **(token_ids or {})}, f, indent=2)
-    f.write("\n")
+  workdir_lib.write_json(os.path.join(out_dir, "config.json"),
+                         {**family.hf_config(cfg, groups), **(token_ids or {})})
   if tokenizer_dir:
     _copy_tokenizer(tokenizer_dir, out_dir)
   return tensors
@@ -266,13 +265,12 @@ def export_workdir(workdir: str, out_dir: str) -> None:
   embedding = next(v for k, v in traverse_util.flatten_dict(params, sep="/").items()
                    if k.endswith("token_embed/embedding"))
   cfg = TransformerConfig(**{**saved["model"], "vocab_size": embedding.shape[0]})
-  tokenizer_dir = os.path.join(workdir, "tokenizer")
-  tok_path = saved["tokenizer"]["path"] or os.path.join(tokenizer_dir, "spm.model")
-  is_hf = hf_tokenizer.is_hf_tokenizer_dir(tokenizer_dir)
-  tok = tokenizer_lib.load_tokenizer(tokenizer_dir if is_hf else tok_path)
+  tok_path = workdir_lib.saved_tokenizer(workdir, saved)
+  tok = tokenizer_lib.load_tokenizer(tok_path)
   token_ids = dict(pad_token_id=tok.pad_id, eos_token_id=tok.eos_id)
   if cfg.architecture == "encoder_decoder":
     token_ids["decoder_start_token_id"] = tok.pad_id  # as lmreuse's seq2seq task starts
-  # An lmreuse SentencePiece tokenizer (tokenizer/spm.model) has no HF form: ids only.
-  export(params, cfg, out_dir, tokenizer_dir if is_hf else None, token_ids)
+  # An lmreuse SentencePiece tokenizer (a .model file) has no HF form: ids only.
+  is_hf = hf_tokenizer.is_hf_tokenizer_dir(tok_path)
+  export(params, cfg, out_dir, tok_path if is_hf else None, token_ids)
 

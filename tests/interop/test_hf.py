@@ -239,6 +239,7 @@ def test_imported_workdir_round_trips_through_init_from_and_export(tmp_path):
   original = hf.read_tensors(MINILM)
   assert all(np.array_equal(original[k], v) for k, v in exported.items())
   assert len(exported) == len(original) - 1  # all but the position_ids buffer
+  assert (tmp_path / "out" / "tokenizer.json").exists()  # the imported HF tokenizer goes along
 
 
 @pytest.mark.slow
@@ -310,6 +311,7 @@ def test_an_lmreuse_pretrained_bert_exports_to_transformers(bert_pretrained, tmp
   out = convert("export", workdir, out_dir=str(tmp_path / "hf"))
   exported = json.loads((tmp_path / "hf" / "config.json").read_text())
   assert exported["architectures"] == ["BertForPreTraining"] and exported["pad_token_id"] == 0
+  assert not (tmp_path / "hf" / "tokenizer.json").exists()  # SentencePiece has no HF form
   source = pretrained.load(workdir)
   cfg = TransformerConfig(**{**source.model.to_dict(), "vocab_size": source.tokenizer.vocab_size})
   ids, mask = random_ids(2, 16, cfg.vocab_size, seed=4)
