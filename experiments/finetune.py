@@ -152,10 +152,10 @@ def build(config: ml_collections.ConfigDict, workdir: str) -> Setup:
   opt = plan.optimizer(config.optimizer)
   optim.validate(opt)
   tx, schedule = optim.make_optimizer(opt, max(config.total_steps, 1))
-  mask = traverse_util.unflatten_dict({p: plan.trainable(p) for p in paths}, sep="/")
+  mask = plan.by_path(abstract, plan.trainable)
   tx = plan.wrap_optimizer(tx, abstract, mask)
   trainer = Trainer(program, tx, schedule, mesh, rules, trainable_mask=mask,
-                    start_steps=plan.start_steps(abstract))
+                    start_steps=plan.by_path(abstract, plan.start_step))
   state = trainer.init_state(config.seed)
   params, report = jax.device_get(state.params), None
   if config.init_from and not config.from_scratch:

@@ -7,7 +7,7 @@ none has an opinion, it trains); LR scales multiply; the latest start step wins.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import optax
 from flax import traverse_util
@@ -90,15 +90,14 @@ class Plan:
     if not any(self.trainable(p) for p in paths):
       raise ValueError(f"strategy {self.name!r} leaves no parameter to train")
 
-  def start_steps(self, params: Any) -> Any:
-    """Each parameter's start step, as a tree shaped like `params` (the Trainer's phases)."""
+  def by_path(self, params: Any, value_of: Callable[[str], Any]) -> Any:
+    """A tree shaped like `params` holding `value_of(path)` at each leaf, e.g.
+    `plan.by_path(params, plan.trainable)` (the trainable mask) or `plan.start_step`."""
     flat = traverse_util.flatten_dict(params, sep="/")
-    return traverse_util.unflatten_dict({p: self.start_step(p) for p in flat}, sep="/")
+    return traverse_util.unflatten_dict({p: value_of(p) for p in flat}, sep="/")
 
   def wrap_optimizer(self, tx: optax.GradientTransformation, params: Any, mask: Any
                      ) -> optax.GradientTransformation:
     """Adds per-parameter LR scales and start steps to `tx` (a no-op when all are trivial)."""
-    flat = traverse_util.flatten_dict(params, sep="/")
-    scales = traverse_util.unflatten_dict({p: self.lr_scale(p) for p in flat}, sep="/")
-    return gates.wrap(tx, select_trainable(scales, mask),
-                      select_trainable(self.start_steps(params), mask))
+    return gates.wrap(tx, select_trainable(self.by_path(params, self.lr_scale), mask),
+                      select_trainable(self.by_path(params, self.start_step), mask))
