@@ -6,12 +6,13 @@ import ml_collections
 
 from lmreuse.parallel.sharding import DEFAULT_RULES
 
-# Sizes follow BERT's miniatures (Turc et al. 2019) up to BERT-base.
+# Sizes follow BERT's miniatures (Turc et al. 2019), then BERT-base and BERT-large.
 SIZES = {
     "tiny": dict(d_model=64, num_heads=2, d_ff=256, num_layers=2),
     "mini": dict(d_model=256, num_heads=4, d_ff=1024, num_layers=4),
     "small": dict(d_model=512, num_heads=8, d_ff=2048, num_layers=4),
     "base": dict(d_model=768, num_heads=12, d_ff=3072, num_layers=12),
+    "large": dict(d_model=1024, num_heads=16, d_ff=4096, num_layers=24),
 }
 
 # Architecture presets: the published recipe of each family, as options of one Transformer.

@@ -8,6 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from configs import common
+from lmreuse import components
 from lmreuse.models.config import TransformerConfig
 from lmreuse.models.transformer import Decoder, Encoder, EncoderDecoder
 
@@ -113,6 +115,17 @@ def test_parameters_carry_logical_axes():
   assert tuple(stack["token_embed"]["embedding"]) == ("vocab", "embed")
   assert tuple(stack["layers_0"]["self_attention"]["query"]["kernel"]) == ("embed", "heads", "kv")
   assert tuple(stack["layers_0"]["mlp"]["wi"]["kernel"]) == ("embed", "mlp")
+
+
+# HF BertModel without its pooler: bert-base-uncased and bert-large-uncased.
+@pytest.mark.parametrize("size,count", [("base", 108_891_648), ("large", 334_092_288)])
+def test_bert_size_presets_are_the_published_architectures(size, count):
+  """The presets are what papers call BERT-base and BERT-large: at BERT's vocabulary and
+  length the encoder has exactly the published number of parameters."""
+  model = Encoder(components.model_config(common.model_config("bert", size, max_len=512),
+                                          vocab_size=30522))
+  shapes = jax.eval_shape(model.init, jax.random.key(0), ids())["params"]
+  assert sum(p.size for p in jax.tree.leaves(nn.unbox(shapes))) == count
 
 
 @pytest.mark.parametrize("remat", ["full", "dots"])
