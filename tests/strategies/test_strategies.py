@@ -210,7 +210,6 @@ def test_combined_lora_and_trainable_norms(finetune_config, tmp_path):
   assert not plan.trainable("backbone/stack/layers_0/self_attention/query/kernel")
 
 
-
 def test_combined_adapters_and_llrd(finetune_config, tmp_path):
   """Adapters choose what trains, LLRD how fast: a layer's adapter learns at its depth's rate."""
   config = finetune_config("bert", **{"strategy.name": "adapters,llrd", "strategy.decay": 0.5,
@@ -222,6 +221,7 @@ def test_combined_adapters_and_llrd(finetune_config, tmp_path):
   assert not plan.trainable("backbone/stack/layers_0/mlp/wi/kernel")
   assert plan.lr_scale(adapter.format(0)) == 0.25 and plan.lr_scale(adapter.format(1)) == 0.5
   assert plan.lr_scale("classifier/dense/kernel") == 1.0
+
 
 @pytest.mark.slow
 def test_a_saved_peft_run_reloads_onto_its_base_with_identical_metrics(
