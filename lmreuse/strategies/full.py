@@ -1,4 +1,5 @@
-"""Global fine-tuning: every parameter trains; the baseline the other strategies are read against."""
+"""Global fine-tuning: every parameter trains; the baseline the other strategies are read
+against."""
 
 from lmreuse.strategies import base
 
