@@ -24,9 +24,14 @@ PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "grain", "sent
             "tensorflow-datasets", "numpy")
 
 
+def tokenizer_dir(workdir: str) -> str:
+  """A run's own tokenizer files: the SentencePiece model it trained, or an HF import's files."""
+  return os.path.join(workdir, "tokenizer")
+
+
 def trained_tokenizer_path(workdir: str) -> str:
   """Where a run with config.tokenizer.path='' trains (and later finds) its SentencePiece model."""
-  return os.path.join(workdir, "tokenizer", "spm.model")
+  return os.path.join(tokenizer_dir(workdir), "spm.model")
 
 
 def saved_tokenizer(workdir: str, saved: Mapping) -> str:
@@ -35,7 +40,7 @@ def saved_tokenizer(workdir: str, saved: Mapping) -> str:
   if saved["tokenizer"]["path"]:
     return saved["tokenizer"]["path"]
   trained = trained_tokenizer_path(workdir)
-  return trained if os.path.exists(trained) else os.path.dirname(trained)
+  return trained if os.path.exists(trained) else tokenizer_dir(workdir)
 
 
 def config_to_dict(config: ml_collections.ConfigDict) -> dict:

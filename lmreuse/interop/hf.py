@@ -217,9 +217,9 @@ def _check_new_dir(path: str) -> None:
 def import_to_workdir(hf_dir: str, workdir: str) -> str:
   """Writes a pretraining-workdir-style checkpoint (config.json, checkpoints/0/state with
   `params`, tokenizer/) that `init_from=workdir` and `export_workdir` read."""
+  _check_new_dir(workdir)  # before reading what may be gigabytes of weights
   imported = read(hf_dir)
-  _check_new_dir(workdir)
-  _copy_tokenizer(hf_dir, os.path.join(workdir, "tokenizer"))
+  _copy_tokenizer(hf_dir, workdir_lib.tokenizer_dir(workdir))
   state_dir = os.path.abspath(os.path.join(workdir, "checkpoints", "0", "state"))
   checkpointer = ocp.StandardCheckpointer()
   checkpointer.save(state_dir, {"params": imported.params})
