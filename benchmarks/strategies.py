@@ -68,8 +68,6 @@ _TOKENIZER = flags.DEFINE_string(
     "tokenizer", "", f"SentencePiece model; default: one trained once into {TOKENIZER_CACHE}.")
 _QUICK = flags.DEFINE_bool("quick", False, "Smoke run: tiny model, 1 round x 2 steps, 1 warm-up.")
 
-Batch = dict[str, np.ndarray]
-
 
 def cached_tokenizer(tok: ml_collections.ConfigDict) -> str:
   """The path of an 8k-piece WordNet tokenizer, trained on the first run only; the file name
@@ -117,15 +115,6 @@ def make_config(spec: str, size: str, batch_size: int, seq_len: int,
                          f"it has {sorted(config.strategy)}")
   config.strategy.update(keys)
   return config
-
-
-def host_batch(setup: finetune.Setup, batch_size: int) -> Batch:
-  """The first `batch_size` training features, stacked: one step's batch."""
-  features = [f.arrays for e in list(setup.data.splits["train"])[:batch_size]
-              for f in setup.task.features(e, None)][:batch_size]
-  if len(features) < batch_size:
-    raise ValueError(f"only {len(features)} training features for --batch_size={batch_size}")
-  return {k: np.stack([f[k] for f in features]) for k in features[0]}
 
 
 @dataclasses.dataclass
@@ -195,7 +184,7 @@ def main(argv: list[str]) -> None:
       tokenizer = config.tokenizer.path
       setup = finetune.build(config, workdir)
       if batch is None:  # every strategy steps on the same examples
-        batch, model_cfg = host_batch(setup, _BATCH.value), setup.model_cfg
+        batch, model_cfg = setup.first_train_batch(_BATCH.value), setup.model_cfg
       device_batch = setup.trainer.device_batch(trainer_lib.split_microbatches(batch, 1), 1)
       runners.append(Runner(name, setup.trainer, setup.state, device_batch))
 

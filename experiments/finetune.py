@@ -113,6 +113,15 @@ class Setup:
   model_cfg: Any
   plan: strategies.Plan
 
+  def first_train_batch(self, batch_size: int) -> dict[str, np.ndarray]:
+    """The first `batch_size` training features, stacked, unshuffled: one fixed step's batch
+    for measuring or checking a step (benchmarks, tests), not for training."""
+    features = [f.arrays for e in list(self.data.splits["train"])[:batch_size]
+                for f in self.task.features(e, None)][:batch_size]
+    if len(features) < batch_size:
+      raise ValueError(f"only {len(features)} training features for a batch of {batch_size}")
+    return {k: np.stack([f[k] for f in features]) for k in features[0]}
+
 
 def build(config: ml_collections.ConfigDict, workdir: str) -> Setup:
   """Validates and builds the run; raises on any bad input without writing run outputs."""

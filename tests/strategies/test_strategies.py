@@ -40,9 +40,7 @@ def flat(tree):
 
 
 def first_batch(setup, batch_size):
-  features = [f.arrays for e in list(setup.data.splits["train"])[:batch_size]
-              for f in setup.task.features(e, None)][:batch_size]
-  batch = {k: np.stack([f[k] for f in features]) for k in features[0]}
+  batch = setup.first_train_batch(batch_size)
   return setup.trainer.device_batch(split_microbatches(batch, 1), 1)
 
 
