@@ -40,7 +40,7 @@ from experiments import finetune  # noqa: E402
 from lmreuse import strategies  # noqa: E402
 from lmreuse.data import tokenizer as tokenizer_lib  # noqa: E402
 from lmreuse.data.corpus import wordnet  # noqa: E402
-from lmreuse.train import trainer as trainer_lib  # noqa: E402
+from lmreuse.train import compute, trainer as trainer_lib  # noqa: E402
 
 # NAME or NAME:KEY=VALUE:...: the sizes the papers use for BERT-sized models; LoRA both at its
 # default (query and value, as Hu et al.) and on every projection (the most expensive target
@@ -127,6 +127,7 @@ class Runner:
   batch: dict[str, jax.Array]
   seconds: list[float] = dataclasses.field(default_factory=list)
   memory: dict[str, int] = dataclasses.field(default_factory=dict)
+  memory_bytes: int = 0
 
   def step(self) -> float:
     start = time.perf_counter()
@@ -135,16 +136,9 @@ class Runner:
     return time.perf_counter() - start
 
   def measure_memory(self) -> None:
-    """XLA's memory account of the step `train_step` runs."""
-    stats = self.trainer.lower_train_step(self.state, self.batch).compile().memory_analysis()
-    self.memory = {"arguments": stats.argument_size_in_bytes,
-                   "outputs": stats.output_size_in_bytes,
-                   "donated": stats.alias_size_in_bytes, "temp": stats.temp_size_in_bytes}
-
-  @property
-  def memory_bytes(self) -> int:
-    m = self.memory
-    return m["arguments"] + m["outputs"] - m["donated"] + m["temp"]
+    """XLA's memory account of the step `train_step` runs (compiled by the first step)."""
+    compiled = self.trainer.compiled_train_step(self.state, self.batch)
+    self.memory, self.memory_bytes = compute.memory_parts(compiled), compute.memory_bytes(compiled)
 
   @property
   def trainable_fraction(self) -> float:

@@ -27,7 +27,7 @@ from lmreuse.eval import metrics as metrics_lib
 from lmreuse.objectives.base import apply_rngs, init_rngs
 from lmreuse.parallel import mesh as mesh_lib, sharding as sharding_lib
 from lmreuse.tasks.evaluation import EvalSet, Evaluator, featurize
-from lmreuse.train import optim, restore
+from lmreuse.train import compute as compute_lib, optim, restore
 from lmreuse.train.checkpoint import Checkpointer, abstract_like
 from lmreuse.train.early_stopping import EarlyStopping, default_mode
 from lmreuse.train.trainer import LoopConfig, Program, Trainer, run_loop
@@ -196,7 +196,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   train_iter = iter(pipeline.make_task_dataset(
       data.splits["train"], lambda ex, rng: [f.arrays for f in task.features(ex, rng)],
       batch_size=config.batch_size // jax.process_count(), seed=config.seed,
-      shard_index=jax.process_index(), shard_count=jax.process_count()))
+      shard_index=jax.process_index(), shard_count=jax.process_count(),
+      random_features=task.random_features))
   latest = checkpointer.latest_step()
   if latest is not None:
     logging.info("resuming from %s step %d", checkpointer.directory, latest)
@@ -213,6 +214,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   stopper = EarlyStopping.restore(best_json, stopper.metric, stopper.mode, stopper.patience,
                                   latest or 0)
   evaluator = Evaluator(trainer, task, setup.module, config.batch_size)
+  timers = trainer.timers
   # The representation "before" fine-tuning: the initial (pretrained) params, on the host.
   params_before = jax.device_get(setup.state.params) if config.viz.enabled else None
 
@@ -225,8 +227,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   def after_eval(step, state, scores):
     improved, stop = stopper.update(step, {k.split("/", 1)[1]: v for k, v in scores.items()})
     if improved:
-      best_checkpointer.save(step, state.params, None, force=True)
-      best_checkpointer.wait()
+      with timers("checkpoint"):
+        best_checkpointer.save(step, state.params, None, force=True)
+        best_checkpointer.wait()
     if is_main:
       stopper.save(best_json)
     return stop
@@ -240,7 +243,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     best_step = best_checkpointer.latest_step()
     if best_step is None:  # total_steps=0: evaluate the initial (e.g. loaded) model only
       best_step, best_params = 0, state.params
-      stopper.best_metrics = validation_scores(state.params)
+      with timers("eval"):
+        stopper.best_metrics = validation_scores(state.params)
     else:
       best_params = best_checkpointer.restore(best_step, abstract_like(state.params), None)
   finally:
@@ -250,7 +254,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   results = {f"validation/{k}": v for k, v in stopper.best_metrics.items()}
   predictions_split = "test" if "test" in eval_sets else "validation"
-  scores, predictions = evaluator(best_params, eval_sets[predictions_split])
+  with timers("eval"):
+    scores, predictions = evaluator(best_params, eval_sets[predictions_split])
   if predictions_split == "test":
     results.update({f"test/{k}": v for k, v in scores.items()})
   if is_main:
@@ -272,6 +277,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
         {p: v for p, v in flat.items() if setup.plan.trainable(p)}, sep="/"))
   logging.info("strategy %s: %s of %s parameters train (%.3f%%)", setup.plan.name,
                f"{trainable:,}", f"{total:,}", 100 * trainable / total)
+  compute = compute_lib.summary(trainer, state, lambda: next(train_iter), config.grad_accum_steps)
   return workdir_lib.write_results(
       workdir, config, results, start_time=start_time, steps=int(state.step),
       best_step=int(best_step), stopped_early=bool(stopper.stopped_at),
@@ -280,4 +286,5 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
       parameters={"total": total, "trainable": trainable, "trainable_fraction": trainable / total},
       task={"name": config.task.name, "type": data.task_type,
             "examples": {k: len(v) for k, v in data.splits.items()}, "origin": data.origin},
-      model=dataclasses.asdict(setup.model_cfg), tokenizer=setup.tokenizer.model_path, **extra)
+      model=dataclasses.asdict(setup.model_cfg), tokenizer=setup.tokenizer.model_path,
+      compute=compute, **extra)

@@ -14,7 +14,7 @@ from lmreuse import objectives, workdir as workdir_lib
 from lmreuse.data import pipeline
 from lmreuse.data.corpus import wordnet
 from lmreuse.parallel import mesh as mesh_lib, sharding as sharding_lib
-from lmreuse.train import optim
+from lmreuse.train import compute as compute_lib, optim
 from lmreuse.train.checkpoint import Checkpointer, abstract_like
 from lmreuse.train.trainer import LoopConfig, Trainer, run_loop
 from lmreuse.train.writers import MetricWriter
@@ -86,6 +86,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   finally:
     checkpointer.close()
     writer.close()
+  compute = compute_lib.summary(trainer, state, lambda: next(train_iter), config.grad_accum_steps)
   return workdir_lib.write_results(
       workdir, config, eval_metrics, start_time=start_time, steps=int(state.step),
-      parameters=trainer.param_count(), tokenizer=tokenizer.model_path)
+      parameters=trainer.param_count(), tokenizer=tokenizer.model_path, compute=compute)

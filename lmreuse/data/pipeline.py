@@ -276,14 +276,28 @@ def make_pretrain_dataset(
 
 
 def make_task_dataset(examples: Sequence[dict], features_fn: Any, *, batch_size: int, seed: int,
-                      shard_index: int = 0, shard_count: int = 1) -> grain.IterDataset:
+                      shard_index: int = 0, shard_count: int = 1,
+                      random_features: bool = True) -> grain.IterDataset:
   """Endless shuffled training batches of a downstream task (this process's share).
 
   `features_fn(example, rng)` returns a list of feature dicts (several for windowed QA, with
-  `rng` for augmentation), so the examples are re-featurized with fresh randomness each epoch.
+  `rng` for augmentation). With `random_features` the examples are re-featurized with fresh
+  randomness each epoch; without, each example's features are computed once and reused in
+  later epochs (tokenizing every example on every step can cost as much as a small model's
+  step).
   """
   indices = _document_indices(len(examples), seed=seed, train=True, shard_index=shard_index,
                               shard_count=shard_count)
-  ds = indices.random_map(lambda i, rng: features_fn(examples[int(i)], rng))
+  if random_features:
+    ds = indices.random_map(lambda i, rng: features_fn(examples[int(i)], rng))
+  else:
+    cache: dict[int, list] = {}
+
+    def cached(i: int) -> list:
+      if i not in cache:
+        cache[i] = features_fn(examples[i], None)
+      return cache[i]
+
+    ds = indices.map(lambda i: cached(int(i)))
   ds = grain.experimental.FlatMapIterDataset(ds.to_iter_dataset(_READ_OPTIONS), _Unlist())
   return ds.batch(batch_size, drop_remainder=True)

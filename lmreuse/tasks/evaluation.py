@@ -2,7 +2,8 @@
 
 Features are built once per split; batches are padded to the training batch size with
 zero-weight rows, so the last partial batch is evaluated too and shapes stay static (one
-compilation). The jitted step returns the task's per-feature outputs and the loss pairs.
+compilation, ahead of time and counted as the trainer's compile time). The step returns the
+task's per-feature outputs and the loss pairs.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import tqdm
 
 from lmreuse.parallel import sharding as sharding_lib
 from lmreuse.tasks.base import Feature, TaskType
+from lmreuse.train import compute
 from lmreuse.train.trainer import Trainer, reduce_pairs
 
 
@@ -65,7 +67,7 @@ class Evaluator:
       _, pairs = loss_fn(params, batch, jax.random.PRNGKey(0), False)
       return task.predict(module, params, batch), pairs
 
-    self._step = jax.jit(step)
+    self._step = compute.AheadOfTime(jax.jit(step).lower, trainer.timers)
 
   def __call__(self, params: Any, eval_set: EvalSet) -> tuple[dict[str, float], list]:
     """(metrics without prefix, one prediction per example)."""

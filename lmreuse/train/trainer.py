@@ -21,6 +21,7 @@ from absl import logging
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from lmreuse.parallel import sharding as sharding_lib
+from lmreuse.train import compute
 from lmreuse.train.checkpoint import Checkpointer
 from lmreuse.train.writers import MetricWriter
 
@@ -86,6 +87,12 @@ def _add(a: Any, b: Any) -> Any:
   return jax.tree.map(jnp.add, a, b)
 
 
+def _value_and_grad(params: Any, loss_fn: LossFn) -> Callable:
+  """(loss, pairs), grads of the training loss in a sub-tree of `params`, the rest held fixed."""
+  return jax.value_and_grad(
+      lambda t, b, r: loss_fn(merge_trainable(params, t), b, r, True), has_aux=True)
+
+
 def train_step(state: TrainState, batch: Batch, *, loss_fn: LossFn,
                tx: optax.GradientTransformation, schedule: optax.Schedule,
                trainable_mask: Any = None, active_mask: Any = None
@@ -100,8 +107,7 @@ def train_step(state: TrainState, batch: Batch, *, loss_fn: LossFn,
   rng = jax.random.fold_in(state.rng, state.step)
   trainable = select_trainable(state.params, trainable_mask)
   active = trainable if active_mask is None else select_trainable(state.params, active_mask)
-  grad_fn = jax.value_and_grad(
-      lambda t, b, r: loss_fn(merge_trainable(state.params, t), b, r, True), has_aux=True)
+  grad_fn = _value_and_grad(state.params, loss_fn)
 
   def micro_step(carry, xs):
     index, micro_batch = xs
@@ -142,7 +148,11 @@ def eval_step(params: Any, batch: Batch, *, loss_fn: LossFn) -> MetricPairs:
 
 @dataclasses.dataclass
 class Trainer:
-  """Builds the sharded state and the compiled steps for one Program on one mesh."""
+  """Builds the sharded state and the compiled steps for one Program on one mesh.
+
+  Steps are compiled ahead of time, on first use, with the time counted in `timers` as
+  compile time; the Compiled objects stay, so their cost and memory analyses are free.
+  """
 
   program: Program
   tx: optax.GradientTransformation
@@ -154,6 +164,8 @@ class Trainer:
   # distinct start opens a phase with its own compiled step that differentiates only what has
   # started; the optimizer's gates (lmreuse/strategies/gates.py) hold the rest still.
   start_steps: Any = None
+  # This process's compile, train, eval and checkpoint seconds (results.json "compute").
+  timers: compute.Timers = dataclasses.field(default_factory=compute.Timers, init=False)
 
   def __post_init__(self):
     with sharding_lib.mesh_context(self.mesh, self.rules):
@@ -171,8 +183,11 @@ class Trainer:
     self._mask_and_starts = (mask, starts)
     self.phases: tuple[int, ...] = tuple(sorted({0} | {
         int(s) for m, s in zip(jax.tree.leaves(mask), jax.tree.leaves(starts)) if m}))
-    self._compiled_train: dict[int, Callable] = {}
-    self._compiled_eval = None
+    self._jitted_train_steps: dict[int, Callable] = {}
+    # Per phase; keyed by the batch alone: the state's shardings are fixed by in_shardings.
+    self._train_steps: dict[int, compute.AheadOfTime] = {}
+    jitted_eval = jax.jit(lambda p, b: eval_step(p, b, loss_fn=self.program.loss_fn))
+    self._eval_step = compute.AheadOfTime(jitted_eval.lower, self.timers)  # lowered in evaluate
 
   def _init_boxed(self, seed_key: jax.Array) -> TrainState:
     param_rng, dropout_rng = jax.random.split(seed_key)
@@ -210,6 +225,10 @@ class Trainer:
     return {k: jax.make_array_from_process_local_data(shardings[k], v)
             for k, v in batch.items()}
 
+  def train_batch(self, host_batch: Batch, accum_steps: int) -> dict[str, jax.Array]:
+    """One step's host batch [B, ...] as the sharded [accum_steps, B / accum_steps, ...]."""
+    return self.device_batch(split_microbatches(host_batch, accum_steps), 1)
+
   def phase(self, step: int | None) -> int:
     """The phase of the update at `step` (0-based): the latest start at or before it; the last
     (everything trainable differentiated) when the step is not given."""
@@ -220,10 +239,23 @@ class Trainer:
     mask, starts = self._mask_and_starts
     return jax.tree.map(lambda m, s: bool(m) and int(s) <= phase, mask, starts)
 
+  def _active_mask_or_none(self, phase: int) -> Any:
+    """None in the last phase, where every trainable parameter is differentiated."""
+    return None if phase == self.phases[-1] else self.active_mask(phase)
+
   def train_step(self, state: TrainState, batch: dict[str, jax.Array], step: int | None = None):
     """One update; pass the (0-based) `step` to run only its phase's gradients."""
-    with sharding_lib.mesh_context(self.mesh, self.rules):
-      return self._jitted_train(self.phase(step), batch)(state, batch)
+    return self.compiled_train_step(state, batch, step)(state, batch)
+
+  def compiled_train_step(self, state: TrainState, batch: dict[str, jax.Array],
+                          step: int | None = None) -> jax.stages.Compiled:
+    """The Compiled step `train_step` runs at `step` on batches like `batch`; compiled (and
+    timed) the first time it is asked for."""
+    phase = self.phase(step)
+    if phase not in self._train_steps:
+      self._train_steps[phase] = compute.AheadOfTime(
+          lambda s, b: self.lower_train_step(s, b, phase), self.timers, key=lambda s, b: b)
+    return self._train_steps[phase].compiled(state, batch)
 
   def lower_train_step(self, state: TrainState, batch: dict[str, jax.Array],
                        step: int | None = None) -> jax.stages.Lowered:
@@ -232,24 +264,50 @@ class Trainer:
       return self._jitted_train(self.phase(step), batch).lower(state, batch)
 
   def _jitted_train(self, phase: int, batch: dict[str, jax.Array]) -> Callable:
-    if phase not in self._compiled_train:
+    if phase not in self._jitted_train_steps:
       batch_shardings = {k: v.sharding for k, v in batch.items()}
-      active = None if phase == self.phases[-1] else self.active_mask(phase)
+      active = self._active_mask_or_none(phase)
       fn = lambda s, b: train_step(s, b, loss_fn=self.program.loss_fn, tx=self.tx,
                                    schedule=self.schedule, trainable_mask=self.trainable_mask,
                                    active_mask=active)
-      self._compiled_train[phase] = jax.jit(
+      self._jitted_train_steps[phase] = jax.jit(
           fn, in_shardings=(self.state_shardings, batch_shardings),
           out_shardings=(self.state_shardings, self.replicated), donate_argnums=0)
-    return self._compiled_train[phase]
+    return self._jitted_train_steps[phase]
+
+  def train_step_flops(self, state: TrainState, batch: dict[str, jax.Array],
+                       step: int | None = None) -> float:
+    """FLOPs of the update at `step` over the whole mesh: XLA's count of the compiled step (one
+    device's SPMD program) × devices.
+
+    Where XLA counts a loop's body once (`compute.loop_bodies_counted_once`), that count holds
+    one of the step's micro-batches; the others are added from XLA's count of one micro-batch's
+    gradient, lowered but not compiled (the whole mesh's computation before optimisation), so
+    that no second compile is needed.
+    """
+    flops = compute.flops(self.compiled_train_step(state, batch, step)) * self.mesh.size
+    accum_steps = jax.tree.leaves(batch)[0].shape[0]
+    if accum_steps > 1 and compute.loop_bodies_counted_once(self.mesh.devices.flat[0].platform):
+      flops += (accum_steps - 1) * self._micro_batch_flops(batch, self.phase(step))
+    return flops
+
+  def _micro_batch_flops(self, batch: dict[str, jax.Array], phase: int) -> float:
+    """XLA's count of one micro-batch's forward and backward in `phase`, as `train_step` runs
+    them in its accumulation loop."""
+    active = self._active_mask_or_none(phase)
+    mask = self.trainable_mask if active is None else active
+    grads = lambda params, b, rng: _value_and_grad(params, self.program.loss_fn)(
+        select_trainable(params, mask), b, rng)
+    micro_batch = {k: jax.ShapeDtypeStruct(v.shape[1:], v.dtype) for k, v in batch.items()}
+    with self.timers("compile"), sharding_lib.mesh_context(self.mesh, self.rules):
+      lowered = jax.jit(grads).lower(self.abstract_params, micro_batch, jax.random.PRNGKey(0))
+    return compute.flops(lowered)
 
   def evaluate(self, params: Any, batches: Iterable[Batch]) -> dict[str, float]:
-    if self._compiled_eval is None:
-      self._compiled_eval = jax.jit(lambda p, b: eval_step(p, b, loss_fn=self.program.loss_fn))
     totals = None
     with sharding_lib.mesh_context(self.mesh, self.rules):
       for batch in batches:
-        pairs = self._compiled_eval(params, self.device_batch(batch))
+        pairs = self._eval_step(params, self.device_batch(batch))
         totals = pairs if totals is None else _add(totals, pairs)
     if totals is None:
       raise ValueError("evaluation got no batches: the validation split is smaller than one "
@@ -286,7 +344,10 @@ def run_loop(trainer: Trainer, state: TrainState, train_iter: Iterator[Batch],
 
   `evaluate(params)` gives eval metrics; `after_eval(step, state, metrics)` (e.g. early
   stopping, best-checkpoint tracking) may return True to stop training after that step.
+  `trainer.timers` splits the loop's time: "train" is all of it (steps, their input, logging)
+  but the compiles, evaluations and checkpoint saves and waits, each timed as its own part.
   """
+  timers = trainer.timers
   start = int(state.step)
   eval_metrics: dict[str, float] = {}
   pending: list[dict[str, jax.Array]] = []
@@ -294,44 +355,51 @@ def run_loop(trainer: Trainer, state: TrainState, train_iter: Iterator[Batch],
   last_time, last_step = time.perf_counter(), start
   bar = tqdm.tqdm(total=loop.total_steps, initial=start, desc="train", unit="step",
                   dynamic_ncols=True, disable=jax.process_index() != 0)
-  for step in range(start + 1, loop.total_steps + 1):
-    host_batch = next(train_iter)
-    tokens_per_step = trainer.program.tokens_per_example * len(next(iter(host_batch.values())))
-    batch = trainer.device_batch(split_microbatches(host_batch, loop.grad_accum_steps), 1)
-    state, metrics = trainer.train_step(state, batch, step - 1)
-    pending.append(metrics)
-    bar.update(1)
+  with timers("train"):
+    for step in range(start + 1, loop.total_steps + 1):
+      host_batch = next(train_iter)
+      tokens_per_step = trainer.program.tokens_per_example * len(next(iter(host_batch.values())))
+      batch = trainer.train_batch(host_batch, loop.grad_accum_steps)
+      state, metrics = trainer.train_step(state, batch, step - 1)  # a phase's first compiles
+      pending.append(metrics)
+      bar.update(1)
 
-    final = step == loop.total_steps
-    record: dict[str, float] = {}
-    if step % loop.log_every == 0 or final:
-      fetched = jax.device_get(pending)
-      record = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
-      now = time.perf_counter()
-      record["train/tokens_per_sec"] = tokens_per_step * (step - last_step) / (now - last_time)
-      record["train/steps_per_sec"] = (step - last_step) / (now - last_time)
-      last_time, last_step, pending = now, step, []
-      if not np.isfinite(record["train/loss"]):
-        raise FloatingPointError(f"train/loss is {record['train/loss']} at step {step}; "
-                                 "lower config.optimizer.learning_rate or check the data")
-      bar.set_postfix(loss=f"{record['train/loss']:.4f}")
-    stop = False
-    if final or (loop.eval_every and step % loop.eval_every == 0):
-      eval_metrics = evaluate(state.params)
-      record.update(eval_metrics)
-      stop = after_eval is not None and after_eval(step, state, eval_metrics)
-      last_time = time.perf_counter()  # evaluation time is not training throughput
-    if record:
-      writer.write(step, record)
-    if step % loop.checkpoint_every == 0 or final or stop:
-      checkpointer.save(step, state, train_iter, force=True)
-    if stop:
-      logging.info("stopping early at step %d", step)
-      break
-  bar.close()
-  checkpointer.wait()
+      final = step == loop.total_steps
+      record: dict[str, float] = {}
+      if step % loop.log_every == 0 or final:
+        fetched = jax.device_get(pending)
+        record = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
+        now = time.perf_counter()
+        record["train/tokens_per_sec"] = tokens_per_step * (step - last_step) / (now - last_time)
+        record["train/steps_per_sec"] = (step - last_step) / (now - last_time)
+        last_time, last_step, pending = now, step, []
+        if not np.isfinite(record["train/loss"]):
+          raise FloatingPointError(f"train/loss is {record['train/loss']} at step {step}; "
+                                   "lower config.optimizer.learning_rate or check the data")
+        bar.set_postfix(loss=f"{record['train/loss']:.4f}")
+      stop = False
+      if final or (loop.eval_every and step % loop.eval_every == 0):
+        jax.block_until_ready(state)  # the steps dispatched so far are training time
+        with timers("eval"):
+          eval_metrics = evaluate(state.params)
+          record.update(eval_metrics)
+          stop = after_eval is not None and after_eval(step, state, eval_metrics)
+        last_time = time.perf_counter()  # evaluation time is not training throughput
+      if record:
+        writer.write(step, record)
+      if step % loop.checkpoint_every == 0 or final or stop:
+        jax.block_until_ready(state)
+        with timers("checkpoint"):
+          checkpointer.save(step, state, train_iter, force=True)
+      if stop:
+        logging.info("stopping early at step %d", step)
+        break
+    bar.close()
+  with timers("checkpoint"):
+    checkpointer.wait()
   writer.flush()
   if not eval_metrics:  # nothing left to train: the run had already finished
-    eval_metrics = evaluate(state.params)
+    with timers("eval"):
+      eval_metrics = evaluate(state.params)
   logging.info("final eval: %s", eval_metrics)
   return state, eval_metrics

@@ -1,5 +1,5 @@
 """End-to-end fine-tuning through experiments.finetune: reuse, every task type, early stopping,
-resume, and bad input that must leave the workdir alone."""
+resume, compute accounting, and bad input that must leave the workdir alone."""
 
 import json
 import os
@@ -131,6 +131,73 @@ def test_early_stopping_keeps_the_best_checkpoint_and_a_rerun_does_not_train_on(
   again = finetune.run(config, str(tmp_path))
   assert again["steps"] == 3 and again["metrics"] == results["metrics"]
   assert read_metrics(str(tmp_path))[-1]["step"] == 3
+
+
+COMPUTE_KEYS = {"train_flops", "train_flops_per_step", "train_flops_6nd", "peak_memory_bytes",
+                "tokens", "time_sec"}
+
+
+@pytest.mark.slow
+def test_results_record_the_compute_of_every_step(finetune_config, tmp_path):
+  # A constant schedule keeps total_steps out of the compiled step, so the 8-step run compiles
+  # the 4-step run's program (once, through the persistent cache).
+  config = finetune_config(**{"optimizer.schedule": "constant"})
+  results = finetune.run(config, str(tmp_path / "four"))
+  recorded = results["compute"]
+  assert json.loads((tmp_path / "four" / "results.json").read_text())["compute"] == recorded
+  assert set(recorded) == COMPUTE_KEYS
+
+  setup = finetune.build(config, str(tmp_path / "unused"))
+  trainer = setup.trainer
+  batch = trainer.train_batch(setup.first_train_batch(config.batch_size), 1)
+  compiled = trainer.lower_train_step(setup.state, batch, 0).compile()
+  per_step = compiled.cost_analysis()["flops"] * trainer.mesh.size
+  assert recorded["train_flops_per_step"] == {"0": per_step}
+  assert recorded["train_flops"] == 4 * per_step > 0
+  m = compiled.memory_analysis()
+  assert recorded["peak_memory_bytes"] == (m.argument_size_in_bytes + m.output_size_in_bytes -
+                                           m.alias_size_in_bytes + m.temp_size_in_bytes) > 0
+  tokens = 4 * config.batch_size * trainer.program.tokens_per_example
+  assert recorded["tokens"] == tokens
+  flat = traverse_util.flatten_dict(trainer.abstract_params, sep="/")
+  n = sum(v.size for p, v in flat.items() if not p.endswith("/embedding"))
+  assert recorded["train_flops_6nd"] == 6 * n * tokens
+  times = recorded["time_sec"]
+  assert set(times) == {"compile", "train", "eval", "checkpoint"}
+  assert all(t >= 0 for t in times.values()) and times["compile"] > 0 and times["eval"] > 0
+  assert sum(times.values()) <= results["wall_time_sec"]
+
+  longer = finetune.run(finetune_config(total_steps=8, **{"optimizer.schedule": "constant"}),
+                        str(tmp_path / "eight"))["compute"]
+  assert longer["train_flops"] == pytest.approx(2 * recorded["train_flops"], rel=1e-9)
+  assert longer["tokens"] == 2 * tokens
+  # Re-running the finished run trains nothing in this process, yet counts all its steps.
+  again = finetune.run(config, str(tmp_path / "four"))["compute"]
+  assert {k: again[k] for k in COMPUTE_KEYS - {"time_sec"}} == {
+      k: recorded[k] for k in COMPUTE_KEYS - {"time_sec"}}
+
+
+@pytest.mark.slow
+def test_lp_ft_records_each_phase_and_weights_it_by_its_steps(finetune_config, tmp_path):
+  config = finetune_config(**{"strategy.name": "lp_ft", "strategy.probe_steps": 3})
+  recorded = finetune.run(config, str(tmp_path))["compute"]
+  per_step = recorded["train_flops_per_step"]
+  assert list(per_step) == ["0", "3"]
+  assert 0 < per_step["0"] < per_step["3"]  # the probe differentiates the head alone
+  assert recorded["train_flops"] == pytest.approx(3 * per_step["0"] + 1 * per_step["3"])
+
+
+def test_pretraining_records_compute_too(bert_pretrained):
+  """run_loop is shared, so pretraining's results.json has the same section."""
+  workdir, config = bert_pretrained
+  results = json.loads(open(os.path.join(workdir, "results.json")).read())
+  recorded = results["compute"]
+  assert set(recorded) == COMPUTE_KEYS
+  steps = config.total_steps
+  assert recorded["tokens"] == steps * config.batch_size * config.data.seq_len
+  assert recorded["train_flops"] == steps * recorded["train_flops_per_step"]["0"] > 0
+  assert 0 < recorded["train_flops_6nd"] and recorded["peak_memory_bytes"] > 0
+  assert sum(recorded["time_sec"].values()) <= results["wall_time_sec"]
 
 
 def test_bad_input_fails_naming_the_file_and_line_and_keeps_the_workdir(finetune_config, tmp_path):
