@@ -10,6 +10,9 @@ Data flow for one task:
     → `features(example, rng)`: fixed-shape numpy arrays per feature + host-side `meta`
     → batches → model (`loss` in training; `predict` at evaluation, jitted)
     → `postprocess(examples, metas, outputs)` → one prediction per example → `metrics`.
+
+`metrics` is the classmethod `score` on the examples' gold fields, so a study can re-score
+predictions.jsonl records (which carry those fields) without building a model or a tokenizer.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import numpy as np
 import optax
 
 from lmreuse.data.tokenizer import Tokenizer
+from lmreuse.eval.metrics import SufficientStatistics
 from lmreuse.models.config import TransformerConfig
 from lmreuse.train.trainer import MetricPairs
 
@@ -59,6 +63,7 @@ class TaskType(abc.ABC):
 
   name: str = ""
   architectures: tuple[str, ...] = ("encoder", "decoder", "encoder_decoder")
+  gold_fields: tuple[str, ...] = ()  # the example fields `score` reads the answers from
 
   def __init__(self, ctx: Context):
     self.ctx = ctx
@@ -66,6 +71,12 @@ class TaskType(abc.ABC):
     if arch not in self.architectures:
       raise ValueError(f"task type {self.name!r} cannot run on the {arch} architecture; it needs "
                        f"one of {self.architectures}")
+
+  @property
+  def random_features(self) -> bool:
+    """Whether training features depend on the `rng` (augmentation); if not, the training
+    pipeline featurizes each example once."""
+    return False
 
   @abc.abstractmethod
   def features(self, example: dict, rng: np.random.Generator | None) -> list[Feature]:
@@ -93,13 +104,46 @@ class TaskType(abc.ABC):
     """One prediction per example from the per-feature outputs (host side); feature i came
     from examples[example_index[i]] (one feature per example except in windowed QA)."""
 
+  @classmethod
   @abc.abstractmethod
+  def score(cls, examples: Sequence[dict], predictions: Sequence[Any], positive_label: Any = None,
+            *, metric: str | None = None) -> dict[str, float]:
+    """Task metrics from maintained libraries (lmreuse/eval/metrics.py), from the gold answers in
+    `examples` alone (examples or predictions.jsonl records). With `metric`, only that entry:
+    a bootstrap re-scores thousands of resamples and should not pay for the other metrics."""
+
+  @classmethod
+  def per_example(cls, examples: Sequence[dict], predictions: Sequence[Any]
+                  ) -> dict[str, np.ndarray]:
+    """One value per example for the metrics that are means over examples (their mean is
+    `score`'s value), so resampling the test set needs no re-scoring; the others are absent."""
+    return {}
+
+  @classmethod
+  def sufficient_statistics(cls, examples: Sequence[dict], predictions: Sequence[Any]
+                            ) -> dict[str, SufficientStatistics]:
+    """Metric -> (per-example counts [n_examples, k], the function of their sum [..., k] that
+    gives the metric) for corpus metrics built from counts that add up over examples (corpus
+    BLEU, entity F1): a resample's value is then a sum and one call, not a re-scoring. The
+    function of the full set's sum is `score`'s value exactly; other metrics are absent."""
+    return {}
+
   def metrics(self, examples: Sequence[dict], predictions: Sequence[Any]) -> dict[str, float]:
-    """Task metrics from maintained libraries (lmreuse/eval/metrics.py)."""
+    """`score` with what this instance knows beyond the examples (a positive label)."""
+    return self.score(examples, predictions)
 
   def record(self, example: dict, prediction: Any) -> dict:
     """One line of predictions.jsonl: the example's inputs, its gold answer, the prediction."""
     return {**example, "prediction": prediction}
+
+
+def select(result: dict[str, float], metric: str | None, task: str) -> dict[str, float]:
+  """All of `result`, or just `metric`'s entry; an unknown name fails listing the known ones."""
+  if metric is None:
+    return result
+  if metric not in result:
+    raise ValueError(f"metric {metric!r} is not one of the {task} metrics {sorted(result)}")
+  return {metric: result[metric]}
 
 
 def weighted_loss(loss: jax.Array, weights: jax.Array, **metrics: jax.Array

@@ -48,6 +48,10 @@ class TextTask(base.TaskType):
     self.pooling = encoding.resolve_pooling(ctx.task.pooling, ctx.model_cfg.architecture)
     self.augmenter = augment.from_config(ctx.task.augment)
 
+  @property
+  def random_features(self) -> bool:
+    return self.augmenter is not None
+
   def row(self, example: dict, rng: np.random.Generator | None) -> dict[str, np.ndarray]:
     texts = [example["text"], example.get("text_pair") or ""]
     if rng is not None and self.augmenter is not None:
@@ -60,6 +64,7 @@ class TextTask(base.TaskType):
 
 class Classification(TextTask):
   name = "classification"
+  gold_fields = ("label",)
 
   def __init__(self, ctx: base.Context):
     super().__init__(ctx)
@@ -99,9 +104,35 @@ class Classification(TextTask):
   def postprocess(self, examples, example_index, metas, outputs) -> list[Any]:
     return [self.ctx.labels[int(i)] for i in outputs["label_id"]]
 
+  @staticmethod
+  def _labels(examples: Sequence[dict], predictions: Sequence[Any]) -> tuple[list, list]:
+    """Gold labels and predictions as one type: mixed sides (a NumPy int that write_jsonl's
+    `default=str` wrote as text, beside JSON ints) are compared as text, which sklearn refuses
+    to mix with numbers."""
+    labels, predictions = [e["label"] for e in examples], list(predictions)
+    if len({type(x) for x in labels + predictions}) > 1:
+      labels, predictions = [str(x) for x in labels], [str(x) for x in predictions]
+    return labels, predictions
+
+  @classmethod
+  def score(cls, examples: Sequence[dict], predictions: Sequence[Any], positive_label: Any = None,
+            *, metric: str | None = None) -> dict[str, float]:
+    labels, predictions = cls._labels(examples, predictions)
+    if positive_label is not None and positive_label != "":
+      # Matched as text, as `config.task.positive_label` is matched to the training labels.
+      seen = {str(x): x for x in predictions + labels}
+      positive_label = seen.get(str(positive_label), positive_label)
+    else:
+      positive_label = None
+    return metrics.classification(labels, predictions, positive_label=positive_label, only=metric)
+
+  @classmethod
+  def per_example(cls, examples: Sequence[dict], predictions: Sequence[Any]
+                  ) -> dict[str, np.ndarray]:
+    return metrics.classification_per_example(*cls._labels(examples, predictions))
+
   def metrics(self, examples: Sequence[dict], predictions: Sequence[Any]) -> dict[str, float]:
-    return metrics.classification([e["label"] for e in examples], predictions,
-                                  positive_label=self.positive_label)
+    return self.score(examples, predictions, self.positive_label)
 
 
 TASK_TYPE = Classification

@@ -32,6 +32,7 @@ def windows(num_tokens: int, window: int, stride: int) -> list[int]:
 
 class ExtractiveQA(base.TaskType):
   name = "extractive_qa"
+  gold_fields = ("answers",)
 
   def __init__(self, ctx: base.Context):
     super().__init__(ctx)
@@ -111,8 +112,19 @@ class ExtractiveQA(base.TaskType):
             best[e] = (score, context[spans[s][0]:spans[t][1]].strip())
     return [best.get(e, (0.0, ""))[1] for e in range(len(examples))]
 
-  def metrics(self, examples: Sequence[dict], predictions: Sequence[Any]) -> dict[str, float]:
-    return metrics.squad(predictions, [[a["text"] for a in e["answers"]] for e in examples])
+  @staticmethod
+  def _answers(examples: Sequence[dict]) -> list[list[str]]:
+    return [[a["text"] for a in e["answers"]] for e in examples]
+
+  @classmethod
+  def score(cls, examples: Sequence[dict], predictions: Sequence[Any], positive_label: Any = None,
+            *, metric: str | None = None) -> dict[str, float]:
+    return base.select(metrics.squad(predictions, cls._answers(examples)), metric, cls.name)
+
+  @classmethod
+  def per_example(cls, examples: Sequence[dict], predictions: Sequence[Any]
+                  ) -> dict[str, np.ndarray]:
+    return metrics.squad_per_example(predictions, cls._answers(examples))
 
   def record(self, example: dict, prediction: Any) -> dict:
     return {**example, "prediction": prediction}

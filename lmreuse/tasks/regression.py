@@ -15,6 +15,7 @@ from lmreuse.tasks.classification import PooledModel, TextTask
 
 class Regression(TextTask):
   name = "regression"
+  gold_fields = ("label",)
 
   def features(self, example: dict, rng: np.random.Generator | None) -> list[base.Feature]:
     return [base.Feature({**self.row(example, rng), "label": np.float32(example["label"])})]
@@ -33,8 +34,16 @@ class Regression(TextTask):
   def postprocess(self, examples, example_index, metas, outputs) -> list[Any]:
     return [float(s) for s in outputs["score"]]
 
-  def metrics(self, examples: Sequence[dict], predictions: Sequence[Any]) -> dict[str, float]:
-    return metrics.regression([float(e["label"]) for e in examples], predictions)
+  @classmethod
+  def score(cls, examples: Sequence[dict], predictions: Sequence[Any], positive_label: Any = None,
+            *, metric: str | None = None) -> dict[str, float]:
+    return base.select(metrics.regression([float(e["label"]) for e in examples], predictions),
+                       metric, cls.name)
+
+  @classmethod
+  def per_example(cls, examples: Sequence[dict], predictions: Sequence[Any]
+                  ) -> dict[str, np.ndarray]:
+    return metrics.regression_per_example([float(e["label"]) for e in examples], predictions)
 
 
 TASK_TYPE = Regression

@@ -42,6 +42,7 @@ class Seq2SeqModel(nn.Module):
 
 class Seq2Seq(base.TaskType):
   name = "seq2seq"
+  gold_fields = ("target",)
   architectures = ("decoder", "encoder_decoder")
 
   def __init__(self, ctx: base.Context):
@@ -122,9 +123,28 @@ class Seq2Seq(base.TaskType):
       texts.append(self.ctx.tokenizer.decode(row[:row.index(eos)] if eos in row else row))
     return texts
 
-  def metrics(self, examples: Sequence[dict], predictions: Sequence[Any]) -> dict[str, float]:
+  @classmethod
+  def score(cls, examples: Sequence[dict], predictions: Sequence[Any], positive_label: Any = None,
+            *, metric: str | None = None) -> dict[str, float]:
     references = [e["target"] for e in examples]
-    return {**metrics.bleu(predictions, references), **metrics.rouge(predictions, references)}
+    result = {}
+    if metric != "bleu":  # re-scoring BLEU on resamples should not pay for ROUGE too
+      result.update(metrics.rouge(predictions, references))
+    if metric is None or metric not in result:
+      result = {**metrics.bleu(predictions, references), **result}
+    return base.select(result, metric, cls.name)
+
+  @classmethod
+  def per_example(cls, examples: Sequence[dict], predictions: Sequence[Any]
+                  ) -> dict[str, np.ndarray]:
+    """ROUGE is a mean over examples; corpus BLEU is not (its n-gram counts pool first)."""
+    return metrics.rouge_per_example(predictions, [e["target"] for e in examples])
+
+  @classmethod
+  def sufficient_statistics(cls, examples: Sequence[dict], predictions: Sequence[Any]
+                            ) -> dict[str, metrics.SufficientStatistics]:
+    """Corpus BLEU pools each sentence's n-gram counts: a resample's BLEU is that of their sum."""
+    return metrics.bleu_statistics(predictions, [e["target"] for e in examples])
 
 
 TASK_TYPE = Seq2Seq

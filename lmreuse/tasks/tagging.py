@@ -40,6 +40,7 @@ class TokenModel(nn.Module):
 
 class Tagging(base.TaskType):
   name = "tagging"
+  gold_fields = ("tags",)
 
   def __init__(self, ctx: base.Context):
     super().__init__(ctx)
@@ -90,8 +91,21 @@ class Tagging(base.TaskType):
       predictions.append(tags + [OUTSIDE] * (len(example["tokens"]) - len(tags)))
     return predictions
 
-  def metrics(self, examples: Sequence[dict], predictions: Sequence[Any]) -> dict[str, float]:
-    return metrics.tagging([list(e["tags"]) for e in examples], predictions)
+  # Entity F1/precision/recall are ratios of corpus counts and `accuracy` is a mean over tokens,
+  # not over examples: none has per-example values (the default `per_example`), but all are
+  # functions of per-sentence counts (`sufficient_statistics`).
+  @classmethod
+  def score(cls, examples: Sequence[dict], predictions: Sequence[Any], positive_label: Any = None,
+            *, metric: str | None = None) -> dict[str, float]:
+    return base.select(metrics.tagging([list(e["tags"]) for e in examples], predictions),
+                       metric, cls.name)
+
+  @classmethod
+  def sufficient_statistics(cls, examples: Sequence[dict], predictions: Sequence[Any]
+                            ) -> dict[str, metrics.SufficientStatistics]:
+    """Token and entity counts per sentence (entities only where seqeval reads each sentence
+    the same wherever it sits; see `metrics.tagging_statistics`)."""
+    return metrics.tagging_statistics([list(e["tags"]) for e in examples], predictions)
 
 
 TASK_TYPE = Tagging

@@ -3,7 +3,9 @@
 import math
 import warnings
 
+import numpy as np
 import pytest
+import sacrebleu
 
 from lmreuse.eval import metrics
 
@@ -122,14 +124,35 @@ def test_glue_average_rejects(results, match):
     metrics.glue_average(results)
 
 
-@pytest.mark.parametrize("fn", [metrics.classification, metrics.regression, metrics.tagging,
-                                metrics.squad, metrics.bleu, metrics.rouge])
+@pytest.mark.parametrize("fn", [
+    metrics.classification, metrics.regression, metrics.tagging, metrics.squad, metrics.bleu,
+    metrics.rouge, metrics.classification_per_example, metrics.regression_per_example,
+    metrics.squad_per_example, metrics.rouge_per_example, metrics.tagging_statistics,
+    metrics.bleu_statistics])
 def test_empty_and_mismatched_inputs(fn):
+  tagging = fn in (metrics.tagging, metrics.tagging_statistics)
   with pytest.raises(ValueError, match="no examples"):
     fn([], [])
   with pytest.raises(ValueError, match="2 .* but 1"):
-    fn([["O"], ["O"]] if fn is metrics.tagging else ["x", "y"],
-       [["O"]] if fn in (metrics.tagging, metrics.squad) else ["x"])
+    fn([["O"], ["O"]] if tagging else ["x", "y"],
+       [["O"]] if tagging or fn in (metrics.squad, metrics.squad_per_example) else ["x"])
+
+
+def test_per_example_values():
+  # The examples of test_classification_binary, test_regression, test_squad and test_rouge.
+  assert metrics.classification_per_example([0, 1, 1, 0], [0, 1, 0, 0])["accuracy"].tolist() == [
+      1.0, 1.0, 0.0, 1.0]
+  assert metrics.regression_per_example([1, 2, 3, 4], [2, 5, 4, 9])["mse"].tolist() == [
+      1.0, 9.0, 1.0, 25.0]
+  squad = metrics.squad_per_example(
+      ["The Eiffel Tower!", "in Paris, France", "an apple", "Theory"],
+      [["Eiffel tower", "the tower"], ["Paris"], ["banana", "a red apple"], ["theory."]])
+  assert squad["exact_match"].tolist() == [100.0, 0.0, 0.0, 100.0]
+  assert squad["f1"].tolist() == pytest.approx([100.0, 50.0, 200 / 3, 100.0])
+  rouge = metrics.rouge_per_example(["the cat sat on the mat", "the cats"],
+                                    ["the cat is on the mat", "the cat sat"])
+  assert rouge["rouge1"].tolist() == pytest.approx([500 / 6, 80.0])
+  assert rouge["rouge2"].tolist() == pytest.approx([60.0, 200 / 3])
 
 
 def test_headline_metrics_are_returned():
@@ -143,3 +166,143 @@ def test_headline_metrics_are_returned():
   assert set(metrics.HEADLINE) == set(outputs)
   for task, (metric, mode) in metrics.HEADLINE.items():
     assert metric in outputs[task] and mode in ("min", "max")
+
+
+# Sufficient statistics: a resample's value from summed per-example counts must be the library's
+# value on that resample, bit for bit, or a study's fast bootstrap would not be the re-scored one.
+
+REFERENCES = [
+    "The cat sat on the mat.", "A domestic animal that barks.", "It rained all day in Paris.",
+    "She sold the old car to her neighbour for 500 euros.", "Go!", "",
+    "The committee, after long debate, approved the budget on Tuesday.",
+    "a small rodent with a long tail", "Why did the chicken cross the road?",
+    "Prices rose 3.5% in March, the fastest rise since 2008.",
+]
+
+
+def hypotheses(rng: np.random.Generator) -> list[tuple[str, str]]:
+  """(hypothesis, reference) pairs: exact, empty, shortened, lower-cased, with words swapped."""
+  pairs = []
+  for reference in REFERENCES:
+    words = reference.split()
+    kept = " ".join(w for w in words if rng.random() > 0.3)
+    swapped = " ".join(rng.permutation(words)) if words else "something else entirely"
+    for hypothesis in (reference, "", kept, reference.lower(), swapped):
+      pairs.append((hypothesis, reference))
+  return pairs
+
+
+def test_bleu_is_sacrebleu_corpus_bleu_on_every_resample():
+  rng = np.random.default_rng(0)
+  predictions, references = map(list, zip(*hypotheses(rng)))
+  assert metrics.bleu(predictions, references)["bleu"] == (
+      sacrebleu.corpus_bleu(predictions, [references]).score)
+  counts, to_bleu = metrics.bleu_statistics(predictions, references)["bleu"]
+  assert counts.shape == (len(predictions), 10) and counts.dtype == np.int64
+  idx_RxN = rng.integers(0, len(predictions), (20, len(predictions)))
+  expected = [sacrebleu.corpus_bleu([predictions[i] for i in idx],
+                                    [[references[i] for i in idx]]).score for idx in idx_RxN]
+  assert to_bleu(counts[idx_RxN].sum(axis=1)).tolist() == expected
+  assert len(set(expected)) > 10  # the resamples differ, so the test can fail
+  # One sentence's counts score as sacrebleu scores that sentence alone.
+  assert float(to_bleu(counts[0])) == sacrebleu.corpus_bleu(predictions[:1],
+                                                            [references[:1]]).score
+
+
+ENTITY_TYPES = ("PER", "LOC", "ORG")
+
+
+def tag_sentences(rng: np.random.Generator, n: int) -> tuple[list[list[str]], list[list[str]]]:
+  """BIO gold tags (some sentences empty or without entities) and predictions that drop,
+  retype, extend and split entities, start them with I-, or predict no entity at all."""
+  gold, predicted = [], []
+  for _ in range(n):
+    tags = ["O"] * int(rng.integers(0, 12))
+    for i in range(len(tags)):
+      if rng.random() < 0.2:
+        kind = rng.choice(ENTITY_TYPES)
+        tags[i] = f"B-{kind}"
+        for j in range(i + 1, min(len(tags), i + int(rng.integers(1, 4)))):
+          tags[j] = f"I-{kind}"
+    guess = list(tags)
+    if rng.random() < 0.15:
+      guess = ["O"] * len(tags)
+    for i in range(len(guess)):
+      r = rng.random()
+      if r < 0.08:
+        guess[i] = "O"
+      elif r < 0.14:
+        guess[i] = f"I-{rng.choice(ENTITY_TYPES)}"
+      elif r < 0.18:
+        guess[i] = f"B-{rng.choice(ENTITY_TYPES)}"
+    gold.append(tags)
+    predicted.append(guess)
+  return gold, predicted
+
+
+def test_tagging_statistics_are_seqeval_on_every_resample():
+  rng = np.random.default_rng(1)
+  gold, predicted = tag_sentences(rng, 40)
+  assert [] in gold and any(t and set(t) == {"O"} for t in gold)
+  statistics = metrics.tagging_statistics(gold, predicted)
+  assert set(statistics) == {"f1", "precision", "recall", "accuracy"}
+  expected = metrics.tagging(gold, predicted)
+  for name, (counts, to_score) in statistics.items():
+    assert counts.shape[0] == len(gold)
+    assert float(to_score(counts.sum(axis=0))) == expected[name]
+  for idx in rng.integers(0, len(gold), (30, len(gold))):
+    resample = metrics.tagging([gold[i] for i in idx], [predicted[i] for i in idx])
+    for name, (counts, to_score) in statistics.items():
+      assert float(to_score(counts[idx].sum(axis=0))) == resample[name], name
+
+
+def test_entity_scores_divide_by_zero_as_seqeval():
+  # [found, predicted, gold]: no predictions, no gold entities, neither, none found.
+  scores = metrics.entity_scores(np.array([[0, 0, 3], [0, 2, 0], [0, 0, 0], [0, 2, 3]]))
+  for name in ("f1", "precision", "recall"):
+    assert scores[name].tolist() == [0.0] * 4
+  predictions = [[["O", "O"]], [["B-PER", "O"]], [["O", "O"]], [["O", "B-LOC"]]]
+  golds = [[["B-PER", "I-PER"]], [["O", "O"]], [["O", "O"]], [["B-PER", "O"]]]
+  for gold, prediction in zip(golds, predictions):
+    assert {k: v for k, v in metrics.tagging(gold, prediction).items() if k != "accuracy"} == {
+        "f1": 0.0, "precision": 0.0, "recall": 0.0}
+
+
+def test_order_dependent_entities_are_left_to_rescoring():
+  # seqeval joins sentences with "O": a sentence that opens with the non-BIO tag "X" reads
+  # differently first and later, so a resample's entity F1 depends on its order, not on counts.
+  gold = [["X", "B-PER"], ["X", "B-PER"]]
+  predicted = [["X", "I-PER"], ["X", "X"]]
+  with warnings.catch_warnings():
+    warnings.simplefilter("ignore", UserWarning)  # seqeval: "X seems not to be NE tag"
+    assert metrics.tagging(gold, predicted)["f1"] != metrics.tagging(gold[::-1],
+                                                                     predicted[::-1])["f1"]
+    statistics = metrics.tagging_statistics(gold, predicted)
+    assert set(statistics) == {"accuracy"}
+    counts, to_accuracy = statistics["accuracy"]
+    assert float(to_accuracy(counts.sum(axis=0))) == metrics.tagging(gold, predicted)["accuracy"]
+
+
+def test_tagging_statistics_hold_for_any_tags_they_accept():
+  # Random corpora over BIO/BIOES tags and over non-scheme tags (POS-like "NN", "X", "."):
+  # wherever entity counts are offered, they give seqeval's value on a resample in any order.
+  rng = np.random.default_rng(2)
+  alphabets = [["O", "B-PER", "I-PER", "E-PER", "S-LOC", "B-LOC", "I-LOC", "B", "I"],
+               ["O", "B-PER", "I-PER", "X", "NN", "IN", ".", "S-X", "I-", "E"]]
+  offered = 0
+  with warnings.catch_warnings():
+    warnings.simplefilter("ignore", UserWarning)
+    for trial in range(300):
+      alphabet = alphabets[trial % 2]
+      n = int(rng.integers(1, 6))
+      gold = [[alphabet[i] for i in rng.integers(0, len(alphabet), rng.integers(1, 6))]
+              for _ in range(n)]
+      predicted = [[alphabet[i] for i in rng.integers(0, len(alphabet), len(t))] for t in gold]
+      statistics = metrics.tagging_statistics(gold, predicted)
+      offered += "f1" in statistics
+      for idx in rng.integers(0, n, (3, n)):
+        resample = metrics.tagging([gold[i] for i in idx], [predicted[i] for i in idx])
+        for name, (counts, to_score) in statistics.items():
+          assert float(to_score(counts[idx].sum(axis=0))) == resample[name], (name, gold,
+                                                                              predicted, idx)
+  assert 150 < offered < 300  # every BIO corpus, and some but not all of the others
