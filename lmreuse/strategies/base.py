@@ -66,6 +66,11 @@ class Strategy:
 
   name = ""
   defaults: dict[str, Any] = {}  # this strategy's config.strategy keys and their defaults
+  # How much higher this strategy's best learning rate typically is than full fine-tuning's:
+  # training few parameters from a frozen backbone wants larger steps (the LoRA, adapter and
+  # BitFit papers all tune higher rates). Study presets centre each strategy's default
+  # learning-rate sweep on the full fine-tuning range times this factor.
+  learning_rate_scale: float = 1.0
 
   def __init__(self, cfg: ml_collections.ConfigDict, ctx: Context):
     self.cfg, self.ctx = cfg, ctx

@@ -7,6 +7,7 @@ from lmreuse.strategies import base
 
 class BitFit(base.Strategy):
   name = "bitfit"
+  learning_rate_scale = 3.0
 
   def trainable(self, path: str) -> bool:
     return base.frozen_backbone(path) or path.endswith("/bias")

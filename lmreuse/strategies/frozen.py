@@ -8,6 +8,7 @@ from lmreuse.strategies import base
 
 class Frozen(base.Strategy):
   name = "frozen"
+  learning_rate_scale = 3.0
   defaults = {"train_modules": ""}  # comma-separated regexes of extra paths that train
 
   def __init__(self, cfg, ctx):

@@ -10,6 +10,7 @@ from lmreuse.strategies import base
 
 class IA3(base.Strategy):
   name = "ia3"
+  learning_rate_scale = 3.0
 
   def model(self, model_cfg):
     return dataclasses.replace(model_cfg, ia3=True)

@@ -17,6 +17,7 @@ from lmreuse.strategies import base
 
 class LoRA(base.Strategy):
   name = "lora"
+  learning_rate_scale = 3.0
   defaults = {"rank": 8, "alpha": 16.0, "lora_dropout": 0.0,
               "targets": "attention/(query|value)/kernel"}
 

@@ -6,6 +6,7 @@ from lmreuse.strategies import base
 
 class PrefixTuning(base.InsertedModules):
   name = "prefix_tuning"
+  learning_rate_scale = 10.0
   size_key = "prefix_length"
   defaults = {"prefix_length": 16}
 

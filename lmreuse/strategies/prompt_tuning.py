@@ -13,6 +13,7 @@ from lmreuse.strategies import base
 
 class PromptTuning(base.InsertedModules):
   name = "prompt_tuning"
+  learning_rate_scale = 10.0
   size_key = "prompt_length"
   defaults = {"prompt_length": 16, "init_from_vocab": True}
 

@@ -1,22 +1,32 @@
 """A study's grid: which child runs exist, what each one's config is, which to run now.
 
 Cells are ordinary workdirs under W/runs/<name>/. Names are readable and stable (task, init,
-strategy, data fraction, seed), so a re-run finds its earlier cells, a sweep can address them
-by glob, and a results table can link back to a run.
+strategy, data fraction, swept hyperparameters, seed), so a re-run finds its earlier cells, a
+sweep can address them by glob, and a results table can link back to a run.
+
+Hyperparameter sweeps: `study.sweep` maps fine-tuning config keys to candidate tuples (empty =
+not swept) and `study.strategy_sweeps[strategy]` replaces some of them for one strategy; the
+candidates are crossed, and every configuration is a cell per seed. Which configuration a
+table reports is chosen on validation (lmreuse/study/selection.py).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import fnmatch
+import itertools
 import os
 from typing import Any
 
 import ml_collections
 
-from lmreuse import pretrained, workdir as workdir_lib
+from lmreuse import pretrained, strategies, workdir as workdir_lib
 
 SCRATCH = "scratch"
+SELECTIONS = ("all", "first_seed")
+# Keys the grid itself sets per cell: a sweep over them would fight the grid's own axes.
+_GRID_KEYS = ("seed", "init_from", "from_scratch", "strategy.name", "task.name",
+              "task.train_fraction", "experiment", "overwrite")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -28,6 +38,18 @@ class Cell:
   depends_on: str | None    # the pretraining cell whose workdir a fine-tuning cell reads, if any
   group: dict               # what the tables group by (seeds are averaged)
   seed: int = 0
+  hparams: dict = dataclasses.field(default_factory=dict)  # swept config keys → this cell's
+
+
+@dataclasses.dataclass(frozen=True)
+class Init:
+  """One way a fine-tuning cell starts: a preset the study pretrains, an existing checkpoint,
+  or the random-weights twin (same architecture and tokenizer) of one of those."""
+
+  name: str
+  preset: str | None          # the pretraining preset whose cell it reads
+  checkpoint: str | None      # init_from of an existing model ("hf:DIR" or a workdir)
+  twin_of: str | None = None  # for a from-scratch init: the pretrained init it mirrors
 
 
 def _slug(text: str) -> str:
@@ -54,32 +76,128 @@ def checkpoints(study: Any) -> dict[str, str]:
   return out
 
 
+def inits(study: Any) -> list[Init]:
+  """The pretraining presets, the existing checkpoints, then (with `from_scratch`) the
+  from-scratch twin of each: "scratch" when the grid holds one model, else "<name>-scratch"."""
+  models = [Init(p, p, None) for p in study.pretrain]
+  models += [Init(name, None, path) for name, path in checkpoints(study).items()]
+  twins = []
+  if study.from_scratch:
+    for model in models:
+      name = SCRATCH if len(models) == 1 else f"{model.name}-{SCRATCH}"
+      twins.append(dataclasses.replace(model, name=name, twin_of=model.name))
+  return models + twins
+
+
+def _flat(section: Any) -> dict[str, Any]:
+  flat = {}
+  for key, value in section.items():
+    if isinstance(value, ml_collections.ConfigDict):
+      flat.update({f"{key}.{k}": v for k, v in _flat(value).items()})
+    else:
+      flat[key] = value
+  return flat
+
+
+def sweep_of(study: Any, strategy: str) -> dict[str, tuple]:
+  """The swept keys of one strategy's cells, dotted → candidates: `study.sweep`, with the
+  non-empty entries of `study.strategy_sweeps[strategy]` replacing the same keys."""
+  space = {k: tuple(v) for k, v in _flat(study.sweep).items() if v}
+  if strategy in study.strategy_sweeps:
+    space.update({k: tuple(v) for k, v in _flat(study.strategy_sweeps[strategy]).items() if v})
+  return dict(sorted(space.items()))
+
+
+def configurations(space: dict[str, tuple]) -> list[dict[str, Any]]:
+  """Every combination of the candidates, in the order they are listed ({} when not swept)."""
+  return [dict(zip(space, values)) for values in itertools.product(*space.values())]
+
+
+def _format(value: Any) -> str:
+  return f"{value:g}" if isinstance(value, float) else _slug(str(value))
+
+
+def name_part(hparams: dict[str, Any]) -> str:
+  """'learning_rate=0.003+rank=4' in a cell name: leaf names (the full key where two leaves share a name)."""
+  leaves = [key.rsplit(".", 1)[-1] for key in hparams]
+  return "+".join(f"{leaf if leaves.count(leaf) == 1 else key}={_format(value)}"
+                  for leaf, (key, value) in zip(leaves, hparams.items()))
+
+
+def _set(config: ml_collections.ConfigDict, key: str, value: Any) -> None:
+  *parents, leaf = key.split(".")
+  target = config
+  for parent in parents:
+    target = target[parent]
+  if leaf not in target:
+    raise KeyError(key)
+  target[leaf] = value
+
+
+def check_sweeps(config: ml_collections.ConfigDict) -> None:
+  """Every swept key exists in the fine-tuning config and every candidate fits its type, before
+  any cell runs; the error names the config key at fault."""
+  from configs import finetune
+
+  study = config.study
+  if study.selection not in SELECTIONS:
+    raise ValueError(f"config.study.selection={study.selection!r}: choose one of {SELECTIONS}")
+  entries = [("config.study.sweep", study.sweep)]
+  for name, entry in study.strategy_sweeps.items():
+    try:
+      strategies.own_keys(name)
+    except ValueError as e:
+      raise ValueError(f"config.study.strategy_sweeps.{name}: {e}") from e
+    entries.append((f"config.study.strategy_sweeps.{name}", entry))
+  for prefix, entry in entries:
+    for key, candidates in _flat(entry).items():
+      where = f"{prefix}.{key}"
+      if key in _GRID_KEYS:
+        raise ValueError(f"{where}: the study sets {key} itself (seeds, inits, strategies and "
+                         "tasks are the grid's own axes)")
+      if not isinstance(candidates, (tuple, list)):
+        raise ValueError(f"{where}={candidates!r}: give a tuple of candidates, e.g. (1e-3,)")
+      if len(set(map(repr, candidates))) != len(candidates):
+        raise ValueError(f"{where}={tuple(candidates)}: a candidate is listed twice")
+      for value in candidates:
+        child = finetune.get_config()
+        child.update(config.finetune.to_dict())
+        try:
+          _set(child, key, value)
+        except KeyError:
+          raise ValueError(f"{where}: {key} is not a fine-tuning config key "
+                           "(configs/finetune.py)") from None
+        except (TypeError, ValueError) as e:
+          raise ValueError(f"{where}: candidate {value!r} does not fit {key}: {e}") from None
+
+
 def expand(study: Any) -> list[Cell]:
-  """Pretraining cells first (fine-tuning cells depend on them), then the fine-tuning grid."""
+  """Pretraining cells first (fine-tuning cells depend on them), then the fine-tuning grid. A
+  group's seeds run in order and each seed's configurations together, so under
+  `selection='first_seed'` the first seed's sweep finishes before the later seeds need it."""
   cells: list[Cell] = []
 
-  def add(name, kind, depends_on, group, seed=0):
-    cells.append(Cell(len(cells), name, kind, f"runs/{name}", depends_on, group, seed))
+  def add(name, kind, depends_on, group, seed=0, hparams=None):
+    cells.append(Cell(len(cells), name, kind, f"runs/{name}", depends_on, group, seed,
+                      dict(hparams or {})))
 
   for preset in study.pretrain:
     add(f"pretrain-{preset}", "pretrain", None, {"objective": preset})
-  inits = [(p, p) for p in study.pretrain]  # (pretraining preset, init name)
-  if study.from_scratch:
-    inits += [(p, SCRATCH if len(study.pretrain) == 1 else f"{p}-{SCRATCH}")
-              for p in study.pretrain]
-  inits += [(None, name) for name in checkpoints(study)]
   many_fractions = len(study.train_fractions) > 1
   for task in study.tasks:
-    for preset, init in inits:
+    for init in inits(study):
       for strategy in study.strategies:
+        swept = configurations(sweep_of(study, strategy))
         for fraction in study.train_fractions:
           for seed in study.seeds:
-            parts = [_slug(task), init, _slug(strategy)]
-            parts += [f"data{fraction:g}"] if many_fractions else []
-            add(".".join(parts + [f"seed{seed}"]), "finetune",
-                f"pretrain-{preset}" if preset else None,
-                {"task": task, "init": init, "strategy": strategy,
-                 "train_fraction": float(fraction)}, seed)
+            for hparams in swept:
+              parts = [_slug(task), init.name, _slug(strategy)]
+              parts += [f"data{fraction:g}"] if many_fractions else []
+              parts += [name_part(hparams)] if hparams else []
+              add(".".join(parts + [f"seed{seed}"]), "finetune",
+                  f"pretrain-{init.preset}" if init.preset else None,
+                  {"task": task, "init": init.name, "strategy": strategy,
+                   "train_fraction": float(fraction)}, seed, hparams)
   return cells
 
 
@@ -106,16 +224,19 @@ def child_config(cell: Cell, config: ml_collections.ConfigDict, study_dir: str
   if cell.kind == "pretrain":
     child = pretrain.get_config(f"{cell.group['objective']},size={config.study.size}")
     child.update(config.pretrain.to_dict())
-  else:
-    child = finetune.get_config()
-    child.update(config.finetune.to_dict())
-    child.init_from = (os.path.join(study_dir, "runs", cell.depends_on) if cell.depends_on
-                       else checkpoints(config.study)[cell.group["init"]])
-    child.from_scratch = cell.group["init"].endswith(SCRATCH)
-    child.task.name = cell.group["task"]
-    child.task.train_fraction = cell.group["train_fraction"]
-    child.strategy.name = cell.group["strategy"]
-    child.seed = cell.seed
+    return child
+  init = next(i for i in inits(config.study) if i.name == cell.group["init"])
+  child = finetune.get_config()
+  child.update(config.finetune.to_dict())
+  child.init_from = (os.path.join(study_dir, "runs", cell.depends_on) if cell.depends_on
+                     else init.checkpoint)
+  child.from_scratch = init.twin_of is not None
+  child.task.name = cell.group["task"]
+  child.task.train_fraction = cell.group["train_fraction"]
+  child.strategy.name = cell.group["strategy"]
+  child.seed = cell.seed
+  for key, value in cell.hparams.items():
+    _set(child, key, value)
   return child
 
 
@@ -127,7 +248,15 @@ def status(study_dir: str, cell: Cell) -> str:
   return "failed" if os.path.exists(os.path.join(workdir, "error.txt")) else "pending"
 
 
-def write_manifest(study_dir: str, name: str, cells: list[Cell]) -> str:
+def write_manifest(study_dir: str, config: ml_collections.ConfigDict, cells: list[Cell]
+                   ) -> str:
+  """W/study.json: the cells, which scratch init mirrors which model, and how configurations
+  are selected; the aggregation reads only this and the cells' own workdirs."""
+  study = config.study
   path = os.path.join(study_dir, "study.json")
-  workdir_lib.write_json(path, {"name": name, "cells": [dataclasses.asdict(c) for c in cells]})
+  workdir_lib.write_json(path, {
+      "name": study.name, "selection": study.selection, "seeds": list(study.seeds),
+      "bootstrap_resamples": study.bootstrap_resamples,
+      "twins": {i.name: i.twin_of for i in inits(study) if i.twin_of},
+      "cells": [dataclasses.asdict(c) for c in cells]})
   return path

@@ -1,20 +1,31 @@
 """A tiny study end to end: grid expansion, shared pretraining, interruption and resume,
 one-cell runs, and aggregated mean/std that match the child runs' results.json."""
 
+import csv
 import json
 import os
 
+import ml_collections
 import numpy as np
 import pytest
+from scipy import stats
 
 from configs import study as study_config
 from experiments import finetune, study
 from lmreuse.study import grid
 
 
+def without_sweeps(config):
+  """One shared learning rate for every strategy: the grid without its hyperparameter axis."""
+  config.study.sweep.learning_rate = ()
+  for entry in config.study.strategy_sweeps.values():
+    entry.learning_rate = ()
+  return config
+
+
 @pytest.fixture
 def tiny_study(tokenizer_path, tfds_dir):
-  config = study_config.get_config("tiny")
+  config = without_sweeps(study_config.get_config("tiny"))
   config.study.strategies = ("full", "lora")
   config.study.seeds = (0, 1)
   config.study.from_scratch = False
@@ -63,6 +74,94 @@ def test_existing_checkpoints_join_the_grid_without_pretraining_cells(tiny_study
       grid.expand(tiny_study.study)
 
 
+def test_sweeps_cross_per_strategy_candidates_into_named_cells(tiny_study):
+  tiny_study.study.sweep.learning_rate = (1e-3, 3e-3)
+  tiny_study.study.strategy_sweeps.lora.learning_rate = (1e-2,)
+  tiny_study.study.strategy_sweeps.lora.strategy.rank = (2, 4)
+  grid.check_sweeps(tiny_study)
+  assert grid.sweep_of(tiny_study.study, "full") == {"learning_rate": (1e-3, 3e-3)}
+  assert grid.sweep_of(tiny_study.study, "lora") == {"learning_rate": (1e-2,),
+                                                     "strategy.rank": (2, 4)}
+  cells = grid.expand(tiny_study.study)
+  names = [c.name for c in cells]
+  assert names[1:5] == ["wordnet_supersense.bert.full.learning_rate=0.001.seed0",
+                        "wordnet_supersense.bert.full.learning_rate=0.003.seed0",
+                        "wordnet_supersense.bert.full.learning_rate=0.001.seed1",
+                        "wordnet_supersense.bert.full.learning_rate=0.003.seed1"]
+  assert names[5] == "wordnet_supersense.bert.lora.learning_rate=0.01+rank=2.seed0"
+  assert len(cells) == 1 + 2 * 2 + 2 * 2
+  assert len(grid.select(cells, "*.lora.*rank=4.*")) == 2
+  child = grid.child_config(cells[5], tiny_study, "/s")
+  assert (child.learning_rate, child.optimizer.learning_rate) == (1e-2, 1e-2)
+  assert (child.strategy.rank, child.strategy.name, child.seed) == (2, "lora", 0)
+  assert cells[5].hparams == {"learning_rate": 1e-2, "strategy.rank": 2}
+
+  tiny_study.study.selection = "first_seed"
+  lines = study.launch_lines(tiny_study, "/s", cells)
+  assert lines[1].endswith("# after pretrain-bert")
+  assert "exits at once unless its configuration is selected" in lines[3]
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("sweep.learning_rate", (1e-3, 1e-3), "listed twice"),
+    ("sweep.batch_size", (8, 2.5), "does not fit batch_size"),
+    ("strategy_sweeps.lora.strategy.rank", ("four",), "does not fit strategy.rank"),
+    ("selection", "best", "choose one of"),
+])
+def test_bad_sweeps_fail_before_any_cell_naming_the_key(tiny_study, key, value, message):
+  *parents, leaf = key.split(".")
+  target = tiny_study.study
+  for parent in parents:
+    target = target[parent]
+  target[leaf] = value
+  with pytest.raises(ValueError, match=message) as error:
+    grid.check_sweeps(tiny_study)
+  assert "selection" in key or f"config.study.{key}" in str(error.value)
+
+
+def test_sweeps_refuse_grid_axes_and_unknown_keys(tiny_study):
+  tiny_study.study.sweep.seed = (0, 1)
+  with pytest.raises(ValueError, match="config.study.sweep.seed: the study sets seed itself"):
+    grid.check_sweeps(tiny_study)
+  del tiny_study.study.sweep["seed"]
+  tiny_study.study.sweep.optimizer.momentum = (0.9,)
+  with pytest.raises(ValueError, match="optimizer.momentum is not a fine-tuning config key"):
+    grid.check_sweeps(tiny_study)
+  del tiny_study.study.sweep.optimizer["momentum"]
+  tiny_study.study.sweep.task = ml_collections.ConfigDict(dict(pooling="cls"))
+  with pytest.raises(ValueError, match="sweep.task.pooling='cls': give a tuple"):
+    grid.check_sweeps(tiny_study)
+  tiny_study.study.sweep.task = ml_collections.ConfigDict(dict(pooling=("cls", "mean")))
+  grid.check_sweeps(tiny_study)
+  assert grid.sweep_of(tiny_study.study, "full") == {"task.pooling": ("cls", "mean")}
+  tiny_study.study.strategy_sweeps["lorra"] = tiny_study.study.strategy_sweeps.lora
+  with pytest.raises(ValueError, match="strategy_sweeps.lorra: .*unknown strategy"):
+    grid.check_sweeps(tiny_study)
+
+
+def test_presets_sweep_each_strategy_around_its_own_learning_rate():
+  config = study_config.get_config("tiny")
+  grid.check_sweeps(config)
+  assert grid.sweep_of(config.study, "full") == {"learning_rate": (1e-3, 3e-3, 1e-2)}
+  assert grid.sweep_of(config.study, "lora") == {"learning_rate": (3e-3, 1e-2, 3e-2)}
+  assert grid.sweep_of(config.study, "prompt_tuning") == {"learning_rate": (1e-2, 3e-2, 1e-1)}
+  base = study_config.get_config("tiny,size=base")
+  assert grid.sweep_of(base.study, "full") == {"learning_rate": (3e-5, 1e-4, 3e-4)}
+  assert grid.sweep_of(base.study, "lora,llrd") == {"learning_rate": (3e-5, 1e-4, 3e-4)}
+
+
+def test_checkpoints_get_from_scratch_twins(tiny_study, tmp_path):
+  tiny_study.study.from_scratch = True
+  tiny_study.study.checkpoints = (f"minilm=hf:{tmp_path}",)
+  inits = grid.inits(tiny_study.study)
+  assert [(i.name, i.twin_of) for i in inits] == [
+      ("bert", None), ("minilm", None), ("bert-scratch", "bert"), ("minilm-scratch", "minilm")]
+  twin = next(c for c in grid.expand(tiny_study.study) if ".minilm-scratch." in c.name)
+  child = grid.child_config(twin, tiny_study, "/s")
+  assert child.from_scratch and child.init_from == f"hf:{tmp_path}"
+  assert twin.depends_on is None
+
+
 class Interrupted(BaseException):
   """Like a Ctrl-C or a preempted host: not a cell failure, so the study stops."""
 
@@ -102,3 +201,87 @@ def test_a_study_survives_interruption_and_aggregates_its_seeds(tiny_study, tmp_
     row = next(r for r in result["report"]["summary"] if r["strategy"] == strategy)
     assert row["test/accuracy.mean"] == pytest.approx(np.mean(accuracies))
     assert row["test/accuracy.std"] == pytest.approx(np.std(accuracies, ddof=1))
+
+
+@pytest.mark.slow
+def test_a_swept_study_selects_on_validation_and_reports_failures(tiny_study, tmp_path,
+                                                                  monkeypatch):
+  """First-seed selection over learning rate × steps: the winner is the best-validation
+  configuration of the children's own results.json files, only its cells give test scores,
+  the losers' later seeds never run, a failing configuration is listed and ineligible, and
+  train FLOPs grow with the steps."""
+  tiny_study.study.strategies = ("full",)
+  tiny_study.study.selection = "first_seed"
+  tiny_study.study.sweep.learning_rate = (1e-3, 1e-2)
+  tiny_study.study.sweep.total_steps = (2, 4)
+  original = finetune.run
+
+  def diverge(config, workdir):
+    if config.learning_rate == 1e-2 and config.total_steps == 4:
+      raise FloatingPointError("train/loss is nan at step 3")
+    return original(config, workdir)
+
+  monkeypatch.setattr(finetune, "run", diverge)
+  result = study.run(tiny_study, str(tmp_path))
+  names = result["cells"]
+  first = [n for n in names if n.endswith("seed0") and n != "pretrain-bert"]
+  assert len(first) == 4 and sum(o == "skipped" for o in names.values()) == 3  # of 4 seed1s
+  assert result["failed"] == ["wordnet_supersense.bert.full.learning_rate=0.01+total_steps=4"
+                              ".seed0"]
+
+  def child(name):
+    path = tmp_path / "runs" / name / "results.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+  seed0 = {n: child(n) for n in first}
+  finished = {n: r["metrics"]["validation/accuracy"] for n, r in seed0.items() if r}
+  best = max(finished, key=finished.get)  # sweep order breaks ties, as selection does
+  winner = best.removesuffix(".seed0")
+  summary = result["report"]["summary"][0]
+  assert winner.endswith(summary["selected_hparams"].replace(", ", "+"))
+  assert child(f"{winner}.seed1") is not None  # the winner's later seed ran
+  losers = [n.removesuffix(".seed0") for n in first if not n.startswith(winner)]
+  assert all(child(f"{loser}.seed1") is None for loser in losers)
+
+  tests = [child(f"{winner}.seed{s}")["metrics"]["test/accuracy"] for s in (0, 1)]
+  assert summary["test/accuracy.mean"] == pytest.approx(np.mean(tests))
+  if np.std(tests) > 0:
+    low, high = stats.t.interval(0.95, 1, loc=np.mean(tests), scale=stats.sem(tests))
+    assert summary["test/accuracy.ci95"] == pytest.approx((high - low) / 2)
+  assert summary["n"] == 2 and summary["train_flops.mean"] > 0
+
+  flops = {n: r["compute"]["train_flops"] for n, r in seed0.items() if r}
+  short, long = (flops[f"wordnet_supersense.bert.full.learning_rate=0.001+total_steps={t}.seed0"]
+                 for t in (2, 4))
+  assert long == pytest.approx(2 * short)
+
+  with open(tmp_path / "sweep.csv") as f:
+    sweep = list(csv.DictReader(f))
+  assert len(sweep) == 4 and sum(r["selected"] == "selected" for r in sweep) == 1
+  diverged = next(r for r in sweep if r["hparams"] == "learning_rate=0.01, total_steps=4")
+  assert diverged["status"] == "failed" and diverged["eligible"] == "False"
+  assert "FloatingPointError" in (tmp_path / "runs" / (
+      "wordnet_supersense.bert.full.learning_rate=0.01+total_steps=4.seed0") / "error.txt"
+  ).read_text()
+
+  rerun = study.run(tiny_study, str(tmp_path))  # resumes: nothing left to train
+  assert rerun["cells"] == names
+
+
+def test_every_preset_expands_with_valid_sweeps():
+  from configs import quickstart
+  for name in study_config.PRESETS:
+    config = study_config.get_config(name)
+    grid.check_sweeps(config)
+    assert all(grid.sweep_of(config.study, s)["learning_rate"] for s in config.study.strategies)
+    assert grid.expand(config.study)
+  quick = quickstart.get_config()
+  grid.check_sweeps(quick)
+  assert quick.study.selection == "first_seed" and len(quick.study.seeds) >= 3
+
+  reuse = study_config.get_config("reuse")
+  assert len(reuse.study.strategies) >= 10 and len(reuse.study.tasks) >= 2
+  assert [i.name for i in grid.inits(reuse.study)] == ["bert", "minilm", "bert-scratch",
+                                                       "minilm-scratch"]
+  assert reuse.study.checkpoints[0].startswith("minilm=hf:") and len(reuse.study.seeds) == 3
+  assert os.path.exists(os.path.join(reuse.study.checkpoints[0].split(":", 1)[1], "config.json"))

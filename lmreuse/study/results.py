@@ -1,0 +1,66 @@
+"""What a study's cells hold: one row per fine-tuning cell, read from its workdir.
+
+A row's status is what the workdir shows (results.json: ok, error.txt: failed, neither:
+missing), so tables, selection and comparisons all see the same picture of the grid.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Sequence
+
+GROUP = ("task", "init", "strategy", "train_fraction")
+
+
+def read_json(path: str) -> Any:
+  with open(path) as f:
+    return json.load(f)
+
+
+def manifest(workdir: str) -> dict:
+  path = os.path.join(workdir, "study.json")
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"{path} not found: not a study workdir")
+  return read_json(path)
+
+
+def error_line(text: str) -> str:
+  """The final exception's first line: error.txt is a traceback, whose first line says nothing."""
+  lines = text.strip().splitlines()
+  frames = [i for i, line in enumerate(lines) if line.startswith("  File ")]
+  tail = lines[frames[-1] + 1:] if frames else lines
+  return next((line for line in tail if line and not line[0].isspace()), "")
+
+
+def row(workdir: str, cell: dict) -> dict:
+  """A fine-tuning cell's row: its group, hyperparameters, status and, when finished, results."""
+  run_dir = os.path.join(workdir, cell["workdir"])
+  out = {**{k: cell["group"][k] for k in GROUP}, "seed": cell["seed"], "name": cell["name"],
+         "hparams": dict(cell.get("hparams", {})), "workdir": run_dir, "status": "missing",
+         "task_type": None, "metrics": {}, "parameters": {}, "compute": {},
+         "wall_time_sec": None, "steps": None, "best_step": None, "error": None}
+  if os.path.exists(os.path.join(run_dir, "results.json")):
+    results = read_json(os.path.join(run_dir, "results.json"))
+    out.update(status="ok", task_type=results["task"]["type"], metrics=results["metrics"],
+               parameters=results["parameters"], compute=results.get("compute", {}),
+               wall_time_sec=results["wall_time_sec"], steps=results["steps"],
+               best_step=results["best_step"])
+  elif os.path.exists(os.path.join(run_dir, "error.txt")):
+    with open(os.path.join(run_dir, "error.txt")) as f:
+      out.update(status="failed", error=error_line(f.read()))
+  return out
+
+
+def collect(workdir: str, cells: Sequence[dict] | None = None) -> list[dict]:
+  """Rows of the fine-tuning cells in `cells` (all the manifest's when None), in grid order."""
+  if cells is None:
+    cells = manifest(workdir)["cells"]
+  return [row(workdir, cell) for cell in cells if cell["kind"] == "finetune"]
+
+
+def predictions(row: dict) -> list[dict]:
+  """The cell's predictions.jsonl: one record per evaluated example, gold fields included."""
+  path = os.path.join(row["workdir"], "predictions.jsonl")
+  with open(path) as f:
+    return [json.loads(line) for line in f if line.strip()]

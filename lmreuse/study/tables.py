@@ -1,0 +1,294 @@
+"""A study's tables: results.csv (every column), results.md and results.tex (per task: the
+selected configurations with 95% intervals, differences marked by their significance, cost;
+then the sweep appendix and the comparisons), sweep.csv and comparisons.csv.
+
+md and tex are rendered from the same header/cells lists, so they never disagree.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import math
+import os
+import re
+from typing import Callable, Sequence
+
+from lmreuse.eval.metrics import HEADLINE
+from lmreuse.study import comparisons
+from lmreuse.study.results import GROUP
+
+# Their metrics are fractions, shown ×100; SQuAD F1, BLEU and ROUGE are already on 0-100.
+FRACTION_TYPES = ("classification", "regression", "tagging")
+_HEAD = (*GROUP, "task_type", "selected_hparams", "configurations", "selection_note", "n",
+         "n_ok", "n_failed", "n_missing", "n_total", "status")
+_TEX = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
+        "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
+LEGEND = (f"± is the 95% confidence interval over seeds (Student t). Δ columns: the row minus "
+          f"full fine-tuning at the same init, or minus the from-scratch twin at the same "
+          f"strategy; * = significant (p < {comparisons.ALPHA} in both Welch's t-test over "
+          f"seeds and the paired bootstrap over test examples), n.s. = not significant. Each "
+          f"row is the configuration selected on validation.")
+
+
+@dataclasses.dataclass(frozen=True)
+class Format:
+  """How md and tex spell the pieces of a cell."""
+
+  esc: Callable[[str], str]
+  pm: str
+  none: str
+  bold: Callable[[str], str]
+
+
+MD = Format(str, " ± ", "—", lambda s: f"**{s}**")
+TEX = Format(lambda s: "".join(_TEX.get(c, c) for c in s), r" $\pm$ ", "--",
+             lambda s: rf"\textbf{{{s}}}")
+
+
+def by_task(lines: Sequence[dict]) -> dict[str, list[dict]]:
+  tasks: dict[str, list[dict]] = {}
+  for line in lines:
+    tasks.setdefault(line["task"], []).append(line)
+  return tasks
+
+
+def headline(lines: Sequence[dict]) -> tuple[str, str, str, float] | None:
+  """(metric, mode, score key, scale) of a task; the score is test/, or validation/ without a
+  test split. None when no seed of the task finished, so its type is unknown."""
+  found = comparisons.headline_metric(lines)
+  if found is None:
+    return None
+  task_type = next(line["task_type"] for line in lines if line["task_type"])
+  metric, score = found
+  return metric, HEADLINE[task_type][1], score, 100.0 if task_type in FRACTION_TYPES else 1.0
+
+
+def _best(lines: Sequence[dict], key: str, mode: str) -> set[int]:
+  """Indices of the best mean score, per data fraction (more data wins anyway)."""
+  pick = max if mode == "max" else min
+  best: dict[float, float] = {}
+  for line in lines:
+    if f"{key}.mean" in line:
+      value, fraction = line[f"{key}.mean"], line["train_fraction"]
+      best[fraction] = pick(best.get(fraction, value), value)
+  return {i for i, line in enumerate(lines)
+          if f"{key}.mean" in line and line[f"{key}.mean"] == best[line["train_fraction"]]}
+
+
+def percent(fraction: float) -> str:
+  """Trainable share in percent: 1 decimal, or 2 significant digits for PEFT's tiny shares."""
+  value = 100 * fraction
+  return f"{value:.1f}" if value >= 1 else f"{value:.2g}"
+
+
+def _scientific(value: float) -> str:
+  return f"{value:.2g}".replace("e+", "e")
+
+
+def _delta(pair: dict | None, scale: float, fmt: Format) -> str:
+  if pair is None or pair["mean_diff"] is None:
+    return fmt.none
+  mark = "*" if pair["verdict"] == "significant" else " n.s."
+  return fmt.esc(f"{pair['mean_diff'] * scale:+.1f}{mark}")
+
+
+def results_table(lines: Sequence[dict], verdicts: dict, fmt: Format
+                  ) -> tuple[list[str], list[list[str]], list[bool]]:
+  """Header, cells and which columns are numeric, for one task's selected configurations."""
+  found = headline(lines)
+  metric, mode, score, scale = found or ("score", "max", "", 1.0)
+  fractions = len({line["train_fraction"] for line in lines}) > 1
+  swept = any(line["configurations"] > 1 for line in lines)
+  best = _best(lines, score, mode) if found else set()
+
+  def interval(line: dict, key: str) -> str:
+    if f"{key}.mean" not in line:
+      return fmt.none
+    ci = line[f"{key}.ci95"]
+    spread = f"{fmt.pm}{ci * scale:.1f}" if not math.isnan(ci) else ""
+    return f"{line[f'{key}.mean'] * scale:.1f}{spread}"
+
+  def delta(line: dict, kind: str) -> str:
+    return _delta(next((p for (task, fraction, a, _), p in verdicts.items()
+                        if p["kind"] == kind and task == line["task"]
+                        and fraction == line["train_fraction"]
+                        and a == f"{line['init']}/{line['strategy']}"), None), scale, fmt)
+
+  header = ["init", "strategy", *(["data fraction"] if fractions else []),
+            *(["selected"] if swept else []), f"test {metric}", f"validation {metric}",
+            "Δ vs full", "Δ vs scratch", "trainable %", "train FLOPs", "peak memory (MB)",
+            "wall time (s)", "seeds"]
+  numeric = [False, False, *([True] if fractions else []), *([False] if swept else []),
+             True, True, True, True, True, True, True, True, False]
+  cells = []
+  for i, line in enumerate(lines):
+    scores = {key: interval(line, key) for key in (f"test/{metric}", f"validation/{metric}")}
+    if i in best:
+      scores[score] = fmt.bold(scores[score])
+    ok = line["n_ok"] > 0
+
+    def number(key: str, render: Callable[[float], str]) -> str:
+      return render(line[f"{key}.mean"]) if ok and f"{key}.mean" in line else fmt.none
+
+    status = f"{line['n_ok']}/{line['n_total']}" if line["status"] == "ok" else line["status"]
+    if line["selection_note"]:
+      status += f" ({line['selection_note']})"
+    cells.append([
+        fmt.esc(line["init"]), fmt.esc(line["strategy"]),
+        *([f"{line['train_fraction']:g}"] if fractions else []),
+        *([fmt.esc(line["selected_hparams"]) or fmt.none] if swept else []),
+        *scores.values(), delta(line, "strategy vs full"), delta(line, "pretrained vs scratch"),
+        number("trainable_fraction", percent), number("train_flops", _scientific),
+        number("peak_memory_bytes", lambda b: f"{b / 2 ** 20:.1f}"),
+        number("wall_time_sec", lambda s: f"{s:.0f}"), fmt.esc(status)])
+  return [fmt.esc(h) for h in header], cells, numeric
+
+
+def sweep_table(lines: Sequence[dict], scale: float, fmt: Format
+                ) -> tuple[list[str], list[list[str]], list[bool]]:
+  """Every configuration of one task's swept groups: validation mean ± std over the seeds
+  selection read."""
+  fractions = len({line["train_fraction"] for line in lines}) > 1
+  header = ["init", "strategy", *(["data fraction"] if fractions else []), "configuration",
+            "validation", "seeds", "status", "chosen"]
+  numeric = [False, False, *([True] if fractions else []), False, True, False, False, False]
+  cells = []
+  for line in lines:
+    key = f"{line['metric']}.mean"
+    value = (f"{line[key] * scale:.1f}{fmt.pm}{line[line['metric'] + '.std'] * scale:.1f}"
+             if key in line else fmt.none)
+    cells.append([fmt.esc(line["init"]), fmt.esc(line["strategy"]),
+                  *([f"{line['train_fraction']:g}"] if fractions else []),
+                  fmt.esc(line["hparams"]), fmt.bold(value) if line["selected"] == "selected"
+                  else value, fmt.esc(line["seeds"]), fmt.esc(line["status"]),
+                  fmt.esc(line["selected"])])
+  return [fmt.esc(h) for h in header], cells, numeric
+
+
+def _p_value(p: float | None, floor: float, fmt: Format) -> str:
+  """'0.013', or '< 0.002' where no bootstrap resample reversed the difference."""
+  if p is None or math.isnan(p):
+    return fmt.none
+  return fmt.esc(f"< {floor:g}") if p < floor else f"{p:.2g}"
+
+
+def comparisons_table(verdicts: dict, task: str, scale: float, fmt: Format
+                      ) -> tuple[list[str], list[list[str]], list[bool]]:
+  header = ["a", "b", "data fraction", "mean difference", "Welch p", "bootstrap p", "verdict"]
+  numeric = [False, False, True, True, True, True, False]
+  cells = []
+  for (name, fraction, a, b), pair in verdicts.items():
+    if name != task:
+      continue
+    p = {t: _p_value(pair["p"].get(t), pair.get("p_floor", 0.0) if t != "welch" else 0.0,
+                     fmt) for t in comparisons.TESTS}
+    diff = pair["mean_diff"]
+    cells.append([fmt.esc(a), fmt.esc(b), f"{fraction:g}",
+                  f"{diff * scale:+.1f}" if diff is not None else fmt.none,
+                  p["welch"], p["paired_bootstrap"], fmt.esc(pair["verdict"])])
+  return [fmt.esc(h) for h in header], cells, numeric
+
+
+def _caption(task: str, lines: Sequence[dict]) -> str:
+  found = headline(lines)
+  if found is None:
+    return f"{task}: no finished run"
+  scale = "×100" if found[3] == 100 else "0-100"
+  per = " per data fraction" if len({line["train_fraction"] for line in lines}) > 1 else ""
+  return (f"{task} ({next(l['task_type'] for l in lines if l['task_type'])}): {found[0]} "
+          f"({scale}), mean ± 95% CI over finished seeds; best {found[2]}{per} in bold")
+
+
+def _md_table(table: tuple[list[str], list[list[str]], list[bool]]) -> list[str]:
+  header, cells, numeric = table
+  return ["| " + " | ".join(header) + " |",
+          "|" + "|".join("---:" if n else ":---" for n in numeric) + "|",
+          *("| " + " | ".join(row) + " |" for row in cells)]
+
+
+def _tex_table(table: tuple[list[str], list[list[str]], list[bool]], caption: str,
+               label: str) -> list[str]:
+  header, cells, numeric = table
+  caption = TEX.esc(caption).replace("±", r"$\pm$").replace("×", r"$\times$")
+  return ["", r"\begin{table}[t]", r"\centering", rf"\caption{{{caption}}}",
+          rf"\label{{tab:{slug(label)}}}",
+          r"\begin{tabular}{" + "".join("r" if n else "l" for n in numeric) + "}", r"\toprule",
+          " & ".join(header) + r" \\", r"\midrule", *(" & ".join(row) + r" \\" for row in cells),
+          r"\bottomrule", r"\end{tabular}", r"\end{table}"]
+
+
+def _sections(summary: Sequence[dict], sweep: Sequence[dict], compared: Sequence[dict]):
+  """Per task: (task, its summary lines, score scale, every pair's verdict, its sweep lines)."""
+  verdicts = comparisons.verdicts(compared)
+  sweeps = by_task(sweep)
+  for task, lines in by_task(summary).items():
+    found = headline(lines)
+    scale = found[3] if found else 1.0
+    yield task, lines, scale, verdicts, sweeps.get(task, [])
+
+
+def markdown(summary: Sequence[dict], sweep: Sequence[dict], compared: Sequence[dict],
+             warnings: Sequence[str] = ()) -> str:
+  out = ["# Results", "", *(f"> **Warning:** {w}" for w in warnings), *([""] if warnings else [])]
+  for task, lines, scale, verdicts, sweep_of_task in _sections(summary, sweep, compared):
+    out += [f"## {task}", "", _caption(task, lines) + ".", "", LEGEND, "",
+            *_md_table(results_table(lines, verdicts, MD)), ""]
+    if any(name == task for name, *_ in verdicts):
+      out += [f"### {task}: comparisons", "", "Mean differences ×100 where the table is; "
+              "p-values are two-sided and unadjusted (comparisons.csv also has "
+              "Benjamini-Hochberg adjusted ones).", "",
+              *_md_table(comparisons_table(verdicts, task, scale, MD)), ""]
+    if sweep_of_task:
+      out += [f"### {task}: hyperparameter sweep", "", "Validation score of every "
+              "configuration (mean ± std over the seeds selection read); tables report the "
+              "selected one.", "", *_md_table(sweep_table(sweep_of_task, scale, MD)), ""]
+  return "\n".join(out)
+
+
+def latex(summary: Sequence[dict], sweep: Sequence[dict], compared: Sequence[dict]) -> str:
+  out = [r"% Written by lmreuse/study/tables.py; needs \usepackage{booktabs}."]
+  for task, lines, scale, verdicts, sweep_of_task in _sections(summary, sweep, compared):
+    out += _tex_table(results_table(lines, verdicts, TEX),
+                      f"{_caption(task, lines)}. {LEGEND}", task)
+    if any(name == task for name, *_ in verdicts):
+      out += _tex_table(comparisons_table(verdicts, task, scale, TEX),
+                        f"{task}: comparisons (two-sided, unadjusted p-values).",
+                        f"{task}-comparisons")
+    if sweep_of_task:
+      out += _tex_table(sweep_table(sweep_of_task, scale, TEX),
+                        f"{task}: validation score of every swept configuration (mean ± std).",
+                        f"{task}-sweep")
+  return "\n".join(out) + "\n"
+
+
+def slug(text: str) -> str:
+  return re.sub(r"[^\w.+-]", "_", text)
+
+
+def _csv(path: str, lines: Sequence[dict], head: Sequence[str], tail: Sequence[str] = ()
+         ) -> None:
+  middle = dict.fromkeys(k for line in lines for k in line if k not in head and k not in tail)
+  with open(path, "w", newline="") as f:
+    writer = csv.DictWriter(f, fieldnames=[*head, *middle, *tail], restval="")
+    writer.writeheader()
+    writer.writerows(lines)
+
+
+def write(workdir: str, summary: Sequence[dict], sweep: Sequence[dict],
+          compared: Sequence[dict], warnings: Sequence[str] = ()) -> dict[str, str]:
+  """W/results.{csv,md,tex}, W/sweep.csv and W/comparisons.csv."""
+  paths = {ext: os.path.join(workdir, f"results.{ext}") for ext in ("csv", "md", "tex")}
+  paths["sweep"] = os.path.join(workdir, "sweep.csv")
+  paths["comparisons"] = os.path.join(workdir, "comparisons.csv")
+  _csv(paths["csv"], summary, _HEAD, ("errors",))
+  _csv(paths["sweep"], sweep, (*GROUP, "hparams", "metric", "seeds", "status", "eligible",
+                               "selected"))
+  _csv(paths["comparisons"], compared, ("task", "train_fraction", "kind", "a", "b", "metric",
+                                        "test", "mean_a", "mean_b", "mean_diff", "p_value",
+                                        "p_adjusted", "significant", "n_a", "n_b"), ("note",))
+  with open(paths["md"], "w") as f:
+    f.write(markdown(summary, sweep, compared, warnings))
+  with open(paths["tex"], "w") as f:
+    f.write(latex(summary, sweep, compared))
+  return paths
