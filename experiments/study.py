@@ -60,7 +60,7 @@ def _needed(cell: grid.Cell, cells: list[grid.Cell], config: ml_collections.Conf
   group = [dataclasses.asdict(c) for c in cells if c.kind == "finetune" and c.group == cell.group]
   rows = results.collect(study_dir, group)
   (choice,) = selection.choose_all(rows, "first_seed", first_seed).values()
-  needed = selection.needed(choice, results.row(study_dir, dataclasses.asdict(cell)), first_seed)
+  needed = selection.needed(choice, next(r for r in rows if r["name"] == cell.name), first_seed)
   if needed is None:
     pending = [r["name"] for c in choice.candidates for r in c.rows if r["status"] == "missing"]
     raise RuntimeError(f"cell {cell.name} waits for its group's seed{first_seed} sweep to "

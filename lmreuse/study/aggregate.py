@@ -68,9 +68,7 @@ def summarize(rows: Sequence[dict], choices: dict[tuple, selection.Choice] | Non
   """One line per group in study order: the selected configuration's seed counts, status and
   `<key>.mean` / `.std` / `.ci95` (95% Student-t interval half-width) / `n` columns."""
   choices = choices if choices is not None else selection.choose_all(rows)
-  groups: dict[tuple, list[dict]] = {}
-  for row in rows:
-    groups.setdefault(tuple(row[k] for k in GROUP), []).append(row)
+  groups = results.by_group(rows)
   task_types = {row["task"]: row["task_type"] for row in rows if row["status"] == "ok"}
   summary = []
   for key, members in groups.items():

@@ -61,9 +61,7 @@ def compare(rows: Sequence[dict], summary: Sequence[dict],
             n_resamples: int = 1000, seed: int = 0) -> list[dict]:
   """comparisons.csv's rows: one per compared pair and test, with Benjamini-Hochberg adjusted
   p-values over each task's comparisons of one test (`p_adjusted`)."""
-  groups: dict[tuple, list[dict]] = {}
-  for row in rows:
-    groups.setdefault(tuple(row[k] for k in GROUP), []).append(row)
+  groups = results.by_group(rows)
   finished = {key: [r for r in selection.reported(choices[key], members) if r["status"] == "ok"]
               for key, members in groups.items()}
   lines_of: dict[str, list[dict]] = {}

@@ -149,6 +149,8 @@ def check_sweeps(config: ml_collections.ConfigDict) -> None:
     except ValueError as e:
       raise ValueError(f"config.study.strategy_sweeps.{name}: {e}") from e
     entries.append((f"config.study.strategy_sweeps.{name}", entry))
+  child = finetune.get_config()  # each candidate overwrites the last; the types stay
+  child.update(config.finetune.to_dict())
   for prefix, entry in entries:
     for key, candidates in _flat(entry).items():
       where = f"{prefix}.{key}"
@@ -160,8 +162,6 @@ def check_sweeps(config: ml_collections.ConfigDict) -> None:
       if len(set(map(repr, candidates))) != len(candidates):
         raise ValueError(f"{where}={tuple(candidates)}: a candidate is listed twice")
       for value in candidates:
-        child = finetune.get_config()
-        child.update(config.finetune.to_dict())
         try:
           _set(child, key, value)
         except KeyError:

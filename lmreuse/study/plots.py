@@ -18,7 +18,7 @@ from matplotlib.lines import Line2D
 
 from lmreuse.study import selection, tables
 from lmreuse.study.grid import SCRATCH
-from lmreuse.study.results import GROUP
+from lmreuse.study.results import GROUP, by_group
 
 _MARKERS = "osD^vPX*<>"
 _LINESTYLES = ("-", "--", ":", "-.")
@@ -228,9 +228,7 @@ def write(workdir: str, rows: Sequence[dict], summary: Sequence[dict],
   os.makedirs(out_dir, exist_ok=True)
   style = _Style(summary)
   seeds: dict[tuple, list[dict]] = {}
-  groups: dict[tuple, list[dict]] = {}
-  for row in rows:
-    groups.setdefault(tuple(row[k] for k in GROUP), []).append(row)
+  groups = by_group(rows)
   for key, members in groups.items():
     seeds[key] = [r for r in selection.reported(choices[key], members) if r["status"] == "ok"]
   paths = []

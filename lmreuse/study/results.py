@@ -59,6 +59,14 @@ def collect(workdir: str, cells: Sequence[dict] | None = None) -> list[dict]:
   return [row(workdir, cell) for cell in cells if cell["kind"] == "finetune"]
 
 
+def by_group(rows: Sequence[dict]) -> dict[tuple, list[dict]]:
+  """Rows keyed by their GROUP values (seeds and swept configurations together), study order."""
+  groups: dict[tuple, list[dict]] = {}
+  for row in rows:
+    groups.setdefault(tuple(row[k] for k in GROUP), []).append(row)
+  return groups
+
+
 def predictions(row: dict) -> list[dict]:
   """The cell's predictions.jsonl: one record per evaluated example, gold fields included."""
   path = os.path.join(row["workdir"], "predictions.jsonl")

@@ -17,7 +17,7 @@ from typing import Any, Sequence
 
 from lmreuse.eval.metrics import HEADLINE
 from lmreuse.study import statistics
-from lmreuse.study.results import GROUP
+from lmreuse.study.results import by_group
 
 
 @dataclasses.dataclass
@@ -127,9 +127,7 @@ def choose(key: tuple, rows: Sequence[dict], task_type: str | None,
 def choose_all(rows: Sequence[dict], selection: str = "all",
                first_seed: int | None = None) -> dict[tuple, Choice]:
   """A Choice per group, in study order; `selection` is the manifest's mode."""
-  groups: dict[tuple, list[dict]] = {}
-  for row in rows:
-    groups.setdefault(tuple(row[k] for k in GROUP), []).append(row)
+  groups = by_group(rows)
   task_types = {row["task"]: row["task_type"] for row in rows if row["status"] == "ok"}
   seed = first_seed if selection == "first_seed" else None
   return {key: choose(key, members, task_types.get(key[0]), seed)
