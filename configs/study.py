@@ -2,8 +2,11 @@
 each strategy at its own hyperparameters, selected on validation.
 
   python run.py --config=configs/study.py:tiny --workdir=workdirs/study
-  # one cell per host (pretraining cells first; print every launch line with print_launch):
+  # many workers on a shared filesystem, each taking the next ready cell (or I/N: a static
+  # share); print_launch also writes W/launch/ scripts for a TPU VM fleet and a SLURM array:
+  python run.py --config=configs/study.py:tiny --workdir=W --config.study.worker=claim
   python run.py --config=configs/study.py:tiny --workdir=W --config.study.print_launch=True
+  # one cell per host (pretraining cells first):
   python run.py --config=configs/study.py:tiny --workdir=W --config.study.only=3
   python run.py --config=configs/study.py:tiny --workdir=W --config.study.only='*lora*'
   # another learning-rate range for full fine-tuning (and every strategy without its own):
@@ -160,7 +163,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       selection="all",               # all | first_seed: which seeds the sweep runs
       bootstrap_resamples=1000,      # paired bootstrap over test examples, per comparison
       only="",                       # run one cell: its index or a glob over cell names
-      print_launch=False,            # print one launch line per cell, run nothing
+      print_launch=False,            # print one launch line per cell, write W/launch/ scripts
+      worker="",                     # '' all cells in order | claim | I/N (experiments/study.py)
+      poll_seconds=10.0,             # how often a worker looks again for a cell it can run
       report=True,                   # aggregate tables and plots when the grid is done
   ))
   # Overrides merged into every pretraining child (configs/pretrain.py keys).

@@ -5,10 +5,29 @@ interrupted study continues where it stopped. A failing cell writes error.txt wi
 traceback and the study goes on: the tables show it as failed rather than dropping it. Under
 `selection='first_seed'` a later seed's cell runs only for its group's selected configuration;
 the others are skipped (they write nothing).
+
+Each cell runs holding its workdir's lock (lmreuse/lock.py), so one cell never has two writers.
+Many workers on a shared filesystem can run one study together (`config.study.worker`):
+  ''     this process runs every selected cell in order; a cell another process is running
+         stops it with an error naming that process.
+  claim  each worker walks the cells in grid order and runs the first one that is ready and
+         whose lock it can take; a cell whose worker died (its lock released by the kernel) is
+         taken over and resumes from its checkpoints. Workers poll until every cell is
+         finished, failed, skipped or blocked, so a late or dying worker's share is never lost.
+  I/N    static partition: this worker runs the selected cells at positions I, I+N, I+2N, ...
+         (with `only` unset: the cells with index % N == I), and stops when they are done; as
+         with '', a cell of its share that another process is running stops it.
+Workers wait (every `poll_seconds`) for what a cell needs: its pretraining cell, and under
+first-seed selection its group's first-seed sweep. In worker mode a failed cell stays failed
+(no other worker retries it); a sequential run (worker='') retries failed cells. A cell whose
+pretraining failed is reported as blocked. The tables are written by the worker that finds
+every selected cell settled, under the study workdir's lock; a worker that finds that lock held
+leaves the report to its holder.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import os
 import shlex
@@ -20,22 +39,37 @@ import jax
 import ml_collections
 from absl import logging
 
-from lmreuse import workdir as workdir_lib
+from lmreuse import lock, workdir as workdir_lib
 from lmreuse.study import grid, results, selection
 
 ERROR_FILE = "error.txt"
 CACHE_DIR = "jax_cache"  # in the study workdir: cells of one study compile the same programs
+LAUNCH_DIR = "launch"    # in the study workdir: the scripts print_launch writes
+# run.py locks a run's workdir; a study's is shared by its workers, which lock each cell they
+# run and the study workdir only while writing the report.
+SHARED_WORKDIR = True
+# config.study keys that say which cells this process runs and how, not what the study is:
+# every worker of one study records the same config.json whatever they are.
+_PER_PROCESS_KEYS = {"only": "", "print_launch": False, "worker": "", "poll_seconds": 10.0,
+                     "report": True}
+_STATES = ("finished", "failed", "skipped", "blocked", "waiting", "ready")
+_SETTLED = ("finished", "failed", "skipped", "blocked")
+_WAIT, _DONE, _ERROR = -1, -2, -3  # besides a cell index, what a worker's next step can be
+
+
+def _command_args(workdir: str) -> list[str]:
+  """This command's run.py arguments minus those that pick cells or print launch lines."""
+  args = [a for a in sys.argv[1:]
+          if not a.startswith(("--config.study.only", "--config.study.print_launch",
+                               "--config.study.worker", "--workdir"))]
+  return args + [f"--workdir={os.path.abspath(workdir)}"]
 
 
 def launch_lines(config: ml_collections.ConfigDict, workdir: str, cells: list[grid.Cell]
                  ) -> list[str]:
   """One command per cell for a cluster sweep; pretraining cells must finish before the rest,
   and under first-seed selection a group's first-seed cells before its later seeds."""
-  base = [sys.executable, "run.py", *[a for a in sys.argv[1:]
-                                      if not a.startswith(("--config.study.only",
-                                                           "--config.study.print_launch"))]]
-  if not any(a.startswith("--workdir") for a in base):
-    base.append(f"--workdir={workdir}")
+  base = [sys.executable, "run.py", *_command_args(workdir)]
   first_seed = _first_seed(config)
   lines = []
   for cell in cells:
@@ -47,48 +81,190 @@ def launch_lines(config: ml_collections.ConfigDict, workdir: str, cells: list[gr
   return lines
 
 
+_TPU_FLEET = """\
+#!/usr/bin/env bash
+# Study {name}: {count} cells, shared out among Cloud TPU VMs. Every host of every VM runs
+# the study with --config.study.worker=claim: each VM takes the next ready cell; a cell whose
+# VM is preempted or dies is taken over by another and resumes from its checkpoints. Run this
+# script again after a preemption: finished cells are skipped. Written by print_launch.
+#
+# FILL IN (edit here or export): the TPU VMs, their zone, the repository's path on them, and
+# the study workdir, on a filesystem every VM mounts at the same path (e.g. Filestore/NFS).
+VMS="${{VMS:-CHANGE_ME_VM_1 CHANGE_ME_VM_2}}"
+ZONE="${{ZONE:-CHANGE_ME_ZONE}}"
+REPO="${{REPO:-{repo}}}"
+WORKDIR="${{WORKDIR:-{workdir}}}"
+PYTHON="${{PYTHON:-python3}}"
+# --distributed: the hosts of a multi-host slice join one JAX run (JAX finds its peers).
+DISTRIBUTED="${{DISTRIBUTED:---distributed}}"
+LOGS="${{LOGS:-$(dirname "$0")/logs}}"  # on this machine: one log per VM
+
+set -euo pipefail
+case "$VMS $ZONE" in
+  *CHANGE_ME*) echo "$0: set VMS and ZONE (at the top of this script, or export them)" >&2
+               exit 2 ;;
+esac
+ARGS=({args})
+COMMAND="cd $(printf %q "$REPO") && $PYTHON run.py $(printf '%q ' "${{ARGS[@]}}")"
+COMMAND+="--workdir=$(printf %q "$WORKDIR") --config.study.worker=claim $DISTRIBUTED"
+mkdir -p "$LOGS"
+PIDS=()
+for VM in $VMS; do
+  gcloud compute tpus tpu-vm ssh "$VM" --zone="$ZONE" --worker=all --command="$COMMAND" \\
+      >"$LOGS/$VM.log" 2>&1 &
+  PIDS+=("$!")
+  echo "$VM: logging to $LOGS/$VM.log"
+done
+STATUS=0
+for PID in "${{PIDS[@]}}"; do
+  wait "$PID" || STATUS=$?
+done
+exit "$STATUS"
+"""
+
+_SLURM_ARRAY = """\
+#!/usr/bin/env bash
+# Study {name}: {count} cells, run by a SLURM job array whose tasks share the study workdir
+# (a shared filesystem). Submit with: sbatch [--partition=P] {path}
+# Each task runs the study as a worker: MODE=claim (the default) takes the next ready cell, so
+# any array size works and a requeued or late task finds what is left; MODE=static gives task
+# I of N the cells at positions I, I+N, ... Resubmit after a preemption: finished cells are
+# skipped and unfinished ones resume from their checkpoints (a preempted run exits 75).
+#
+# FILL IN: the #SBATCH lines below (or give them to sbatch, or export SBATCH_PARTITION etc.).
+#SBATCH --job-name=lmreuse-{name}
+#SBATCH --array=0-{last}
+#SBATCH --ntasks=1
+#SBATCH --gres=gpu:1
+#SBATCH --time=24:00:00
+#SBATCH --output={workdir}/{launch}/slurm-%A_%a.out
+#SBATCH --open-mode=append
+#
+# FILL IN (edit here or export): the repository's path on the nodes, its Python.
+REPO="${{REPO:-{repo}}}"
+WORKDIR="${{WORKDIR:-{workdir}}}"
+PYTHON="${{PYTHON:-{python}}}"
+MODE="${{MODE:-claim}}"
+
+set -euo pipefail
+if [ "$MODE" = static ]; then
+  WORKER="$SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT"
+else
+  WORKER=claim
+fi
+ARGS=({args})
+cd "$REPO"
+exec "$PYTHON" run.py "${{ARGS[@]}}" --workdir="$WORKDIR" --config.study.worker="$WORKER"
+"""
+
+
+def write_launch_scripts(config: ml_collections.ConfigDict, workdir: str,
+                         cells: list[grid.Cell]) -> list[str]:
+  """W/launch/tpu_vm_fleet.sh and W/launch/slurm_array.sbatch: this command as study workers
+  on many machines; what the user must fill in is marked at the top of each."""
+  args = " ".join(shlex.quote(a) for a in _command_args(workdir)[:-1])  # --workdir: a variable
+  values = dict(name=config.study.name, count=len(cells), last=max(len(cells) - 1, 0),
+                repo=os.path.abspath(os.getcwd()), workdir=os.path.abspath(workdir),
+                python=sys.executable, launch=LAUNCH_DIR, args=args)
+  paths = []
+  for name, template in (("tpu_vm_fleet.sh", _TPU_FLEET), ("slurm_array.sbatch", _SLURM_ARRAY)):
+    path = os.path.join(workdir, LAUNCH_DIR, name)
+    workdir_lib.write_atomically(path, template.format(path=path, **values))
+    os.chmod(path, 0o755)
+    paths.append(path)
+  return paths
+
+
 def _first_seed(config: ml_collections.ConfigDict) -> int | None:
   return config.study.seeds[0] if config.study.selection == "first_seed" else None
 
 
 def _needed(cell: grid.Cell, cells: list[grid.Cell], config: ml_collections.ConfigDict,
-            study_dir: str) -> bool:
-  """False for a later seed of a configuration its group did not select (first-seed mode)."""
+            study_dir: str) -> tuple[bool | None, list[str]]:
+  """(False for a later seed of a configuration its group did not select, None while its
+  group's first-seed sweep is unfinished; the sweep cells still to finish)."""
   first_seed = _first_seed(config)
   if cell.kind != "finetune" or first_seed is None or cell.seed == first_seed:
-    return True
+    return True, []
   group = [dataclasses.asdict(c) for c in cells if c.kind == "finetune" and c.group == cell.group]
   rows = results.collect(study_dir, group)
   (choice,) = selection.choose_all(rows, "first_seed", first_seed).values()
   needed = selection.needed(choice, next(r for r in rows if r["name"] == cell.name), first_seed)
+  pending = [r["name"] for c in choice.candidates for r in c.rows if r["status"] == "missing"]
+  return needed, pending if needed is None else []
+
+
+def _state(cell: grid.Cell, cells: list[grid.Cell], config: ml_collections.ConfigDict,
+           study_dir: str, retry_failed: bool) -> tuple[str, list[str]]:
+  """(one of _STATES, the cells it waits for): blocked when its pretraining cell failed;
+  failed counts as ready to retry where `retry_failed`."""
+  status = grid.status(study_dir, cell)
+  if status == "finished" or (status == "failed" and not retry_failed):
+    return status, []
+  if cell.depends_on:
+    dependency = grid.status(study_dir, next(c for c in cells if c.name == cell.depends_on))
+    if dependency != "finished":
+      return ("blocked" if dependency == "failed" else "waiting"), [cell.depends_on]
+  needed, pending = _needed(cell, cells, config, study_dir)
   if needed is None:
-    pending = [r["name"] for c in choice.candidates for r in c.rows if r["status"] == "missing"]
-    raise RuntimeError(f"cell {cell.name} waits for its group's seed{first_seed} sweep to "
-                       f"finish (selection='first_seed'); still to run: {pending}")
-  return needed
+    return "waiting", pending
+  return ("ready" if needed else "skipped"), []
+
+
+def _agreed_state(cell: grid.Cell, cells: list[grid.Cell], config: ml_collections.ConfigDict,
+                  study_dir: str, retry_failed: bool) -> tuple[str, list[str]]:
+  """_state as process 0 sees it, on every process: all processes of a cell's run take the
+  same branch."""
+  if jax.process_count() == 1:
+    return _state(cell, cells, config, study_dir, retry_failed)
+  state, waits = (_state(cell, cells, config, study_dir, retry_failed)
+                  if jax.process_index() == 0 else ("ready", []))
+  return _STATES[lock.from_process_0(_STATES.index(state))], waits
+
+
+def _cannot_run(cell: grid.Cell, state: str, waits: list[str], cells: list[grid.Cell],
+                config: ml_collections.ConfigDict) -> RuntimeError:
+  if state == "blocked":
+    return RuntimeError(f"cell {cell.name} needs {cell.depends_on}, which failed (see its "
+                        f"{ERROR_FILE}); re-run the study to retry it")
+  if not waits:  # on a process other than 0, which does not look itself
+    return RuntimeError(f"cell {cell.name} cannot run yet; process 0's log says why")
+  if cell.depends_on in waits:
+    dependency = next(c for c in cells if c.name == cell.depends_on)
+    return RuntimeError(f"cell {cell.name} needs {cell.depends_on} to finish first (run "
+                        f"--config.study.only={dependency.index})")
+  return RuntimeError(f"cell {cell.name} waits for its group's seed{_first_seed(config)} sweep "
+                      f"to finish (selection='first_seed'); still to run: {waits}")
 
 
 def run_cell(cell: grid.Cell, config: ml_collections.ConfigDict, study_dir: str,
              cells: list[grid.Cell] | None = None) -> str:
-  """finished | failed | skipped (a first-seed loser's later seed)."""
-  from experiments import finetune, pretrain
-
+  """finished | failed | skipped (a first-seed loser's later seed). Runs the cell holding its
+  workdir's lock (lock.LockHeld if another process is running it); a failed cell is retried;
+  a cell that cannot run yet raises, naming what it needs."""
   cells = cells if cells is not None else grid.expand(config.study)
   workdir = os.path.join(study_dir, cell.workdir)
-  if grid.status(study_dir, cell) == "finished":
-    return "finished"
-  if cell.depends_on:
-    dependency = next(c for c in cells if c.name == cell.depends_on)
-    if grid.status(study_dir, dependency) != "finished":
-      raise RuntimeError(f"cell {cell.name} needs {cell.depends_on} to finish first (run "
-                         f"--config.study.only={dependency.index})")
-  if not _needed(cell, cells, config, study_dir):
+  state, waits = _agreed_state(cell, cells, config, study_dir, retry_failed=True)
+  if state == "ready":
+    with lock.hold(workdir):
+      # Again, now that nobody else can be running it: another worker may have finished it.
+      state, waits = _agreed_state(cell, cells, config, study_dir, retry_failed=True)
+      if state == "ready":
+        return _run_locked(cell, config, study_dir, workdir)
+  if state in ("blocked", "waiting"):
+    raise _cannot_run(cell, state, waits, cells, config)
+  if state == "skipped":
     logging.info("cell %d %s: skipped, its group selected another configuration", cell.index,
                  cell.name)
-    return "skipped"
-  os.makedirs(workdir, exist_ok=True)
+  return state
+
+
+def _run_locked(cell: grid.Cell, config: ml_collections.ConfigDict, study_dir: str,
+                workdir: str) -> str:
+  from experiments import finetune, pretrain
+
   error_path = os.path.join(workdir, ERROR_FILE)
-  if os.path.exists(error_path):
+  if os.path.exists(error_path) and jax.process_index() == 0:
     os.remove(error_path)  # a retry: the cell gets a clean slate
   child = grid.child_config(cell, config, study_dir)
   child.lock()
@@ -96,11 +272,123 @@ def run_cell(cell: grid.Cell, config: ml_collections.ConfigDict, study_dir: str,
   try:
     (pretrain if cell.kind == "pretrain" else finetune).run(child, workdir)
   except Exception:  # noqa: BLE001 — the study records the failure and goes on
-    with open(error_path, "w") as f:
-      f.write(traceback.format_exc())
+    if jax.process_index() == 0:
+      with open(error_path, "w") as f:
+        f.write(traceback.format_exc())
     logging.error("cell %s failed; see %s", cell.name, error_path)
     return "failed"
   return "finished"
+
+
+def parse_worker(worker: str) -> str | tuple[int, int] | None:
+  """config.study.worker: None (sequential), 'claim', or (I, N)."""
+  if not worker:
+    return None
+  if worker == "claim":
+    return worker
+  index, sep, count = worker.partition("/")
+  if sep and index.isdigit() and count.isdigit() and int(index) < int(count):
+    return int(index), int(count)
+  raise ValueError(f"config.study.worker={worker!r}: write '' (this process runs every cell), "
+                   "'claim' (take cells as they become ready), or I/N with 0 <= I < N (this "
+                   "worker's static share, e.g. 0/4)")
+
+
+def _next(mine: list[grid.Cell], claim: bool, config: ml_collections.ConfigDict,
+          study_dir: str, cells: list[grid.Cell], chosen: set[str], settled: dict[str, str]
+          ) -> tuple[int, int]:
+  """(what this worker does next: a cell's index, _WAIT or _DONE; how many cells it waits
+  for). On process 0 only; a claimed cell is returned with its lock held."""
+  waiting = 0
+  for cell in mine:
+    if cell.name in settled:
+      continue
+    state, waits = _state(cell, cells, config, study_dir, retry_failed=False)
+    if state == "waiting" and not set(waits) <= chosen:
+      raise _cannot_run(cell, state, waits, cells, config)  # nobody will run what it waits for
+    if state == "ready" and claim:
+      cell_dir = os.path.join(study_dir, cell.workdir)
+      if not lock.try_acquire(cell_dir):
+        state = "waiting"  # running elsewhere; taken over if that worker dies
+      else:
+        state, waits = _state(cell, cells, config, study_dir, retry_failed=False)
+        if state != "ready":
+          lock.release(cell_dir)  # finished or failed meanwhile by another worker
+    if state == "ready":
+      return cell.index, waiting
+    if state in _SETTLED:
+      settled[cell.name] = state
+    else:
+      waiting += 1
+  return (_WAIT if waiting else _DONE), waiting
+
+
+def _work(worker: str | tuple[int, int], config: ml_collections.ConfigDict, study_dir: str,
+          cells: list[grid.Cell], chosen: list[grid.Cell]) -> dict[str, str]:
+  """Runs this worker's cells of `chosen` (module docstring); their final states."""
+  claim = worker == "claim"
+  mine = chosen if claim else chosen[worker[0]::worker[1]]
+  names = {c.name for c in chosen}
+  settled: dict[str, str] = {}
+  waited = None
+  while True:
+    step = waiting = 0
+    if jax.process_index() == 0:
+      try:
+        step, waiting = _next(mine, claim, config, study_dir, cells, names, settled)
+      except BaseException:
+        lock.from_process_0(_ERROR)
+        raise
+    step = lock.from_process_0(step)
+    if step == _ERROR:
+      raise RuntimeError("process 0 stopped the study; its log says why")
+    if step == _DONE:
+      break
+    if step == _WAIT:
+      if waiting != waited and jax.process_index() == 0:
+        logging.info("study %s worker %s: waiting for %d cells (running elsewhere or needing "
+                     "others first); polling every %g s", config.study.name, config.study.worker,
+                     waiting, config.study.poll_seconds)
+        waited = waiting
+      time.sleep(config.study.poll_seconds)
+      continue
+    waited = None
+    cell = cells[step]
+    logging.info("study %s worker %s: cell %d %s", config.study.name, config.study.worker,
+                 cell.index, cell.name)
+    try:
+      settled[cell.name] = run_cell(cell, config, study_dir, cells)
+    finally:
+      if claim and jax.process_index() == 0:
+        lock.release(os.path.join(study_dir, cell.workdir))
+  return {c.name: settled.get(c.name) or _state(c, cells, config, study_dir, False)[0]
+          for c in mine}
+
+
+def _report(config: ml_collections.ConfigDict, workdir: str, cells: list[grid.Cell],
+            worker: str | tuple[int, int] | None) -> dict | None:
+  """The tables, holding the study workdir's lock. In worker mode only once every cell is
+  settled (the worker that settles the last one writes them); a held lock means its holder is
+  writing them, or a report run by hand is, which is then re-run."""
+  from lmreuse.study import aggregate
+
+  took = False
+  if jax.process_index() == 0:
+    if worker is None or all(_state(c, cells, config, workdir, False)[0] in _SETTLED
+                             for c in cells):
+      try:
+        lock.acquire(workdir)
+        took = True
+      except lock.LockHeld as e:  # in worker mode, usually another worker writing them
+        (logging.info if worker else logging.warning)(
+            "study %s: tables not written here: %s", config.study.name, e)
+  if not lock.from_process_0(took):
+    return None
+  try:
+    return aggregate.report(workdir)
+  finally:
+    if took:
+      lock.release(workdir)
 
 
 def _use_compilation_cache(workdir: str) -> None:
@@ -113,26 +401,38 @@ def _use_compilation_cache(workdir: str) -> None:
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   start = time.time()
+  worker = parse_worker(config.study.worker)
   grid.check_sweeps(config)
   cells = grid.expand(config.study)
   chosen = grid.select(cells, config.study.only)
   if config.study.print_launch:
     print("\n".join(launch_lines(config, workdir, chosen)))
+    for path in write_launch_scripts(config, workdir, cells):
+      print(f"# wrote {path}")
     return {"cells": len(chosen)}
-  workdir_lib.prepare(workdir, config)
+  # Every worker writes the same config.json and study.json, each atomically: concurrent
+  # starts need no lock.
+  recorded = copy.deepcopy(config)
+  recorded.study.update(_PER_PROCESS_KEYS)
+  workdir_lib.prepare(workdir, recorded)
   grid.write_manifest(workdir, config, cells)
   _use_compilation_cache(workdir)
-  outcome = {}
-  for number, cell in enumerate(chosen, 1):
-    logging.info("study %s: cell %d/%d", config.study.name, number, len(chosen))
-    outcome[cell.name] = run_cell(cell, config, workdir, cells)
+  if worker is None:
+    outcome = {}
+    for number, cell in enumerate(chosen, 1):
+      logging.info("study %s: cell %d/%d", config.study.name, number, len(chosen))
+      outcome[cell.name] = run_cell(cell, config, workdir, cells)
+  else:
+    outcome = _work(worker, config, workdir, cells, chosen)
   failed = sorted(name for name, s in outcome.items() if s == "failed")
   skipped = sum(s == "skipped" for s in outcome.values())
-  logging.info("study %s: %d cells finished, %d skipped, %d failed %s in %.0f s",
-               config.study.name, len(outcome) - len(failed) - skipped, skipped, len(failed),
-               failed, time.time() - start)
+  blocked = sorted(name for name, s in outcome.items() if s == "blocked")
+  logging.info("study %s: %d cells finished, %d skipped, %d failed %s, %d blocked in %.0f s",
+               config.study.name, sum(s == "finished" for s in outcome.values()), skipped,
+               len(failed), failed, len(blocked), time.time() - start)
   result = {"cells": outcome, "failed": failed}
   if config.study.report and not config.study.only:
-    from lmreuse.study import aggregate
-    result["report"] = aggregate.report(workdir)
+    report = _report(config, workdir, cells, worker)
+    if report is not None:
+      result["report"] = report
   return result
