@@ -45,6 +45,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.eval_every = 100        # 0 = only at the end
   config.checkpoint_every = 100
   config.keep_checkpoints = 1    # latest checkpoints kept for resuming; the best is kept apart
+  config.nonfinite = "abort"     # NaN/Inf loss: 'abort' (naming the step and last good checkpoint)
+                                 # or 'skip' the update (counted in train/skipped_updates)
+  config.max_nonfinite_skips = 10  # 'skip': this many skipped updates in a row abort the run
   config.max_len = 128           # input tokens (the source, for seq2seq)
   config.dropout_rate = -1.0     # -1 = the pretrained model's own dropout rate
   config.label_smoothing = 0.0

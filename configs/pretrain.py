@@ -35,6 +35,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.eval_steps = 10         # validation batches per evaluation
   config.checkpoint_every = 100
   config.keep_checkpoints = 2
+  config.nonfinite = "abort"     # NaN/Inf loss: 'abort' (naming the step and last good checkpoint)
+                                 # or 'skip' the update (counted in train/skipped_updates)
+  config.max_nonfinite_skips = 10  # 'skip': this many skipped updates in a row abort the run
 
   config.data = ml_collections.ConfigDict(dict(
       corpus="wordnet",          # the bundled WordNet 3.0 corpus

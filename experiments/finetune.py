@@ -164,9 +164,10 @@ def build(config: ml_collections.ConfigDict, workdir: str) -> Setup:
   mask = plan.by_path(abstract, plan.trainable)
   tx = plan.wrap_optimizer(tx, abstract, mask)
   trainer = Trainer(program, tx, schedule, mesh, rules, trainable_mask=mask,
-                    start_steps=plan.by_path(abstract, plan.start_step))
+                    start_steps=plan.by_path(abstract, plan.start_step),
+                    skip_nonfinite=config.nonfinite == "skip")
   state = trainer.init_state(config.seed)
-  params, report = jax.device_get(state.params), None
+  params, report = trainer.to_host(state.params), None
   if config.init_from and not config.from_scratch:
     params, report = restore.merge_params(params, source.load_params())
     if not report["loaded"]:
@@ -195,13 +196,13 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   best_json = os.path.join(workdir, "early_stopping.json")
   train_iter = iter(pipeline.make_task_dataset(
       data.splits["train"], lambda ex, rng: [f.arrays for f in task.features(ex, rng)],
-      batch_size=config.batch_size // jax.process_count(), seed=config.seed,
-      shard_index=jax.process_index(), shard_count=jax.process_count(),
+      batch_size=config.batch_size, seed=config.seed,
+      rows=trainer.host_rows(config.batch_size, config.grad_accum_steps),
       random_features=task.random_features))
-  latest = checkpointer.latest_step()
+  latest, restored = checkpointer.restore_latest(abstract_like(state), train_iter)
   if latest is not None:
-    logging.info("resuming from %s step %d", checkpointer.directory, latest)
-    state = checkpointer.restore(latest, abstract_like(state), train_iter)
+    logging.info("resumed from %s step %d", checkpointer.directory, latest)
+    state = restored
   elif report is not None:
     logging.info("init_from %s: %d parameter arrays loaded, %d new (%s), %d dropped (%s); "
                  "all paths in init_report.json", config.init_from, len(report["loaded"]),
@@ -211,12 +212,13 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
       restore.write_report(os.path.join(workdir, "init_report.json"), report)
   if is_main and data.labels is not None:
     workdir_lib.write_json(os.path.join(workdir, "labels.json"), {"labels": data.labels})
+  best_checkpointer.discard_after(latest or 0)  # the steps run again save their best anew
   stopper = EarlyStopping.restore(best_json, stopper.metric, stopper.mode, stopper.patience,
                                   latest or 0)
   evaluator = Evaluator(trainer, task, setup.module, config.batch_size)
   timers = trainer.timers
   # The representation "before" fine-tuning: the initial (pretrained) params, on the host.
-  params_before = jax.device_get(setup.state.params) if config.viz.enabled else None
+  params_before = trainer.to_host(setup.state.params) if config.viz.enabled else None
 
   def validation_scores(params):
     return evaluator(params, eval_sets["validation"])[0]
@@ -264,15 +266,17 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
                 [task.record(examples[i], p) for i, p in enumerate(predictions)])
   logging.info("best step %d: %s", best_step, results)
   extra = {}
+  total, trainable = trainer.param_count(), trainer.trainable_count()
+  # A collective: every process takes part, process 0 writes the plots and trainable/.
+  host_best = trainer.to_host(best_params) if config.viz.enabled or trainable < total else None
   if config.viz.enabled and is_main:
     from lmreuse.viz import finetune_plots
     extra["viz"] = finetune_plots.write(
-        workdir, setup.module, params_before, jax.device_get(best_params),
+        workdir, setup.module, params_before, host_best,
         eval_sets["validation"], setup.tokenizer, example=config.viz.example, seed=config.seed,
         step=int(best_step))
-  total, trainable = trainer.param_count(), trainer.trainable_count()
-  if is_main and trainable < total:  # parameter-efficient: the trained part alone is shareable
-    flat = traverse_util.flatten_dict(jax.device_get(best_params), sep="/")
+  if trainable < total:  # parameter-efficient: the trained part alone is shareable
+    flat = traverse_util.flatten_dict(host_best, sep="/")
     restore.save_tree(os.path.join(workdir, TRAINABLE_DIR), traverse_util.unflatten_dict(
         {p: v for p, v in flat.items() if setup.plan.trainable(p)}, sep="/"))
   logging.info("strategy %s: %s of %s parameters train (%.3f%%)", setup.plan.name,

@@ -6,7 +6,6 @@ import itertools
 import os
 import time
 
-import jax
 import ml_collections
 from absl import logging
 
@@ -52,19 +51,20 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   objective = objectives.get(config.objective.name)
   program = objective.program(model_cfg, config.objective, config.data)
   tx, schedule = optim.make_optimizer(config.optimizer, config.total_steps)
-  trainer = Trainer(program, tx, schedule, mesh, rules)
+  trainer = Trainer(program, tx, schedule, mesh, rules,
+                    skip_nonfinite=config.nonfinite == "skip")
   logging.info("model: %s, %s parameters", model_cfg, f"{trainer.param_count():,}")
 
   def dataset(split: str, train: bool):
     source = wordnet.data_source("documents", split, config.data.tfds_dir or None)
     return pipeline.make_pretrain_dataset(
         config.objective.name, source, tokenizer, seq_len=config.data.seq_len,
-        batch_size=config.batch_size // jax.process_count(), seed=config.seed, train=train,
+        batch_size=config.batch_size, seed=config.seed, train=train,
         nsp=config.objective.nsp, mask_prob=config.objective.mask_prob,
         noise_density=config.objective.noise_density,
         mean_noise_span_length=config.objective.mean_noise_span_length,
-        target_len=config.data.target_len or None, shard_index=jax.process_index(),
-        shard_count=jax.process_count())
+        target_len=config.data.target_len or None,  # this process's rows of each global batch:
+        rows=trainer.host_rows(config.batch_size, config.grad_accum_steps if train else 1))
 
   train_iter = iter(dataset("train", train=True))
   eval_ds = dataset("validation", train=False)
@@ -73,10 +73,10 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"),
                               max_to_keep=config.keep_checkpoints)
   state = trainer.init_state(config.seed)
-  latest = checkpointer.latest_step()
+  latest, restored = checkpointer.restore_latest(abstract_like(state), train_iter)
   if latest is not None:
-    logging.info("resuming from %s step %d", checkpointer.directory, latest)
-    state = checkpointer.restore(latest, abstract_like(state), train_iter)
+    logging.info("resumed from %s step %d", checkpointer.directory, latest)
+    state = restored
   writer = MetricWriter(workdir, resume_step=latest or 0)
   loop = LoopConfig.from_config(config)
   try:

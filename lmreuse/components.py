@@ -42,6 +42,10 @@ def validate_loop(config: ml_collections.ConfigDict, positive_keys: tuple[str, .
       raise ValueError(f"config.{key}={config[key]} must be positive")
   if config.eval_every < 0:
     raise ValueError(f"config.eval_every={config.eval_every} must be >= 0 (0 = only at the end)")
+  if config.nonfinite not in ("abort", "skip"):
+    raise ValueError(f"config.nonfinite={config.nonfinite!r} must be 'abort' or 'skip'")
+  if config.max_nonfinite_skips <= 0:
+    raise ValueError(f"config.max_nonfinite_skips={config.max_nonfinite_skips} must be positive")
   if config.batch_size % config.grad_accum_steps:
     raise ValueError(f"config.batch_size={config.batch_size} is not divisible by "
                      f"config.grad_accum_steps={config.grad_accum_steps}")

@@ -18,8 +18,23 @@ from typing import Any, Mapping
 import jax
 import ml_collections
 
-RUN_OUTPUTS = ("checkpoints", "best", "metrics.jsonl", "tensorboard", "results.json", "plots",
-               "predictions.jsonl", "init_report.json", "labels.json", "early_stopping.json")
+from lmreuse import lock
+
+# Everything a run writes in its workdir besides config.json (replaced) and the lock (held):
+# what `config.overwrite=True` removes. An entry not listed here (a new output, or a user's
+# file) makes an overwrite refuse, naming it, rather than survive into the new run or be deleted
+# unseen.
+RUN_OUTPUTS = (
+    # pretraining and fine-tuning (a trained SentencePiece model in tokenizer/)
+    "checkpoints", "tensorboard", "metrics.jsonl", "results.json", "tokenizer",
+    # fine-tuning
+    "best", "trainable", "early_stopping.json", "predictions.jsonl", "init_report.json",
+    "labels.json", "plots",
+    # a study cell, and a study (its cells are under runs/)
+    "error.txt", "study.json", "runs", "results.csv", "results.md", "results.tex", "sweep.csv",
+    "comparisons.csv", "jax_cache", "launch",
+)
+_PARTIAL_WRITE = ".tmp-"  # write_atomically's temporary files, left by a crash
 PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "grain", "sentencepiece",
             "tensorflow-datasets", "numpy")
 
@@ -48,13 +63,27 @@ def config_to_dict(config: ml_collections.ConfigDict) -> dict:
   return json.loads(config.to_json())
 
 
+# Top-level keys a resumed run may change: none alters the updates already made. total_steps
+# may only grow (extending the run; see README "Extending a run" for the LR schedule).
+RESUMABLE_KEYS = ("overwrite", "log_every", "checkpoint_every", "keep_checkpoints", "nonfinite",
+                  "max_nonfinite_skips")
+
+
+def _resumable(prefix: str, key: str, old: Any, new: Any) -> bool:
+  if prefix != "config":
+    return False
+  if key == "total_steps":
+    return isinstance(old, int) and isinstance(new, int) and new >= old
+  return key in RESUMABLE_KEYS
+
+
 def _diff(old: Mapping, new: Mapping, prefix: str = "config") -> list[str]:
   out = []
   for key in sorted(set(old) | set(new)):
     a, b = old.get(key, "<missing>"), new.get(key, "<missing>")
     if isinstance(a, dict) and isinstance(b, dict):
       out += _diff(a, b, f"{prefix}.{key}")
-    elif a != b and key != "overwrite":
+    elif a != b and not _resumable(prefix, key, a, b):
       out.append(f"{prefix}.{key}: {a!r} → {b!r}")
   return out
 
@@ -69,22 +98,37 @@ def prepare(workdir: str, config: ml_collections.ConfigDict) -> bool:
       old = json.load(f)
     differences = _diff(old, new)
     if not differences:
+      if old != new and jax.process_index() == 0:  # an extended run records its new config
+        write_json(path, new)
       return True
     if not config.overwrite:
       raise ValueError(
           f"{path} holds a different config ({'; '.join(differences[:8])}"
           f"{' ...' if len(differences) > 8 else ''}). Use another --workdir, or pass "
           "--config.overwrite=True to discard that run")
-    if jax.process_index() == 0:
-      for name in RUN_OUTPUTS:
-        target = os.path.join(workdir, name)
-        if os.path.isdir(target):
-          shutil.rmtree(target)
-        elif os.path.exists(target):
-          os.remove(target)
+    _remove_outputs(workdir)
   if jax.process_index() == 0:
     write_json(path, new)
   return False
+
+
+def _remove_outputs(workdir: str) -> None:
+  """Removes every output of the earlier run; refuses, removing nothing, if anything else is
+  there (the workdir may be a directory the user keeps other files in)."""
+  names = [n for n in os.listdir(workdir) if n not in ("config.json", lock.LOCK_FILE)]
+  unknown = sorted(n for n in names if n not in RUN_OUTPUTS and not n.startswith(_PARTIAL_WRITE))
+  if unknown:
+    raise ValueError(
+        f"--config.overwrite=True: {workdir} also holds {unknown}, which no run writes; move "
+        "them away or use another --workdir (overwrite removes only the outputs listed in "
+        "lmreuse/workdir.py RUN_OUTPUTS)")
+  if jax.process_index() == 0:
+    for name in names:
+      target = os.path.join(workdir, name)
+      if os.path.isdir(target) and not os.path.islink(target):
+        shutil.rmtree(target)
+      else:
+        os.remove(target)
 
 
 def write_json(path: str, obj: Any) -> None:

@@ -11,9 +11,19 @@ randomness is `random_map`'s generator seeded from (seed, position in the
 stream): reproducible, resumable, and fresh every epoch in training (the
 shuffle and the corruption are re-drawn per epoch). Eval makes one unshuffled
 pass whose corruption depends only on (seed, index), so every eval sees the
-same batches. Shards (one per JAX process) take every shard_count-th
-document before batching; all shards get the same number of documents so
-processes stay in step.
+same batches.
+
+Batches are global and do not depend on how many processes share them: the
+documents are shuffled (with the seed) over the whole source, the examples of
+that one global stream are cut into global batches, and each process keeps the
+rows of every batch that its devices hold (`rows`, from Trainer.host_rows). MLM
+builds one example per document, so a process reads and processes only its own
+rows' documents; where one document gives a variable number of rows (CLM
+packing, span corruption's long documents, windowed task features), every
+process runs the same global stream and keeps its rows, since which rows a
+document lands in depends on every document before it. Either way the iterator
+state counts global batches, the same in every process and for any process
+count.
 
 CLM packs with `FirstFitPackIterDataset`, not concat-then-split: a document
 stays whole inside one row (only documents longer than seq_len are cut into
@@ -71,14 +81,59 @@ class _Unlist(grain.experimental.FlatMapTransform):
     return element
 
 
-def _document_indices(
-    num_docs: int, *, seed: int, train: bool, shard_index: int, shard_count: int
-) -> grain.MapDataset:
-  per_shard = num_docs // shard_count
-  if per_shard == 0:
-    raise ValueError(f"source has {num_docs} documents, fewer than shard_count={shard_count}")
-  ds = grain.MapDataset.range(per_shard * shard_count)[shard_index::shard_count].seed(seed)
+def _document_indices(num_docs: int, *, seed: int, train: bool) -> grain.MapDataset:
+  """The global order of the documents: one shuffle over all of them, whatever the processes."""
+  if num_docs == 0:
+    raise ValueError("the source has no documents")
+  ds = grain.MapDataset.range(num_docs).seed(seed)
   return ds.shuffle().repeat(None) if train else ds
+
+
+def _stack(elements: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+  return {k: np.stack([e[k] for e in elements]) for k in elements[0]}
+
+
+class _BatchRows(grain.MapDataset):
+  """Element k: rows `rows` of global batch k (parent elements k*B .. k*B+B-1), stacked.
+
+  grain's MapDataset.batch takes whole batches; this takes one process's rows of each and
+  computes only those elements of the (lazy) parent, so processes never build each other's rows.
+  """
+
+  def __init__(self, parent: grain.MapDataset, batch_size: int, rows: Sequence[int]):
+    super().__init__(parent)
+    self._batch_size, self._rows = batch_size, tuple(rows)
+
+  def __len__(self) -> int:
+    return len(self._parent) // self._batch_size
+
+  def __str__(self) -> str:
+    return f"_BatchRows(batch_size={self._batch_size}, rows={len(self._rows)})"
+
+  def __getitem__(self, index):
+    if isinstance(index, slice):
+      return self.slice(index)
+    start = index * self._batch_size
+    return _stack([self._parent[start + row] for row in self._rows])
+
+
+def _rows_of_batches(ds: grain.IterDataset, batch_size: int,
+                     rows: Sequence[int]) -> grain.IterDataset:
+  """Global batches of `ds`, of which this process keeps `rows`."""
+  ds = ds.batch(batch_size, drop_remainder=True)
+  if tuple(rows) == tuple(range(batch_size)):
+    return ds
+  index = np.asarray(rows)
+  return ds.map(lambda batch: {k: v[index] for k, v in batch.items()})
+
+
+def _check_rows(rows: Sequence[int] | None, batch_size: int) -> tuple[int, ...]:
+  if rows is None:
+    return tuple(range(batch_size))
+  rows = tuple(int(r) for r in rows)
+  if not rows or len(set(rows)) != len(rows) or not all(0 <= r < batch_size for r in rows):
+    raise ValueError(f"rows={rows} must be distinct row indices in [0, batch_size={batch_size})")
+  return rows
 
 
 def _fill_greedily(segments: list[list[int]], max_tokens: int,
@@ -97,8 +152,8 @@ def _fill_greedily(segments: list[list[int]], max_tokens: int,
   return tokens[start : start + max_tokens]
 
 
-def _mlm_dataset(indices, docs: _Documents, tok: Any, *, seq_len: int, nsp: bool,
-                 mask_prob: float) -> grain.IterDataset:
+def _mlm_examples(indices, docs: _Documents, tok: Any, *, seq_len: int, nsp: bool,
+                  mask_prob: float) -> grain.MapDataset:
   special_ids = np.asarray(tok.special_ids)
   if nsp and len(docs) < 2:
     raise ValueError(f"nsp=True needs a source with >= 2 documents, got {len(docs)}")
@@ -142,11 +197,13 @@ def _mlm_dataset(indices, docs: _Documents, tok: Any, *, seq_len: int, nsp: bool
       example["nsp_labels"] = np.int32(is_next)
     return example
 
-  return indices.random_map(make_example).to_iter_dataset(_READ_OPTIONS)
+  # Seeded by the position in the global stream: a row's masking is the same for any process
+  # count.
+  return indices.random_map(make_example)
 
 
 def _clm_dataset(indices, docs: _Documents, tok: Any, *, seq_len: int, batch_size: int,
-                 seed: int, train: bool) -> grain.IterDataset:
+                 seed: int, train: bool, rows: Sequence[int]) -> grain.IterDataset:
   def chunks(doc_index: int) -> list[dict[str, np.ndarray]]:
     tokens = docs.tokens(doc_index)
     if not tokens:
@@ -160,7 +217,7 @@ def _clm_dataset(indices, docs: _Documents, tok: Any, *, seq_len: int, batch_siz
   ds = grain.experimental.FirstFitPackIterDataset(
       ds, length_struct={"tokens": seq_len}, num_packing_bins=batch_size, seed=seed,
       shuffle_bins=train, padding_struct={"tokens": tok.pad_id})
-  return ds.batch(batch_size, drop_remainder=True).map(_clm_batch)
+  return _rows_of_batches(ds, batch_size, rows).map(_clm_batch)
 
 
 def _clm_batch(packed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -239,10 +296,10 @@ def make_pretrain_dataset(
     noise_density: float = 0.15,
     mean_noise_span_length: float = 3.0,
     target_len: int | None = None,
-    shard_index: int = 0,
-    shard_count: int = 1,
+    rows: Sequence[int] | None = None,
 ) -> grain.IterDataset:
-  """Fixed-shape numpy batches (this process's share of the global batch) for `objective`.
+  """Fixed-shape numpy batches for `objective`: `rows` (default all) of each global batch of
+  `batch_size`, this process's share (Trainer.host_rows).
 
   Train repeats forever with fresh shuffling and corruption each epoch; eval is
   one pass with fixed, seeded corruption and drops the last partial batch.
@@ -258,27 +315,29 @@ def make_pretrain_dataset(
     raise ValueError(f"batch_size={batch_size} must be positive")
   if not 0 <= seed < 2**32:
     raise ValueError(f"seed={seed} must be in [0, 2**32)")
-  if not 0 <= shard_index < shard_count:
-    raise ValueError(f"shard_index={shard_index} must be in [0, shard_count={shard_count})")
+  rows = _check_rows(rows, batch_size)
   docs = _Documents(source, tokenizer)
-  indices = _document_indices(len(docs), seed=seed, train=train, shard_index=shard_index,
-                              shard_count=shard_count)
+  indices = _document_indices(len(docs), seed=seed, train=train)
   if objective == "clm":
     return _clm_dataset(indices, docs, tokenizer, seq_len=seq_len, batch_size=batch_size,
-                        seed=seed, train=train)
+                        seed=seed, train=train, rows=rows)
   if objective == "mlm":
-    ds = _mlm_dataset(indices, docs, tokenizer, seq_len=seq_len, nsp=nsp, mask_prob=mask_prob)
-  else:
-    ds = _span_dataset(indices, docs, tokenizer, seq_len=seq_len, target_len=target_len,
-                       noise_density=noise_density,
-                       mean_noise_span_length=mean_noise_span_length)
-  return ds.batch(batch_size, drop_remainder=True)
+    examples = _mlm_examples(indices, docs, tokenizer, seq_len=seq_len, nsp=nsp,
+                             mask_prob=mask_prob)
+    # One element per batch: prefetch about as many examples as the per-example pipelines.
+    options = grain.ReadOptions(num_threads=_READ_OPTIONS.num_threads, prefetch_buffer_size=max(
+        2, _READ_OPTIONS.prefetch_buffer_size // len(rows)))
+    return _BatchRows(examples, batch_size, rows).to_iter_dataset(options)
+  ds = _span_dataset(indices, docs, tokenizer, seq_len=seq_len, target_len=target_len,
+                     noise_density=noise_density, mean_noise_span_length=mean_noise_span_length)
+  return _rows_of_batches(ds, batch_size, rows)
 
 
 def make_task_dataset(examples: Sequence[dict], features_fn: Any, *, batch_size: int, seed: int,
-                      shard_index: int = 0, shard_count: int = 1,
+                      rows: Sequence[int] | None = None,
                       random_features: bool = True) -> grain.IterDataset:
-  """Endless shuffled training batches of a downstream task (this process's share).
+  """Endless shuffled training batches of a downstream task: `rows` (default all) of each
+  global batch of `batch_size`, this process's share.
 
   `features_fn(example, rng)` returns a list of feature dicts (several for windowed QA, with
   `rng` for augmentation). With `random_features` the examples are re-featurized with fresh
@@ -286,8 +345,8 @@ def make_task_dataset(examples: Sequence[dict], features_fn: Any, *, batch_size:
   later epochs (tokenizing every example on every step can cost as much as a small model's
   step).
   """
-  indices = _document_indices(len(examples), seed=seed, train=True, shard_index=shard_index,
-                              shard_count=shard_count)
+  rows = _check_rows(rows, batch_size)
+  indices = _document_indices(len(examples), seed=seed, train=True)
   if random_features:
     ds = indices.random_map(lambda i, rng: features_fn(examples[int(i)], rng))
   else:
@@ -300,4 +359,4 @@ def make_task_dataset(examples: Sequence[dict], features_fn: Any, *, batch_size:
 
     ds = indices.map(lambda i: cached(int(i)))
   ds = grain.experimental.FlatMapIterDataset(ds.to_iter_dataset(_READ_OPTIONS), _Unlist())
-  return ds.batch(batch_size, drop_remainder=True)
+  return _rows_of_batches(ds, batch_size, rows)

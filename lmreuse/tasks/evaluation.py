@@ -3,7 +3,9 @@
 Features are built once per split; batches are padded to the training batch size with
 zero-weight rows, so the last partial batch is evaluated too and shapes stay static (one
 compilation, ahead of time and counted as the trainer's compile time). The step returns the
-task's per-feature outputs and the loss pairs.
+task's per-feature outputs and the loss pairs, replicated: with several processes each feeds its
+rows of every batch and all get every prediction, so all compute the same metrics (and take the
+same early-stopping decision).
 """
 
 from __future__ import annotations
@@ -61,13 +63,15 @@ class Evaluator:
 
   def __init__(self, trainer: Trainer, task: TaskType, module: Any, batch_size: int):
     self.trainer, self.task, self.batch_size = trainer, task, batch_size
+    self._rows = np.asarray(trainer.host_rows(batch_size))
     loss_fn = trainer.program.loss_fn
 
     def step(params, batch):
       _, pairs = loss_fn(params, batch, jax.random.PRNGKey(0), False)
       return task.predict(module, params, batch), pairs
 
-    self._step = compute.AheadOfTime(jax.jit(step).lower, trainer.timers)
+    self._step = compute.AheadOfTime(
+        jax.jit(step, out_shardings=trainer.replicated).lower, trainer.timers)
 
   def __call__(self, params: Any, eval_set: EvalSet) -> tuple[dict[str, float], list]:
     """(metrics without prefix, one prediction per example)."""
@@ -75,7 +79,8 @@ class Evaluator:
     totals = None
     with sharding_lib.mesh_context(self.trainer.mesh, self.trainer.rules):
       for batch, real in padded_batches(eval_set.features, self.batch_size):
-        out, pairs = self._step(params, self.trainer.device_batch(batch))
+        local = {k: v[self._rows] for k, v in batch.items()}
+        out, pairs = self._step(params, self.trainer.device_batch(local))
         for key, value in jax.device_get(out).items():
           outputs.setdefault(key, []).append(np.asarray(value)[:real])
         totals = pairs if totals is None else jax.tree.map(np.add, totals, pairs)

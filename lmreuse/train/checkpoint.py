@@ -2,12 +2,25 @@
 
 from __future__ import annotations
 
-from typing import Any
+import asyncio
+import contextlib
+import json
+from typing import Any, Iterator
 
 import grain
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
+from absl import logging
 from etils import epath
+from jax.experimental import multihost_utils
+try:
+  from orbax.checkpoint._src import asyncio_utils
+except ImportError:  # another orbax layout: see _drained_event_loops
+  asyncio_utils = None
+
+
+UNRESTORABLE = "unrestorable"  # in a checkpoint directory: steps a resume had to skip
 
 
 class Checkpointer:
@@ -23,6 +36,67 @@ class Checkpointer:
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
 
+  def restore_latest(self, abstract_state: Any, data_iterator: Any) -> tuple[int | None, Any]:
+    """(step, state) of the newest checkpoint that restores, or (None, None) when there is none.
+
+    A step that fails (truncated files, a half-copied directory) is logged and the one before
+    it tried. Once one restores, the failed newer steps are moved, not deleted, to
+    `UNRESTORABLE/` in the checkpoint directory: left in place, orbax would count them as the
+    latest steps and refuse to save the run's new checkpoints at or before them. When none
+    restores, the error lists every step and why, and nothing is moved. `data_iterator` is
+    left as it was by every failed step and restored in place by the one that succeeds.
+    """
+    steps = sorted(self.manager.all_steps(), reverse=True)
+    failures = []
+    for step in steps:
+      try:
+        state, error = self.restore(step, abstract_state, data_iterator), None
+      except Exception as e:  # pylint: disable=broad-exception-caught
+        state, error = None, _describe(e)
+      if jax.process_count() > 1:  # every process resumes from the same step, or none does
+        failed = multihost_utils.process_allgather(np.int32(error is not None))
+        if error is None and failed.any():
+          error = "another process could not restore it"
+      if error is None:
+        self._set_aside([s for s in steps if s > step])
+        return step, state
+      failures.append(f"step {step}: {error}")
+      logging.warning("checkpoint step %d in %s does not restore (%s); %s", step,
+                      self.directory / str(step), error,
+                      "trying the previous one" if step != steps[-1] else "no other step left")
+    if failures:
+      raise RuntimeError(f"no checkpoint in {self.directory} restores (move them away to start "
+                         "the run over); tried " + "; ".join(failures))
+    return None, None
+
+  def _set_aside(self, steps: list[int]) -> None:
+    if not steps:
+      return
+    if jax.process_index() == 0:
+      aside = self.directory / UNRESTORABLE
+      aside.mkdir(parents=True, exist_ok=True)
+      for step in steps:
+        target = aside / str(step)
+        suffix = 1
+        while target.exists():  # the same step failed before: keep both
+          suffix += 1
+          target = aside / f"{step}-{suffix}"
+        (self.directory / str(step)).rename(target)
+        logging.warning("moved unrestorable checkpoint step %d to %s", step, target)
+    if jax.process_count() > 1:
+      multihost_utils.sync_global_devices("lmreuse_checkpoint_set_aside")
+    self.manager.reload()
+
+  def discard_after(self, step: int) -> None:
+    """Deletes the steps after `step`. A run resumed at `step` computes them again and saves
+    them anew, which orbax refuses while they exist (e.g. the best checkpoint of a run that
+    died, or fell back, before its next regular checkpoint)."""
+    for later in self.manager.all_steps():
+      if later > step:
+        logging.info("%s: removing step %d, past the resumed step %d", self.directory, later,
+                     step)
+        self.manager.delete(later)
+
   def save(self, step: int, state: Any, data_iterator: Any, *, force: bool = False) -> bool:
     args = {"state": ocp.args.StandardSave(state)}
     if data_iterator is not None:
@@ -30,11 +104,27 @@ class Checkpointer:
     return self.manager.save(step, args=ocp.args.Composite(**args), force=force)
 
   def restore(self, step: int, abstract_state: Any, data_iterator: Any) -> Any:
-    """Restores the state onto the shardings in `abstract_state`; the iterator in place."""
+    """Restores the state onto the shardings in `abstract_state`; the iterator in place.
+
+    On failure the iterator is put back to where it was: orbax restores the items of one
+    checkpoint independently, so the data position may already be overwritten.
+    """
     args = {"state": ocp.args.StandardRestore(abstract_state)}
+    position = other_count_state = None
     if data_iterator is not None:
-      args["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
-    restored = self.manager.restore(step, args=ocp.args.Composite(**args))
+      other_count_state = _saved_by_other_process_count(self.directory / str(step) / "data")
+      if other_count_state is None:
+        args["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
+      position = data_iterator.get_state()
+    try:
+      with _drained_event_loops():
+        restored = self.manager.restore(step, args=ocp.args.Composite(**args))
+    except BaseException:
+      if data_iterator is not None:
+        data_iterator.set_state(position)
+      raise
+    if other_count_state is not None:
+      data_iterator.set_state(other_count_state)
     return restored["state"]
 
   def wait(self) -> None:
@@ -43,6 +133,72 @@ class Checkpointer:
   def close(self) -> None:
     self.manager.wait_until_finished()
     self.manager.close()
+
+
+def _saved_by_other_process_count(data_dir: epath.Path) -> Any:
+  """The data iterator state of a checkpoint saved by a different number of processes, or None
+  when grain's own restore applies (this process's file is there, or there is no data item).
+
+  grain keeps one file per process ("process_I-of-N.json"). lmreuse's pipelines count global
+  batches, so every process of every process count holds the same state: any file serves.
+  """
+  own = data_dir / f"process_{jax.process_index()}-of-{jax.process_count()}.json"
+  saved = sorted(data_dir.glob("process_*-of-*.json")) if data_dir.exists() else []
+  if own.exists() or not saved:
+    return None
+  logging.info("%s was saved by another process count (%s); every process resumes the data "
+               "from its position, the same for all", data_dir, saved[0].name)
+  return json.loads(saved[0].read_text())
+
+
+def _describe(error: BaseException) -> str:
+  """The innermost cause on one line: orbax wraps a TensorStore error (which names the file and
+  the byte range) in a generic "Encountered error while reading array index"."""
+  while error.__cause__ is not None:
+    error = error.__cause__
+  text = " ".join(str(error).split())
+  return f"{type(error).__name__}: {text[:500]}{'...' if len(text) > 500 else ''}"
+
+
+def _run_sync_draining(coro: Any) -> Any:
+  """orbax's `_run_sync_via_new_loop`, but the loop is closed only once all its tasks are done.
+
+  orbax reads every array of a checkpoint as a task under one `asyncio.gather`; when one read
+  fails, gather raises at once and orbax closes the loop with the other reads still in flight.
+  Each of those then calls back into the closed loop from a TensorStore thread ("Event loop is
+  closed"), and at exit each abandoned coroutine prints another traceback: a few hundred
+  tracebacks for one bad file. The other reads are awaited, not cancelled: a cancelled task
+  stops waiting, but its TensorStore read still calls back when it completes. Written here
+  because orbax offers no hook for it.
+  """
+  loop = asyncio.new_event_loop()
+  try:
+    asyncio.set_event_loop(loop)
+    return loop.run_until_complete(coro)
+  finally:
+    try:
+      pending = asyncio.all_tasks(loop)
+      if pending:
+        loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+    finally:
+      asyncio.set_event_loop(None)
+      loop.close()
+
+
+@contextlib.contextmanager
+def _drained_event_loops() -> Iterator[None]:
+  """Runs orbax's synchronous calls through `_run_sync_draining` for the duration."""
+  # A private orbax function: where another orbax version lacks it, restores run unpatched
+  # (a failing one may then print the flood again; nothing else changes).
+  original = getattr(asyncio_utils, "_run_sync_via_new_loop", None)
+  if original is None:
+    yield
+    return
+  asyncio_utils._run_sync_via_new_loop = _run_sync_draining  # pylint: disable=protected-access
+  try:
+    yield
+  finally:
+    asyncio_utils._run_sync_via_new_loop = original  # pylint: disable=protected-access
 
 
 def abstract_like(tree: Any) -> Any:

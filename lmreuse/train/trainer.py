@@ -21,7 +21,7 @@ from absl import logging
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from lmreuse.parallel import sharding as sharding_lib
-from lmreuse.train import compute
+from lmreuse.train import compute, preemption
 from lmreuse.train.checkpoint import Checkpointer
 from lmreuse.train.writers import MetricWriter
 
@@ -95,14 +95,16 @@ def _value_and_grad(params: Any, loss_fn: LossFn) -> Callable:
 
 def train_step(state: TrainState, batch: Batch, *, loss_fn: LossFn,
                tx: optax.GradientTransformation, schedule: optax.Schedule,
-               trainable_mask: Any = None, active_mask: Any = None
-               ) -> tuple[TrainState, dict[str, jax.Array]]:
+               trainable_mask: Any = None, active_mask: Any = None,
+               skip_nonfinite: bool = False) -> tuple[TrainState, dict[str, jax.Array]]:
   """One optimizer update; batch leaves are [accum_steps, micro_batch, ...].
 
   Only parameters whose `trainable_mask` leaf is True (all when None) are updated; the rest pass
   through bitwise unchanged. Of those, only the `active_mask` ones (all when None) are
   differentiated: the others have not started training yet (gradual unfreezing, LP-FT), get
   zero gradients, and cost no backward compute below the lowest active layer.
+  `train/nonfinite` is 1 when the loss or a gradient is NaN/Inf; with `skip_nonfinite` such an
+  update is dropped whole (parameters and optimizer state stay as they were).
   """
   rng = jax.random.fold_in(state.rng, state.step)
   trainable = select_trainable(state.params, trainable_mask)
@@ -128,10 +130,17 @@ def train_step(state: TrainState, batch: Batch, *, loss_fn: LossFn,
   updates, opt_state = tx.update(grads, state.opt_state, trainable)
   trained = optax.apply_updates(trainable, updates)
   params = merge_trainable(state.params, trained)
+  grad_norm = optax.tree.norm(grads)
+  finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+  if skip_nonfinite:
+    keep_old_if_bad = lambda new, old: jnp.where(finite, new, old)
+    params = jax.tree.map(keep_old_if_bad, params, state.params)
+    opt_state = jax.tree.map(keep_old_if_bad, opt_state, state.opt_state)
   metrics = {f"train/{k}": s / jnp.maximum(c, 1e-12) for k, (s, c) in pairs.items()}
   metrics.update({
       "train/loss": loss,
-      "train/grad_norm": optax.tree.norm(grads),
+      "train/nonfinite": 1 - finite.astype(jnp.int32),
+      "train/grad_norm": grad_norm,
       "train/update_norm": optax.tree.norm(updates),
       # Of the trainable parameters: a frozen backbone's norm never moves, and reading it all
       # every step would cost parameter-efficient runs a pass over the whole model.
@@ -164,6 +173,7 @@ class Trainer:
   # distinct start opens a phase with its own compiled step that differentiates only what has
   # started; the optimizer's gates (lmreuse/strategies/gates.py) hold the rest still.
   start_steps: Any = None
+  skip_nonfinite: bool = False  # drop NaN/Inf updates in the step (config.nonfinite='skip')
   # This process's compile, train, eval and checkpoint seconds (results.json "compute").
   timers: compute.Timers = dataclasses.field(default_factory=compute.Timers, init=False)
 
@@ -186,7 +196,9 @@ class Trainer:
     self._jitted_train_steps: dict[int, Callable] = {}
     # Per phase; keyed by the batch alone: the state's shardings are fixed by in_shardings.
     self._train_steps: dict[int, compute.AheadOfTime] = {}
-    jitted_eval = jax.jit(lambda p, b: eval_step(p, b, loss_fn=self.program.loss_fn))
+    # Replicated outputs: every process reads the same totals (they span all processes).
+    jitted_eval = jax.jit(lambda p, b: eval_step(p, b, loss_fn=self.program.loss_fn),
+                          out_shardings=self.replicated)
     self._eval_step = compute.AheadOfTime(jitted_eval.lower, self.timers)  # lowered in evaluate
 
   def _init_boxed(self, seed_key: jax.Array) -> TrainState:
@@ -224,6 +236,33 @@ class Trainer:
     shardings = self._batch_shardings(batch, leading_axes)
     return {k: jax.make_array_from_process_local_data(shardings[k], v)
             for k, v in batch.items()}
+
+  def to_host(self, tree: Any) -> Any:
+    """Numpy copies of a tree of mesh arrays, whole on every process; with several processes a
+    collective (one replicating jit), so every process must call it."""
+    if jax.process_count() == 1:
+      return jax.device_get(tree)
+    return jax.device_get(jax.jit(lambda t: t, out_shardings=self.replicated)(tree))
+
+  def host_rows(self, batch_size: int, accum_steps: int = 1) -> list[int]:
+    """The rows of each global batch of `batch_size` that this process feeds.
+
+    They are the rows its devices hold once the batch is split into `accum_steps` micro-batches:
+    make_array_from_process_local_data places a process's host data on the contiguous block of
+    each micro-batch that its devices' shards span (processes whose devices shard the batch the
+    same way, e.g. across the tensor axis, feed the same rows).
+    """
+    micro = batch_size // accum_steps
+    sharding = sharding_lib.batch_sharding(self.mesh, self.rules, 2, 1)
+    held = set()
+    for index in sharding.addressable_devices_indices_map((accum_steps, micro)).values():
+      held.update(range(*index[1].indices(micro)))
+    start, stop = min(held), max(held) + 1
+    if len(held) != stop - start:
+      raise ValueError(f"process {jax.process_index()} holds batch rows {sorted(held)} of mesh "
+                       f"{dict(self.mesh.shape)}, not one contiguous block; order the mesh's "
+                       "devices by process (config.mesh)")
+    return [m * micro + row for m in range(accum_steps) for row in range(start, stop)]
 
   def train_batch(self, host_batch: Batch, accum_steps: int) -> dict[str, jax.Array]:
     """One step's host batch [B, ...] as the sharded [accum_steps, B / accum_steps, ...]."""
@@ -269,7 +308,7 @@ class Trainer:
       active = self._active_mask_or_none(phase)
       fn = lambda s, b: train_step(s, b, loss_fn=self.program.loss_fn, tx=self.tx,
                                    schedule=self.schedule, trainable_mask=self.trainable_mask,
-                                   active_mask=active)
+                                   active_mask=active, skip_nonfinite=self.skip_nonfinite)
       self._jitted_train_steps[phase] = jax.jit(
           fn, in_shardings=(self.state_shardings, batch_shardings),
           out_shardings=(self.state_shardings, self.replicated), donate_argnums=0)
@@ -304,6 +343,7 @@ class Trainer:
     return compute.flops(lowered)
 
   def evaluate(self, params: Any, batches: Iterable[Batch]) -> dict[str, float]:
+    """Eval metrics over `batches`, each this process's rows (`host_rows`) of a global batch."""
     totals = None
     with sharding_lib.mesh_context(self.mesh, self.rules):
       for batch in batches:
@@ -328,11 +368,67 @@ class LoopConfig:
   eval_every: int
   checkpoint_every: int
   grad_accum_steps: int
+  nonfinite: str  # NaN/Inf loss: "abort" the run, or "skip" the update
+  max_nonfinite_skips: int  # "skip": this many skipped updates in a row abort the run
 
   @classmethod
   def from_config(cls, config: Any) -> "LoopConfig":
     """The loop keys every experiment config shares (see components.validate_loop)."""
     return cls(**{f.name: config[f.name] for f in dataclasses.fields(cls)})
+
+
+class StepMetrics:
+  """The host side of the steps' metrics: fetched at log, eval and checkpoint steps (so that
+  no evaluation or checkpoint ever sees a NaN/Inf update), averaged into log rows, and checked
+  against the non-finite policy."""
+
+  def __init__(self, loop: LoopConfig, checkpointer: Checkpointer):
+    self.loop, self.checkpointer = loop, checkpointer
+    self._pending: list[tuple[int, dict[str, jax.Array]]] = []
+    self._window: list[dict[str, float]] = []  # fetched finite steps since the last row
+    self._skipped = 0  # skipped updates since the last row
+    self._in_a_row = 0
+
+  def add(self, step: int, metrics: dict[str, jax.Array]) -> None:
+    self._pending.append((step, metrics))
+
+  def fetch(self) -> None:
+    """Brings the pending steps to the host; raises FloatingPointError per `loop.nonfinite`."""
+    for step, metrics in jax.device_get(self._pending):
+      if not metrics["train/nonfinite"]:  # set by the step for a NaN/Inf loss or gradient
+        self._in_a_row = 0
+        self._window.append(metrics)
+        continue
+      if self.loop.nonfinite == "abort":
+        self._abort(f"train/loss is {metrics['train/loss']} (or a gradient is NaN/Inf) at step "
+                    f"{step} (config.nonfinite='abort')")
+      self._skipped += 1
+      self._in_a_row += 1
+      logging.warning("step %d: non-finite loss or gradient, update skipped (%d in a row)",
+                      step, self._in_a_row)
+      if self._in_a_row >= self.loop.max_nonfinite_skips:
+        self._abort(f"{self._in_a_row} updates in a row up to step {step} had a NaN/Inf loss or "
+                    f"gradient (config.max_nonfinite_skips={self.loop.max_nonfinite_skips})")
+    self._pending = []
+
+  def _abort(self, what: str) -> None:
+    self.checkpointer.wait()
+    latest = self.checkpointer.latest_step()
+    last_good = (f"the last good checkpoint is step {latest} in {self.checkpointer.directory} "
+                 "(re-running resumes from it)" if latest is not None else "no checkpoint yet")
+    raise FloatingPointError(
+        f"{what}; {last_good}. Lower config.optimizer.learning_rate, check the data, or set "
+        "config.nonfinite='skip' (allowed on resume)")
+
+  def row(self) -> dict[str, float]:
+    """Means of the finite steps since the last row (+ the skipped count under "skip")."""
+    self.fetch()
+    keys = [k for k in (self._window[0] if self._window else {}) if k != "train/nonfinite"]
+    record = {k: float(np.mean([m[k] for m in self._window])) for k in keys}
+    if self.loop.nonfinite == "skip":
+      record["train/skipped_updates"] = float(self._skipped)
+    self._window, self._skipped = [], 0
+    return record
 
 
 def run_loop(trainer: Trainer, state: TrainState, train_iter: Iterator[Batch],
@@ -344,41 +440,46 @@ def run_loop(trainer: Trainer, state: TrainState, train_iter: Iterator[Batch],
 
   `evaluate(params)` gives eval metrics; `after_eval(step, state, metrics)` (e.g. early
   stopping, best-checkpoint tracking) may return True to stop training after that step.
+  SIGTERM/SIGINT (lmreuse/train/preemption.py) end the loop after the current step: its
+  metrics are logged, a checkpoint of it is saved and waited for, and `Preempted` is raised.
   `trainer.timers` splits the loop's time: "train" is all of it (steps, their input, logging)
   but the compiles, evaluations and checkpoint saves and waits, each timed as its own part.
   """
   timers = trainer.timers
   start = int(state.step)
   eval_metrics: dict[str, float] = {}
-  pending: list[dict[str, jax.Array]] = []
+  steps = StepMetrics(loop, checkpointer)
   tokens_per_step = 0
   last_time, last_step = time.perf_counter(), start
   bar = tqdm.tqdm(total=loop.total_steps, initial=start, desc="train", unit="step",
                   dynamic_ncols=True, disable=jax.process_index() != 0)
-  with timers("train"):
+  with timers("train"), preemption.Watcher() as watcher:
     for step in range(start + 1, loop.total_steps + 1):
       host_batch = next(train_iter)
       tokens_per_step = trainer.program.tokens_per_example * len(next(iter(host_batch.values())))
       batch = trainer.train_batch(host_batch, loop.grad_accum_steps)
       state, metrics = trainer.train_step(state, batch, step - 1)  # a phase's first compiles
-      pending.append(metrics)
+      steps.add(step, metrics)
       bar.update(1)
 
       final = step == loop.total_steps
+      preempted = not final and watcher.requested(step)
+      log = step % loop.log_every == 0 or final or preempted
+      evaluating = not preempted and (final or (loop.eval_every and step % loop.eval_every == 0))
+      checkpointing = step % loop.checkpoint_every == 0 or final or preempted
       record: dict[str, float] = {}
-      if step % loop.log_every == 0 or final:
-        fetched = jax.device_get(pending)
-        record = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
+      if log:
+        record = steps.row()
         now = time.perf_counter()
         record["train/tokens_per_sec"] = tokens_per_step * (step - last_step) / (now - last_time)
         record["train/steps_per_sec"] = (step - last_step) / (now - last_time)
-        last_time, last_step, pending = now, step, []
-        if not np.isfinite(record["train/loss"]):
-          raise FloatingPointError(f"train/loss is {record['train/loss']} at step {step}; "
-                                   "lower config.optimizer.learning_rate or check the data")
-        bar.set_postfix(loss=f"{record['train/loss']:.4f}")
+        last_time, last_step = now, step
+        if "train/loss" in record:
+          bar.set_postfix(loss=f"{record['train/loss']:.4f}")
+      elif evaluating or checkpointing:
+        steps.fetch()
       stop = False
-      if final or (loop.eval_every and step % loop.eval_every == 0):
+      if evaluating:
         jax.block_until_ready(state)  # the steps dispatched so far are training time
         with timers("eval"):
           eval_metrics = evaluate(state.params)
@@ -387,10 +488,16 @@ def run_loop(trainer: Trainer, state: TrainState, train_iter: Iterator[Batch],
         last_time = time.perf_counter()  # evaluation time is not training throughput
       if record:
         writer.write(step, record)
-      if step % loop.checkpoint_every == 0 or final or stop:
+      if checkpointing or stop:
         jax.block_until_ready(state)
         with timers("checkpoint"):
           checkpointer.save(step, state, train_iter, force=True)
+      if preempted:
+        with timers("checkpoint"):
+          checkpointer.wait()  # on disk before the process may be killed
+        writer.flush()
+        bar.close()
+        raise preemption.Preempted(step, watcher.reason)
       if stop:
         logging.info("stopping early at step %d", step)
         break

@@ -168,8 +168,8 @@ def test_explicit_target_len_and_errors():
     _ds("electra")
   with pytest.raises(ValueError, match="nsp"):
     _ds("clm", nsp=True)
-  with pytest.raises(ValueError, match="shard_index"):
-    _ds("mlm", shard_index=2, shard_count=2)
+  with pytest.raises(ValueError, match="rows"):
+    _ds("mlm", rows=[BATCH])
 
 
 @pytest.mark.parametrize("objective,kw", CASES)
@@ -221,12 +221,47 @@ def test_orbax_checkpoint_round_trip(tmp_path):
   _assert_same(_take(fresh, 3), expected)
 
 
-def test_shards_are_disjoint_and_cover_the_source():
-  def rows(shard_index):
-    ds = _ds("mlm", train=False, batch_size=1, mask_prob=0.0, shard_index=shard_index,
-             shard_count=3)
-    return [tuple(b["mlm_targets"][0][b["segment_ids"][0] == 1][1:-1]) for b in ds]
+class _Recording:
+  """A source that records which documents were read."""
+
+  def __init__(self, docs):
+    self.docs, self.read = docs, set()
+
+  def __len__(self):
+    return len(self.docs)
+
+  def __getitem__(self, index):
+    self.read.add(int(index))
+    return self.docs[index]
+
+
+def test_mlm_processes_read_disjoint_documents_covering_the_source():
+  def rows(process):
+    source = _Recording(DOCS)
+    ds = _ds("mlm", docs=source, train=False, batch_size=6, mask_prob=0.0,
+             rows=[2 * process, 2 * process + 1])
+    out = [tuple(t[s == 1][1:-1]) for b in ds for t, s in zip(b["mlm_targets"], b["segment_ids"])]
+    return out, source.read
 
   shards = [rows(i) for i in range(3)]
-  assert [len(s) for s in shards] == [40, 40, 40]
-  assert sorted(itertools.chain(*shards)) == sorted(tuple(_doc_tokens(d)) for d in DOCS)
+  assert [len(out) for out, _ in shards] == [40, 40, 40]
+  assert sorted(itertools.chain(*(out for out, _ in shards))) == sorted(
+      tuple(_doc_tokens(d)) for d in DOCS)
+  reads = [read for _, read in shards]
+  assert all(len(r) == 40 for r in reads) and len(set().union(*reads)) == 120
+
+
+@pytest.mark.parametrize("objective,kw", CASES)
+def test_global_batches_do_not_depend_on_the_process_count(objective, kw):
+  """Two processes' rows of each batch, side by side, are the one-process batch; so is their
+  iterator state, which restores in either process count."""
+  whole = iter(_ds(objective, **kw))
+  halves = [iter(_ds(objective, rows=range(p * BATCH // 2, (p + 1) * BATCH // 2), **kw))
+            for p in range(2)]
+  for _ in range(3):
+    parts = [next(h) for h in halves]
+    _assert_same([{k: np.concatenate([p[k] for p in parts]) for k in parts[0]}], [next(whole)])
+  assert halves[0].get_state() == halves[1].get_state() == whole.get_state()
+  resumed = iter(_ds(objective, rows=range(BATCH // 2), **kw))
+  resumed.set_state(whole.get_state())
+  _assert_same(_take(resumed, 1), [{k: v[:BATCH // 2] for k, v in next(whole).items()}])

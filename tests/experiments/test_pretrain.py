@@ -1,4 +1,5 @@
-"""End-to-end pretraining through experiments.pretrain.run: learning, outputs, resume, errors."""
+"""End-to-end pretraining through experiments.pretrain.run: learning, outputs, errors (resume:
+test_preemption.py)."""
 
 import json
 import os
@@ -6,7 +7,6 @@ import os
 import pytest
 
 from experiments import pretrain
-from lmreuse.train import trainer as trainer_lib
 from lmreuse.train.writers import read_metrics
 
 
@@ -30,40 +30,6 @@ def test_pretraining_learns_and_writes_the_workdir(tiny_config, tmp_path, preset
   assert {"git_sha", "packages", "wall_time_sec", "config"} <= set(saved)
   assert json.loads((tmp_path / "config.json").read_text())["objective"]["name"] == (
       config.objective.name)
-
-
-class Preempted(Exception):
-  pass
-
-
-@pytest.mark.slow
-def test_resume_reproduces_the_uninterrupted_run_bitwise(tiny_config, tmp_path, monkeypatch):
-  straight = tmp_path / "straight"
-  pretrain.run(tiny_config("bert"), str(straight))
-
-  interrupted = tmp_path / "interrupted"
-  original = trainer_lib.Trainer.train_step
-  calls = {"n": 0}
-
-  def crash_after_three(self, state, batch, step=None):
-    calls["n"] += 1
-    if calls["n"] > 3:
-      raise Preempted()
-    return original(self, state, batch, step)
-
-  monkeypatch.setattr(trainer_lib.Trainer, "train_step", crash_after_three)
-  with pytest.raises(Preempted):
-    pretrain.run(tiny_config("bert"), str(interrupted))
-  monkeypatch.setattr(trainer_lib.Trainer, "train_step", original)
-  assert sorted(os.listdir(interrupted / "checkpoints")) == ["3"]
-  pretrain.run(tiny_config("bert"), str(interrupted))
-
-  a, b = read_metrics(str(straight)), read_metrics(str(interrupted))
-  assert [r["step"] for r in a] == [r["step"] for r in b] == list(range(1, 7))
-  for ra, rb in zip(a, b):
-    assert ra["train/loss"] == rb["train/loss"], (ra["step"], ra["train/loss"], rb["train/loss"])
-    assert ra["train/grad_norm"] == rb["train/grad_norm"]
-  assert a[-1]["eval/loss"] == b[-1]["eval/loss"]
 
 
 def test_a_different_config_in_an_existing_workdir_is_refused(tiny_config, tmp_path):

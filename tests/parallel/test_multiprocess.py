@@ -1,0 +1,174 @@
+"""A real multi-process run: 2 processes × 2 CPU devices equal 1 process × 4 on the same mesh.
+
+Three launches of tests/parallel/multiprocess_check.py share the work: 2 processes pretrain a
+tiny BERT (process 1 gets a SIGTERM mid-run: both stop at one step, save it, and resume) and
+fine-tune it (BitFit, early stopping); 1 process does the same, then resumes
+copies of the 2-process workdirs (their checkpoints restored under another process count);
+2 processes resume a copy of the 1-process pretraining workdir.
+"""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+import pytest
+from absl import app, flags
+from absl.testing import flagsaver
+
+from lmreuse.train.writers import read_metrics
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+MESH = {"mesh.data": 2, "mesh.fsdp": 2}  # 4 devices: one global mesh for both launches
+TIMEOUT_S = 420
+
+
+def free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("localhost", 0))
+    return s.getsockname()[1]
+
+
+def launch(tmp_path, name: str, jobs: list[dict], num_processes: int) -> list[dict]:
+  """Runs the jobs in `num_processes` processes holding 4 devices in all; their reports."""
+  out = tmp_path / name
+  out.mkdir()
+  plan = out / "plan.json"
+  plan.write_text(json.dumps({"root": str(tmp_path), "jobs": jobs}))
+  # The tests' compilation cache (tests/conftest.py): a resumed copy compiles what the run it
+  # copies compiled, under the same process count.
+  env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu",
+             XLA_FLAGS=f"--xla_force_host_platform_device_count={4 // num_processes}",
+             JAX_COMPILATION_CACHE_DIR=os.path.join(tempfile.gettempdir(),
+                                                    "lmreuse-test-jax-cache"),
+             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0.5")
+  port = free_port()
+  procs = []
+  for i in range(num_processes):
+    distributed = ([f"--coordinator_address=localhost:{port}",
+                    f"--num_processes={num_processes}", f"--process_id={i}"]
+                   if num_processes > 1 else [])
+    log = open(out / f"log_{i}.txt", "w")
+    procs.append((subprocess.Popen(
+        [sys.executable, "-m", "tests.parallel.multiprocess_check", str(plan), str(out),
+         *distributed], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT), log))
+  deadline = time.monotonic() + TIMEOUT_S
+  try:
+    for proc, log in procs:
+      proc.wait(timeout=max(1.0, deadline - time.monotonic()))
+      log.close()
+  finally:
+    for proc, _ in procs:
+      if proc.poll() is None:
+        proc.kill()
+  for i, (proc, _) in enumerate(procs):
+    assert proc.returncode == 0, (name, i, (out / f"log_{i}.txt").read_text()[-6000:])
+  return [json.loads((out / f"process_{i}.json").read_text()) for i in range(num_processes)]
+
+
+def close(a: float, b: float) -> bool:
+  return abs(a - b) <= 1e-5 * max(abs(a), abs(b), 1e-12)
+
+
+def assert_same_metrics(a: dict, b: dict) -> None:
+  assert a.keys() == b.keys()
+  for k in a:
+    if isinstance(a[k], float):
+      assert close(a[k], b[k]), (k, a[k], b[k])
+
+
+def train_losses(workdir) -> list[tuple[int, float]]:
+  return [(r["step"], r["train/loss"]) for r in read_metrics(str(workdir)) if "train/loss" in r]
+
+
+def read_jsonl(path) -> list[dict]:
+  return [json.loads(line) for line in open(path)]
+
+
+def test_run_refuses_incomplete_distributed_flags():
+  import run  # pylint: disable=import-outside-toplevel
+
+  if not flags.FLAGS.is_parsed():
+    flags.FLAGS.mark_as_parsed()
+  with flagsaver.flagsaver(process_id=1, num_processes=None, coordinator_address=None):
+    with pytest.raises(app.UsageError, match="--process_id also needs --coordinator_address, "
+                                             "--num_processes"):
+      run._initialize_distributed()  # pylint: disable=protected-access
+  with flagsaver.flagsaver(process_id=2, num_processes=2, coordinator_address="localhost:1"):
+    with pytest.raises(app.UsageError, match=r"--process_id=2 must be in \[0, --num_processes"):
+      run._initialize_distributed()  # pylint: disable=protected-access
+
+
+@pytest.mark.slow
+def test_two_processes_equal_one_and_their_checkpoints_restore_across(tiny_config,
+                                                                     finetune_config, tmp_path):
+  pretrain = tiny_config("bert", total_steps=8, eval_every=4, checkpoint_every=4, eval_steps=2,
+                         **{"model.num_layers": 1, **MESH}).to_dict()
+
+  def finetune(init_from):
+    return finetune_config(
+        "bert", init_from=str(init_from), eval_every=1, log_every=1, learning_rate=3e-3,
+        **{"strategy.name": "bitfit", "early_stopping.metric": "loss",
+           "early_stopping.mode": "max", "early_stopping.patience": 2, **MESH}).to_dict()
+
+  w = {name: tmp_path / name for name in ("p1", "f1", "p2", "f2", "p2_in1", "f2_in1",
+                                          "p1_in2")}
+
+  def job(name, config, copy_from=None, **extra):
+    return {"name": name, "config": config, "workdir": str(w[name]),
+            "copy_from": str(w[copy_from]) if copy_from else None, **extra}
+
+  # p2 gets a SIGTERM in process 1 after step 2, stops, and is re-run (resumed) to the end.
+  two = launch(tmp_path, "two", [job("p2", pretrain, sigterm={"step": 2, "process": 1}),
+                                 job("f2", finetune(w["p2"]))], 2)
+  one = launch(tmp_path, "one", [
+      job("p1", pretrain), job("f1", finetune(w["p1"])),
+      job("p2_in1", pretrain, "p2"), job("f2_in1", finetune(w["p2"]), "f2")], 1)
+  back = launch(tmp_path, "back", [job("p1_in2", pretrain, "p1")], 2)
+  assert [r["processes"] for r in two + one + back] == [2, 2, 1, 2, 2]
+  assert {r["devices"] for r in two + one + back} == {4}
+
+  # Both processes stopped at the step the preemption service chose, with a checkpoint of it.
+  stops = [r["results"]["p2"]["preempted"] for r in two]
+  assert stops[0] == stops[1] and 2 <= stops[0]["step"] < 8, stops
+  assert str(stops[0]["step"]) in stops[0]["checkpoints"]
+
+  # The same per-step losses (the preempted and resumed p2 included), evaluation, early
+  # stopping and predictions.
+  for a, b in (("p1", "p2"), ("f1", "f2")):
+    losses_a, losses_b = train_losses(w[a]), train_losses(w[b])
+    assert [s for s, _ in losses_a] == [s for s, _ in losses_b] and losses_a
+    assert all(close(x, y) for (_, x), (_, y) in zip(losses_a, losses_b)), (losses_a, losses_b)
+    assert one[0]["results"][a]["steps"] == two[0]["results"][b]["steps"]
+    assert_same_metrics(one[0]["results"][a]["metrics"], two[0]["results"][b]["metrics"])
+  f1, f2 = one[0]["results"]["f1"], two[0]["results"]["f2"]
+  assert f1["stopped_early"] and (f1["best_step"], f1["steps"]) == (f2["best_step"], f2["steps"])
+  histories = [json.loads((w[n] / "early_stopping.json").read_text())["history"]
+               for n in ("f1", "f2")]
+  assert [s for s, _ in histories[0]] == [s for s, _ in histories[1]]
+  assert all(close(x, y) for (_, x), (_, y) in zip(*histories))
+  assert read_jsonl(w["f1"] / "predictions.jsonl") == read_jsonl(w["f2"] / "predictions.jsonl")
+  # The 2 processes' results equal each other's (each computed them; process 0 wrote them).
+  assert two[0]["results"] == two[1]["results"] and back[0]["results"] == back[1]["results"]
+
+  # Checkpoints written by 2 processes restore in 1 (and a pretraining one the reverse),
+  # evaluating the same.
+  for copy, original, report in (("p2_in1", "p2", one[0]), ("f2_in1", "f2", one[0]),
+                                 ("p1_in2", "p1", back[0])):
+    source = (two[0] if original.endswith("2") else one[0])["results"][original]
+    assert report["results"][copy]["steps"] == source["steps"]
+    assert_same_metrics(report["results"][copy]["metrics"], source["metrics"])
+  assert read_jsonl(w["f2_in1"] / "predictions.jsonl") == read_jsonl(w["f2"] / "predictions.jsonl")
+
+  # Only process 0 writes run outputs; orbax writes the checkpoints collectively.
+  assert two[1]["writes"] == [] and back[1]["writes"] == []
+  assert {"p2/metrics.jsonl", "p2/results.json", "p2/config.json", "f2/predictions.jsonl",
+          "f2/labels.json", "f2/init_report.json", "f2/results.json",
+          "f2/early_stopping.json"} <= set(two[0]["writes"])
+  for name, sessions in (("p2", 2), ("f2", 1)):  # one events file per session (p2 resumed)
+    assert len(os.listdir(w[name] / "tensorboard")) == sessions
+    assert len(read_metrics(str(w[name]))) == len(read_metrics(str(w[name.replace("2", "1")])))
+  assert (w["f2"] / "trainable").is_dir()
