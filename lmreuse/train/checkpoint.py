@@ -16,7 +16,7 @@ from etils import epath
 from jax.experimental import multihost_utils
 try:
   from orbax.checkpoint._src import asyncio_utils
-except ImportError:  # another orbax layout: see _drained_event_loops
+except ImportError:  # another orbax layout: see drained_event_loops
   asyncio_utils = None
 
 
@@ -52,7 +52,7 @@ class Checkpointer:
       try:
         state, error = self.restore(step, abstract_state, data_iterator), None
       except Exception as e:  # pylint: disable=broad-exception-caught
-        state, error = None, _describe(e)
+        state, error = None, describe_error(e)
       if jax.process_count() > 1:  # every process resumes from the same step, or none does
         failed = multihost_utils.process_allgather(np.int32(error is not None))
         if error is None and failed.any():
@@ -117,7 +117,7 @@ class Checkpointer:
         args["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
       position = data_iterator.get_state()
     try:
-      with _drained_event_loops():
+      with drained_event_loops():
         restored = self.manager.restore(step, args=ocp.args.Composite(**args))
     except BaseException:
       if data_iterator is not None:
@@ -151,7 +151,7 @@ def _saved_by_other_process_count(data_dir: epath.Path) -> Any:
   return json.loads(saved[0].read_text())
 
 
-def _describe(error: BaseException) -> str:
+def describe_error(error: BaseException) -> str:
   """The innermost cause on one line: orbax wraps a TensorStore error (which names the file and
   the byte range) in a generic "Encountered error while reading array index"."""
   while error.__cause__ is not None:
@@ -186,7 +186,7 @@ def _run_sync_draining(coro: Any) -> Any:
 
 
 @contextlib.contextmanager
-def _drained_event_loops() -> Iterator[None]:
+def drained_event_loops() -> Iterator[None]:
   """Runs orbax's synchronous calls through `_run_sync_draining` for the duration."""
   # A private orbax function: where another orbax version lacks it, restores run unpatched
   # (a failing one may then print the flood again; nothing else changes).

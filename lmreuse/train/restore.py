@@ -15,30 +15,49 @@ from typing import Any
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from absl import logging
 from flax import traverse_util
 
+from lmreuse.train import checkpoint
 
-def checkpoint_state_dir(init_from: str) -> str:
-  """`init_from` is a workdir (its latest checkpoint) or one step's checkpoint directory."""
+
+def checkpoint_state_dirs(init_from: str) -> list[str]:
+  """`init_from` is a workdir (its checkpoints, newest first) or one step's checkpoint
+  directory."""
   if os.path.isdir(os.path.join(init_from, "state")):
-    return os.path.join(init_from, "state")
+    return [os.path.join(init_from, "state")]
   checkpoints = os.path.join(init_from, "checkpoints")
-  steps = sorted(int(d) for d in os.listdir(checkpoints) if d.isdigit()) if os.path.isdir(
-      checkpoints) else []
+  steps = sorted((int(d) for d in os.listdir(checkpoints) if d.isdigit()),
+                 reverse=True) if os.path.isdir(checkpoints) else []
   if not steps:
     raise FileNotFoundError(
         f"init_from={init_from!r} is neither a checkpoint step directory (with state/) nor a "
         f"workdir with checkpoints under {checkpoints}")
-  return os.path.join(checkpoints, str(steps[-1]), "state")
+  return [os.path.join(checkpoints, str(step), "state") for step in steps]
 
 
 def load_params(init_from: str) -> dict:
   """The parameter tree of a checkpoint, as host numpy arrays.
 
   Only `params` is read (orbax partial restore): the optimizer state, twice the size of the
-  parameters under Adam, never leaves the disk.
+  parameters under Adam, never leaves the disk. From a workdir, a step that fails to read is
+  named in a warning and the one before it is read instead, as a resume does.
   """
-  path = os.path.abspath(checkpoint_state_dir(init_from))
+  failures = []
+  for path in checkpoint_state_dirs(init_from):
+    try:
+      with checkpoint.drained_event_loops():
+        return _read_params(os.path.abspath(path))
+    except Exception as e:  # pylint: disable=broad-exception-caught
+      error = checkpoint.describe_error(e)
+      failures.append(f"{path}: {error}")
+      logging.warning("init_from: %s does not restore (%s); trying the previous step", path,
+                      error)
+  raise RuntimeError(f"init_from={init_from!r}: no checkpoint restores; tried "
+                     + "; ".join(failures))
+
+
+def _read_params(path: str) -> dict:
   checkpointer = ocp.PyTreeCheckpointer()
   tree = checkpointer.metadata(path).item_metadata.tree
   item = {"params": jax.tree.map(lambda m: np.zeros(m.shape, m.dtype), tree["params"])}

@@ -1,5 +1,8 @@
 """Reusing a pretraining checkpoint: exact loading by path, and a report of what was not."""
 
+import os
+import shutil
+
 import flax.linen as nn
 import jax
 import numpy as np
@@ -49,4 +52,23 @@ def test_shape_mismatch_lists_the_paths(bert_pretrained):
 
 def test_missing_checkpoint_is_a_clear_error(tmp_path):
   with pytest.raises(FileNotFoundError, match="init_from="):
+    restore.load_params(str(tmp_path))
+
+
+def test_a_damaged_newest_checkpoint_falls_back_to_the_previous_step(bert_pretrained, tmp_path,
+                                                                      caplog):
+  from tests.train.test_checkpoint import truncate_arrays
+
+  workdir, _ = bert_pretrained
+  shutil.copytree(os.path.join(workdir, "checkpoints", "2"), tmp_path / "checkpoints" / "2")
+  shutil.copytree(tmp_path / "checkpoints" / "2", tmp_path / "checkpoints" / "5")
+  truncate_arrays(str(tmp_path / "checkpoints" / "5"))
+  loaded = traverse_util.flatten_dict(restore.load_params(str(tmp_path)), sep="/")
+  expected = traverse_util.flatten_dict(restore.load_params(workdir), sep="/")
+  assert loaded.keys() == expected.keys()
+  for path, value in expected.items():
+    np.testing.assert_array_equal(loaded[path], value)
+  assert "checkpoints/5/state does not restore" in caplog.text
+  truncate_arrays(str(tmp_path / "checkpoints" / "2"))
+  with pytest.raises(RuntimeError, match=r"no checkpoint restores; tried .*/5/state: .*/2/state"):
     restore.load_params(str(tmp_path))
