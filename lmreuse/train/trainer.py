@@ -441,7 +441,8 @@ def run_loop(trainer: Trainer, state: TrainState, train_iter: Iterator[Batch],
   `evaluate(params)` gives eval metrics; `after_eval(step, state, metrics)` (e.g. early
   stopping, best-checkpoint tracking) may return True to stop training after that step.
   SIGTERM/SIGINT (lmreuse/train/preemption.py) end the loop after the current step: its
-  metrics are logged, a checkpoint of it is saved and waited for, and `Preempted` is raised.
+  metrics are logged, its evaluation (if one is due) runs, a checkpoint of it is saved and
+  waited for, and `Preempted` is raised.
   `trainer.timers` splits the loop's time: "train" is all of it (steps, their input, logging)
   but the compiles, evaluations and checkpoint saves and waits, each timed as its own part.
   """
@@ -465,7 +466,9 @@ def run_loop(trainer: Trainer, state: TrainState, train_iter: Iterator[Batch],
       final = step == loop.total_steps
       preempted = not final and watcher.requested(step)
       log = step % loop.log_every == 0 or final or preempted
-      evaluating = not preempted and (final or (loop.eval_every and step % loop.eval_every == 0))
+      # A preempted eval step still evaluates: the resumed run starts after it, and early
+      # stopping must see the same evaluations as an uninterrupted run.
+      evaluating = final or (loop.eval_every and step % loop.eval_every == 0)
       checkpointing = step % loop.checkpoint_every == 0 or final or preempted
       record: dict[str, float] = {}
       if log:

@@ -11,8 +11,8 @@ import time
 
 import pytest
 
-from experiments import pretrain
-from lmreuse.train import optim, preemption
+from experiments import finetune, pretrain
+from lmreuse.train import optim, preemption, trainer as trainer_lib
 from lmreuse.train.writers import read_metrics
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -28,7 +28,8 @@ def flags(config) -> list[str]:
 
 
 @pytest.mark.slow
-def test_sigterm_saves_the_current_step_and_the_rerun_matches_bitwise(tiny_config, tmp_path):
+def test_sigterm_saves_the_current_step_and_the_rerun_matches_bitwise(tiny_config, tmp_path,
+                                                                      counted_steps):
   config = tiny_config("bert", total_steps=STEPS, checkpoint_every=10_000, eval_steps=1)
   workdir = tmp_path / "preempted"
   command = [sys.executable, "run.py", "--config=configs/pretrain.py:bert,size=tiny",
@@ -49,7 +50,9 @@ def test_sigterm_saves_the_current_step_and_the_rerun_matches_bitwise(tiny_confi
   assert 3 <= stopped < STEPS and f"stopped after step {stopped}" in output
   assert read_metrics(str(workdir))[-1]["step"] == stopped  # the last step's metrics kept
 
+  steps, _ = counted_steps
   pretrain.run(config, str(workdir))  # the same command again: resumes at `stopped`
+  assert steps == list(range(stopped, STEPS))  # only the steps left, not a fresh start
   straight = tmp_path / "straight"
   pretrain.run(config, str(straight))
   a, b = read_metrics(str(straight)), read_metrics(str(workdir))
@@ -74,3 +77,57 @@ def test_a_larger_total_steps_extends_a_finished_run(tiny_config, tmp_path):
   new, old = (optim.make_schedule(config(3).optimizer, total) for total in (3, 2))
   assert rows[2]["train/learning_rate"] == pytest.approx(float(new(2)), rel=1e-6)
   assert float(new(2)) != pytest.approx(float(old(2)))
+
+
+def without_timing(workdir) -> list[dict]:
+  """metrics.jsonl without the throughput columns, which differ between any two runs."""
+  return [{k: v for k, v in r.items() if not k.endswith("_per_sec")}
+          for r in read_metrics(str(workdir))]
+
+
+@pytest.fixture
+def counted_steps(monkeypatch):
+  """The (0-based) steps Trainer.train_step runs; `signal_after[0]` set to a step makes the
+  process send itself a real SIGTERM right after that update."""
+  steps, signal_after = [], [None]
+  original = trainer_lib.Trainer.train_step
+
+  def train_step(self, state, batch, step=None):
+    out = original(self, state, batch, step)
+    steps.append(step)
+    if step == signal_after[0]:
+      os.kill(os.getpid(), signal.SIGTERM)
+    return out
+
+  monkeypatch.setattr(trainer_lib.Trainer, "train_step", train_step)
+  return steps, signal_after
+
+
+@pytest.mark.slow
+def test_finetuning_preempted_at_an_eval_step_resumes_bitwise(finetune_config, tmp_path,
+                                                              counted_steps):
+  # Validation loss under mode=max: the first evaluation stays the best and patience 3 stops
+  # the run at step 4, so the early-stopping state crosses the interruption.
+  config = finetune_config(total_steps=8, eval_every=1, log_every=1, checkpoint_every=100,
+                           learning_rate=3e-3,
+                           **{"early_stopping.metric": "loss", "early_stopping.mode": "max",
+                              "early_stopping.patience": 3})
+  steps, signal_after = counted_steps
+  straight = finetune.run(config, str(tmp_path / "straight"))
+  assert straight["stopped_early"] and straight["steps"] == 4
+
+  workdir = tmp_path / "preempted"
+  steps.clear()
+  signal_after[0] = 1  # after the update of step 2, an evaluation step
+  with pytest.raises(preemption.Preempted, match="stopped after step 2"):
+    finetune.run(config, str(workdir))
+  signal_after[0] = None
+  steps.clear()
+  resumed = finetune.run(config, str(workdir))
+  assert steps == [2, 3]  # only the steps left: it continued, it did not start over
+
+  assert without_timing(workdir) == without_timing(tmp_path / "straight")
+  for name in ("early_stopping.json", "predictions.jsonl"):
+    assert (workdir / name).read_text() == (tmp_path / "straight" / name).read_text(), name
+  assert (resumed["metrics"], resumed["best_step"], resumed["steps"]) == (
+      straight["metrics"], straight["best_step"], straight["steps"])
