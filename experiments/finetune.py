@@ -62,7 +62,8 @@ def model_and_tokenizer(config: ml_collections.ConfigDict, workdir: str,
     vocab_size = model.get("vocab_size") or tokenizer.vocab_size  # HF models pad their vocab
   else:
     model = config.model
-    tokenizer = components.tokenizer(config.tokenizer, workdir)
+    tokenizer = components.tokenizer(  # an overwrite must not reuse the old run's tokenizer
+        config.tokenizer, workdir, reuse_trained=not workdir_lib.discards_run(workdir, config))
     vocab_size = tokenizer.vocab_size
   model_cfg = components.model_config(model, vocab_size)
   if tokenizer.vocab_size > model_cfg.vocab_size:  # out-of-range ids would be clamped silently
@@ -189,6 +190,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
                                         setup.report)
   eval_sets, stopper = setup.eval_sets, setup.stopper
   workdir_lib.prepare(workdir, config)  # the first write: every check above has passed
+  if not config.init_from:
+    components.save_tokenizer(setup.tokenizer, config.tokenizer, workdir)
   is_main = jax.process_index() == 0
   checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"),
                               max_to_keep=config.keep_checkpoints)

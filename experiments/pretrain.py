@@ -47,6 +47,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   workdir_lib.prepare(workdir, config)
 
   tokenizer = components.tokenizer(config.tokenizer, workdir)
+  components.save_tokenizer(tokenizer, config.tokenizer, workdir)
   model_cfg = components.model_config(config.model, tokenizer.vocab_size)
   objective = objectives.get(config.objective.name)
   program = objective.program(model_cfg, config.objective, config.data)

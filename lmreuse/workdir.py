@@ -88,6 +88,15 @@ def _diff(old: Mapping, new: Mapping, prefix: str = "config") -> list[str]:
   return out
 
 
+def discards_run(workdir: str, config: ml_collections.ConfigDict) -> bool:
+  """True when `prepare` will remove an earlier run's outputs (overwrite of another config)."""
+  path = os.path.join(workdir, "config.json")
+  if not config.overwrite or not os.path.exists(path):
+    return False
+  with open(path) as f:
+    return bool(_diff(json.load(f), config_to_dict(config)))
+
+
 def prepare(workdir: str, config: ml_collections.ConfigDict) -> bool:
   """Creates or checks `workdir`; returns True when an earlier run of this config is there."""
   os.makedirs(workdir, exist_ok=True)

@@ -71,7 +71,7 @@ class Tokenizer:
 
   def __init__(self, model_proto: bytes, model_path: str = ""):
     self.model_path = model_path
-    self._model_proto = model_proto
+    self.model_proto = model_proto  # the serialized model, as written to model_path
     self._sp = spm.SentencePieceProcessor(model_proto=model_proto)
     where = model_path or "<in-memory model>"
     for expected_id, piece in enumerate(FIXED_SPECIALS):
@@ -113,7 +113,7 @@ class Tokenizer:
     return self._sp.id_to_piece(int(i))
 
   def __getstate__(self) -> dict:
-    return {"model_proto": self._model_proto, "model_path": self.model_path}
+    return {"model_proto": self.model_proto, "model_path": self.model_path}
 
   def __setstate__(self, state: dict) -> None:
     self.__init__(state["model_proto"], state["model_path"])

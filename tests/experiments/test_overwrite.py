@@ -49,3 +49,25 @@ def test_a_rerun_falls_back_past_a_bad_checkpoint_and_overwrite_leaves_nothing(
       assert os.stat(path).st_mtime_ns >= start, f"{path} survived the overwrite"
   saved = json.loads((tmp_path / "results.json").read_text())
   assert saved["config"]["seed"] == 1 and saved["config"]["strategy"]["name"] != "lora"
+
+
+def test_a_run_that_trains_its_tokenizer_writes_it_only_once_it_may_write(finetune_config,
+                                                                          tmp_path):
+  """A from-scratch fine-tuning run trains its own SentencePiece model: a run refused by a
+  later check writes none, and an overwrite trains a new one instead of reusing (then
+  deleting) the old run's."""
+  def config(vocab_size, **overrides):
+    return finetune_config(total_steps=1, checkpoint_every=1, **{
+        "tokenizer.path": "", "tokenizer.vocab_size": vocab_size,
+        "tokenizer.max_sentences": 2000, **overrides})
+
+  workdir = tmp_path / "run"
+  with pytest.raises(ValueError, match="config.max_len=1000 exceeds"):  # after the tokenizer
+    finetune.run(config(512, max_len=1000), str(workdir))
+  assert not (workdir / "tokenizer").exists()
+  finetune.run(config(512), str(workdir))
+  spm = workdir / "tokenizer" / "spm.model"
+  first = spm.read_bytes()
+  results = finetune.run(config(544, overwrite=True), str(workdir))
+  assert spm.exists() and spm.read_bytes() != first
+  assert results["tokenizer"] == str(spm) and results["model"]["vocab_size"] == 544
