@@ -34,7 +34,6 @@ from lmreuse.train.trainer import LoopConfig, Program, Trainer, run_loop
 from lmreuse.train.writers import MetricWriter
 
 
-TRAINABLE_DIR = "trainable"  # the best checkpoint's trainable params: head + strategy params
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
@@ -177,7 +176,7 @@ def build(config: ml_collections.ConfigDict, workdir: str) -> Setup:
     report["strategy"] = [p for p in report["new"] if strategies.is_strategy_param(p)]
   if config.init_trainable_from:
     params = restore.overlay(params, restore.load_tree(
-        os.path.join(config.init_trainable_from, TRAINABLE_DIR)), "config.init_trainable_from")
+        os.path.join(config.init_trainable_from, workdir_lib.TRAINABLE)), "config.init_trainable_from")
   state = trainer.state_with_params(state, plan.init_pretrained(params, config.seed))
   return Setup(data, task, module, trainer, state, report, eval_sets, stopper, tokenizer,
                model_cfg, plan)
@@ -193,10 +192,10 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   if not config.init_from:
     components.save_tokenizer(setup.tokenizer, config.tokenizer, workdir)
   is_main = jax.process_index() == 0
-  checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"),
+  checkpointer = Checkpointer(os.path.join(workdir, workdir_lib.CHECKPOINTS),
                               max_to_keep=config.keep_checkpoints)
-  best_checkpointer = Checkpointer(os.path.join(workdir, "best"), max_to_keep=1)
-  best_json = os.path.join(workdir, "early_stopping.json")
+  best_checkpointer = Checkpointer(os.path.join(workdir, workdir_lib.BEST), max_to_keep=1)
+  best_json = os.path.join(workdir, workdir_lib.EARLY_STOPPING)
   train_iter = iter(pipeline.make_task_dataset(
       data.splits["train"], lambda ex, rng: [f.arrays for f in task.features(ex, rng)],
       batch_size=config.batch_size, seed=config.seed,
@@ -212,9 +211,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
                  len(report["new"]), _some(report["new"]), len(report["dropped"]),
                  _some(report["dropped"]))
     if is_main:
-      restore.write_report(os.path.join(workdir, "init_report.json"), report)
+      restore.write_report(os.path.join(workdir, workdir_lib.INIT_REPORT), report)
   if is_main and data.labels is not None:
-    workdir_lib.write_json(os.path.join(workdir, "labels.json"), {"labels": data.labels})
+    workdir_lib.write_json(os.path.join(workdir, workdir_lib.LABELS), {"labels": data.labels})
   best_checkpointer.discard_after(latest or 0)  # the steps run again save their best anew
   stopper = EarlyStopping.restore(best_json, stopper.metric, stopper.mode, stopper.patience,
                                   latest or 0)
@@ -265,7 +264,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     results.update({f"test/{k}": v for k, v in scores.items()})
   if is_main:
     examples = eval_sets[predictions_split].examples
-    workdir_lib.write_jsonl(os.path.join(workdir, "predictions.jsonl"),
+    workdir_lib.write_jsonl(os.path.join(workdir, workdir_lib.PREDICTIONS),
                 [task.record(examples[i], p) for i, p in enumerate(predictions)])
   logging.info("best step %d: %s", best_step, results)
   extra = {}
@@ -280,7 +279,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
         step=int(best_step))
   if trainable < total:  # parameter-efficient: the trained part alone is shareable
     flat = traverse_util.flatten_dict(host_best, sep="/")
-    restore.save_tree(os.path.join(workdir, TRAINABLE_DIR), traverse_util.unflatten_dict(
+    restore.save_tree(os.path.join(workdir, workdir_lib.TRAINABLE), traverse_util.unflatten_dict(
         {p: v for p, v in flat.items() if setup.plan.trainable(p)}, sep="/"))
   logging.info("strategy %s: %s of %s parameters train (%.3f%%)", setup.plan.name,
                f"{trainable:,}", f"{total:,}", 100 * trainable / total)

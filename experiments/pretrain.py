@@ -71,7 +71,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   eval_ds = dataset("validation", train=False)
   eval_batches = lambda: itertools.islice(iter(eval_ds), config.eval_steps)
 
-  checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"),
+  checkpointer = Checkpointer(os.path.join(workdir, workdir_lib.CHECKPOINTS),
                               max_to_keep=config.keep_checkpoints)
   state = trainer.init_state(config.seed)
   latest, restored = checkpointer.restore_latest(abstract_like(state), train_iter)

@@ -42,9 +42,6 @@ from absl import logging
 from lmreuse import lock, workdir as workdir_lib
 from lmreuse.study import grid, results, selection
 
-ERROR_FILE = "error.txt"
-CACHE_DIR = "jax_cache"  # in the study workdir: cells of one study compile the same programs
-LAUNCH_DIR = "launch"    # in the study workdir: the scripts print_launch writes
 # run.py locks a run's workdir; a study's is shared by its workers, which lock each cell they
 # run and the study workdir only while writing the report.
 SHARED_WORKDIR = True
@@ -165,10 +162,10 @@ def write_launch_scripts(config: ml_collections.ConfigDict, workdir: str,
   args = " ".join(shlex.quote(a) for a in _command_args(workdir)[:-1])  # --workdir: a variable
   values = dict(name=config.study.name, count=len(cells), last=max(len(cells) - 1, 0),
                 repo=os.path.abspath(os.getcwd()), workdir=os.path.abspath(workdir),
-                python=sys.executable, launch=LAUNCH_DIR, args=args)
+                python=sys.executable, launch=workdir_lib.LAUNCH, args=args)
   paths = []
   for name, template in (("tpu_vm_fleet.sh", _TPU_FLEET), ("slurm_array.sbatch", _SLURM_ARRAY)):
-    path = os.path.join(workdir, LAUNCH_DIR, name)
+    path = os.path.join(workdir, workdir_lib.LAUNCH, name)
     workdir_lib.write_atomically(path, template.format(path=path, **values))
     os.chmod(path, 0o755)
     paths.append(path)
@@ -226,7 +223,7 @@ def _cannot_run(cell: grid.Cell, state: str, waits: list[str], cells: list[grid.
                 config: ml_collections.ConfigDict) -> RuntimeError:
   if state == "blocked":
     return RuntimeError(f"cell {cell.name} needs {cell.depends_on}, which failed (see its "
-                        f"{ERROR_FILE}); re-run the study to retry it")
+                        f"{workdir_lib.ERROR}); re-run the study to retry it")
   if not waits:  # on a process other than 0, which does not look itself
     return RuntimeError(f"cell {cell.name} cannot run yet; process 0's log says why")
   if cell.depends_on in waits:
@@ -263,7 +260,7 @@ def _run_locked(cell: grid.Cell, config: ml_collections.ConfigDict, study_dir: s
                 workdir: str) -> str:
   from experiments import finetune, pretrain
 
-  error_path = os.path.join(workdir, ERROR_FILE)
+  error_path = os.path.join(workdir, workdir_lib.ERROR)
   if os.path.exists(error_path) and jax.process_index() == 0:
     os.remove(error_path)  # a retry: the cell gets a clean slate
   child = grid.child_config(cell, config, study_dir)
@@ -395,7 +392,7 @@ def _use_compilation_cache(workdir: str) -> None:
   """Cells with the same shapes and hyperparameters (seeds, inits) compile the same programs;
   the persistent cache compiles each once per study. An existing cache setting is kept."""
   if jax.config.jax_compilation_cache_dir is None:
-    jax.config.update("jax_compilation_cache_dir", os.path.join(workdir, CACHE_DIR))
+    jax.config.update("jax_compilation_cache_dir", os.path.join(workdir, workdir_lib.JAX_CACHE))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
 
 

@@ -20,20 +20,36 @@ import ml_collections
 
 from lmreuse import lock
 
-# Everything a run writes in its workdir besides config.json (replaced) and the lock (held):
-# what `config.overwrite=True` removes. An entry not listed here (a new output, or a user's
-# file) makes an overwrite refuse, naming it, rather than survive into the new run or be deleted
+# Every name a run writes in its workdir, spelled once: the experiments that write them, the
+# readers (studies, reuse, reports) and overwrite all use these.
+CONFIG = "config.json"            # the resolved config (guards against mixing runs)
+CHECKPOINTS = "checkpoints"       # orbax: train state + data iterator, latest few steps
+METRICS = "metrics.jsonl"         # one JSON object per log step
+TENSORBOARD = "tensorboard"
+RESULTS = "results.json"          # a finished run's record
+TOKENIZER = "tokenizer"           # a SentencePiece model the run trained, or an HF import's files
+BEST = "best"                     # fine-tuning: the best checkpoint's parameters
+TRAINABLE = "trainable"           # fine-tuning: the best trainable (head + strategy) parameters
+EARLY_STOPPING = "early_stopping.json"
+PREDICTIONS = "predictions.jsonl"
+INIT_REPORT = "init_report.json"  # loaded / new / dropped parameter paths
+LABELS = "labels.json"
+PLOTS = "plots"
+ERROR = "error.txt"               # a study cell that failed: its traceback
+STUDY = "study.json"              # a study's manifest
+RUNS = "runs"                     # a study's cells, one workdir each
+SWEEP_TABLE, COMPARISONS_TABLE = "sweep.csv", "comparisons.csv"
+RESULTS_TABLES = ("results.csv", "results.md", "results.tex")
+JAX_CACHE = "jax_cache"           # a study's compilation cache, shared by its cells
+LAUNCH = "launch"                 # a study's launch scripts (print_launch)
+
+# Everything a run writes besides config.json (replaced) and the lock (held): what
+# `config.overwrite=True` removes. An entry not listed here (a new output, or a user's file)
+# makes an overwrite refuse, naming it, rather than survive into the new run or be deleted
 # unseen.
-RUN_OUTPUTS = (
-    # pretraining and fine-tuning (a trained SentencePiece model in tokenizer/)
-    "checkpoints", "tensorboard", "metrics.jsonl", "results.json", "tokenizer",
-    # fine-tuning
-    "best", "trainable", "early_stopping.json", "predictions.jsonl", "init_report.json",
-    "labels.json", "plots",
-    # a study cell, and a study (its cells are under runs/)
-    "error.txt", "study.json", "runs", "results.csv", "results.md", "results.tex", "sweep.csv",
-    "comparisons.csv", "jax_cache", "launch",
-)
+RUN_OUTPUTS = (CHECKPOINTS, TENSORBOARD, METRICS, RESULTS, TOKENIZER, BEST, TRAINABLE,
+               EARLY_STOPPING, PREDICTIONS, INIT_REPORT, LABELS, PLOTS, ERROR, STUDY, RUNS,
+               *RESULTS_TABLES, SWEEP_TABLE, COMPARISONS_TABLE, JAX_CACHE, LAUNCH)
 _PARTIAL_WRITE = ".tmp-"  # write_atomically's temporary files, left by a crash
 PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "grain", "sentencepiece",
             "tensorflow-datasets", "numpy")
@@ -41,7 +57,7 @@ PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "grain", "sent
 
 def tokenizer_dir(workdir: str) -> str:
   """A run's own tokenizer files: the SentencePiece model it trained, or an HF import's files."""
-  return os.path.join(workdir, "tokenizer")
+  return os.path.join(workdir, TOKENIZER)
 
 
 def trained_tokenizer_path(workdir: str) -> str:
@@ -90,7 +106,7 @@ def _diff(old: Mapping, new: Mapping, prefix: str = "config") -> list[str]:
 
 def discards_run(workdir: str, config: ml_collections.ConfigDict) -> bool:
   """True when `prepare` will remove an earlier run's outputs (overwrite of another config)."""
-  path = os.path.join(workdir, "config.json")
+  path = os.path.join(workdir, CONFIG)
   if not config.overwrite or not os.path.exists(path):
     return False
   with open(path) as f:
@@ -100,7 +116,7 @@ def discards_run(workdir: str, config: ml_collections.ConfigDict) -> bool:
 def prepare(workdir: str, config: ml_collections.ConfigDict) -> bool:
   """Creates or checks `workdir`; returns True when an earlier run of this config is there."""
   os.makedirs(workdir, exist_ok=True)
-  path = os.path.join(workdir, "config.json")
+  path = os.path.join(workdir, CONFIG)
   new = config_to_dict(config)
   if os.path.exists(path):
     with open(path) as f:
@@ -124,7 +140,7 @@ def prepare(workdir: str, config: ml_collections.ConfigDict) -> bool:
 def _remove_outputs(workdir: str) -> None:
   """Removes every output of the earlier run; refuses, removing nothing, if anything else is
   there (the workdir may be a directory the user keeps other files in)."""
-  names = [n for n in os.listdir(workdir) if n not in ("config.json", lock.LOCK_FILE)]
+  names = [n for n in os.listdir(workdir) if n not in (CONFIG, lock.LOCK_FILE)]
   unknown = sorted(n for n in names if n not in RUN_OUTPUTS and not n.startswith(_PARTIAL_WRITE))
   if unknown:
     raise ValueError(
@@ -197,5 +213,5 @@ def write_results(workdir: str, config: ml_collections.ConfigDict, metrics: Mapp
                   "platform": jax.default_backend(), "processes": jax.process_count()},
   }
   if jax.process_index() == 0:
-    write_json(os.path.join(workdir, "results.json"), results)
+    write_json(os.path.join(workdir, RESULTS), results)
   return results

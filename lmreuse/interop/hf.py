@@ -220,12 +220,12 @@ def import_to_workdir(hf_dir: str, workdir: str) -> str:
   _check_new_dir(workdir)  # before reading what may be gigabytes of weights
   imported = read(hf_dir)
   _copy_tokenizer(hf_dir, workdir_lib.tokenizer_dir(workdir))
-  state_dir = os.path.abspath(os.path.join(workdir, "checkpoints", "0", "state"))
+  state_dir = os.path.abspath(os.path.join(workdir, workdir_lib.CHECKPOINTS, "0", "state"))
   checkpointer = ocp.StandardCheckpointer()
   checkpointer.save(state_dir, {"params": imported.params})
   checkpointer.wait_until_finished()
   checkpointer.close()
-  workdir_lib.write_json(os.path.join(workdir, "config.json"), {
+  workdir_lib.write_json(os.path.join(workdir, workdir_lib.CONFIG), {
       "model": imported.model, "tokenizer": {"path": ""},
       "hf_source": {"path": os.path.abspath(hf_dir), "model_type": imported.family}})
   return workdir
@@ -259,7 +259,7 @@ def export(params: dict, cfg: TransformerConfig, out_dir: str, tokenizer_dir: st
 
 def export_workdir(workdir: str, out_dir: str) -> None:
   """Exports the latest checkpoint of a pretraining (or imported) workdir."""
-  with open(os.path.join(workdir, "config.json")) as f:
+  with open(os.path.join(workdir, workdir_lib.CONFIG)) as f:
     saved = json.load(f)
   params = restore.load_params(workdir)
   embedding = next(v for k, v in traverse_util.flatten_dict(params, sep="/").items()

@@ -178,7 +178,7 @@ def expand(study: Any) -> list[Cell]:
   cells: list[Cell] = []
 
   def add(name, kind, depends_on, group, seed=0, hparams=None):
-    cells.append(Cell(len(cells), name, kind, f"runs/{name}", depends_on, group, seed,
+    cells.append(Cell(len(cells), name, kind, f"{workdir_lib.RUNS}/{name}", depends_on, group, seed,
                       dict(hparams or {})))
 
   for preset in study.pretrain:
@@ -228,7 +228,7 @@ def child_config(cell: Cell, config: ml_collections.ConfigDict, study_dir: str
   init = next(i for i in inits(config.study) if i.name == cell.group["init"])
   child = finetune.get_config()
   child.update(config.finetune.to_dict())
-  child.init_from = (os.path.join(study_dir, "runs", cell.depends_on) if cell.depends_on
+  child.init_from = (os.path.join(study_dir, workdir_lib.RUNS, cell.depends_on) if cell.depends_on
                      else init.checkpoint)
   child.from_scratch = init.twin_of is not None
   child.task.name = cell.group["task"]
@@ -243,9 +243,9 @@ def child_config(cell: Cell, config: ml_collections.ConfigDict, study_dir: str
 def status(study_dir: str, cell: Cell) -> str:
   """finished (results.json) | failed (error.txt) | pending."""
   workdir = os.path.join(study_dir, cell.workdir)
-  if os.path.exists(os.path.join(workdir, "results.json")):
+  if os.path.exists(os.path.join(workdir, workdir_lib.RESULTS)):
     return "finished"
-  return "failed" if os.path.exists(os.path.join(workdir, "error.txt")) else "pending"
+  return "failed" if os.path.exists(os.path.join(workdir, workdir_lib.ERROR)) else "pending"
 
 
 def write_manifest(study_dir: str, config: ml_collections.ConfigDict, cells: list[Cell]
@@ -253,7 +253,7 @@ def write_manifest(study_dir: str, config: ml_collections.ConfigDict, cells: lis
   """W/study.json: the cells, which scratch init mirrors which model, and how configurations
   are selected; the aggregation reads only this and the cells' own workdirs."""
   study = config.study
-  path = os.path.join(study_dir, "study.json")
+  path = os.path.join(study_dir, workdir_lib.STUDY)
   workdir_lib.write_json(path, {
       "name": study.name, "selection": study.selection, "seeds": list(study.seeds),
       "bootstrap_resamples": study.bootstrap_resamples,

@@ -16,6 +16,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
+from lmreuse import workdir as workdir_lib
 from lmreuse.study import selection, tables
 from lmreuse.study.grid import SCRATCH
 from lmreuse.study.results import GROUP, by_group
@@ -122,7 +123,7 @@ def _pareto(lines: Sequence[dict], score: str, scale: float, mode: str, style: _
 
 
 def _curve(run_dir: str, key: str) -> dict[int, float]:
-  path = os.path.join(run_dir, "metrics.jsonl")
+  path = os.path.join(run_dir, workdir_lib.METRICS)
   if not os.path.exists(path):
     return {}
   with open(path) as f:
@@ -224,7 +225,7 @@ def write(workdir: str, rows: Sequence[dict], summary: Sequence[dict],
   """W/plots/ per task: score vs trainable share, score vs train FLOPs and learning curves (at
   the largest data fraction), validation vs learning rate when it was swept, and score vs data
   fraction when there are several. Tasks with no finished run get none: the tables list them."""
-  out_dir = os.path.join(workdir, "plots")
+  out_dir = os.path.join(workdir, workdir_lib.PLOTS)
   os.makedirs(out_dir, exist_ok=True)
   style = _Style(summary)
   seeds: dict[tuple, list[dict]] = {}

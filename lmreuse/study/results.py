@@ -10,6 +10,8 @@ import json
 import os
 from typing import Any, Sequence
 
+from lmreuse import workdir as workdir_lib
+
 GROUP = ("task", "init", "strategy", "train_fraction")
 
 
@@ -19,7 +21,7 @@ def read_json(path: str) -> Any:
 
 
 def manifest(workdir: str) -> dict:
-  path = os.path.join(workdir, "study.json")
+  path = os.path.join(workdir, workdir_lib.STUDY)
   if not os.path.exists(path):
     raise FileNotFoundError(f"{path} not found: not a study workdir")
   return read_json(path)
@@ -40,14 +42,14 @@ def row(workdir: str, cell: dict) -> dict:
          "hparams": dict(cell.get("hparams", {})), "workdir": run_dir, "status": "missing",
          "task_type": None, "metrics": {}, "parameters": {}, "compute": {},
          "wall_time_sec": None, "steps": None, "best_step": None, "error": None}
-  if os.path.exists(os.path.join(run_dir, "results.json")):
-    results = read_json(os.path.join(run_dir, "results.json"))
+  if os.path.exists(os.path.join(run_dir, workdir_lib.RESULTS)):
+    results = read_json(os.path.join(run_dir, workdir_lib.RESULTS))
     out.update(status="ok", task_type=results["task"]["type"], metrics=results["metrics"],
                parameters=results["parameters"], compute=results.get("compute", {}),
                wall_time_sec=results["wall_time_sec"], steps=results["steps"],
                best_step=results["best_step"])
-  elif os.path.exists(os.path.join(run_dir, "error.txt")):
-    with open(os.path.join(run_dir, "error.txt")) as f:
+  elif os.path.exists(os.path.join(run_dir, workdir_lib.ERROR)):
+    with open(os.path.join(run_dir, workdir_lib.ERROR)) as f:
       out.update(status="failed", error=error_line(f.read()))
   return out
 
@@ -69,6 +71,6 @@ def by_group(rows: Sequence[dict]) -> dict[tuple, list[dict]]:
 
 def predictions(row: dict) -> list[dict]:
   """The cell's predictions.jsonl: one record per evaluated example, gold fields included."""
-  path = os.path.join(row["workdir"], "predictions.jsonl")
+  path = os.path.join(row["workdir"], workdir_lib.PREDICTIONS)
   with open(path) as f:
     return [json.loads(line) for line in f if line.strip()]

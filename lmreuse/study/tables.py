@@ -14,6 +14,7 @@ import os
 import re
 from typing import Callable, Sequence
 
+from lmreuse import workdir as workdir_lib
 from lmreuse.eval.metrics import HEADLINE
 from lmreuse.study import comparisons
 from lmreuse.study.results import GROUP
@@ -278,9 +279,10 @@ def _csv(path: str, lines: Sequence[dict], head: Sequence[str], tail: Sequence[s
 def write(workdir: str, summary: Sequence[dict], sweep: Sequence[dict],
           compared: Sequence[dict], warnings: Sequence[str] = ()) -> dict[str, str]:
   """W/results.{csv,md,tex}, W/sweep.csv and W/comparisons.csv."""
-  paths = {ext: os.path.join(workdir, f"results.{ext}") for ext in ("csv", "md", "tex")}
-  paths["sweep"] = os.path.join(workdir, "sweep.csv")
-  paths["comparisons"] = os.path.join(workdir, "comparisons.csv")
+  paths = {name.rsplit(".", 1)[1]: os.path.join(workdir, name)
+           for name in workdir_lib.RESULTS_TABLES}
+  paths["sweep"] = os.path.join(workdir, workdir_lib.SWEEP_TABLE)
+  paths["comparisons"] = os.path.join(workdir, workdir_lib.COMPARISONS_TABLE)
   _csv(paths["csv"], summary, _HEAD, ("errors",))
   _csv(paths["sweep"], sweep, (*GROUP, "hparams", "metric", "seeds", "status", "eligible",
                                "selected"))

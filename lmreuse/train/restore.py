@@ -18,6 +18,7 @@ import orbax.checkpoint as ocp
 from absl import logging
 from flax import traverse_util
 
+from lmreuse import workdir as workdir_lib
 from lmreuse.train import checkpoint
 
 
@@ -26,7 +27,7 @@ def checkpoint_state_dirs(init_from: str) -> list[str]:
   directory."""
   if os.path.isdir(os.path.join(init_from, "state")):
     return [os.path.join(init_from, "state")]
-  checkpoints = os.path.join(init_from, "checkpoints")
+  checkpoints = os.path.join(init_from, workdir_lib.CHECKPOINTS)
   steps = sorted((int(d) for d in os.listdir(checkpoints) if d.isdigit()),
                  reverse=True) if os.path.isdir(checkpoints) else []
   if not steps:

@@ -29,11 +29,11 @@ class MetricWriter:
 
   def __init__(self, workdir: str, *, resume_step: int = 0):
     self.enabled = jax.process_index() == 0
-    self.path = os.path.join(workdir, "metrics.jsonl")
+    self.path = os.path.join(workdir, workdir_lib.METRICS)
     if not self.enabled:
       return
     self._truncate_after(resume_step)
-    self.tb = SummaryWriter(os.path.join(workdir, "tensorboard"), purge_step=resume_step + 1
+    self.tb = SummaryWriter(os.path.join(workdir, workdir_lib.TENSORBOARD), purge_step=resume_step + 1
                             if resume_step else None)
 
   def _truncate_after(self, step: int) -> None:
@@ -66,5 +66,5 @@ class MetricWriter:
 
 
 def read_metrics(workdir: str) -> list[dict]:
-  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+  with open(os.path.join(workdir, workdir_lib.METRICS)) as f:
     return [json.loads(line) for line in f if line.strip()]

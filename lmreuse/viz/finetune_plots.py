@@ -10,6 +10,7 @@ import matplotlib.image
 import numpy as np
 from tensorboardX import SummaryWriter
 
+from lmreuse import workdir as workdir_lib
 from lmreuse.tasks.evaluation import EvalSet
 from lmreuse.viz import attention, representations
 
@@ -17,7 +18,7 @@ from lmreuse.viz import attention, representations
 def write(workdir: str, module: Any, params_before: Any, params_after: Any, eval_set: EvalSet,
           tokenizer: Any, *, example: int, seed: int, step: int) -> dict[str, Any]:
   """Writes the plots; returns their paths and the silhouette scores (before/after)."""
-  out_dir = os.path.join(workdir, "plots")
+  out_dir = os.path.join(workdir, workdir_lib.PLOTS)
   os.makedirs(out_dir, exist_ok=True)
   label_key = "label" if "label" in eval_set.examples[0] else None
   labels = (representations.feature_labels(eval_set, label_key) if label_key
@@ -34,7 +35,7 @@ def write(workdir: str, module: Any, params_before: Any, params_after: Any, eval
   ids = [int(i) for i, s in zip(arrays["inputs"], arrays["segment_ids"]) if s > 0]
   tokens = [tokenizer.id_to_piece(i) for i in ids]
   paths.append(attention.plot_attention(maps, tokens, os.path.join(out_dir, "attention.png")))
-  with SummaryWriter(os.path.join(workdir, "tensorboard")) as tb:
+  with SummaryWriter(os.path.join(workdir, workdir_lib.TENSORBOARD)) as tb:
     for path in paths:
       image = matplotlib.image.imread(path)[..., :3]
       tb.add_image(f"plots/{os.path.basename(path)[:-4]}", image, step, dataformats="HWC")

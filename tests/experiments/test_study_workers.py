@@ -19,7 +19,7 @@ import pytest
 
 from configs import study as study_config
 from experiments import finetune, pretrain, study
-from lmreuse import lock
+from lmreuse import lock, workdir as workdir_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 NAMES = ["pretrain-bert", "wordnet_supersense.bert.full.seed0",
@@ -133,8 +133,8 @@ def test_print_launch_writes_scripts_that_run_claiming_workers(tmp_path, monkeyp
   config = small_study()
   config.study.print_launch = True
   assert study.run(config, str(workdir)) == {"cells": 5}
-  assert sorted(os.listdir(workdir)) == [study.LAUNCH_DIR]  # no config.json: nothing ran
-  fleet, slurm = (str(workdir / study.LAUNCH_DIR / n)
+  assert sorted(os.listdir(workdir)) == [workdir_lib.LAUNCH]  # no config.json: nothing ran
+  fleet, slurm = (str(workdir / workdir_lib.LAUNCH / n)
                   for n in ("tpu_vm_fleet.sh", "slurm_array.sbatch"))
   for script in (fleet, slurm):
     subprocess.run(["bash", "-n", script], check=True)
