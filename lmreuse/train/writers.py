@@ -52,7 +52,10 @@ class MetricWriter:
     for key, value in record.items():
       if key != "step" and isinstance(value, (int, float)):
         self.tb.add_scalar(key, value, step)
-    logging.info("step %d: %s", step, ", ".join(
+    # Training rows go to the console only at --verbosity=1 (the progress bar shows the loss;
+    # a line per log step would break it); rows with evaluation metrics always do.
+    level = logging.INFO if any(not k.startswith("train/") for k in metrics) else logging.DEBUG
+    logging.log(level, "step %d: %s", step, ", ".join(
         f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()
         if k != "step"))
 
