@@ -1,7 +1,9 @@
 """The benchmark scripts still run end to end: they use Trainer internals (the compiled step, its
 memory analysis) that refactors can break without any other test noticing."""
 
+import math
 import os
+import re
 import subprocess
 import sys
 
@@ -41,4 +43,8 @@ def test_strategies_benchmark_refuses_a_key_the_strategy_lacks(tokenizer_path):
 def test_throughput_benchmark_compares_with_hugging_face():
   proc = run_script("train_throughput.py", "--quick")
   assert proc.returncode == 0, proc.stderr[-3000:]
-  assert "ratio ours/hf:" in proc.stdout and "MFU" in proc.stdout
+  ratios = re.findall(r"^ratio ours/hf: (\S+)$", proc.stdout, re.MULTILINE)
+  assert len(ratios) == 1, proc.stdout[-3000:]
+  ratio = float(ratios[0])
+  assert math.isfinite(ratio) and ratio > 0, ratio
+  assert re.search(r"^our MFU: [0-9.]+% of [0-9.]+ GFLOP/s$", proc.stdout, re.MULTILINE)

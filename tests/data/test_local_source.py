@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import csv
 import json
+import os
 import re
 import types
 
 import pytest
 
+from experiments import finetune
 from lmreuse.data.sources import local
 
 
@@ -28,7 +31,7 @@ def _jsonl(tmp_path, name, records):
 def _raises(error, path, line, fact):
   """Asserts the message starts with `path:line:` and contains `fact`."""
   where = f"{path}:{line}: " if line else f"{path}"
-  return pytest.raises(error, match=re.escape(where) + ".*" + re.escape(fact))
+  return pytest.raises(error, match="^" + re.escape(where) + ".*" + re.escape(fact))
 
 
 def test_classification_csv_with_text_pair(tmp_path):
@@ -271,3 +274,108 @@ def test_csv_row_with_wrong_field_count(tmp_path):
   train = _write(tmp_path, "train.csv", "source,target\na,b\nc,d,e\n")
   with _raises(ValueError, train, 3, "3 fields but the header has 2"):
     local.load(_task("seq2seq", train_path=train), seed=0)
+
+
+@pytest.mark.parametrize("column,value", [("tokens", 5), ("tokens", ["a", 1]), ("tags", None)])
+def test_tokens_or_tags_neither_text_nor_strings(tmp_path, column, value):
+  row = {"tokens": ["a"], "tags": ["O"], column: value}
+  train = _jsonl(tmp_path, "train.jsonl", [{"tokens": ["a"], "tags": ["O"]}, row])
+  with _raises(ValueError, train, 2, f"column {column!r} (config.task.{column}_column) is "
+               f"neither whitespace-separated text nor a list of strings: {value!r}"):
+    local.load(_task("tagging", train_path=train), seed=0)
+
+
+@pytest.mark.parametrize("name,value", [("train.csv", " "), ("train.jsonl", 1.5),
+                                        ("train.jsonl", True), ("train.jsonl", None)])
+def test_label_neither_text_nor_integer(tmp_path, name, value):
+  if name.endswith(".csv"):
+    train = _write(tmp_path, name, f"text,label\na,pos\nb,{value}\n")
+    line = 3
+  else:
+    train = _jsonl(tmp_path, name, [{"text": "a", "label": "pos"}, {"text": "b", "label": value}])
+    line = 2
+  with _raises(ValueError, train, line, "column 'label' (config.task.label_column) is not a "
+               f"label (text or integer): {value!r}"):
+    local.load(_task("classification", train_path=train), seed=0)
+
+
+@pytest.mark.parametrize("name,text", [
+    ("train.csv", "tokens,tags\na,O\n  , \n"),
+    ("train.jsonl", '{"tokens": ["a"], "tags": ["O"]}\n{"tokens": [], "tags": []}\n'),
+])
+def test_no_tokens(tmp_path, name, text):
+  train = _write(tmp_path, name, text)
+  with _raises(ValueError, train, 3 if name.endswith(".csv") else 2,
+               "column 'tokens' (config.task.tokens_column) has no tokens"):
+    local.load(_task("tagging", train_path=train), seed=0)
+
+
+@pytest.mark.parametrize("name,start", [("train.csv", "8.0"), ("train.csv", "eight"),
+                                        ("train.jsonl", 8.0), ("train.jsonl", True)])
+def test_answer_start_not_an_integer(tmp_path, name, start):
+  if name.endswith(".csv"):
+    train = _write(tmp_path, name, f"question,context,answer,start\nq,Ann met Bob.,Bob,{start}\n")
+    line = 2
+  else:
+    train = _jsonl(tmp_path, name, [{"question": "q", "context": "Ann met Bob.", "answer": "Bob",
+                                     "start": start}])
+    line = 1
+  with _raises(ValueError, train, line, "column 'start' (config.task.answer_start_column) is "
+               f"not an integer: {start!r}"):
+    local.load(_task("extractive_qa", train_path=train, answer_start_column="start"), seed=0)
+
+
+@pytest.mark.parametrize("answers,starts,fact", [
+    (["Ann", "Bob"], [0], "2 answers but 1 answer starts"),
+    ("Bob", [8, 8], "1 answers but 2 answer starts"),
+    ([], [], "column 'answer' (config.task.answer_column) has no answers"),
+])
+def test_answer_and_start_counts_differ(tmp_path, answers, starts, fact):
+  train = _jsonl(tmp_path, "train.jsonl", [
+      {"question": "q", "context": "Ann met Bob.", "answer": "Bob", "start": 8},
+      {"question": "q", "context": "Ann met Bob.", "answer": answers, "start": starts}])
+  with _raises(ValueError, train, 2, fact):
+    local.load(_task("extractive_qa", train_path=train, answer_start_column="start"), seed=0)
+
+
+def test_labels_mixing_integers_and_strings_name_a_line(tmp_path):
+  train = _write(tmp_path, "train.jsonl", '{"text": "a", "label": "pos"}\n\n'
+                 '{"text": "b", "label": "neg"}\n{"text": "c", "label": 1}\n')
+  with _raises(ValueError, train, 4, "labels mix integers and strings: label 1 here, label "
+               "'pos' on line 1"):
+    local.load(_task("classification", train_path=train), seed=0)
+
+
+def test_csv_parser_error_names_the_line(tmp_path):
+  limit = csv.field_size_limit()
+  train = _write(tmp_path, "train.csv", f'source,target\na,b\n"{"x" * (limit + 1)}",c\n')
+  with _raises(ValueError, train, 3, f"field larger than field limit ({limit})"):
+    local.load(_task("seq2seq", train_path=train), seed=0)
+
+
+def test_bad_inputs_fail_before_the_workdir_is_touched(finetune_config, tmp_path):
+  """An overwriting run that its data refuses leaves the old run's files as they were, whichever
+  check refuses it: a train row, the label set across files, or the CSV parser."""
+  workdir = tmp_path / "run"
+  workdir.mkdir()
+  old = {"config.json": "{}", "results.json": '{"metrics": {"test/accuracy": 0.9}}'}
+  for name, text in old.items():
+    (workdir / name).write_text(text)
+  good = "text,label\na dog,animal\na cat,animal\nan oak,plant\n"
+  field = "x" * (csv.field_size_limit() + 1)
+  cases = [  # (train, validation, the file and line at fault, fact)
+      (good + '" ",plant\n', None, "train", 5, "column 'text' (config.task.text_column) is empty"),
+      (good, "text,label\na fir,plant\na rock,mineral\n", "validation", 3,
+       "label 'mineral' is not among the train labels"),
+      (good + f'"{field}",plant\n', None, "train", 5, "field larger than field limit"),
+  ]
+  for train, validation, at_fault, line, fact in cases:
+    paths = {"train": _write(tmp_path, "train.csv", train),
+             "validation": _write(tmp_path, "valid.csv", validation) if validation else ""}
+    config = finetune_config(overwrite=True, **{
+        "task.name": "local", "task.type": "classification", "task.train_path": paths["train"],
+        "task.validation_path": paths["validation"]})
+    with _raises(ValueError, paths[at_fault], line, fact):
+      finetune.run(config, str(workdir))
+    assert sorted(os.listdir(workdir)) == sorted(old), fact
+    assert all((workdir / name).read_text() == text for name, text in old.items()), fact

@@ -27,6 +27,18 @@ def test_classification_binary():
   assert "f1" not in metrics.classification([0, 1, 1, 0], [0, 1, 0, 0])
 
 
+def test_classification_multiclass_mcc():
+  # labels 0 0 1 1 2 2, predictions 0 1 1 1 2 0: c = 4 right of s = 6.
+  # Multi-class MCC (Gorodkin 2004) from the confusion matrix: true counts t = (2, 2, 2),
+  # predicted counts p = (2, 3, 1):
+  #   (c*s - sum p_k t_k) / sqrt((s^2 - sum p_k^2) (s^2 - sum t_k^2))
+  #   = (24 - (4 + 6 + 2)) / sqrt((36 - 14) (36 - 12)) = 12 / sqrt(528) = 3 / sqrt(33).
+  # F1 per class: 0: TP=1 FP=1 FN=1 -> 1/2; 1: TP=2 FP=1 FN=0 -> 4/5; 2: TP=1 FP=0 FN=1 -> 2/3.
+  result = metrics.classification([0, 0, 1, 1, 2, 2], [0, 1, 1, 1, 2, 0])
+  assert result == pytest.approx({"accuracy": 4 / 6, "macro_f1": (1 / 2 + 4 / 5 + 2 / 3) / 3,
+                                  "micro_f1": 4 / 6, "mcc": 3 / math.sqrt(33)})
+
+
 def test_classification_string_labels():
   # a: TP=1 FP=1 FN=1 -> F1=1/2; b: F1=1; c: TP=0 -> F1=0; macro = 1/2.
   result = metrics.classification(["a", "b", "c", "a"], ["a", "b", "a", "c"])
@@ -47,6 +59,19 @@ def test_regression():
   result = metrics.regression([1, 2, 3, 4], [2, 5, 4, 9])
   assert result == pytest.approx({"pearson": 10 / math.sqrt(130), "spearman": 0.8, "mse": 9.0})
   assert_plain_floats(result)
+
+
+def test_regression_spearman_with_ties():
+  # Ties take the mean of the ranks they span, and Spearman is Pearson on those ranks:
+  # x = 1 2 2 3 4 -> ranks 1 2.5 2.5 4 5; y = 1 3 2 2 5 -> ranks 1 4 2.5 2.5 5 (both mean 3).
+  # rank deviations dx = -2 -.5 -.5 1 2, dy = -2 1 -.5 -.5 2: sum dx*dy = 4 - .5 + .25 - .5 + 4
+  # = 7.25, sum dx^2 = sum dy^2 = 9.5 -> spearman = 7.25 / 9.5 = 29/38 (the no-ties formula
+  # 1 - 6 sum d^2 / (n (n^2 - 1)) would give 1 - 27/120 = 0.775).
+  # Pearson on the values: x mean 2.4, y mean 2.6, sum dx*dy = 5.8, sum dx^2 = 5.2,
+  # sum dy^2 = 9.2. Errors 0 -1 0 1 -1 -> mse 3/5.
+  result = metrics.regression([1, 2, 2, 3, 4], [1, 3, 2, 2, 5])
+  assert result == pytest.approx({"spearman": 29 / 38, "pearson": 5.8 / math.sqrt(5.2 * 9.2),
+                                  "mse": 0.6})
 
 
 def test_regression_constant_predictions_give_zero_correlation():
@@ -93,6 +118,26 @@ def test_bleu():
   assert metrics.bleu(["a b c d e"], ["v w x y z"]) == {"bleu": 0.0}
   # Corpus BLEU needs 4-grams: a perfect 2-token match scores 0 with sacrebleu's defaults.
   assert metrics.bleu(["a b"], ["a b"]) == {"bleu": 0.0}
+
+
+def test_bleu_partial_overlap_with_brevity_penalty():
+  # sacrebleu's defaults: 13a tokenization splits "now!" into "now !"; no n-gram order has zero
+  # matches here, so the exponential smoothing never applies.
+  # 1: "the cat sat on a mat" (6 tokens) vs "the cat sat on the mat today" (7):
+  #    1-grams: the cat sat on mat match, "a" does not        -> 5 of 6
+  #    2-grams: the-cat cat-sat sat-on; not on-a, a-mat       -> 3 of 5
+  #    3-grams: the-cat-sat cat-sat-on; not sat-on-a, on-a-mat -> 2 of 4
+  #    4-grams: the-cat-sat-on only                           -> 1 of 3
+  # 2: "Go home now!" = its reference, 4 tokens each:         -> 4/4, 3/3, 2/2, 1/1
+  # Corpus counts add up: precisions 9/10, 6/8, 4/6, 2/4, whose product is 9/40; the hypotheses
+  # have 10 tokens against 11, so BP = exp(1 - 11/10).
+  corpus = 100 * math.exp(1 - 11 / 10) * (9 / 40) ** (1 / 4)
+  assert metrics.bleu(["the cat sat on a mat", "Go home now!"],
+                      ["the cat sat on the mat today", "Go home now!"]) == pytest.approx(
+                          {"bleu": corpus}, rel=1e-9)
+  # The first sentence alone: (5/6 * 3/5 * 2/4 * 1/3) = 1/12, BP = exp(1 - 7/6).
+  assert metrics.bleu(["the cat sat on a mat"], ["the cat sat on the mat today"]) == (
+      pytest.approx({"bleu": 100 * math.exp(1 - 7 / 6) * (1 / 12) ** (1 / 4)}, rel=1e-9))
 
 
 def test_rouge():

@@ -20,6 +20,7 @@ import pytest
 from configs import study as study_config
 from experiments import finetune, pretrain, study
 from lmreuse import lock, workdir as workdir_lib
+from lmreuse.train import preemption
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 NAMES = ["pretrain-bert", "wordnet_supersense.bert.full.seed0",
@@ -93,6 +94,26 @@ def test_claim_runs_each_cell_once_takes_over_a_dead_workers_cell_and_keeps_fail
   assert calls == [] and again["failed"] == [NAMES[4]]
   retried = study.run(small_study(""), str(tmp_path))  # a sequential run does
   assert [name for name, _ in calls] == [NAMES[4]] and retried["failed"] == []
+
+
+def test_a_preempted_cell_stops_the_study_without_being_recorded_as_failed(tmp_path,
+                                                                            monkeypatch):
+  """Preempted is not a failure: the cell keeps no error.txt and the study stops (to exit 75
+  and resume), instead of recording it and going on to the next cell."""
+  ran = []
+
+  def preempted(config, workdir):
+    ran.append(os.path.basename(workdir))
+    raise preemption.Preempted(3, "received SIGTERM")
+
+  monkeypatch.setattr(pretrain, "run", preempted)
+  with pytest.raises(preemption.Preempted):
+    study.run(small_study(), str(tmp_path))
+  assert ran == [NAMES[0]]
+  cell = tmp_path / workdir_lib.RUNS / NAMES[0]
+  assert not (cell / workdir_lib.ERROR).exists()
+  # Released: the fake run wrote nothing, so the lock went with the directory it created.
+  assert not (cell / lock.LOCK_FILE).exists() or not (cell / lock.LOCK_FILE).read_text()
 
 
 def test_static_shares_wait_for_cells_of_other_shares(tmp_path, fake_cells):

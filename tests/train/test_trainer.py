@@ -2,6 +2,7 @@
 compute accounting (FLOPs, phases, timers)."""
 
 import collections
+import math
 
 import jax
 import ml_collections
@@ -74,6 +75,11 @@ def test_schedule_warms_up_linearly_then_decays(schedule):
   assert float(fn(10)) == pytest.approx(1e-3)
   expected_end = 1e-3 if schedule == "constant" else 1e-4
   assert float(fn(110)) == pytest.approx(expected_end, rel=1e-5)
+  # A quarter into the 100 decay steps (step 35), from the peak 1e-3 towards the end 1e-4:
+  # linear 1e-3 - 0.25 * 9e-4; cosine 1e-4 + 9e-4 * (1 + cos(pi/4)) / 2; constant stays.
+  quarter = {"linear": 7.75e-4, "cosine": 1e-4 + 9e-4 * (1 + math.sqrt(0.5)) / 2,
+             "constant": 1e-3}
+  assert float(fn(35)) == pytest.approx(quarter[schedule], rel=1e-5)
   if schedule == "linear":
     assert float(fn(60)) == pytest.approx(5.5e-4)
 

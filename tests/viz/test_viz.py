@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
 import flax.linen as nn
@@ -86,6 +87,24 @@ def setup(finetune_config, tmp_path_factory):
   return finetune.build(finetune_config("bert"), str(tmp_path_factory.mktemp("viz")))
 
 
+def mean_silhouette(features_NxD: np.ndarray, labels_N: np.ndarray) -> float:
+  """Rousseeuw's silhouette, Euclidean in the full feature space: per point s = (b - a) /
+  max(a, b), a = mean distance to the rest of its label, b = the least mean distance to another
+  label's points; 0 for a point alone in its label."""
+  x_NxD = features_NxD.astype(np.float64)
+  distances_NxN = np.sqrt(np.square(x_NxD[:, None] - x_NxD[None]).sum(-1))
+  scores = []
+  for i, label in enumerate(labels_N):
+    same_N = labels_N == label
+    if same_N.sum() == 1:
+      scores.append(0.0)
+      continue
+    a = distances_NxN[i, same_N].sum() / (same_N.sum() - 1)
+    b = min(distances_NxN[i, labels_N == other].mean() for other in set(labels_N) - {label})
+    scores.append((b - a) / max(a, b))
+  return float(np.mean(scores))
+
+
 def test_representation_plots_and_silhouettes(setup, tmp_path):
   eval_set = setup.eval_sets["validation"]
   params = setup.state.params
@@ -96,8 +115,29 @@ def test_representation_plots_and_silhouettes(setup, tmp_path):
   names = sorted(os.path.basename(p) for p in paths)
   assert names == ["pca_after.png", "pca_before.png", "tsne_after.png", "tsne_before.png"]
   assert all(os.path.getsize(p) > 0 for p in paths)
-  assert set(silhouette) == {"before", "after"}
-  assert all(np.isfinite(s) and -1 <= s <= 1 for s in silhouette.values())
+  labels = np.asarray([str(x) for x in representations.feature_labels(eval_set)])
+  assert 2 <= len(set(labels)) < len(labels)
+  expected = {stage: mean_silhouette(representations.pooled_features(setup.module, p, eval_set),
+                                     labels) for stage, p in (("before", params), ("after", moved))}
+  assert silhouette == pytest.approx(expected, rel=1e-4, abs=1e-6)
+
+
+def test_silhouettes_of_features_built_to_separate(setup, tmp_path):
+  """Each of two features repeated: a point's distance to its own copies is 0 and to the other
+  feature's copies some d > 0, whatever the parameters make of them. Labelled by feature, every
+  point has a = 0 and b = d, so s = (b - a) / max(a, b) = 1. Labelled across the copies
+  (x y x y on f0 f0 f1 f1), every point has a = d (its one same-label point is the other
+  feature) and b = (0 + d) / 2, so s = (d/2 - d) / d = -1/2."""
+  eval_set = setup.eval_sets["validation"]
+  params = setup.state.params
+  moved = jax.tree.map(lambda x: 1.5 * x, params)
+  for index, labels, expected in (([0, 0, 0, 1, 1, 1], list("xxxyyy"), 1.0),
+                                  ([0, 0, 1, 1], list("xyxy"), -0.5)):
+    built = dataclasses.replace(eval_set, features=[eval_set.features[i] for i in index],
+                                example_index=np.asarray(index))
+    _, silhouette = representations.write_representation_plots(
+        str(tmp_path), setup.module, params, moved, built, labels, seed=0)
+    assert silhouette == pytest.approx({"before": expected, "after": expected}, abs=1e-5)
 
 
 def test_attention_maps_of_the_task_model(setup, tmp_path):

@@ -133,7 +133,9 @@ def _extractive_qa(row: _Row) -> dict:
   if "answer_start_column" in row.columns:
     starts = row.raw("answer_start_column")
     starts = starts if isinstance(starts, list) else [starts]
-  if not texts or len(starts) != len(texts):
+  if not texts:
+    raise row.error(f"{row.what('answer_column')} has no answers")
+  if len(starts) != len(texts):
     raise row.error(f"{len(texts)} answers but {len(starts)} answer starts")
   answers = []
   for text, start in zip(texts, starts):
@@ -248,10 +250,15 @@ def _listing(values: list) -> str:
 def _label_set(files: dict, values_of: Callable[[dict], list], what: str) -> list:
   """The train file's sorted label (or tag) set, which validation and test must stay within."""
   path, _, train = files["train"]
-  known = {value for _, example in train for value in values_of(example)}
-  if len({type(value) for value in known}) > 1:
-    raise ValueError(f"{path}: {what}s mix integers and strings: "
-                     f"{_listing(sorted(known, key=str))}")
+  known, first = set(), {}  # first: each value type's first (line, value) in the train file.
+  for line, example in train:
+    for value in values_of(example):
+      known.add(value)
+      first.setdefault(type(value), (line, value))
+  if len(first) > 1:
+    (first_line, first_value), (line, value) = sorted(first.values(), key=lambda lv: lv[0])
+    raise ValueError(f"{path}:{line}: {what}s mix integers and strings: {what} {value!r} here, "
+                     f"{what} {first_value!r} on line {first_line}")
   for split_path, _, examples in (files[s] for s in ("validation", "test") if s in files):
     for line, example in examples:
       for value in values_of(example):
