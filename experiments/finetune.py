@@ -174,10 +174,11 @@ def build(config: ml_collections.ConfigDict, workdir: str) -> Setup:
       raise ValueError(f"config.init_from={config.init_from!r}: no parameter path matches the "
                        f"task model; checkpoint has e.g. {report['dropped'][:5]}")
     report["strategy"] = [p for p in report["new"] if strategies.is_strategy_param(p)]
-  if config.init_trainable_from:
-    params = restore.overlay(params, restore.load_tree(
-        os.path.join(config.init_trainable_from, workdir_lib.TRAINABLE)), "config.init_trainable_from")
-  state = trainer.state_with_params(state, plan.init_pretrained(params, config.seed))
+  params = plan.init_pretrained(params, config.seed)
+  if config.init_trainable_from:  # after init_pretrained, which would overwrite a saved prompt
+    params = restore.overlay(params, restore.load_tree(os.path.join(
+        config.init_trainable_from, workdir_lib.TRAINABLE)), "config.init_trainable_from")
+  state = trainer.state_with_params(state, params)
   return Setup(data, task, module, trainer, state, report, eval_sets, stopper, tokenizer,
                model_cfg, plan)
 

@@ -4,6 +4,7 @@ trains); parameter-efficient checkpoints; and clear errors when a strategy does 
 
 import dataclasses
 import json
+import re
 
 import jax
 import numpy as np
@@ -12,7 +13,9 @@ import pytest
 from flax import traverse_util
 
 from experiments import finetune
+from lmreuse import strategies, workdir as workdir_lib
 from lmreuse.strategies import base, lora as lora_strategy
+from lmreuse.train import restore
 from lmreuse.train.trainer import split_microbatches
 
 STRATEGY_KEYS = {
@@ -33,6 +36,13 @@ STRATEGY_KEYS = {
 }
 # Strategies that cannot serve a task, and why (checked in test_misfits_fail_before_training).
 SEQ2SEQ_MISFITS = {"frozen", "linear_probe", "bitfit", "lp_ft"}
+# Factors with no gradient in these tests' single effective update (one step; or two where the
+# warmup's first learning rate is 0): whatever they feed is multiplied by a zero-initialised
+# partner, so nothing depends on them until that partner has moved. LoRA's A, whose product
+# with B=0 is zero; an adapter's `down` projection (kernel and bias), whose output reaches the
+# residual only through `up`, whose kernel starts at zero. Their partners (lora_b, up/kernel,
+# up/bias) do get gradients, and are checked like every other parameter.
+ZERO_GRADIENT_AT_INIT = re.compile(r"(/lora_a|_adapter/down/(kernel|bias))$")
 
 
 def flat(tree):
@@ -61,19 +71,34 @@ def train_steps(setup, batch_size, steps, by_phase=False):
 
 
 def check_only_trainables_change(setup, before, after, state, steps):
+  """Frozen and not-yet-started parameters stay bitwise; every started trainable one has a
+  gradient and moves, save the factors that ZERO_GRADIENT_AT_INIT names."""
   plan = setup.plan
   trainable = [p for p in before if plan.trainable(p)]
   # Not trainable, or not started yet (gradual unfreezing, LP-FT): bitwise unchanged.
   frozen = [p for p in before if not plan.trainable(p) or plan.start_step(p) >= steps]
   for path in frozen:
     np.testing.assert_array_equal(after[path], before[path], err_msg=path)  # bitwise
-  assert any(not np.array_equal(after[p], before[p]) for p in trainable)
   # Adam's moments exist for trainable parameters only.
   mu = [s for s in jax.tree.leaves(state.opt_state, is_leaf=lambda x: isinstance(
       x, optax.ScaleByAdamState)) if isinstance(s, optax.ScaleByAdamState)][0].mu
-  with_state = [p for p, v in flat(mu).items() if not isinstance(v, optax.MaskedNode)]
-  assert sorted(with_state) == sorted(trainable)
+  mu = {p: v for p, v in flat(mu).items() if not isinstance(v, optax.MaskedNode)}
+  assert sorted(mu) == sorted(trainable)
   assert setup.trainer.trainable_count() == sum(before[p].size for p in trainable)
+  # Adam's first moment is nonzero exactly where some step's gradient was: a stop-gradient
+  # shows there even on a matrix that weight decay alone moves.
+  started = [p for p in trainable if plan.start_step(p) < steps]
+  assert started
+  for path in started:
+    if ZERO_GRADIENT_AT_INIT.search(path):
+      assert not np.any(mu[path]), path  # the update beside them still starts at zero
+    else:
+      assert np.any(mu[path]), f"{path}: no gradient"
+      assert not np.array_equal(after[path], before[path]), f"{path}: did not move"
+
+
+def test_the_tests_cover_every_registered_strategy():
+  assert sorted(STRATEGY_KEYS) == strategies.names()
 
 
 @pytest.mark.slow
@@ -128,8 +153,14 @@ def test_gradual_unfreezing_lp_ft_and_slanted_triangular_lr(finetune_config, tmp
   assert opt.schedule == config.optimizer.schedule  # unchanged unless asked for
   config = finetune_config("bert", **{"strategy.name": "gradual_unfreeze", "total_steps": 50,
                                       "strategy.slanted_triangular": True})
-  opt = finetune.build(config, str(tmp_path)).plan.optimizer(config.optimizer)
+  setup = finetune.build(config, str(tmp_path))
+  opt = setup.plan.optimizer(config.optimizer)
   assert (opt.warmup_steps, opt.end_lr_factor, opt.schedule) == (5, 1 / 32, "linear")
+  # The learning rate the trainer steps with: up over cut_frac * 50 = 5 steps, then down over
+  # the other 45 to peak / 32; at step 20, a third of the way down: 1 - (1/3)(31/32) = 65/96.
+  peak = config.optimizer.learning_rate
+  assert [float(setup.trainer.schedule(step)) for step in (0, 2, 5, 20, 50)] == pytest.approx(
+      [0.0, 0.4 * peak, peak, 65 / 96 * peak, peak / 32], rel=1e-5)
   config = finetune_config("bert", **{"strategy.name": "lp_ft", "strategy.probe_steps": 3})
   plan = finetune.build(config, str(tmp_path)).plan
   assert plan.start_step("classifier/dense/kernel") == 0
@@ -177,6 +208,7 @@ def test_lora_merge_and_unmerge_compute_the_same_function(finetune_config, tmp_p
   np.testing.assert_allclose(plain.apply({"params": merged}, batch), with_lora, atol=1e-5)
   factors_tree = traverse_util.unflatten_dict(factors, sep="/")
   restored = lora_strategy.unmerge(merged, factors_tree, config.strategy.alpha)
+  assert sorted(flat(restored)) == sorted(flat(params))  # the factors back, nothing else
   for path, value in flat(restored).items():
     np.testing.assert_allclose(value, flat(params)[path], atol=1e-6)
 
@@ -222,19 +254,35 @@ def test_combined_adapters_and_llrd(finetune_config, tmp_path):
   assert plan.lr_scale("classifier/dense/kernel") == 1.0
 
 
+PEFT = ("adapters", "bitfit", "ia3", "lora", "prefix_tuning", "prompt_tuning")
+
+
 @pytest.mark.slow
+@pytest.mark.parametrize("name", PEFT)
 def test_a_saved_peft_run_reloads_onto_its_base_with_identical_metrics(
-    bert_pretrained, finetune_config, tmp_path):
+    name, bert_pretrained, finetune_config, tmp_path):
+  """trainable/ holds exactly the trainable parameters; a 0-step run that overlays them on the
+  base evaluates as the trained run did, and saves them back unchanged."""
   base_dir, _ = bert_pretrained
-  keys = {"strategy.name": "lora", "strategy.rank": 4, "init_from": base_dir,
-          "task.pooling": "mean"}
-  trained = finetune.run(finetune_config("bert", **keys), str(tmp_path / "lora"))
+  keys = {"strategy.name": name, **STRATEGY_KEYS[name], "init_from": base_dir,
+          "task.pooling": "mean", "total_steps": 2, "checkpoint_every": 2}
+  config = finetune_config("bert", **keys)
+  setup = finetune.build(config, str(tmp_path / "build"))
+  trainable = sorted(p for p in flat(setup.state.params) if setup.plan.trainable(p))
+  trained = finetune.run(config, str(tmp_path / "trained"))
   fraction = trained["parameters"]["trainable_fraction"]
-  assert 0 < fraction < 0.2 and trained["strategy"] == "lora"
-  report = json.loads((tmp_path / "lora" / "init_report.json").read_text())
-  assert report["strategy"] and all("_lora/" in p for p in report["strategy"])
-  reloaded = finetune.run(finetune_config("bert", **keys, total_steps=0,
-                                          init_trainable_from=str(tmp_path / "lora")),
+  assert 0 < fraction < 0.2 and trained["strategy"] == name
+  saved = flat(restore.load_tree(str(tmp_path / "trained" / workdir_lib.TRAINABLE)))
+  assert sorted(saved) == trainable
+  assert sum(v.size for v in saved.values()) == trained["parameters"]["trainable"]
+  report = json.loads((tmp_path / "trained" / workdir_lib.INIT_REPORT).read_text())
+  assert bool(report["strategy"]) == (name != "bitfit")  # BitFit adds no parameter
+  reloaded = finetune.run(finetune_config("bert", **{**keys, "total_steps": 0},
+                                          init_trainable_from=str(tmp_path / "trained")),
                           str(tmp_path / "reloaded"))
   test = {k: v for k, v in trained["metrics"].items() if k.startswith("test/")}
-  assert test == {k: v for k, v in reloaded["metrics"].items() if k.startswith("test/")}
+  assert test and test == {k: v for k, v in reloaded["metrics"].items() if k.startswith("test/")}
+  resaved = flat(restore.load_tree(str(tmp_path / "reloaded" / workdir_lib.TRAINABLE)))
+  assert sorted(resaved) == trainable
+  for path in trainable:
+    np.testing.assert_array_equal(resaved[path], saved[path], err_msg=path)  # bitwise
