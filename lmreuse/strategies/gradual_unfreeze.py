@@ -1,7 +1,8 @@
 """ULMFiT's gradual unfreezing (Howard & Ruder 2018): the head trains from the start and one more
 layer, from the top down, joins every `unfreeze_every` steps; the embeddings join last.
-`slanted_triangular` swaps in ULMFiT's schedule (a short linear rise over `cut_frac` of the
-steps, then a linear fall to 1/32 of the peak)."""
+`slanted_triangular` swaps in ULMFiT's schedule shape: a short linear rise over `cut_frac` of
+the steps, then a linear fall to 1/32 of the peak. The rise starts from 0, as every warmup here
+does, where ULMFiT's starts from 1/32 of the peak."""
 
 from __future__ import annotations
 
