@@ -74,7 +74,16 @@ class Watcher:
     """True once the run should stop after `step` (every process gets the same answer)."""
     if self.reason is not None:
       return True
-    if jax.process_count() > 1 and multihost.reached_preemption(step):
+    if (jax.process_count() > 1 and step not in _SERVICE_STOPS
+        and multihost.reached_preemption(step)):
+      _SERVICE_STOPS.add(step)
       self.reason = "preemption notice (JAX preemption service)"
       return True
     return False
+
+
+# Steps at which the preemption service already stopped a run in this process. The service
+# answers True for its sync step for the rest of the process's life, so a later run in the
+# same process (a driver or notebook that resumes in-process) would stop there again; every
+# process records the same steps, so all of them skip them alike.
+_SERVICE_STOPS: set[int] = set()
