@@ -30,8 +30,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import os
-import shlex
-import sys
 import time
 import traceback
 
@@ -40,7 +38,7 @@ import ml_collections
 from absl import logging
 
 from lmreuse import lock, workdir as workdir_lib
-from lmreuse.study import grid, results, selection
+from lmreuse.study import grid, launch, results, selection
 
 # run.py locks a run's workdir; a study's is shared by its workers, which lock each cell they
 # run and the study workdir only while writing the report.
@@ -54,133 +52,11 @@ _SETTLED = ("finished", "failed", "skipped", "blocked")
 _WAIT, _DONE, _ERROR = -1, -2, -3  # besides a cell index, what a worker's next step can be
 
 
-def _command_args(workdir: str) -> list[str]:
-  """This command's run.py arguments minus those that pick cells or print launch lines."""
-  args = [a for a in sys.argv[1:]
-          if not a.startswith(("--config.study.only", "--config.study.print_launch",
-                               "--config.study.worker", "--workdir"))]
-  return args + [f"--workdir={os.path.abspath(workdir)}"]
-
-
-def launch_lines(config: ml_collections.ConfigDict, workdir: str, cells: list[grid.Cell]
-                 ) -> list[str]:
-  """One command per cell for a cluster sweep; pretraining cells must finish before the rest,
-  and under first-seed selection a group's first-seed cells before its later seeds."""
-  base = [sys.executable, "run.py", *_command_args(workdir)]
-  first_seed = _first_seed(config)
-  lines = []
-  for cell in cells:
-    after = f"  # after {cell.depends_on}" if cell.depends_on else "  # first"
-    if first_seed is not None and cell.hparams and cell.seed != first_seed:
-      after = (f"  # after the seed{first_seed} cells of its group; exits at once unless "
-               "its configuration is selected")
-    lines.append(shlex.join(base + [f"--config.study.only={cell.index}"]) + after)
-  return lines
-
-
-_TPU_FLEET = """\
-#!/usr/bin/env bash
-# Study {name}: {count} cells, shared out among Cloud TPU VMs. Every host of every VM runs
-# the study with --config.study.worker=claim: each VM takes the next ready cell; a cell whose
-# VM is preempted or dies is taken over by another and resumes from its checkpoints. Run this
-# script again after a preemption: finished cells are skipped. Written by print_launch.
-#
-# FILL IN (edit here or export): the TPU VMs, their zone, the repository's path on them, and
-# the study workdir, on a filesystem every VM mounts at the same path (e.g. Filestore/NFS).
-VMS="${{VMS:-CHANGE_ME_VM_1 CHANGE_ME_VM_2}}"
-ZONE="${{ZONE:-CHANGE_ME_ZONE}}"
-REPO="${{REPO:-{repo}}}"
-WORKDIR="${{WORKDIR:-{workdir}}}"
-PYTHON="${{PYTHON:-python3}}"
-# --distributed: the hosts of a multi-host slice join one JAX run (JAX finds its peers).
-DISTRIBUTED="${{DISTRIBUTED:---distributed}}"
-LOGS="${{LOGS:-$(dirname "$0")/logs}}"  # on this machine: one log per VM
-
-set -euo pipefail
-case "$VMS $ZONE" in
-  *CHANGE_ME*) echo "$0: set VMS and ZONE (at the top of this script, or export them)" >&2
-               exit 2 ;;
-esac
-ARGS=({args})
-COMMAND="cd $(printf %q "$REPO") && $PYTHON run.py $(printf '%q ' "${{ARGS[@]}}")"
-COMMAND+="--workdir=$(printf %q "$WORKDIR") --config.study.worker=claim $DISTRIBUTED"
-mkdir -p "$LOGS"
-PIDS=()
-for VM in $VMS; do
-  gcloud compute tpus tpu-vm ssh "$VM" --zone="$ZONE" --worker=all --command="$COMMAND" \\
-      >"$LOGS/$VM.log" 2>&1 &
-  PIDS+=("$!")
-  echo "$VM: logging to $LOGS/$VM.log"
-done
-STATUS=0
-for PID in "${{PIDS[@]}}"; do
-  wait "$PID" || STATUS=$?
-done
-exit "$STATUS"
-"""
-
-_SLURM_ARRAY = """\
-#!/usr/bin/env bash
-# Study {name}: {count} cells, run by a SLURM job array whose tasks share the study workdir
-# (a shared filesystem). Submit with: sbatch [--partition=P] {path}
-# Each task runs the study as a worker: MODE=claim (the default) takes the next ready cell, so
-# any array size works and a requeued or late task finds what is left; MODE=static gives task
-# I of N the cells at positions I, I+N, ... Resubmit after a preemption: finished cells are
-# skipped and unfinished ones resume from their checkpoints (a preempted run exits 75).
-#
-# FILL IN: the #SBATCH lines below (or give them to sbatch, or export SBATCH_PARTITION etc.).
-#SBATCH --job-name=lmreuse-{name}
-#SBATCH --array=0-{last}
-#SBATCH --ntasks=1
-#SBATCH --gres=gpu:1
-#SBATCH --time=24:00:00
-#SBATCH --output={workdir}/{launch}/slurm-%A_%a.out
-#SBATCH --open-mode=append
-#
-# FILL IN (edit here or export): the repository's path on the nodes, its Python.
-REPO="${{REPO:-{repo}}}"
-WORKDIR="${{WORKDIR:-{workdir}}}"
-PYTHON="${{PYTHON:-{python}}}"
-MODE="${{MODE:-claim}}"
-
-set -euo pipefail
-if [ "$MODE" = static ]; then
-  WORKER="$SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT"
-else
-  WORKER=claim
-fi
-ARGS=({args})
-cd "$REPO"
-exec "$PYTHON" run.py "${{ARGS[@]}}" --workdir="$WORKDIR" --config.study.worker="$WORKER"
-"""
-
-
-def write_launch_scripts(config: ml_collections.ConfigDict, workdir: str,
-                         cells: list[grid.Cell]) -> list[str]:
-  """W/launch/tpu_vm_fleet.sh and W/launch/slurm_array.sbatch: this command as study workers
-  on many machines; what the user must fill in is marked at the top of each."""
-  args = " ".join(shlex.quote(a) for a in _command_args(workdir)[:-1])  # --workdir: a variable
-  values = dict(name=config.study.name, count=len(cells), last=max(len(cells) - 1, 0),
-                repo=os.path.abspath(os.getcwd()), workdir=os.path.abspath(workdir),
-                python=sys.executable, launch=workdir_lib.LAUNCH, args=args)
-  paths = []
-  for name, template in (("tpu_vm_fleet.sh", _TPU_FLEET), ("slurm_array.sbatch", _SLURM_ARRAY)):
-    path = os.path.join(workdir, workdir_lib.LAUNCH, name)
-    workdir_lib.write_atomically(path, template.format(path=path, **values))
-    os.chmod(path, 0o755)
-    paths.append(path)
-  return paths
-
-
-def _first_seed(config: ml_collections.ConfigDict) -> int | None:
-  return config.study.seeds[0] if config.study.selection == "first_seed" else None
-
-
 def _needed(cell: grid.Cell, cells: list[grid.Cell], config: ml_collections.ConfigDict,
             study_dir: str) -> tuple[bool | None, list[str]]:
   """(False for a later seed of a configuration its group did not select, None while its
   group's first-seed sweep is unfinished; the sweep cells still to finish)."""
-  first_seed = _first_seed(config)
+  first_seed = launch.first_seed(config)
   if cell.kind != "finetune" or first_seed is None or cell.seed == first_seed:
     return True, []
   group = [dataclasses.asdict(c) for c in cells if c.kind == "finetune" and c.group == cell.group]
@@ -230,8 +106,8 @@ def _cannot_run(cell: grid.Cell, state: str, waits: list[str], cells: list[grid.
     dependency = next(c for c in cells if c.name == cell.depends_on)
     return RuntimeError(f"cell {cell.name} needs {cell.depends_on} to finish first (run "
                         f"--config.study.only={dependency.index})")
-  return RuntimeError(f"cell {cell.name} waits for its group's seed{_first_seed(config)} sweep "
-                      f"to finish (selection='first_seed'); still to run: {waits}")
+  return RuntimeError(f"cell {cell.name} waits for its group's seed{launch.first_seed(config)} "
+                      f"sweep to finish (selection='first_seed'); still to run: {waits}")
 
 
 def run_cell(cell: grid.Cell, config: ml_collections.ConfigDict, study_dir: str,
@@ -403,8 +279,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   cells = grid.expand(config.study)
   chosen = grid.select(cells, config.study.only)
   if config.study.print_launch:
-    print("\n".join(launch_lines(config, workdir, chosen)))
-    for path in write_launch_scripts(config, workdir, cells):
+    print("\n".join(launch.launch_lines(config, workdir, chosen)))
+    for path in launch.write_launch_scripts(config, workdir, cells):
       print(f"# wrote {path}")
     return {"cells": len(chosen)}
   # Every worker writes the same config.json and study.json, each atomically: concurrent

@@ -12,7 +12,7 @@ from scipy import stats
 
 from configs import study as study_config
 from experiments import finetune, study
-from lmreuse.study import grid
+from lmreuse.study import grid, launch
 
 
 def without_sweeps(config):
@@ -97,7 +97,7 @@ def test_sweeps_cross_per_strategy_candidates_into_named_cells(tiny_study):
   assert cells[5].hparams == {"learning_rate": 1e-2, "strategy.rank": 2}
 
   tiny_study.study.selection = "first_seed"
-  lines = study.launch_lines(tiny_study, "/s", cells)
+  lines = launch.launch_lines(tiny_study, "/s", cells)
   assert lines[1].endswith("# after pretrain-bert")
   assert "exits at once unless its configuration is selected" in lines[3]
 
