@@ -204,7 +204,6 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
       random_features=task.random_features))
   latest, restored = checkpointer.restore_latest(abstract_like(state), train_iter)
   if latest is not None:
-    logging.info("resumed from %s step %d", checkpointer.directory, latest)
     state = restored
   elif report is not None:
     logging.info("init_from %s: %d parameter arrays loaded, %d new (%s), %d dropped (%s); "

@@ -76,7 +76,6 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   state = trainer.init_state(config.seed)
   latest, restored = checkpointer.restore_latest(abstract_like(state), train_iter)
   if latest is not None:
-    logging.info("resumed from %s step %d", checkpointer.directory, latest)
     state = restored
   writer = MetricWriter(workdir, resume_step=latest or 0)
   loop = LoopConfig.from_config(config)

@@ -104,13 +104,19 @@ def _diff(old: Mapping, new: Mapping, prefix: str = "config") -> list[str]:
   return out
 
 
+def _recorded(workdir: str) -> dict | None:
+  """The config an earlier run recorded in `workdir`, or None when there is none."""
+  path = os.path.join(workdir, CONFIG)
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    return json.load(f)
+
+
 def discards_run(workdir: str, config: ml_collections.ConfigDict) -> bool:
   """True when `prepare` will remove an earlier run's outputs (overwrite of another config)."""
-  path = os.path.join(workdir, CONFIG)
-  if not config.overwrite or not os.path.exists(path):
-    return False
-  with open(path) as f:
-    return bool(_diff(json.load(f), config_to_dict(config)))
+  old = _recorded(workdir) if config.overwrite else None
+  return old is not None and bool(_diff(old, config_to_dict(config)))
 
 
 def prepare(workdir: str, config: ml_collections.ConfigDict) -> bool:
@@ -118,9 +124,8 @@ def prepare(workdir: str, config: ml_collections.ConfigDict) -> bool:
   os.makedirs(workdir, exist_ok=True)
   path = os.path.join(workdir, CONFIG)
   new = config_to_dict(config)
-  if os.path.exists(path):
-    with open(path) as f:
-      old = json.load(f)
+  old = _recorded(workdir)
+  if old is not None:
     differences = _diff(old, new)
     if not differences:
       if old != new and jax.process_index() == 0:  # an extended run records its new config

@@ -59,6 +59,7 @@ class Checkpointer:
           error = "another process could not restore it"
       if error is None:
         self._set_aside([s for s in steps if s > step])
+        logging.info("resumed from %s step %d", self.directory, step)
         return step, state
       failures.append(f"step {step}: {error}")
       logging.warning("checkpoint step %d in %s does not restore (%s); %s", step,
