@@ -1,4 +1,5 @@
 """Keeps the repository root importable (configs/, experiments/) for every test."""
+
 import os
 import sys
 

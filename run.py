@@ -19,14 +19,21 @@ from lmreuse import lock
 from lmreuse.train import preemption
 
 _CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "Recipe file, optionally with an argument: configs/pretrain.py:gpt,size=mini",
-    lock_config=True)
+    "config",
+    None,
+    "Recipe file, optionally with an argument: configs/pretrain.py:gpt,size=mini",
+    lock_config=True,
+)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and results.")
 _DISTRIBUTED = flags.DEFINE_bool(
-    "distributed", False, "Call jax.distributed.initialize(), which finds the coordinator and "
-    "this process's id itself on TPU VMs and under SLURM; implied by the three flags below.")
+    "distributed",
+    False,
+    "Call jax.distributed.initialize(), which finds the coordinator and "
+    "this process's id itself on TPU VMs and under SLURM; implied by the three flags below.",
+)
 _COORDINATOR = flags.DEFINE_string(
-    "coordinator_address", None, "host:port of process 0's coordinator (multi-process runs).")
+    "coordinator_address", None, "host:port of process 0's coordinator (multi-process runs)."
+)
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "How many processes run together.")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's id, 0 .. num_processes-1.")
 flags.mark_flags_as_required(["config", "workdir"])
@@ -42,21 +49,28 @@ class _QuietLibraries(py_logging.Filter):
 
 def _initialize_distributed() -> None:
   """jax.distributed.initialize with the explicit flags, if any; gloo collectives on CPU."""
-  explicit = {"coordinator_address": _COORDINATOR.value, "num_processes": _NUM_PROCESSES.value,
-              "process_id": _PROCESS_ID.value}
+  explicit = {
+      "coordinator_address": _COORDINATOR.value,
+      "num_processes": _NUM_PROCESSES.value,
+      "process_id": _PROCESS_ID.value,
+  }
   given = {k: v for k, v in explicit.items() if v is not None}
   if not given and not _DISTRIBUTED.value:
     return
   if given and len(given) < len(explicit):
     missing = sorted(f"--{k}" for k in explicit if k not in given)
-    raise app.UsageError(f"{', '.join(f'--{k}' for k in sorted(given))} also needs "
-                         f"{', '.join(missing)} (or pass --distributed alone where JAX finds "
-                         "them itself: TPU VMs, SLURM)")
+    raise app.UsageError(
+        f"{', '.join(f'--{k}' for k in sorted(given))} also needs "
+        f"{', '.join(missing)} (or pass --distributed alone where JAX finds "
+        "them itself: TPU VMs, SLURM)"
+    )
   if given and _NUM_PROCESSES.value < 1:
     raise app.UsageError(f"--num_processes={_NUM_PROCESSES.value} must be >= 1")
   if given and not 0 <= _PROCESS_ID.value < _NUM_PROCESSES.value:
-    raise app.UsageError(f"--process_id={_PROCESS_ID.value} must be in [0, --num_processes="
-                         f"{_NUM_PROCESSES.value})")
+    raise app.UsageError(
+        f"--process_id={_PROCESS_ID.value} must be in [0, --num_processes="
+        f"{_NUM_PROCESSES.value})"
+    )
   # Must be set before the CPU backend starts: without it a computation spanning CPU processes
   # fails. It only concerns the CPU client, so accelerator runs are unaffected.
   jax.config.update("jax_cpu_collectives_implementation", "gloo")
@@ -69,9 +83,14 @@ def main(argv):
   _initialize_distributed()
   logging.get_absl_handler().addFilter(_QuietLibraries())
   config = _CONFIG.value
-  logging.info("process %d/%d, %d local / %d global devices (%s)", jax.process_index(),
-               jax.process_count(), jax.local_device_count(), jax.device_count(),
-               jax.devices()[0].device_kind)
+  logging.info(
+      "process %d/%d, %d local / %d global devices (%s)",
+      jax.process_index(),
+      jax.process_count(),
+      jax.local_device_count(),
+      jax.device_count(),
+      jax.devices()[0].device_kind,
+  )
   experiment = importlib.import_module(f"experiments.{config.experiment}")
   if getattr(experiment, "SHARED_WORKDIR", False):  # a study: it locks each cell it runs
     experiment.run(config, _WORKDIR.value)

@@ -30,25 +30,27 @@ from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import jax  # noqa: E402
-import ml_collections  # noqa: E402
-import numpy as np  # noqa: E402
-from absl import app, flags, logging  # noqa: E402
+import jax
+import ml_collections
+import numpy as np
+from absl import app, flags, logging
 
-from configs import common, finetune as finetune_config  # noqa: E402
-from experiments import finetune  # noqa: E402
-from lmreuse import strategies  # noqa: E402
-from lmreuse.data import tokenizer as tokenizer_lib  # noqa: E402
-from lmreuse.data.corpus import wordnet  # noqa: E402
-from lmreuse.train import compute, trainer as trainer_lib  # noqa: E402
+from configs import common, finetune as finetune_config
+from experiments import finetune
+from lmreuse import strategies
+from lmreuse.data import tokenizer as tokenizer_lib
+from lmreuse.data.corpus import wordnet
+from lmreuse.train import compute, trainer as trainer_lib
 
 # NAME or NAME:KEY=VALUE:...: the sizes the papers use for BERT-sized models; LoRA both at its
 # default (query and value, as Hu et al.) and on every projection (the most expensive target
 # set). unfreeze_every=1 has every layer training after warm-up.
-DEFAULT_STRATEGIES = ("full,frozen,top_k:k=1,bitfit,lora,lora:targets=all_linear,"
-                      "adapters:adapter_size=64,ia3,prefix_tuning:prefix_length=16,"
-                      "prompt_tuning:prompt_length=16,llrd:decay=0.9,"
-                      "gradual_unfreeze:unfreeze_every=1")
+DEFAULT_STRATEGIES = (
+    "full,frozen,top_k:k=1,bitfit,lora,lora:targets=all_linear,"
+    "adapters:adapter_size=64,ia3,prefix_tuning:prefix_length=16,"
+    "prompt_tuning:prompt_length=16,llrd:decay=0.9,"
+    "gradual_unfreeze:unfreeze_every=1"
+)
 TOKENIZER_CACHE = os.path.join(os.path.expanduser("~"), ".cache", "lmreuse", "bench_tokenizer")
 TOKENIZER_SENTENCES = 50_000  # enough for an 8k vocabulary; trains in about a minute
 
@@ -58,27 +60,39 @@ _BATCH = flags.DEFINE_integer("batch_size", 16, "Examples per step.")
 _SEQ = flags.DEFINE_integer("seq_len", 128, "Tokens per example (config.max_len, model.max_len).")
 _ROUNDS = flags.DEFINE_integer("rounds", 3, "Timed rounds, alternating the order of strategies.")
 _STEPS = flags.DEFINE_integer(
-    "steps", 5, "Timed train steps per strategy and round; each step runs every strategy in turn.")
+    "steps", 5, "Timed train steps per strategy and round; each step runs every strategy in turn."
+)
 _WARMUP = flags.DEFINE_integer("warmup", 2, "Untimed steps per strategy after compiling.")
 _STRATEGIES = flags.DEFINE_list(
-    "strategies", DEFAULT_STRATEGIES.split(","),
+    "strategies",
+    DEFAULT_STRATEGIES.split(","),
     "Strategies to compare, each NAME or NAME:KEY=VALUE:... (config.strategy keys); ratios are "
-    "against 'full' if listed.")
+    "against 'full' if listed.",
+)
 _TOKENIZER = flags.DEFINE_string(
-    "tokenizer", "", f"SentencePiece model; default: one trained once into {TOKENIZER_CACHE}.")
+    "tokenizer", "", f"SentencePiece model; default: one trained once into {TOKENIZER_CACHE}."
+)
 _QUICK = flags.DEFINE_bool("quick", False, "Smoke run: tiny model, 1 round x 2 steps, 1 warm-up.")
 
 
 def cached_tokenizer(tok: ml_collections.ConfigDict) -> str:
   """The path of an 8k-piece WordNet tokenizer, trained on the first run only; the file name
   carries the settings, so changing them trains a new one instead of reusing a stale one."""
-  path = os.path.join(TOKENIZER_CACHE, f"wordnet_{tok.model_type}_{tok.vocab_size}_"
-                      f"{tok.num_sentinels}_{TOKENIZER_SENTENCES}.model")
+  path = os.path.join(
+      TOKENIZER_CACHE,
+      f"wordnet_{tok.model_type}_{tok.vocab_size}_"
+      f"{tok.num_sentinels}_{TOKENIZER_SENTENCES}.model",
+  )
   if not os.path.exists(path):
     print(f"training the benchmark tokenizer into {path} (once)", flush=True)
-  tokenizer_lib.get_or_train(path, lambda: wordnet.segments("train"), vocab_size=tok.vocab_size,
-                             model_type=tok.model_type, num_sentinels=tok.num_sentinels,
-                             max_sentences=TOKENIZER_SENTENCES)
+  tokenizer_lib.get_or_train(
+      path,
+      lambda: wordnet.segments("train"),
+      vocab_size=tok.vocab_size,
+      model_type=tok.model_type,
+      num_sentinels=tok.num_sentinels,
+      max_sentences=TOKENIZER_SENTENCES,
+  )
   return path
 
 
@@ -97,8 +111,9 @@ def parse_spec(spec: str) -> tuple[str, dict[str, Any]]:
   return name, keys
 
 
-def make_config(spec: str, size: str, batch_size: int, seq_len: int,
-                tokenizer: str) -> ml_collections.ConfigDict:
+def make_config(
+    spec: str, size: str, batch_size: int, seq_len: int, tokenizer: str
+) -> ml_collections.ConfigDict:
   name, keys = parse_spec(spec)
   config = finetune_config.get_config(f"{_PRESET.value},size={size}")
   config.task.name = "wordnet_supersense"
@@ -111,8 +126,10 @@ def make_config(spec: str, size: str, batch_size: int, seq_len: int,
   config.strategy.name = name
   unknown = sorted(set(keys) - set(config.strategy))
   if unknown:
-    raise app.UsageError(f"--strategies entry {spec!r}: config.strategy has no key {unknown}; "
-                         f"it has {sorted(config.strategy)}")
+    raise app.UsageError(
+        f"--strategies entry {spec!r}: config.strategy has no key {unknown}; "
+        f"it has {sorted(config.strategy)}"
+    )
   config.strategy.update(keys)
   return config
 
@@ -148,9 +165,12 @@ class Runner:
 def versions() -> str:
   import flax
   import jaxlib
-  return (f"python {platform.python_version()}, jax {jax.__version__}, jaxlib {jaxlib.__version__}"
-          f", flax {flax.__version__}, numpy {np.__version__}; backend {jax.default_backend()} "
-          f"x{jax.device_count()} ({jax.devices()[0].device_kind}), {os.cpu_count()} CPUs")
+
+  return (
+      f"python {platform.python_version()}, jax {jax.__version__}, jaxlib {jaxlib.__version__}"
+      f", flax {flax.__version__}, numpy {np.__version__}; backend {jax.default_backend()} "
+      f"x{jax.device_count()} ({jax.devices()[0].device_kind}), {os.cpu_count()} CPUs"
+  )
 
 
 def main(argv: list[str]) -> None:
@@ -162,8 +182,10 @@ def main(argv: list[str]) -> None:
   names = [n.strip() for n in _STRATEGIES.value if n.strip()]
   unknown = sorted({parse_spec(n)[0] for n in names} - set(strategies.names()))
   if unknown or not names or rounds < 1 or steps < 1 or warmup < 0:
-    raise app.UsageError(f"need known --strategies (unknown: {unknown}; choose from "
-                         f"{strategies.names()}), --rounds >= 1, --steps >= 1, --warmup >= 0")
+    raise app.UsageError(
+        f"need known --strategies (unknown: {unknown}; choose from "
+        f"{strategies.names()}), --rounds >= 1, --steps >= 1, --warmup >= 0"
+    )
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)
   start_time = time.perf_counter()
@@ -195,22 +217,28 @@ def main(argv: list[str]) -> None:
   # hits every strategy alike instead of whichever block it coincides with.
   for r in range(rounds):
     for _ in range(steps):
-      for runner in runners[::1 if r % 2 == 0 else -1]:
+      for runner in runners[:: 1 if r % 2 == 0 else -1]:
         runner.seconds.append(runner.step())
 
   base = next((r for r in runners if r.name == "full"), runners[0])
-  base_ms, base_mb = statistics.median(base.seconds) * 1e3, base.memory_bytes / 2 ** 20
-  print(f"\n{rounds} rounds x {steps} steps, strategies in turn; median step; memory = XLA "
-        f"arguments + outputs - donated + temp\n")
+  base_ms, base_mb = statistics.median(base.seconds) * 1e3, base.memory_bytes / 2**20
+  print(
+      f"\n{rounds} rounds x {steps} steps, strategies in turn; median step; memory = XLA "
+      f"arguments + outputs - donated + temp\n"
+  )
   print(f"| strategy | trainable % | step ms | × {base.name} | memory MB | × {base.name} |")
   print("|---|---:|---:|---:|---:|---:|")
   for runner in runners:
-    ms, mb = statistics.median(runner.seconds) * 1e3, runner.memory_bytes / 2 ** 20
-    print(f"| {runner.name} | {100 * runner.trainable_fraction:.2f} | {ms:.1f} | "
-          f"{ms / base_ms:.2f} | {mb:.1f} | {mb / base_mb:.2f} |")
-  print(f"\nmodel: {_PRESET.value}-{size}, {base.trainer.param_count():,} parameters "
-        f"({base.name}), {model_cfg.num_layers} layers, d_model {model_cfg.d_model}, "
-        f"seq len {_SEQ.value}, batch {_BATCH.value}")
+    ms, mb = statistics.median(runner.seconds) * 1e3, runner.memory_bytes / 2**20
+    print(
+        f"| {runner.name} | {100 * runner.trainable_fraction:.2f} | {ms:.1f} | "
+        f"{ms / base_ms:.2f} | {mb:.1f} | {mb / base_mb:.2f} |"
+    )
+  print(
+      f"\nmodel: {_PRESET.value}-{size}, {base.trainer.param_count():,} parameters "
+      f"({base.name}), {model_cfg.num_layers} layers, d_model {model_cfg.d_model}, "
+      f"seq len {_SEQ.value}, batch {_BATCH.value}"
+  )
   print("\nmemory parts, MB: arguments / outputs / donated / temp")
   for runner in runners:
     parts = " / ".join(f"{v / 2 ** 20:.1f}" for v in runner.memory.values())

@@ -19,24 +19,25 @@ import platform
 import statistics
 import sys
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import flax  # noqa: E402
-import flax.struct  # noqa: E402
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-import optax  # noqa: E402
-from absl import app, flags, logging  # noqa: E402
+import flax
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from absl import app, flags, logging
 
-from configs import pretrain  # noqa: E402
-from lmreuse import components, objectives  # noqa: E402
-from lmreuse.models.config import TransformerConfig  # noqa: E402
-from lmreuse.parallel import mesh as mesh_lib, sharding as sharding_lib  # noqa: E402
-from lmreuse.train import optim, trainer as trainer_lib  # noqa: E402
-from tests.parallel import synthetic  # noqa: E402
+from configs import pretrain
+from lmreuse import components, objectives
+from lmreuse.models.config import TransformerConfig
+from lmreuse.parallel import mesh as mesh_lib, sharding as sharding_lib
+from lmreuse.train import optim, trainer as trainer_lib
+from tests.parallel import synthetic
 
 _STEPS = flags.DEFINE_integer("steps", 20, "Train steps per timed round (per model).")
 _ROUNDS = flags.DEFINE_integer("rounds", 5, "Timed rounds, alternating between the two models.")
@@ -46,10 +47,12 @@ _SEQ = flags.DEFINE_integer("seq_len", 128, "Tokens per example (<= 128, the max
 _LR = flags.DEFINE_float("learning_rate", 1e-4, "AdamW learning rate, the same for both.")
 _PEAK_N = flags.DEFINE_integer("peak_size", 2048, "Peak FLOPs/s: N x N @ N x N fp32 matmul.")
 _PEAK_REPS = flags.DEFINE_integer("peak_reps", 10, "Matmuls timed for the peak (best is kept).")
-_QUICK = flags.DEFINE_bool("quick", False,
-                           "Smoke run: 2 rounds x 2 steps, 1 warm-up, 3 peak matmuls.")
+_QUICK = flags.DEFINE_bool(
+    "quick", False, "Smoke run: 2 rounds x 2 steps, 1 warm-up, 3 peak matmuls."
+)
 _PROFILE = flags.DEFINE_bool(
-    "profile", False, "Also print XLA cost analysis and forward / grad / step times for both.")
+    "profile", False, "Also print XLA cost analysis and forward / grad / step times for both."
+)
 
 VOCAB, D_MODEL, HEADS, D_FF, LAYERS, MAX_LEN, DROPOUT = 8192, 256, 4, 1024, 4, 128, 0.1
 
@@ -99,7 +102,7 @@ def measure_peak(n: int, reps: int) -> float:
     start = time.perf_counter()
     jax.block_until_ready(matmul(a, b))
     best = min(best, time.perf_counter() - start)
-  return 2 * n ** 3 / best
+  return 2 * n**3 / best
 
 
 class Runner:
@@ -127,8 +130,14 @@ class Runner:
 def build_ours(batch: Batch, lr: float):
   """lmreuse's own Trainer on the `bert` pretrain recipe resized to BERT-mini, MLM only."""
   config = pretrain.get_config("bert,size=tiny")
-  config.model.update(d_model=D_MODEL, num_heads=HEADS, d_ff=D_FF, num_layers=LAYERS,
-                      max_len=MAX_LEN, dropout_rate=DROPOUT)
+  config.model.update(
+      d_model=D_MODEL,
+      num_heads=HEADS,
+      d_ff=D_FF,
+      num_layers=LAYERS,
+      max_len=MAX_LEN,
+      dropout_rate=DROPOUT,
+  )
   config.data.seq_len = batch["inputs"].shape[1]
   config.objective.nsp = False
   # A constant LR so both models take identical optimizer steps (clipping, decay mask included).
@@ -165,9 +174,15 @@ def hf_loss_fn(model: Any) -> Callable:
   """Masked-token cross-entropy of FlaxBertForMaskedLM, as in HF's run_mlm_flax.py."""
 
   def loss_fn(params, batch, rng, train):
-    logits = model(batch["inputs"], attention_mask=(batch["segment_ids"] != 0).astype(jnp.int32),
-                   token_type_ids=batch["token_types"], position_ids=batch["positions"],
-                   params=params, dropout_rng=rng if train else None, train=train).logits
+    logits = model(
+        batch["inputs"],
+        attention_mask=(batch["segment_ids"] != 0).astype(jnp.int32),
+        token_type_ids=batch["token_types"],
+        position_ids=batch["positions"],
+        params=params,
+        dropout_rng=rng if train else None,
+        train=train,
+    ).logits
     ce = optax.softmax_cross_entropy_with_integer_labels(logits, batch["mlm_targets"])
     weights = batch["mlm_weights"]
     return jnp.sum(ce * weights) / jnp.maximum(jnp.sum(weights), 1e-8)
@@ -182,14 +197,24 @@ def build_hf(batch: Batch, tx: optax.GradientTransformation):
 
   hf_logging.set_verbosity_error()  # the v5 deprecation notice: this benchmark pins <5 anyway
 
-  config = BertConfig(vocab_size=VOCAB, hidden_size=D_MODEL, num_hidden_layers=LAYERS,
-                      num_attention_heads=HEADS, intermediate_size=D_FF,
-                      max_position_embeddings=MAX_LEN, hidden_dropout_prob=DROPOUT,
-                      attention_probs_dropout_prob=DROPOUT)
+  config = BertConfig(
+      vocab_size=VOCAB,
+      hidden_size=D_MODEL,
+      num_hidden_layers=LAYERS,
+      num_attention_heads=HEADS,
+      intermediate_size=D_FF,
+      max_position_embeddings=MAX_LEN,
+      hidden_dropout_prob=DROPOUT,
+      attention_probs_dropout_prob=DROPOUT,
+  )
   model = FlaxBertForMaskedLM(config, seed=0)
   loss_fn = hf_loss_fn(model)
-  state = HFState(step=jnp.zeros((), jnp.int32), params=model.params,
-                  opt_state=tx.init(model.params), rng=jax.random.PRNGKey(1))
+  state = HFState(
+      step=jnp.zeros((), jnp.int32),
+      params=model.params,
+      opt_state=tx.init(model.params),
+      rng=jax.random.PRNGKey(1),
+  )
   device_batch = jax.device_put(batch)
 
   @jax.jit
@@ -223,8 +248,11 @@ def timed_cost(fn: Callable, *args, reps: int) -> tuple[float, float, float]:
     start = time.perf_counter()
     jax.block_until_ready(compiled(*args))
     times.append(time.perf_counter() - start)
-  return (statistics.median(times), float(analysis.get("flops", 0.0)),
-          float(analysis.get("bytes accessed", 0.0)))
+  return (
+      statistics.median(times),
+      float(analysis.get("flops", 0.0)),
+      float(analysis.get("bytes accessed", 0.0)),
+  )
 
 
 def profile(ours: tuple, hf: tuple, reps: int) -> None:
@@ -237,28 +265,38 @@ def profile(ours: tuple, hf: tuple, reps: int) -> None:
   flat_batch = jax.tree.map(lambda x: x[0], device_batch)
   rng = jax.random.PRNGKey(2)
   ours_loss = lambda p, b, r: program.loss_fn(p, b, r, True)[0]
-  ours_step = lambda s, b: trainer_lib.train_step(s, b, loss_fn=program.loss_fn, tx=tx,
-                                                  schedule=trainer.schedule)
+  ours_step = lambda s, b: trainer_lib.train_step(
+      s, b, loss_fn=program.loss_fn, tx=tx, schedule=trainer.schedule
+  )
   rows = {
-      "ours": dict(eval_fwd=(lambda p, b, r: program.loss_fn(p, b, r, False)[0], state.params,
-                             flat_batch, rng),
-                   forward=(ours_loss, state.params, flat_batch, rng),
-                   grad=(jax.grad(ours_loss), state.params, flat_batch, rng),
-                   step=(ours_step, state, device_batch)),
-      "hf": dict(eval_fwd=(lambda p, b, r: hf_loss(p, b, r, False), hf_state.params, hf_batch, rng),
-                 forward=(lambda p, b, r: hf_loss(p, b, r, True), hf_state.params, hf_batch, rng),
-                 grad=(jax.grad(lambda p, b, r: hf_loss(p, b, r, True)), hf_state.params,
-                       hf_batch, rng),
-                 step=(hf_train_step, hf_state, hf_batch)),
+      "ours": dict(
+          eval_fwd=(
+              lambda p, b, r: program.loss_fn(p, b, r, False)[0],
+              state.params,
+              flat_batch,
+              rng,
+          ),
+          forward=(ours_loss, state.params, flat_batch, rng),
+          grad=(jax.grad(ours_loss), state.params, flat_batch, rng),
+          step=(ours_step, state, device_batch),
+      ),
+      "hf": dict(
+          eval_fwd=(lambda p, b, r: hf_loss(p, b, r, False), hf_state.params, hf_batch, rng),
+          forward=(lambda p, b, r: hf_loss(p, b, r, True), hf_state.params, hf_batch, rng),
+          grad=(jax.grad(lambda p, b, r: hf_loss(p, b, r, True)), hf_state.params, hf_batch, rng),
+          step=(hf_train_step, hf_state, hf_batch),
+      ),
   }
-  print("\nprofile (median of %d calls; GFLOP and GB are XLA cost_analysis per call)" % reps)
+  print(f"\nprofile (median of {reps} calls; GFLOP and GB are XLA cost_analysis per call)")
   print(f"  {'':5s} {'part':8s} {'ms':>8s} {'GFLOP':>8s} {'GB':>8s} {'GFLOP/s':>8s}")
   with sharding_lib.mesh_context(trainer.mesh, trainer.rules):
     for name, parts in rows.items():
       for part, (fn, *args) in parts.items():
         seconds, flops, nbytes = timed_cost(fn, *args, reps=reps)
-        print(f"  {name:5s} {part:8s} {seconds * 1e3:8.1f} {flops / 1e9:8.2f} {nbytes / 1e9:8.2f}"
-              f" {flops / seconds / 1e9:8.1f}")
+        print(
+            f"  {name:5s} {part:8s} {seconds * 1e3:8.1f} {flops / 1e9:8.2f} {nbytes / 1e9:8.2f}"
+            f" {flops / seconds / 1e9:8.1f}"
+        )
 
 
 # ----------------------------------------------------------------------------- main
@@ -267,12 +305,15 @@ def profile(ours: tuple, hf: tuple, reps: int) -> None:
 def versions() -> str:
   import jaxlib
   import transformers
-  return (f"python {platform.python_version()}, jax {jax.__version__}, "
-          f"jaxlib {jaxlib.__version__}, "
-          f"flax {flax.__version__}, optax {optax.__version__}, "
-          f"transformers {transformers.__version__}, numpy {np.__version__}; "
-          f"backend {jax.default_backend()} x{jax.device_count()} "
-          f"({jax.devices()[0].device_kind}), {os.cpu_count()} CPUs")
+
+  return (
+      f"python {platform.python_version()}, jax {jax.__version__}, "
+      f"jaxlib {jaxlib.__version__}, "
+      f"flax {flax.__version__}, optax {optax.__version__}, "
+      f"transformers {transformers.__version__}, numpy {np.__version__}; "
+      f"backend {jax.default_backend()} x{jax.device_count()} "
+      f"({jax.devices()[0].device_kind}), {os.cpu_count()} CPUs"
+  )
 
 
 def main(argv: list[str]) -> None:
@@ -298,10 +339,14 @@ def main(argv: list[str]) -> None:
   fpt, n = flops_per_token(model_cfg, seq_len)
   n_ours = matmul_params(ours_state.params, "token_embed")
   n_hf = matmul_params(hf_state.params, "word_embeddings")
-  print(f"config: {LAYERS} layers, d {D_MODEL}, {HEADS} heads, ffn {D_FF}, vocab {VOCAB}, "
-        f"batch {batch_size} x seq {seq_len}, adamw lr {_LR.value}, dropout {DROPOUT}, fp32")
-  print(f"matmul params N: formula {n:,}, ours {n_ours:,}, hf {n_hf:,}; "
-        f"FLOPs/token 6N + 12LdT = {fpt / 1e6:.2f} M")
+  print(
+      f"config: {LAYERS} layers, d {D_MODEL}, {HEADS} heads, ffn {D_FF}, vocab {VOCAB}, "
+      f"batch {batch_size} x seq {seq_len}, adamw lr {_LR.value}, dropout {DROPOUT}, fp32"
+  )
+  print(
+      f"matmul params N: formula {n:,}, ours {n_ours:,}, hf {n_hf:,}; "
+      f"FLOPs/token 6N + 12LdT = {fpt / 1e6:.2f} M"
+  )
 
   # The profile's jitted copies must see the initial states, which the timed steps donate.
   profile_states = None
@@ -316,7 +361,7 @@ def main(argv: list[str]) -> None:
 
   peak = measure_peak(peak_n, peak_reps)
   for i in range(rounds):
-    for runner in runners[::1 if i % 2 == 0 else -1]:
+    for runner in runners[:: 1 if i % 2 == 0 else -1]:
       runner.seconds.append(runner.run(steps))
   peak = max(peak, measure_peak(peak_n, peak_reps))
 
@@ -327,9 +372,11 @@ def main(argv: list[str]) -> None:
   for runner in runners:
     per_round = [tokens_per_step * steps / s for s in runner.seconds]
     rates[runner.name] = statistics.median(per_round)
-    print(f"  {runner.name:8s} {rates[runner.name]:9.0f} tokens/s  [{min(per_round):.0f}, "
-          f"{max(per_round):.0f}]  {tokens_per_step / rates[runner.name] * 1e3:7.1f} ms/step  "
-          f"MFU {rates[runner.name] * fpt / peak:6.1%}  loss {runner.last_loss:.3f}")
+    print(
+        f"  {runner.name:8s} {rates[runner.name]:9.0f} tokens/s  [{min(per_round):.0f}, "
+        f"{max(per_round):.0f}]  {tokens_per_step / rates[runner.name] * 1e3:7.1f} ms/step  "
+        f"MFU {rates[runner.name] * fpt / peak:6.1%}  loss {runner.last_loss:.3f}"
+    )
   print(f"ratio ours/hf: {rates['lmreuse'] / rates['hf']:.3f}")
   print(f"our MFU: {rates['lmreuse'] * fpt / peak:.1%} of {peak / 1e9:.1f} GFLOP/s")
 

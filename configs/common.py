@@ -17,18 +17,45 @@ SIZES = {
 
 # Architecture presets: the published recipe of each family, as options of one Transformer.
 ARCHITECTURES = {
-    "bert": dict(architecture="encoder", position="learned", norm="layernorm",
-                 norm_placement="post", norm_eps=1e-12, activation="gelu", use_bias=True,
-                 num_token_types=2, tie_embeddings=True, scale_attention=True,
-                 mlp_hidden_dropout=False),
-    "gpt": dict(architecture="decoder", position="learned", norm="layernorm",
-                norm_placement="pre", norm_eps=1e-5, activation="gelu_tanh", use_bias=True,
-                num_token_types=0, tie_embeddings=True, scale_attention=True,
-                mlp_hidden_dropout=False),
-    "t5": dict(architecture="encoder_decoder", position="relative_bias", norm="rmsnorm",
-               norm_placement="pre", norm_eps=1e-6, activation="relu", use_bias=False,
-               num_token_types=0, tie_embeddings=True, scale_attention=False,
-               mlp_hidden_dropout=True),
+    "bert": dict(
+        architecture="encoder",
+        position="learned",
+        norm="layernorm",
+        norm_placement="post",
+        norm_eps=1e-12,
+        activation="gelu",
+        use_bias=True,
+        num_token_types=2,
+        tie_embeddings=True,
+        scale_attention=True,
+        mlp_hidden_dropout=False,
+    ),
+    "gpt": dict(
+        architecture="decoder",
+        position="learned",
+        norm="layernorm",
+        norm_placement="pre",
+        norm_eps=1e-5,
+        activation="gelu_tanh",
+        use_bias=True,
+        num_token_types=0,
+        tie_embeddings=True,
+        scale_attention=True,
+        mlp_hidden_dropout=False,
+    ),
+    "t5": dict(
+        architecture="encoder_decoder",
+        position="relative_bias",
+        norm="rmsnorm",
+        norm_placement="pre",
+        norm_eps=1e-6,
+        activation="relu",
+        use_bias=False,
+        num_token_types=0,
+        tie_embeddings=True,
+        scale_attention=False,
+        mlp_hidden_dropout=True,
+    ),
 }
 
 
@@ -51,52 +78,61 @@ def model_config(preset: str, size: str, max_len: int) -> ml_collections.ConfigD
     raise ValueError(f"config preset {preset!r} is unknown; choose one of {sorted(ARCHITECTURES)}")
   if size not in SIZES:
     raise ValueError(f"config size={size!r} is unknown; choose one of {sorted(SIZES)}")
-  return ml_collections.ConfigDict(dict(
-      **ARCHITECTURES[preset], **SIZES[size],
-      num_kv_heads=0,        # 0 = num_heads; fewer = grouped-query attention
-      head_dim=0,            # 0 = d_model // num_heads
-      num_decoder_layers=0,  # encoder_decoder only; 0 = num_layers
-      max_len=max_len,       # longest position the model can embed
-      dropout_rate=0.1,
-      relative_num_buckets=32,
-      relative_max_distance=128,
-      init_std=0.02,
-      dtype="float32",       # compute dtype; bfloat16 on GPU/TPU
-      param_dtype="float32",
-      remat="none",          # none | full | dots: rematerialise each layer on the backward pass
-      attention_impl="auto",  # auto picks cuDNN flash attention on GPU when shapes allow
-  ))
+  return ml_collections.ConfigDict(
+      dict(
+          **ARCHITECTURES[preset],
+          **SIZES[size],
+          num_kv_heads=0,  # 0 = num_heads; fewer = grouped-query attention
+          head_dim=0,  # 0 = d_model // num_heads
+          num_decoder_layers=0,  # encoder_decoder only; 0 = num_layers
+          max_len=max_len,  # longest position the model can embed
+          dropout_rate=0.1,
+          relative_num_buckets=32,
+          relative_max_distance=128,
+          init_std=0.02,
+          dtype="float32",  # compute dtype; bfloat16 on GPU/TPU
+          param_dtype="float32",
+          remat="none",  # none | full | dots: rematerialise each layer on the backward pass
+          attention_impl="auto",  # auto picks cuDNN flash attention on GPU when shapes allow
+      )
+  )
 
 
 def tokenizer_config(vocab_size: int = 8000) -> ml_collections.ConfigDict:
-  return ml_collections.ConfigDict(dict(
-      vocab_size=vocab_size,  # SentencePiece vocabulary incl. specials and sentinels
-      model_type="unigram",   # unigram | bpe
-      num_sentinels=100,      # T5 <extra_id_N> tokens
-      max_sentences=300_000,  # SentencePiece training sample (the whole corpus fits)
-      path="",                # '' = <workdir>/tokenizer/spm.model, trained when missing
-  ))
+  return ml_collections.ConfigDict(
+      dict(
+          vocab_size=vocab_size,  # SentencePiece vocabulary incl. specials and sentinels
+          model_type="unigram",  # unigram | bpe
+          num_sentinels=100,  # T5 <extra_id_N> tokens
+          max_sentences=300_000,  # SentencePiece training sample (the whole corpus fits)
+          path="",  # '' = <workdir>/tokenizer/spm.model, trained when missing
+      )
+  )
 
 
 def optimizer_config(learning_rate: float, warmup_steps: int) -> ml_collections.ConfigDict:
-  return ml_collections.ConfigDict(dict(
-      name="adamw",            # adamw | adafactor
-      learning_rate=learning_rate,
-      warmup_steps=warmup_steps,
-      schedule="linear",       # linear | cosine | constant (after the linear warmup)
-      end_lr_factor=0.0,       # final LR = factor × peak
-      weight_decay=0.01,       # matrices only; biases and norms are never decayed
-      b1=0.9,
-      b2=0.999,
-      eps=1e-6,
-      clip_norm=1.0,           # global-norm clipping; 0 = off
-  ))
+  return ml_collections.ConfigDict(
+      dict(
+          name="adamw",  # adamw | adafactor
+          learning_rate=learning_rate,
+          warmup_steps=warmup_steps,
+          schedule="linear",  # linear | cosine | constant (after the linear warmup)
+          end_lr_factor=0.0,  # final LR = factor × peak
+          weight_decay=0.01,  # matrices only; biases and norms are never decayed
+          b1=0.9,
+          b2=0.999,
+          eps=1e-6,
+          clip_norm=1.0,  # global-norm clipping; 0 = off
+      )
+  )
 
 
 def mesh_config() -> ml_collections.ConfigDict:
-  return ml_collections.ConfigDict(dict(
-      data=-1,    # -1 = all devices not used by the other axes
-      fsdp=1,
-      tensor=1,
-      rules=DEFAULT_RULES,  # logical axis → mesh axes; the only place parallelism is chosen
-  ))
+  return ml_collections.ConfigDict(
+      dict(
+          data=-1,  # -1 = all devices not used by the other axes
+          fsdp=1,
+          tensor=1,
+          rules=DEFAULT_RULES,  # logical axis → mesh axes; the only place parallelism is chosen
+      )
+  )

@@ -33,59 +33,64 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.experiment = "finetune"
   config.seed = 0
   config.overwrite = False
-  config.init_from = ""          # pretraining workdir or checkpoint step dir; '' = from scratch
-  config.from_scratch = False    # True: take init_from's architecture/tokenizer, not its weights
+  config.init_from = ""  # pretraining workdir or checkpoint step dir; '' = from scratch
+  config.from_scratch = False  # True: take init_from's architecture/tokenizer, not its weights
   config.init_trainable_from = ""  # a parameter-efficient run's workdir: its trained head and
-                                   # strategy params go on top of init_from
+  # strategy params go on top of init_from
   config.total_steps = 300
   config.batch_size = 32
   config.grad_accum_steps = 1
   config.learning_rate = 1e-4 if args["size"] != "tiny" else 1e-3
   config.log_every = 10
-  config.eval_every = 100        # 0 = only at the end
+  config.eval_every = 100  # 0 = only at the end
   config.checkpoint_every = 100
-  config.keep_checkpoints = 1    # latest checkpoints kept for resuming; the best is kept apart
-  config.nonfinite = "abort"     # NaN/Inf loss: 'abort' (naming the step and last good checkpoint)
-                                 # or 'skip' the update (counted in train/skipped_updates)
+  config.keep_checkpoints = 1  # latest checkpoints kept for resuming; the best is kept apart
+  config.nonfinite = "abort"  # NaN/Inf loss: 'abort' (naming the step and last good checkpoint)
+  # or 'skip' the update (counted in train/skipped_updates)
   config.max_nonfinite_skips = 10  # 'skip': this many skipped updates in a row abort the run
-  config.max_len = 128           # input tokens (the source, for seq2seq)
-  config.dropout_rate = -1.0     # -1 = the pretrained model's own dropout rate
+  config.max_len = 128  # input tokens (the source, for seq2seq)
+  config.dropout_rate = -1.0  # -1 = the pretrained model's own dropout rate
   config.label_smoothing = 0.0
-  config.early_stopping = ml_collections.ConfigDict(dict(
-      metric="",   # validation metric to select the best checkpoint by; '' = the task's headline
-      mode="",     # max | min; '' = min for loss/mse, else max
-      patience=0,  # evaluations without improvement before stopping; 0 = never stop early
-  ))
+  config.early_stopping = ml_collections.ConfigDict(
+      dict(
+          metric="",  # validation metric to select the best checkpoint by; '' = the task's headline
+          mode="",  # max | min; '' = min for loss/mse, else max
+          patience=0,  # evaluations without improvement before stopping; 0 = never stop early
+      )
+  )
 
-  config.task = ml_collections.ConfigDict(dict(
-      name="wordnet_supersense",
-      type="",                   # required for name=local; checked against named datasets
-      tfds_dir="",               # where TFDS catalog datasets are prepared (array_record)
-      train_fraction=1.0,        # seeded fraction of the training examples (low-resource runs)
-      max_train_examples=0,      # 0 = all
-      max_eval_examples=0,       # cap validation/test examples (smoke runs); 0 = all
-      pooling="auto",            # auto | cls | mean | last (classification, regression)
-      positive_label="",         # binary F1 for this label (e.g. MRPC's '1')
-      augment=augment.config_defaults(),  # text classification, training only
-      max_query_len=64,          # extractive_qa
-      doc_stride=64,             # extractive_qa: tokens between context windows
-      n_best=20,                 # extractive_qa
-      max_answer_len=30,         # extractive_qa, in tokens
-      max_target_len=64,         # seq2seq, in tokens
-      beam_size=1,               # seq2seq: 1 = greedy
-      length_penalty=0.6,        # seq2seq beam search (GNMT alpha)
-      **local.config_defaults(),
-  ))
+  config.task = ml_collections.ConfigDict(
+      dict(
+          name="wordnet_supersense",
+          type="",  # required for name=local; checked against named datasets
+          tfds_dir="",  # where TFDS catalog datasets are prepared (array_record)
+          train_fraction=1.0,  # seeded fraction of the training examples (low-resource runs)
+          max_train_examples=0,  # 0 = all
+          max_eval_examples=0,  # cap validation/test examples (smoke runs); 0 = all
+          pooling="auto",  # auto | cls | mean | last (classification, regression)
+          positive_label="",  # binary F1 for this label (e.g. MRPC's '1')
+          augment=augment.config_defaults(),  # text classification, training only
+          max_query_len=64,  # extractive_qa
+          doc_stride=64,  # extractive_qa: tokens between context windows
+          n_best=20,  # extractive_qa
+          max_answer_len=30,  # extractive_qa, in tokens
+          max_target_len=64,  # seq2seq, in tokens
+          beam_size=1,  # seq2seq: 1 = greedy
+          length_penalty=0.6,  # seq2seq beam search (GNMT alpha)
+          **local.config_defaults(),
+      )
+  )
   # How the pretrained model is reused: one of `strategies.names()` or a comma-separated
   # combination ("lora,llrd"); the other keys belong to individual strategies.
   config.strategy = strategies.config_defaults()
   # Representation analysis at the end of the run: PCA / t-SNE of the pooled validation
   # features before and after fine-tuning, and the attention maps of one validation example.
   config.viz = ml_collections.ConfigDict(dict(enabled=False, example=0))
-  config.tokenizer = common.tokenizer_config(vocab_size=8000)     # only without init_from
+  config.tokenizer = common.tokenizer_config(vocab_size=8000)  # only without init_from
   config.model = common.model_config(args["preset"], args["size"], max_len=512)  # likewise
-  config.optimizer = common.optimizer_config(learning_rate=config.get_ref("learning_rate"),
-                                             warmup_steps=30)
+  config.optimizer = common.optimizer_config(
+      learning_rate=config.get_ref("learning_rate"), warmup_steps=30
+  )
   config.optimizer.schedule = "linear"
   config.mesh = common.mesh_config()
   return config

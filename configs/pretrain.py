@@ -26,35 +26,40 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.experiment = "pretrain"
   config.seed = 0
-  config.overwrite = False       # True: discard an existing workdir's run instead of resuming
+  config.overwrite = False  # True: discard an existing workdir's run instead of resuming
   config.total_steps = 300 if tiny else 10_000
-  config.batch_size = 32         # global batch (examples per optimizer step)
-  config.grad_accum_steps = 1    # micro-batches per step; batch_size must divide by it
+  config.batch_size = 32  # global batch (examples per optimizer step)
+  config.grad_accum_steps = 1  # micro-batches per step; batch_size must divide by it
   config.log_every = 10
-  config.eval_every = 100        # 0 = only at the end
-  config.eval_steps = 10         # validation batches per evaluation
+  config.eval_every = 100  # 0 = only at the end
+  config.eval_steps = 10  # validation batches per evaluation
   config.checkpoint_every = 100
   config.keep_checkpoints = 2
-  config.nonfinite = "abort"     # NaN/Inf loss: 'abort' (naming the step and last good checkpoint)
-                                 # or 'skip' the update (counted in train/skipped_updates)
+  config.nonfinite = "abort"  # NaN/Inf loss: 'abort' (naming the step and last good checkpoint)
+  # or 'skip' the update (counted in train/skipped_updates)
   config.max_nonfinite_skips = 10  # 'skip': this many skipped updates in a row abort the run
 
-  config.data = ml_collections.ConfigDict(dict(
-      corpus="wordnet",          # the bundled WordNet 3.0 corpus
-      seq_len=128,               # encoder/decoder input length
-      target_len=0,              # span corruption decoder length; 0 = derived from seq_len
-      tfds_dir="",               # '' = $LMREUSE_TFDS_DIR or ~/.cache/lmreuse/tfds
-  ))
+  config.data = ml_collections.ConfigDict(
+      dict(
+          corpus="wordnet",  # the bundled WordNet 3.0 corpus
+          seq_len=128,  # encoder/decoder input length
+          target_len=0,  # span corruption decoder length; 0 = derived from seq_len
+          tfds_dir="",  # '' = $LMREUSE_TFDS_DIR or ~/.cache/lmreuse/tfds
+      )
+  )
   config.tokenizer = common.tokenizer_config(vocab_size=8000)
   config.model = common.model_config(preset, args["size"], max_len=config.data.seq_len)
-  config.objective = ml_collections.ConfigDict(dict(
-      name=OBJECTIVE_OF[preset],
-      nsp=preset == "bert",          # mlm only: next-sentence prediction on segment pairs
-      mask_prob=0.15,                # mlm: fraction of tokens selected (80/10/10)
-      noise_density=0.15,            # span_corruption
-      mean_noise_span_length=3.0,    # span_corruption
-  ))
+  config.objective = ml_collections.ConfigDict(
+      dict(
+          name=OBJECTIVE_OF[preset],
+          nsp=preset == "bert",  # mlm only: next-sentence prediction on segment pairs
+          mask_prob=0.15,  # mlm: fraction of tokens selected (80/10/10)
+          noise_density=0.15,  # span_corruption
+          mean_noise_span_length=3.0,  # span_corruption
+      )
+  )
   config.optimizer = common.optimizer_config(
-      learning_rate=1e-3 if tiny else 1e-4, warmup_steps=30 if tiny else 1000)
+      learning_rate=1e-3 if tiny else 1e-4, warmup_steps=30 if tiny else 1000
+  )
   config.mesh = common.mesh_config()
   return config

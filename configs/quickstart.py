@@ -25,7 +25,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # validation and test glosses. The [CLS] pooler is the one NSP pretrained (NSP negatives
   # come from other lexicographer files, so it encodes topic); with mean pooling the
   # from-scratch model caught up with this briefly pretrained one.
-  config.finetune.update(dict(
-      total_steps=400, batch_size=32, eval_every=200, checkpoint_every=400, max_len=48,
-      task=dict(pooling="cls", max_train_examples=4000, max_eval_examples=1000)))
+  config.finetune.update(
+      dict(
+          total_steps=400,
+          batch_size=32,
+          eval_every=200,
+          checkpoint_every=400,
+          max_len=48,
+          task=dict(pooling="cls", max_train_examples=4000, max_eval_examples=1000),
+      )
+  )
   return config

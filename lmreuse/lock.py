@@ -30,7 +30,7 @@ import os
 import shlex
 import socket
 import sys
-from typing import Iterator
+from collections.abc import Iterator
 
 import jax
 import numpy as np
@@ -61,8 +61,10 @@ def lock_path(workdir: str) -> str:
 def _describe(content: str) -> str:
   try:
     holder = json.loads(content)
-    return (f"host {holder['host']} pid {holder['pid']} started {holder['start_time']} "
-            f"({holder['command']})")
+    return (
+        f"host {holder['host']} pid {holder['pid']} started {holder['start_time']} "
+        f"({holder['command']})"
+    )
   except (ValueError, KeyError, TypeError):
     return f"an unknown holder (lock file content {content[:200]!r})"
 
@@ -80,15 +82,20 @@ def _open_locked(workdir: str, path: str) -> int:
     except BlockingIOError:
       content = _read(fd)
       os.close(fd)
-      raise LockHeld(f"{workdir} is in use by {_describe(content)}: one run writes a workdir "
-                     f"at a time ({path}). Wait for it to finish, stop it, or use another "
-                     "--workdir") from None
+      raise LockHeld(
+          f"{workdir} is in use by {_describe(content)}: one run writes a workdir "
+          f"at a time ({path}). Wait for it to finish, stop it, or use another "
+          "--workdir"
+      ) from None
     except OSError as e:
       os.close(fd)
       if e.errno in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
-        raise OSError(e.errno, f"cannot lock {path}: its filesystem does not support flock "
-                      f"({e.strerror}); use a local disk, NFS, or Lustre mounted with "
-                      "-o flock") from e
+        raise OSError(
+            e.errno,
+            f"cannot lock {path}: its filesystem does not support flock "
+            f"({e.strerror}); use a local disk, NFS, or Lustre mounted with "
+            "-o flock",
+        ) from e
       raise
     try:
       same = os.fstat(fd).st_ino == os.stat(path).st_ino
@@ -112,11 +119,17 @@ def acquire(workdir: str) -> None:
   fd = _open_locked(workdir, path)
   stale = _read(fd)
   if stale:
-    logging.warning("%s: taking over the stale lock of %s, which ended without releasing it",
-                    workdir, _describe(stale))
-  me = {"host": socket.gethostname(), "pid": os.getpid(),
-        "start_time": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-        "command": shlex.join(sys.argv)}
+    logging.warning(
+        "%s: taking over the stale lock of %s, which ended without releasing it",
+        workdir,
+        _describe(stale),
+    )
+  me = {
+      "host": socket.gethostname(),
+      "pid": os.getpid(),
+      "start_time": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+      "command": shlex.join(sys.argv),
+  }
   os.ftruncate(fd, 0)
   os.pwrite(fd, (json.dumps(me) + "\n").encode("utf-8"), 0)
   os.fsync(fd)  # other hosts read it to name the holder
@@ -166,7 +179,7 @@ def hold(workdir: str) -> Iterator[None]:
   if jax.process_index() == 0:
     try:
       acquire(workdir)
-    except Exception as e:  # noqa: BLE001 — re-raised below, once the others know
+    except Exception as e:
       error = e
   if not from_process_0(error is None):
     raise error or LockHeld(f"process 0 could not lock {workdir}; its log says why")

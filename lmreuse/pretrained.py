@@ -10,7 +10,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import ml_collections
 
@@ -36,19 +37,26 @@ def workdir_of(init_from: str) -> str:
   for candidate in (init_from, os.path.dirname(os.path.dirname(os.path.abspath(init_from)))):
     if os.path.exists(os.path.join(candidate, "config.json")):
       return candidate
-  raise FileNotFoundError(f"config.init_from={init_from!r}: no config.json in it or two levels "
-                          "up; point it at a pretraining workdir or a checkpoint step directory")
+  raise FileNotFoundError(
+      f"config.init_from={init_from!r}: no config.json in it or two levels "
+      "up; point it at a pretraining workdir or a checkpoint step directory"
+  )
 
 
 def load(init_from: str) -> Pretrained:
   if init_from.startswith(HF_PREFIX):
     hf_dir = init_from.removeprefix(HF_PREFIX)
     _, model = hf.read_model(hf_dir)
-    return Pretrained(ml_collections.ConfigDict(model), tokenizer_lib.load_tokenizer(hf_dir),
-                      lambda: hf.read(hf_dir).params)
+    return Pretrained(
+        ml_collections.ConfigDict(model),
+        tokenizer_lib.load_tokenizer(hf_dir),
+        lambda: hf.read(hf_dir).params,
+    )
   source = workdir_of(init_from)
   with open(os.path.join(source, "config.json")) as f:
     saved = json.load(f)
-  return Pretrained(ml_collections.ConfigDict(saved["model"]),
-                    tokenizer_lib.load_tokenizer(workdir_lib.saved_tokenizer(source, saved)),
-                    lambda: restore.load_params(init_from))
+  return Pretrained(
+      ml_collections.ConfigDict(saved["model"]),
+      tokenizer_lib.load_tokenizer(workdir_lib.saved_tokenizer(source, saved)),
+      lambda: restore.load_params(init_from),
+  )

@@ -13,7 +13,8 @@ import shutil
 import subprocess
 import tempfile
 import time
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import jax
 import ml_collections
@@ -22,37 +23,65 @@ from lmreuse import lock
 
 # Every name a run writes in its workdir, spelled once: the experiments that write them, the
 # readers (studies, reuse, reports) and overwrite all use these.
-CONFIG = "config.json"            # the resolved config (guards against mixing runs)
-CHECKPOINTS = "checkpoints"       # orbax: train state + data iterator, latest few steps
-METRICS = "metrics.jsonl"         # one JSON object per log step
+CONFIG = "config.json"  # the resolved config (guards against mixing runs)
+CHECKPOINTS = "checkpoints"  # orbax: train state + data iterator, latest few steps
+METRICS = "metrics.jsonl"  # one JSON object per log step
 TENSORBOARD = "tensorboard"
-RESULTS = "results.json"          # a finished run's record
-TOKENIZER = "tokenizer"           # a SentencePiece model the run trained, or an HF import's files
-BEST = "best"                     # fine-tuning: the best checkpoint's parameters
-TRAINABLE = "trainable"           # fine-tuning: the best trainable (head + strategy) parameters
+RESULTS = "results.json"  # a finished run's record
+TOKENIZER = "tokenizer"  # a SentencePiece model the run trained, or an HF import's files
+BEST = "best"  # fine-tuning: the best checkpoint's parameters
+TRAINABLE = "trainable"  # fine-tuning: the best trainable (head + strategy) parameters
 EARLY_STOPPING = "early_stopping.json"
 PREDICTIONS = "predictions.jsonl"
 INIT_REPORT = "init_report.json"  # loaded / new / dropped parameter paths
 LABELS = "labels.json"
 PLOTS = "plots"
-ERROR = "error.txt"               # a study cell that failed: its traceback
-STUDY = "study.json"              # a study's manifest
-RUNS = "runs"                     # a study's cells, one workdir each
+ERROR = "error.txt"  # a study cell that failed: its traceback
+STUDY = "study.json"  # a study's manifest
+RUNS = "runs"  # a study's cells, one workdir each
 SWEEP_TABLE, COMPARISONS_TABLE = "sweep.csv", "comparisons.csv"
 RESULTS_TABLES = ("results.csv", "results.md", "results.tex")
-JAX_CACHE = "jax_cache"           # a study's compilation cache, shared by its cells
-LAUNCH = "launch"                 # a study's launch scripts (print_launch)
+JAX_CACHE = "jax_cache"  # a study's compilation cache, shared by its cells
+LAUNCH = "launch"  # a study's launch scripts (print_launch)
 
 # Everything a run writes besides config.json (replaced) and the lock (held): what
 # `config.overwrite=True` removes. An entry not listed here (a new output, or a user's file)
 # makes an overwrite refuse, naming it, rather than survive into the new run or be deleted
 # unseen.
-RUN_OUTPUTS = (CHECKPOINTS, TENSORBOARD, METRICS, RESULTS, TOKENIZER, BEST, TRAINABLE,
-               EARLY_STOPPING, PREDICTIONS, INIT_REPORT, LABELS, PLOTS, ERROR, STUDY, RUNS,
-               *RESULTS_TABLES, SWEEP_TABLE, COMPARISONS_TABLE, JAX_CACHE, LAUNCH)
+RUN_OUTPUTS = (
+    CHECKPOINTS,
+    TENSORBOARD,
+    METRICS,
+    RESULTS,
+    TOKENIZER,
+    BEST,
+    TRAINABLE,
+    EARLY_STOPPING,
+    PREDICTIONS,
+    INIT_REPORT,
+    LABELS,
+    PLOTS,
+    ERROR,
+    STUDY,
+    RUNS,
+    *RESULTS_TABLES,
+    SWEEP_TABLE,
+    COMPARISONS_TABLE,
+    JAX_CACHE,
+    LAUNCH,
+)
 _PARTIAL_WRITE = ".tmp-"  # write_atomically's temporary files, left by a crash
-PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "grain", "sentencepiece",
-            "tensorflow-datasets", "numpy")
+PACKAGES = (
+    "jax",
+    "jaxlib",
+    "flax",
+    "optax",
+    "orbax-checkpoint",
+    "grain",
+    "sentencepiece",
+    "tensorflow-datasets",
+    "numpy",
+)
 
 
 def tokenizer_dir(workdir: str) -> str:
@@ -81,8 +110,14 @@ def config_to_dict(config: ml_collections.ConfigDict) -> dict:
 
 # Top-level keys a resumed run may change: none alters the updates already made. total_steps
 # may only grow (extending the run; see README "Extending a run" for the LR schedule).
-RESUMABLE_KEYS = ("overwrite", "log_every", "checkpoint_every", "keep_checkpoints", "nonfinite",
-                  "max_nonfinite_skips")
+RESUMABLE_KEYS = (
+    "overwrite",
+    "log_every",
+    "checkpoint_every",
+    "keep_checkpoints",
+    "nonfinite",
+    "max_nonfinite_skips",
+)
 
 
 def _resumable(prefix: str, key: str, old: Any, new: Any) -> bool:
@@ -135,7 +170,8 @@ def prepare(workdir: str, config: ml_collections.ConfigDict) -> bool:
       raise ValueError(
           f"{path} holds a different config ({'; '.join(differences[:8])}"
           f"{' ...' if len(differences) > 8 else ''}). Use another --workdir, or pass "
-          "--config.overwrite=True to discard that run")
+          "--config.overwrite=True to discard that run"
+      )
     _remove_outputs(workdir)
   if jax.process_index() == 0:
     write_json(path, new)
@@ -151,7 +187,8 @@ def _remove_outputs(workdir: str) -> None:
     raise ValueError(
         f"--config.overwrite=True: {workdir} also holds {unknown}, which no run writes; move "
         "them away or use another --workdir (overwrite removes only the outputs listed in "
-        "lmreuse/workdir.py RUN_OUTPUTS)")
+        "lmreuse/workdir.py RUN_OUTPUTS)"
+    )
   if jax.process_index() == 0:
     for name in names:
       target = os.path.join(workdir, name)
@@ -188,9 +225,13 @@ def write_atomically(path: str, data: str | bytes) -> None:
 
 def git_sha() -> str:
   try:
-    return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                          cwd=os.path.dirname(os.path.abspath(__file__)),
-                          check=True).stdout.strip()
+    return subprocess.run(
+        ["git", "rev-parse", "HEAD"],
+        capture_output=True,
+        text=True,
+        cwd=os.path.dirname(os.path.abspath(__file__)),
+        check=True,
+    ).stdout.strip()
   except (OSError, subprocess.CalledProcessError):
     return "unknown"
 
@@ -205,8 +246,14 @@ def package_versions() -> dict[str, str]:
   return versions
 
 
-def write_results(workdir: str, config: ml_collections.ConfigDict, metrics: Mapping[str, Any],
-                  *, start_time: float, **extra: Any) -> dict:
+def write_results(
+    workdir: str,
+    config: ml_collections.ConfigDict,
+    metrics: Mapping[str, Any],
+    *,
+    start_time: float,
+    **extra: Any,
+) -> dict:
   results = {
       "metrics": dict(metrics),
       **extra,
@@ -214,8 +261,12 @@ def write_results(workdir: str, config: ml_collections.ConfigDict, metrics: Mapp
       "config": config_to_dict(config),
       "git_sha": git_sha(),
       "packages": package_versions(),
-      "devices": {"count": jax.device_count(), "kind": jax.devices()[0].device_kind,
-                  "platform": jax.default_backend(), "processes": jax.process_count()},
+      "devices": {
+          "count": jax.device_count(),
+          "kind": jax.devices()[0].device_kind,
+          "platform": jax.default_backend(),
+          "processes": jax.process_count(),
+      },
   }
   if jax.process_index() == 0:
     write_json(os.path.join(workdir, RESULTS), results)

@@ -9,10 +9,10 @@ import pytest
 from lmreuse.data import tokenizer as tokenizer_lib
 from lmreuse.data.corpus import wordnet
 
-
 # Tests compile the same tiny programs many times; the persistent cache compiles each once.
-jax.config.update("jax_compilation_cache_dir",
-                  os.path.join(tempfile.gettempdir(), "lmreuse-test-jax-cache"))
+jax.config.update(
+    "jax_compilation_cache_dir", os.path.join(tempfile.gettempdir(), "lmreuse-test-jax-cache")
+)
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
 
@@ -25,8 +25,9 @@ def tfds_dir(tmp_path_factory) -> str:
 def tokenizer_path(tmp_path_factory) -> str:
   """A 1k-piece SentencePiece model on part of the corpus: enough for tiny models, fast."""
   path = os.path.join(str(tmp_path_factory.mktemp("tokenizer")), "spm.model")
-  tokenizer_lib.train_tokenizer(wordnet.segments("train"), path, vocab_size=1024, num_sentinels=32,
-                                max_sentences=30_000)
+  tokenizer_lib.train_tokenizer(
+      wordnet.segments("train"), path, vocab_size=1024, num_sentinels=32, max_sentences=30_000
+  )
   return path
 
 

@@ -27,12 +27,18 @@ def gpt2_tokenizer_dir(path: str, vocab_size: int = 400) -> str:
   """GPT-2's layout (tokenizer.json, vocab.json, merges.txt, configs): byte-level BPE whose only
   special token, <|endoftext|>, is bos, eos and unk, and which has no pad token."""
   bpe = tokenizers.ByteLevelBPETokenizer()
-  bpe.train_from_iterator(_texts(), vocab_size=vocab_size, special_tokens=[GPT2_EOS],
-                          show_progress=False)
+  bpe.train_from_iterator(
+      _texts(), vocab_size=vocab_size, special_tokens=[GPT2_EOS], show_progress=False
+  )
   os.makedirs(path, exist_ok=True)
   vocab, merges = bpe.save_model(path)  # save_pretrained rewrites both, with the rest.
-  tok = transformers.GPT2TokenizerFast(vocab_file=vocab, merges_file=merges, bos_token=GPT2_EOS,
-                                       eos_token=GPT2_EOS, unk_token=GPT2_EOS)
+  tok = transformers.GPT2TokenizerFast(
+      vocab_file=vocab,
+      merges_file=merges,
+      bos_token=GPT2_EOS,
+      eos_token=GPT2_EOS,
+      unk_token=GPT2_EOS,
+  )
   tok.save_pretrained(path)
   return path
 
@@ -43,10 +49,22 @@ def t5_tokenizer_dir(path: str, vocab_size: int = 300, extra_ids: int = 10) -> s
   model = io.BytesIO()
   spm.set_random_generator_seed(0)
   spm.SentencePieceTrainer.train(
-      sentence_iterator=iter(_texts()), model_writer=model, model_type="unigram",
-      vocab_size=vocab_size, pad_id=0, pad_piece="<pad>", eos_id=1, eos_piece="</s>", unk_id=2,
-      unk_piece="<unk>", bos_id=-1, num_threads=1, shuffle_input_sentence=False,
-      input_sentence_size=0, minloglevel=2)
+      sentence_iterator=iter(_texts()),
+      model_writer=model,
+      model_type="unigram",
+      vocab_size=vocab_size,
+      pad_id=0,
+      pad_piece="<pad>",
+      eos_id=1,
+      eos_piece="</s>",
+      unk_id=2,
+      unk_piece="<unk>",
+      bos_id=-1,
+      num_threads=1,
+      shuffle_input_sentence=False,
+      input_sentence_size=0,
+      minloglevel=2,
+  )
   os.makedirs(path, exist_ok=True)
   spiece = os.path.join(path, "spiece.model")
   with open(spiece, "wb") as f:

@@ -13,18 +13,31 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def run_script(name, *args):
-  return subprocess.run([sys.executable, os.path.join("benchmarks", name), *args], cwd=ROOT,
-                        capture_output=True, text=True, timeout=300)
+  return subprocess.run(
+      [sys.executable, os.path.join("benchmarks", name), *args],
+      cwd=ROOT,
+      capture_output=True,
+      text=True,
+      timeout=300,
+  )
 
 
 @pytest.mark.slow
 def test_strategies_benchmark_prints_ratios_against_full(tokenizer_path):
-  proc = run_script("strategies.py", "--quick",
-                    "--strategies=full,lora:rank=4:targets=all_linear,gradual_unfreeze",
-                    f"--tokenizer={tokenizer_path}", "--batch_size=8", "--seq_len=32")
+  proc = run_script(
+      "strategies.py",
+      "--quick",
+      "--strategies=full,lora:rank=4:targets=all_linear,gradual_unfreeze",
+      f"--tokenizer={tokenizer_path}",
+      "--batch_size=8",
+      "--seq_len=32",
+  )
   assert proc.returncode == 0, proc.stderr[-3000:]
-  rows = {line.split("|")[1].strip(): line.split("|")[2:-1] for line in proc.stdout.splitlines()
-          if line.startswith("| ") and not line.startswith("| strategy")}
+  rows = {
+      line.split("|")[1].strip(): line.split("|")[2:-1]
+      for line in proc.stdout.splitlines()
+      if line.startswith("| ") and not line.startswith("| strategy")
+  }
   assert set(rows) == {"full", "lora:rank=4:targets=all_linear", "gradual_unfreeze"}
   assert float(rows["full"][2]) == 1.0  # the ratio column of the baseline
   lora = rows["lora:rank=4:targets=all_linear"]
@@ -33,8 +46,9 @@ def test_strategies_benchmark_prints_ratios_against_full(tokenizer_path):
 
 
 def test_strategies_benchmark_refuses_a_key_the_strategy_lacks(tokenizer_path):
-  proc = run_script("strategies.py", "--quick", "--strategies=full,lora:rnk=4",
-                    f"--tokenizer={tokenizer_path}")
+  proc = run_script(
+      "strategies.py", "--quick", "--strategies=full,lora:rnk=4", f"--tokenizer={tokenizer_path}"
+  )
   assert proc.returncode != 0
   assert "'lora:rnk=4': config.strategy has no key ['rnk']" in proc.stderr
 

@@ -32,9 +32,14 @@ def held_by_someone(workdir) -> bool:
 
 def test_a_second_run_is_refused_and_a_killed_runs_lock_taken_over(tmp_path, caplog):
   workdir = str(tmp_path / "w")
-  run = [sys.executable, "run.py", "--config=configs/pretrain.py:bert,size=tiny",
-         f"--workdir={workdir}", f"--config.data.tfds_dir={tmp_path}/tfds",
-         "--config.total_steps=100000"]
+  run = [
+      sys.executable,
+      "run.py",
+      "--config=configs/pretrain.py:bert,size=tiny",
+      f"--workdir={workdir}",
+      f"--config.data.tfds_dir={tmp_path}/tfds",
+      "--config.total_steps=100000",
+  ]
   first = subprocess.Popen(run, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
   try:
     path = os.path.join(workdir, lock.LOCK_FILE)

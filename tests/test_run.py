@@ -8,13 +8,15 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def run_cli(*args):
-  return subprocess.run([sys.executable, "run.py", *args], cwd=ROOT, capture_output=True,
-                        text=True, timeout=120)
+  return subprocess.run(
+      [sys.executable, "run.py", *args], cwd=ROOT, capture_output=True, text=True, timeout=120
+  )
 
 
 def test_unknown_config_key_is_refused(tmp_path):
-  proc = run_cli("--config=configs/pretrain.py:bert", f"--workdir={tmp_path}/w",
-                 "--config.modle.d_model=32")
+  proc = run_cli(
+      "--config=configs/pretrain.py:bert", f"--workdir={tmp_path}/w", "--config.modle.d_model=32"
+  )
   assert proc.returncode != 0
   assert "modle" in proc.stderr
   assert not (tmp_path / "w").exists()

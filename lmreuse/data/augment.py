@@ -20,7 +20,7 @@ KEYS = ("token_dropout", "random_swap", "synonym_replacement")
 
 
 def config_defaults() -> dict[str, float]:
-  return {key: 0.0 for key in KEYS}
+  return dict.fromkeys(KEYS, 0.0)
 
 
 @functools.lru_cache(maxsize=1)
@@ -39,8 +39,9 @@ def synonyms() -> dict[str, tuple[str, ...]]:
 class Augmenter:
   """Applies the configured perturbations to one text with the caller's seeded generator."""
 
-  def __init__(self, token_dropout: float = 0.0, random_swap: float = 0.0,
-               synonym_replacement: float = 0.0):
+  def __init__(
+      self, token_dropout: float = 0.0, random_swap: float = 0.0, synonym_replacement: float = 0.0
+  ):
     for key, p in zip(KEYS, (token_dropout, random_swap, synonym_replacement)):
       if not 0.0 <= p < 1.0:
         raise ValueError(f"config.task.augment.{key}={p} must be in [0, 1)")
@@ -52,8 +53,9 @@ class Augmenter:
   def __call__(self, text: str, rng: np.random.Generator) -> str:
     words = text.split()
     if self.synonym_replacement:
-      words = [self._synonym(w, rng) if rng.random() < self.synonym_replacement else w
-               for w in words]
+      words = [
+          self._synonym(w, rng) if rng.random() < self.synonym_replacement else w for w in words
+      ]
     if self.random_swap and len(words) > 1:
       for _ in range(rng.binomial(len(words), self.random_swap)):
         i, j = rng.choice(len(words), 2, replace=False)

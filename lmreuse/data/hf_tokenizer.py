@@ -12,7 +12,7 @@ ordinary tokens); objectives and tasks add specials by id.
 import itertools
 import json
 import os
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 import sentencepiece as spm
@@ -20,8 +20,12 @@ import tokenizers
 
 from lmreuse.data import tokenizer as tokenizer_lib
 
-BACKEND_FILES = (("tokenizer.json",), ("vocab.txt",), ("vocab.json", "merges.txt"),
-                 ("spiece.model",))
+BACKEND_FILES = (
+    ("tokenizer.json",),
+    ("vocab.txt",),
+    ("vocab.json", "merges.txt"),
+    ("spiece.model",),
+)
 CONFIG_FILES = ("tokenizer_config.json", "special_tokens_map.json")  # The later one wins.
 SPECIALS = ("cls", "sep", "pad", "unk", "mask", "eos", "bos")
 
@@ -54,20 +58,32 @@ class HFTokenizer:
     else:
       self._tok = _tokenizers_backend(directory, files, config)
       self.vocab_size = max(self._tok.get_vocab(with_added_tokens=True).values()) + 1
-      sentinels = itertools.takewhile(lambda i: i is not None, (
-          self._tok.token_to_id(tokenizer_lib.sentinel_piece(k)) for k in itertools.count()))
+      sentinels = itertools.takewhile(
+          lambda i: i is not None,
+          (self._tok.token_to_id(tokenizer_lib.sentinel_piece(k)) for k in itertools.count()),
+      )
     self.sentinel_ids: tuple[int, ...] = tuple(sentinels)
-    self._sentinel_pieces = {i: tokenizer_lib.sentinel_piece(k)
-                             for k, i in enumerate(self.sentinel_ids)}
+    self._sentinel_pieces = {
+        i: tokenizer_lib.sentinel_piece(k) for k, i in enumerate(self.sentinel_ids)
+    }
     found = {name: self._token_id(config.get(f"{name}_token")) for name in SPECIALS}
-    for name, fallback in (("eos", "sep"), ("sep", "eos"), ("bos", "eos"), ("cls", "bos"),
-                           ("pad", "eos"), ("unk", "eos"), ("mask", "unk")):
+    for name, fallback in (
+        ("eos", "sep"),
+        ("sep", "eos"),
+        ("bos", "eos"),
+        ("cls", "bos"),
+        ("pad", "eos"),
+        ("unk", "eos"),
+        ("mask", "unk"),
+    ):
       if found[name] is None:
         found[name] = found[fallback]
     missing = [name for name, i in found.items() if i is None]
     if missing:
-      raise ValueError(f"{directory}: no id for special tokens {missing} (nor a fallback) in "
-                       f"{' / '.join(CONFIG_FILES)}")
+      raise ValueError(
+          f"{directory}: no id for special tokens {missing} (nor a fallback) in "
+          f"{' / '.join(CONFIG_FILES)}"
+      )
     self.pad_id, self.unk_id, self.cls_id = found["pad"], found["unk"], found["cls"]
     self.sep_id, self.mask_id, self.eos_id = found["sep"], found["mask"], found["eos"]
     special = set(found.values()) | set(self.sentinel_ids)
@@ -126,8 +142,10 @@ class HFTokenizer:
     self.__init__(state["model_path"])
 
   def __repr__(self) -> str:
-    return (f"HFTokenizer({self.model_path!r}, files={'+'.join(self._files)}, "
-            f"vocab_size={self.vocab_size})")
+    return (
+        f"HFTokenizer({self.model_path!r}, files={'+'.join(self._files)}, "
+        f"vocab_size={self.vocab_size})"
+    )
 
 
 def _backend_files(directory: str) -> tuple[str, ...] | None:
@@ -137,8 +155,9 @@ def _backend_files(directory: str) -> tuple[str, ...] | None:
   return None
 
 
-def _tokenizers_backend(directory: str, files: tuple[str, ...],
-                        config: dict) -> tokenizers.Tokenizer:
+def _tokenizers_backend(
+    directory: str, files: tuple[str, ...], config: dict
+) -> tokenizers.Tokenizer:
   """A `tokenizers` pipeline equal to what transformers builds from the same files."""
   paths = [os.path.join(directory, f) for f in files]
   if files == ("tokenizer.json",):
@@ -147,17 +166,23 @@ def _tokenizers_backend(directory: str, files: tuple[str, ...],
     tok.no_padding()
   elif files == ("vocab.txt",):
     unk = config.get("unk_token", "[UNK]")
-    tok = tokenizers.Tokenizer(tokenizers.models.WordPiece.from_file(
-        paths[0], unk_token=unk["content"] if isinstance(unk, dict) else unk))
+    tok = tokenizers.Tokenizer(
+        tokenizers.models.WordPiece.from_file(
+            paths[0], unk_token=unk["content"] if isinstance(unk, dict) else unk
+        )
+    )
     tok.normalizer = tokenizers.normalizers.BertNormalizer(
-        lowercase=config.get("do_lower_case", True), strip_accents=config.get("strip_accents"),
-        handle_chinese_chars=config.get("tokenize_chinese_chars", True))
+        lowercase=config.get("do_lower_case", True),
+        strip_accents=config.get("strip_accents"),
+        handle_chinese_chars=config.get("tokenize_chinese_chars", True),
+    )
     tok.pre_tokenizer = tokenizers.pre_tokenizers.BertPreTokenizer()
     tok.decoder = tokenizers.decoders.WordPiece()
   else:
     tok = tokenizers.Tokenizer(tokenizers.models.BPE.from_file(*paths))
     tok.pre_tokenizer = tokenizers.pre_tokenizers.ByteLevel(
-        add_prefix_space=config.get("add_prefix_space", False))
+        add_prefix_space=config.get("add_prefix_space", False)
+    )
     tok.decoder = tokenizers.decoders.ByteLevel()
   tok.encode_special_tokens = True
   return tok

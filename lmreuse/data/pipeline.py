@@ -33,7 +33,8 @@ its context, and segment ids keep attention inside each document.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import grain
 import numpy as np
@@ -117,8 +118,9 @@ class _BatchRows(grain.MapDataset):
     return _stack([self._parent[start + row] for row in self._rows])
 
 
-def _rows_of_batches(ds: grain.IterDataset, batch_size: int,
-                     rows: Sequence[int]) -> grain.IterDataset:
+def _rows_of_batches(
+    ds: grain.IterDataset, batch_size: int, rows: Sequence[int]
+) -> grain.IterDataset:
   """Global batches of `ds`, of which this process keeps `rows`."""
   ds = ds.batch(batch_size, drop_remainder=True)
   if tuple(rows) == tuple(range(batch_size)):
@@ -136,8 +138,9 @@ def _check_rows(rows: Sequence[int] | None, batch_size: int) -> tuple[int, ...]:
   return rows
 
 
-def _fill_greedily(segments: list[list[int]], max_tokens: int,
-                   rng: np.random.Generator) -> list[int]:
+def _fill_greedily(
+    segments: list[list[int]], max_tokens: int, rng: np.random.Generator
+) -> list[int]:
   """Whole document if it fits; else max_tokens consecutive tokens from a random segment start.
 
   Starts are limited to segments with at least max_tokens tokens after them, so
@@ -152,8 +155,9 @@ def _fill_greedily(segments: list[list[int]], max_tokens: int,
   return tokens[start : start + max_tokens]
 
 
-def _mlm_examples(indices, docs: _Documents, tok: Any, *, seq_len: int, nsp: bool,
-                  mask_prob: float) -> grain.MapDataset:
+def _mlm_examples(
+    indices, docs: _Documents, tok: Any, *, seq_len: int, nsp: bool, mask_prob: float
+) -> grain.MapDataset:
   special_ids = np.asarray(tok.special_ids)
   if nsp and len(docs) < 2:
     raise ValueError(f"nsp=True needs a source with >= 2 documents, got {len(docs)}")
@@ -175,16 +179,22 @@ def _mlm_examples(indices, docs: _Documents, tok: Any, *, seq_len: int, nsp: boo
   def make_example(doc_index: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
     segments = docs.segments(doc_index)
     if nsp:
-      a, b, is_next = nsp_lib.make_pair(segments, doc_index, rng,
-                                        random_segment_fn=random_segments,
-                                        max_tokens=max_pair_tokens)
+      a, b, is_next = nsp_lib.make_pair(
+          segments, doc_index, rng, random_segment_fn=random_segments, max_tokens=max_pair_tokens
+      )
     else:
       a, b = _fill_greedily(segments, seq_len - 2, rng), []
-    row = nsp_lib.pack_pair(a, b, cls_id=tok.cls_id, sep_id=tok.sep_id, pad_id=tok.pad_id,
-                            seq_len=seq_len)
-    masked = mlm.mask_tokens(row["tokens"][None], rng, mask_id=tok.mask_id,
-                             vocab_size=tok.vocab_size, special_ids=special_ids,
-                             mask_prob=mask_prob)
+    row = nsp_lib.pack_pair(
+        a, b, cls_id=tok.cls_id, sep_id=tok.sep_id, pad_id=tok.pad_id, seq_len=seq_len
+    )
+    masked = mlm.mask_tokens(
+        row["tokens"][None],
+        rng,
+        mask_id=tok.mask_id,
+        vocab_size=tok.vocab_size,
+        special_ids=special_ids,
+        mask_prob=mask_prob,
+    )
     example = {
         "inputs": masked["inputs"][0],
         "token_types": row["token_types"],
@@ -202,8 +212,17 @@ def _mlm_examples(indices, docs: _Documents, tok: Any, *, seq_len: int, nsp: boo
   return indices.random_map(make_example)
 
 
-def _clm_dataset(indices, docs: _Documents, tok: Any, *, seq_len: int, batch_size: int,
-                 seed: int, train: bool, rows: Sequence[int]) -> grain.IterDataset:
+def _clm_dataset(
+    indices,
+    docs: _Documents,
+    tok: Any,
+    *,
+    seq_len: int,
+    batch_size: int,
+    seed: int,
+    train: bool,
+    rows: Sequence[int],
+) -> grain.IterDataset:
   def chunks(doc_index: int) -> list[dict[str, np.ndarray]]:
     tokens = docs.tokens(doc_index)
     if not tokens:
@@ -215,8 +234,13 @@ def _clm_dataset(indices, docs: _Documents, tok: Any, *, seq_len: int, batch_siz
   ds = grain.experimental.FlatMapIterDataset(ds, _Unlist())
   # Bins = batch_size: each packing round fills about one batch of rows.
   ds = grain.experimental.FirstFitPackIterDataset(
-      ds, length_struct={"tokens": seq_len}, num_packing_bins=batch_size, seed=seed,
-      shuffle_bins=train, padding_struct={"tokens": tok.pad_id})
+      ds,
+      length_struct={"tokens": seq_len},
+      num_packing_bins=batch_size,
+      seed=seed,
+      shuffle_bins=train,
+      padding_struct={"tokens": tok.pad_id},
+  )
   return _rows_of_batches(ds, batch_size, rows).map(_clm_batch)
 
 
@@ -238,25 +262,43 @@ def _pad(values: np.ndarray, length: int, pad_id: int) -> tuple[np.ndarray, ...]
   return padded, segment_ids, positions
 
 
-def _span_dataset(indices, docs: _Documents, tok: Any, *, seq_len: int, target_len: int | None,
-                  noise_density: float, mean_noise_span_length: float) -> grain.IterDataset:
+def _span_dataset(
+    indices,
+    docs: _Documents,
+    tok: Any,
+    *,
+    seq_len: int,
+    target_len: int | None,
+    noise_density: float,
+    mean_noise_span_length: float,
+) -> grain.IterDataset:
   tokens_length, min_target_len = span_corruption.random_spans_helper(
-      seq_len, noise_density, mean_noise_span_length)
+      seq_len, noise_density, mean_noise_span_length
+  )
   if target_len is None:
     target_len = min_target_len
   elif target_len < min_target_len:
-    raise ValueError(f"target_len={target_len} is shorter than the {min_target_len} tokens"
-                     f" span corruption can produce for seq_len={seq_len}")
+    raise ValueError(
+        f"target_len={target_len} is shorter than the {min_target_len} tokens"
+        f" span corruption can produce for seq_len={seq_len}"
+    )
   spans = span_corruption.num_noise_spans(tokens_length, noise_density, mean_noise_span_length)
   if spans > len(tok.sentinel_ids):
-    raise ValueError(f"seq_len={seq_len} gives {spans} noise spans but the tokenizer has only"
-                     f" {len(tok.sentinel_ids)} sentinel_ids")
+    raise ValueError(
+        f"seq_len={seq_len} gives {spans} noise spans but the tokenizer has only"
+        f" {len(tok.sentinel_ids)} sentinel_ids"
+    )
   sentinel_ids: Sequence[int] = tuple(tok.sentinel_ids)
 
   def example(tokens: np.ndarray, rng: np.random.Generator) -> dict[str, np.ndarray]:
     pair = span_corruption.corrupt_spans(
-        tokens, rng, sentinel_ids=sentinel_ids, eos_id=tok.eos_id, noise_density=noise_density,
-        mean_noise_span_length=mean_noise_span_length)
+        tokens,
+        rng,
+        sentinel_ids=sentinel_ids,
+        eos_id=tok.eos_id,
+        noise_density=noise_density,
+        mean_noise_span_length=mean_noise_span_length,
+    )
     enc, enc_seg, enc_pos = _pad(pair["inputs"], seq_len, tok.pad_id)
     dec_targets, dec_seg, dec_pos = _pad(pair["targets"], target_len, tok.pad_id)
     dec_inputs = np.concatenate([[tok.pad_id], dec_targets[:-1]]).astype(np.int32)
@@ -275,8 +317,9 @@ def _span_dataset(indices, docs: _Documents, tok: Any, *, seq_len: int, target_l
   def make_examples(doc_index: int, rng: np.random.Generator) -> list[dict[str, np.ndarray]]:
     tokens = np.asarray(docs.tokens(doc_index), np.int32)
     # As T5's split_tokens: long documents become several raw chunks of tokens_length.
-    return [example(tokens[i : i + tokens_length], rng)
-            for i in range(0, tokens.size, tokens_length)]
+    return [
+        example(tokens[i : i + tokens_length], rng) for i in range(0, tokens.size, tokens_length)
+    ]
 
   ds = indices.random_map(make_examples).to_iter_dataset(_READ_OPTIONS)
   return grain.experimental.FlatMapIterDataset(ds, _Unlist())
@@ -319,23 +362,47 @@ def make_pretrain_dataset(
   docs = _Documents(source, tokenizer)
   indices = _document_indices(len(docs), seed=seed, train=train)
   if objective == "clm":
-    return _clm_dataset(indices, docs, tokenizer, seq_len=seq_len, batch_size=batch_size,
-                        seed=seed, train=train, rows=rows)
+    return _clm_dataset(
+        indices,
+        docs,
+        tokenizer,
+        seq_len=seq_len,
+        batch_size=batch_size,
+        seed=seed,
+        train=train,
+        rows=rows,
+    )
   if objective == "mlm":
-    examples = _mlm_examples(indices, docs, tokenizer, seq_len=seq_len, nsp=nsp,
-                             mask_prob=mask_prob)
+    examples = _mlm_examples(
+        indices, docs, tokenizer, seq_len=seq_len, nsp=nsp, mask_prob=mask_prob
+    )
     # One element per batch: prefetch about as many examples as the per-example pipelines.
-    options = grain.ReadOptions(num_threads=_READ_OPTIONS.num_threads, prefetch_buffer_size=max(
-        2, _READ_OPTIONS.prefetch_buffer_size // len(rows)))
+    options = grain.ReadOptions(
+        num_threads=_READ_OPTIONS.num_threads,
+        prefetch_buffer_size=max(2, _READ_OPTIONS.prefetch_buffer_size // len(rows)),
+    )
     return _BatchRows(examples, batch_size, rows).to_iter_dataset(options)
-  ds = _span_dataset(indices, docs, tokenizer, seq_len=seq_len, target_len=target_len,
-                     noise_density=noise_density, mean_noise_span_length=mean_noise_span_length)
+  ds = _span_dataset(
+      indices,
+      docs,
+      tokenizer,
+      seq_len=seq_len,
+      target_len=target_len,
+      noise_density=noise_density,
+      mean_noise_span_length=mean_noise_span_length,
+  )
   return _rows_of_batches(ds, batch_size, rows)
 
 
-def make_task_dataset(examples: Sequence[dict], features_fn: Any, *, batch_size: int, seed: int,
-                      rows: Sequence[int] | None = None,
-                      random_features: bool = True) -> grain.IterDataset:
+def make_task_dataset(
+    examples: Sequence[dict],
+    features_fn: Any,
+    *,
+    batch_size: int,
+    seed: int,
+    rows: Sequence[int] | None = None,
+    random_features: bool = True,
+) -> grain.IterDataset:
   """Endless shuffled training batches of a downstream task: `rows` (default all) of each
   global batch of `batch_size`, this process's share.
 

@@ -11,7 +11,8 @@ one (typing "[MASK]" in a document gives ordinary pieces). Objectives add specia
 import io
 import itertools
 import os
-from typing import TYPE_CHECKING, Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import sentencepiece as spm
@@ -30,8 +31,9 @@ def sentinel_piece(i: int) -> str:
   return f"<extra_id_{i}>"
 
 
-def sp_encode_with_offsets(sp: spm.SentencePieceProcessor,
-                           text: str) -> tuple[list[int], list[tuple[int, int]]]:
+def sp_encode_with_offsets(
+    sp: spm.SentencePieceProcessor, text: str
+) -> tuple[list[int], list[tuple[int, int]]]:
   """Ids of `text` plus each piece's (start, end) span in characters of `text`, as slicing needs
   (SentencePiece itself reports UTF-8 byte offsets)."""
   proto = sp.encode(text, return_type="proto")
@@ -39,12 +41,13 @@ def sp_encode_with_offsets(sp: spm.SentencePieceProcessor,
   position = 0
   for i, ch in enumerate(text):
     width = len(ch.encode("utf-8"))
-    char_of_byte[position:position + width] = i
+    char_of_byte[position : position + width] = i
     position += width
   char_of_byte[position] = len(text)
   ids = [piece.id for piece in proto.pieces]
-  offsets = [(int(char_of_byte[piece.begin]), int(char_of_byte[piece.end]))
-             for piece in proto.pieces]
+  offsets = [
+      (int(char_of_byte[piece.begin]), int(char_of_byte[piece.end])) for piece in proto.pieces
+  ]
   return ids, offsets
 
 
@@ -87,8 +90,9 @@ class Tokenizer:
     self.pad_id, self.unk_id, self.cls_id, self.sep_id, self.mask_id, self.eos_id = range(first)
     self.sentinel_ids: tuple[int, ...] = tuple(range(first, first + n))
     self.special_ids: np.ndarray = np.arange(first + n, dtype=np.int32)
-    not_control = [int(i) for i in self.special_ids
-                   if i != self.unk_id and not self._sp.is_control(int(i))]
+    not_control = [
+        int(i) for i in self.special_ids if i != self.unk_id and not self._sp.is_control(int(i))
+    ]
     if not_control:
       raise ValueError(f"{where}: specials {not_control} are not control symbols")
 
@@ -106,8 +110,9 @@ class Tokenizer:
 
   def decode(self, ids: Iterable[int]) -> str:
     """Text of `ids`: pad/[CLS]/[SEP]/[MASK]/[EOS] dropped, sentinels shown as <extra_id_k>."""
-    return sp_decode(self._sp, [int(i) for i in ids],
-                     {i: self._sp.id_to_piece(i) for i in self.sentinel_ids})
+    return sp_decode(
+        self._sp, [int(i) for i in ids], {i: self._sp.id_to_piece(i) for i in self.sentinel_ids}
+    )
 
   def id_to_piece(self, i: int) -> str:
     return self._sp.id_to_piece(int(i))
@@ -127,6 +132,7 @@ def load_tokenizer(model_path: str) -> "Tokenizer | HFTokenizer":
   tokenizer directory (same interface), so every caller can fine-tune Hugging Face checkpoints."""
   if os.path.isdir(model_path):
     from lmreuse.data import hf_tokenizer  # Imported here: hf_tokenizer imports this module.
+
     return hf_tokenizer.load(model_path)
   if not os.path.exists(model_path):
     raise FileNotFoundError(f"tokenizer model {model_path} does not exist")
@@ -134,9 +140,15 @@ def load_tokenizer(model_path: str) -> "Tokenizer | HFTokenizer":
     return Tokenizer(f.read(), model_path)
 
 
-def train_tokenizer(texts: Iterable[str], model_path: str, *, vocab_size: int,
-                    model_type: str = "unigram", num_sentinels: int = 100,
-                    max_sentences: int | None = None) -> Tokenizer:
+def train_tokenizer(
+    texts: Iterable[str],
+    model_path: str,
+    *,
+    vocab_size: int,
+    model_type: str = "unigram",
+    num_sentinels: int = 100,
+    max_sentences: int | None = None,
+) -> Tokenizer:
   """Trains deterministically (same texts -> byte-identical file) and writes model_path atomically.
 
   `max_sentences` keeps the first texts only (no sampling, for determinism).
@@ -148,22 +160,37 @@ def train_tokenizer(texts: Iterable[str], model_path: str, *, vocab_size: int,
   spm.set_random_generator_seed(TRAINING_SEED)
   # Training from an iterator into memory keeps temp paths out of the model's TrainerSpec.
   spm.SentencePieceTrainer.train(
-      sentence_iterator=texts, model_writer=model,
-      model_type=model_type, vocab_size=vocab_size,
-      pad_id=0, pad_piece=PAD, unk_id=1, unk_piece=UNK, bos_id=-1, eos_id=-1,
+      sentence_iterator=texts,
+      model_writer=model,
+      model_type=model_type,
+      vocab_size=vocab_size,
+      pad_id=0,
+      pad_piece=PAD,
+      unk_id=1,
+      unk_piece=UNK,
+      bos_id=-1,
+      eos_id=-1,
       control_symbols=[CLS, SEP, MASK, EOS] + [sentinel_piece(i) for i in range(num_sentinels)],
-      byte_fallback=True, num_threads=1, shuffle_input_sentence=False, input_sentence_size=0,
-      max_sentence_length=16384, minloglevel=2)
+      byte_fallback=True,
+      num_threads=1,
+      shuffle_input_sentence=False,
+      input_sentence_size=0,
+      max_sentence_length=16384,
+      minloglevel=2,
+  )
   tokenizer = Tokenizer(model.getvalue(), model_path)
   if len(tokenizer.sentinel_ids) != num_sentinels:
-    raise ValueError(f"{model_path}: trained {len(tokenizer.sentinel_ids)} sentinels, "
-                     f"num_sentinels={num_sentinels}")
+    raise ValueError(
+        f"{model_path}: trained {len(tokenizer.sentinel_ids)} sentinels, "
+        f"num_sentinels={num_sentinels}"
+    )
   workdir_lib.write_atomically(model_path, model.getvalue())
   return tokenizer
 
 
-def get_or_train(model_path: str, texts_fn: Callable[[], Iterable[str]],
-                 **train_kwargs) -> Tokenizer:
+def get_or_train(
+    model_path: str, texts_fn: Callable[[], Iterable[str]], **train_kwargs
+) -> Tokenizer:
   """Loads model_path if it exists, else trains it on texts_fn() (called only then)."""
   if os.path.exists(model_path):
     return load_tokenizer(model_path)

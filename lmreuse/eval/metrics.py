@@ -16,7 +16,8 @@ import collections
 import functools
 import re
 import string
-from typing import Any, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import sacrebleu
@@ -60,8 +61,9 @@ def _check(fn: str, a: Sequence, a_name: str, b: Sequence, b_name: str) -> None:
     raise ValueError(f"{fn}: {len(a)} {a_name} but {len(b)} {b_name}")
 
 
-def classification(labels: Sequence, predictions: Sequence, positive_label: Any = None, *,
-                   only: str | None = None) -> dict[str, float]:
+def classification(
+    labels: Sequence, predictions: Sequence, positive_label: Any = None, *, only: str | None = None
+) -> dict[str, float]:
   """Accuracy, macro/micro F1, MCC; given `positive_label`, also its binary F1 as `f1` (MRPC).
   `only` computes just that one: each is a full sklearn pass, and a bootstrap re-scores one
   metric on thousands of resamples."""
@@ -74,12 +76,15 @@ def classification(labels: Sequence, predictions: Sequence, positive_label: Any 
       "mcc": sk_metrics.matthews_corrcoef,
   }
   if positive_label is not None:
-    scorers["f1"] = functools.partial(sk_metrics.f1_score, pos_label=positive_label,
-                                      zero_division=0)
+    scorers["f1"] = functools.partial(
+        sk_metrics.f1_score, pos_label=positive_label, zero_division=0
+    )
   if only is not None:
     if only not in scorers:
-      raise ValueError(f"classification: no metric {only!r} (binary 'f1' needs positive_label); "
-                       f"choose one of {sorted(scorers)}")
+      raise ValueError(
+          f"classification: no metric {only!r} (binary 'f1' needs positive_label); "
+          f"choose one of {sorted(scorers)}"
+      )
     scorers = {only: scorers[only]}
   return {k: float(f(labels, predictions)) for k, f in scorers.items()}
 
@@ -104,8 +109,9 @@ def regression(targets: Sequence[float], predictions: Sequence[float]) -> dict[s
   return {k: float(v) for k, v in result.items()}
 
 
-def regression_per_example(targets: Sequence[float],
-                           predictions: Sequence[float]) -> dict[str, np.ndarray]:
+def regression_per_example(
+    targets: Sequence[float], predictions: Sequence[float]
+) -> dict[str, np.ndarray]:
   """Squared errors, whose mean is `mse` (Pearson and Spearman are not means over examples)."""
   _check("regression", targets, "targets", predictions, "predictions")
   errors = np.asarray([float(t) for t in targets]) - np.asarray([float(p) for p in predictions])
@@ -119,8 +125,9 @@ def _check_tagging(tags: Sequence[Sequence[str]], predictions: Sequence[Sequence
       raise ValueError(f"tagging: sequence {i} has {len(t)} tags but {len(p)} predictions")
 
 
-def tagging(tags: Sequence[Sequence[str]],
-            predictions: Sequence[Sequence[str]]) -> dict[str, float]:
+def tagging(
+    tags: Sequence[Sequence[str]], predictions: Sequence[Sequence[str]]
+) -> dict[str, float]:
   """Entity-level (conlleval) F1/precision/recall over BIO tags, plus token accuracy."""
   _check_tagging(tags, predictions)
   tags, predictions = [list(t) for t in tags], [list(p) for p in predictions]
@@ -128,7 +135,8 @@ def tagging(tags: Sequence[Sequence[str]],
   # a bootstrap that cannot sum `tagging_statistics` re-scores every resample. seqeval itself,
   # not those counts, stays the reference: the counts hold only where seqeval's entities add up.
   precision, recall, f1, _ = sequence_labeling.precision_recall_fscore_support(
-      tags, predictions, average="micro", zero_division=0)
+      tags, predictions, average="micro", zero_division=0
+  )
   return {
       "f1": float(f1),
       "precision": float(precision),
@@ -146,8 +154,10 @@ def _sentence_entities(tags: list[str]) -> set[tuple[str, int, int]] | None:
   do, a resample's entities are not the sum of its sentences' entities.
   """
   at_start = set(sequence_labeling.get_entities(tags))
-  after_o = {(kind, start - 1, end - 1)
-             for kind, start, end in sequence_labeling.get_entities(["O", *tags])}
+  after_o = {
+      (kind, start - 1, end - 1)
+      for kind, start, end in sequence_labeling.get_entities(["O", *tags])
+  }
   return at_start if at_start == after_o else None
 
 
@@ -176,14 +186,17 @@ def _entity_metric(name: str) -> Callable[[np.ndarray], np.ndarray]:
   return lambda counts: entity_scores(counts)[name]
 
 
-def tagging_statistics(tags: Sequence[Sequence[str]], predictions: Sequence[Sequence[str]]
-                       ) -> dict[str, SufficientStatistics]:
+def tagging_statistics(
+    tags: Sequence[Sequence[str]], predictions: Sequence[Sequence[str]]
+) -> dict[str, SufficientStatistics]:
   """`tagging`'s metrics as sums of per-sentence counts: token accuracy always, entity
   F1/precision/recall unless seqeval's entities depend on the sentence order (see
   `_sentence_entities`), in which case only re-scoring gives seqeval's numbers."""
   _check_tagging(tags, predictions)
-  tokens = [(sum(t == p for t, p in zip(gold, predicted)), len(gold))
-            for gold, predicted in zip(tags, predictions)]
+  tokens = [
+      (sum(t == p for t, p in zip(gold, predicted)), len(gold))
+      for gold, predicted in zip(tags, predictions)
+  ]
   result = {"accuracy": (np.asarray(tokens, np.int64), _token_accuracy)}
   entities = []
   for gold, predicted in zip(tags, predictions):
@@ -217,15 +230,17 @@ def _token_f1(prediction: str, gold: str) -> float:
   return 2 * precision * recall / (precision + recall)
 
 
-def squad_per_example(predictions: Sequence[str],
-                      answers: Sequence[Sequence[str]]) -> dict[str, np.ndarray]:
+def squad_per_example(
+    predictions: Sequence[str], answers: Sequence[Sequence[str]]
+) -> dict[str, np.ndarray]:
   """Each example's exact match and token F1 in percent against its best gold answer."""
   _check("squad", predictions, "predictions", answers, "answer lists")
   exact, f1 = [], []
   for i, (prediction, golds) in enumerate(zip(predictions, answers)):
     if isinstance(golds, str) or len(golds) == 0:
-      raise ValueError(f"squad: answers[{i}] must be a non-empty list of gold answers, "
-                       f"got {golds!r}")
+      raise ValueError(
+          f"squad: answers[{i}] must be a non-empty list of gold answers, " f"got {golds!r}"
+      )
     exact.append(max(float(_normalize_answer(prediction) == _normalize_answer(g)) for g in golds))
     f1.append(max(_token_f1(prediction, g) for g in golds))
   return {"exact_match": 100.0 * np.asarray(exact), "f1": 100.0 * np.asarray(f1)}
@@ -237,8 +252,9 @@ def squad(predictions: Sequence[str], answers: Sequence[Sequence[str]]) -> dict[
 
 
 # sacrebleu.corpus_bleu's defaults, spelled out: 13a tokenization, exponential smoothing, cased.
-_BLEU = sacrebleu.BLEU(tokenize="13a", smooth_method="exp", lowercase=False, force=False,
-                       effective_order=False)
+_BLEU = sacrebleu.BLEU(
+    tokenize="13a", smooth_method="exp", lowercase=False, force=False, effective_order=False
+)
 
 
 def _bleu_from_counts(counts: np.ndarray) -> np.ndarray:
@@ -250,8 +266,9 @@ def _bleu_from_counts(counts: np.ndarray) -> np.ndarray:
   return np.asarray(scores, np.float64).reshape(counts.shape[:-1])
 
 
-def bleu_statistics(predictions: Sequence[str], references: Sequence[str]
-                    ) -> dict[str, SufficientStatistics]:
+def bleu_statistics(
+    predictions: Sequence[str], references: Sequence[str]
+) -> dict[str, SufficientStatistics]:
   """Each sentence's BLEU counts (sacrebleu's `_extract_corpus_statistics`: hypothesis and
   reference length, then matched and total n-grams for n = 1..4); corpus BLEU is a function of
   their sum, which is how sacrebleu's own significance tests resample without re-tokenizing."""
@@ -269,14 +286,17 @@ def bleu(predictions: Sequence[str], references: Sequence[str]) -> dict[str, flo
   return {"bleu": float(to_bleu(np.sum(counts, axis=0)))}
 
 
-def rouge_per_example(predictions: Sequence[str],
-                      references: Sequence[str]) -> dict[str, np.ndarray]:
+def rouge_per_example(
+    predictions: Sequence[str], references: Sequence[str]
+) -> dict[str, np.ndarray]:
   """Each example's ROUGE-1/2/L F-measure × 100, Porter-stemmed (as in most papers)."""
   _check("rouge", predictions, "predictions", references, "references")
   keys = ("rouge1", "rouge2", "rougeL")
   scorer = rouge_scorer.RougeScorer(list(keys), use_stemmer=True)
-  scores = [scorer.score(target=reference, prediction=prediction)
-            for prediction, reference in zip(predictions, references)]
+  scores = [
+      scorer.score(target=reference, prediction=prediction)
+      for prediction, reference in zip(predictions, references)
+  ]
   return {k: 100.0 * np.asarray([s[k].fmeasure for s in scores]) for k in keys}
 
 
@@ -296,7 +316,8 @@ def glue_average(results: Mapping[str, Mapping[str, float]]) -> float:
       raise ValueError(f"glue_average: {name!r} is not a GLUE task; known: {sorted(GLUE_METRICS)}")
     missing = [m for m in GLUE_METRICS[task] if m not in metrics]
     if missing:
-      raise ValueError(f"glue_average: task {name!r} lacks metrics {missing} "
-                       f"(has {sorted(metrics)})")
+      raise ValueError(
+          f"glue_average: task {name!r} lacks metrics {missing} " f"(has {sorted(metrics)})"
+      )
     scores.append(sum(float(metrics[m]) for m in GLUE_METRICS[task]) / len(GLUE_METRICS[task]))
   return sum(scores) / len(scores)

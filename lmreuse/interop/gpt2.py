@@ -18,42 +18,72 @@ class GPT2(Family):
     expect(hf, "scale_attn_weights", (True,), True)
     d = hf["n_embd"]
     return dict(
-        architecture="decoder", vocab_size=hf["vocab_size"], d_model=d, num_heads=hf["n_head"],
-        d_ff=hf.get("n_inner") or 4 * d, num_layers=hf["n_layer"], max_len=hf["n_positions"],
-        dropout_rate=hf.get("resid_pdrop", 0.1), position="learned", norm="layernorm",
-        norm_placement="pre", norm_eps=hf.get("layer_norm_epsilon", 1e-5),
-        activation=activation(hf.get("activation_function", "gelu_new"),
-                               "activation_function"),
-        use_bias=True, num_token_types=0, tie_embeddings=True, scale_attention=True,
-        init_std=hf.get("initializer_range", 0.02))
+        architecture="decoder",
+        vocab_size=hf["vocab_size"],
+        d_model=d,
+        num_heads=hf["n_head"],
+        d_ff=hf.get("n_inner") or 4 * d,
+        num_layers=hf["n_layer"],
+        max_len=hf["n_positions"],
+        dropout_rate=hf.get("resid_pdrop", 0.1),
+        position="learned",
+        norm="layernorm",
+        norm_placement="pre",
+        norm_eps=hf.get("layer_norm_epsilon", 1e-5),
+        activation=activation(hf.get("activation_function", "gelu_new"), "activation_function"),
+        use_bias=True,
+        num_token_types=0,
+        tie_embeddings=True,
+        scale_attention=True,
+        init_std=hf.get("initializer_range", 0.02),
+    )
 
   def requirements(self):
-    return dict(architecture="decoder", position="learned", norm="layernorm",
-                norm_placement="pre", use_bias=True, tie_embeddings=True, scale_attention=True,
-                num_token_types=0)
+    return dict(
+        architecture="decoder",
+        position="learned",
+        norm="layernorm",
+        norm_placement="pre",
+        use_bias=True,
+        tie_embeddings=True,
+        scale_attention=True,
+        num_token_types=0,
+    )
 
   def hf_config(self, cfg, groups):
     return dict(
-        architectures=["GPT2LMHeadModel"], model_type="gpt2", vocab_size=cfg.vocab_size,
-        n_embd=cfg.d_model, n_head=cfg.num_heads, n_inner=cfg.d_ff, n_layer=cfg.num_layers,
-        n_positions=cfg.max_len, resid_pdrop=cfg.dropout_rate, embd_pdrop=cfg.dropout_rate,
-        attn_pdrop=0.0, layer_norm_epsilon=cfg.norm_eps,
+        architectures=["GPT2LMHeadModel"],
+        model_type="gpt2",
+        vocab_size=cfg.vocab_size,
+        n_embd=cfg.d_model,
+        n_head=cfg.num_heads,
+        n_inner=cfg.d_ff,
+        n_layer=cfg.num_layers,
+        n_positions=cfg.max_len,
+        resid_pdrop=cfg.dropout_rate,
+        embd_pdrop=cfg.dropout_rate,
+        attn_pdrop=0.0,
+        layer_norm_epsilon=cfg.norm_eps,
         activation_function=self.exported_activations[cfg.activation],
         initializer_range=cfg.init_std,
-        tie_word_embeddings=True)
+        tie_word_embeddings=True,
+    )
 
   def rules(self, cfg):
     d, n, h, s = cfg.d_model, cfg.num_heads, cfg.dim_per_head, "backbone/stack"
-    rules = [same("wte.weight", f"{s}/token_embed/embedding"),
-             same("wpe.weight", f"{s}/position_embed/embedding"), *norm("ln_f", f"{s}/norm")]
+    rules = [
+        same("wte.weight", f"{s}/token_embed/embedding"),
+        same("wpe.weight", f"{s}/position_embed/embedding"),
+        *norm("ln_f", f"{s}/norm"),
+    ]
     for i in range(cfg.num_layers):
       hf, ours = f"h.{i}", f"{s}/layers_{i}"
       rules += [
           *norm(f"{hf}.ln_1", f"{ours}/self_attention_norm"),
           *fused_qkv(f"{hf}.attn.c_attn", f"{ours}/self_attention", d, n, h),
-          *linear(f"{hf}.attn.c_proj", f"{ours}/self_attention/out", (n, h), (d,),
-                  conv1d=True),
+          *linear(f"{hf}.attn.c_proj", f"{ours}/self_attention/out", (n, h), (d,), conv1d=True),
           *norm(f"{hf}.ln_2", f"{ours}/mlp_norm"),
           *linear(f"{hf}.mlp.c_fc", f"{ours}/mlp/wi", (d,), (cfg.d_ff,), conv1d=True),
-          *linear(f"{hf}.mlp.c_proj", f"{ours}/mlp/wo", (cfg.d_ff,), (d,), conv1d=True)]
+          *linear(f"{hf}.mlp.c_proj", f"{ours}/mlp/wo", (cfg.d_ff,), (d,), conv1d=True),
+      ]
     return rules

@@ -37,20 +37,33 @@ from lmreuse.models.config import TransformerConfig
 from lmreuse.tasks import encoding
 from lmreuse.train import restore
 
-FAMILIES: dict[str, Family] = {f.model_type: f for f in (
-    bert.Bert(),
-    gpt2.GPT2(),
-    t5.T5(),
-)}
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
-                   "vocab.txt", "vocab.json", "merges.txt", "spiece.model", "added_tokens.json")
+FAMILIES: dict[str, Family] = {
+    f.model_type: f
+    for f in (
+        bert.Bert(),
+        gpt2.GPT2(),
+        t5.T5(),
+    )
+}
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "vocab.txt",
+    "vocab.json",
+    "merges.txt",
+    "spiece.model",
+    "added_tokens.json",
+)
 
 
 def family_of(hf_config: dict, where: str) -> Family:
   model_type = hf_config.get("model_type", "")
   if model_type not in FAMILIES:
-    raise ValueError(f"{where}: model_type={model_type!r} is not supported; lmreuse converts "
-                     f"{sorted(FAMILIES)} (BERT-family encoders such as MiniLM use 'bert')")
+    raise ValueError(
+        f"{where}: model_type={model_type!r} is not supported; lmreuse converts "
+        f"{sorted(FAMILIES)} (BERT-family encoders such as MiniLM use 'bert')"
+    )
   return FAMILIES[model_type]
 
 
@@ -73,13 +86,17 @@ def read_tensors(hf_dir: str) -> dict[str, np.ndarray]:
     try:
       import torch  # pylint: disable=import-outside-toplevel
     except ImportError as e:
-      raise ImportError(f"{binary}: reading PyTorch .bin checkpoints needs torch; install it or "
-                        "convert the checkpoint to safetensors") from e
+      raise ImportError(
+          f"{binary}: reading PyTorch .bin checkpoints needs torch; install it or "
+          "convert the checkpoint to safetensors"
+      ) from e
     state = torch.load(binary, map_location="cpu", weights_only=True)
-    return {k: v.float().numpy() if v.dtype == torch.bfloat16 else v.numpy()
-            for k, v in state.items()}
-  raise FileNotFoundError(f"{hf_dir}: no model.safetensors, model.safetensors.index.json or "
-                          "pytorch_model.bin")
+    return {
+        k: v.float().numpy() if v.dtype == torch.bfloat16 else v.numpy() for k, v in state.items()
+    }
+  raise FileNotFoundError(
+      f"{hf_dir}: no model.safetensors, model.safetensors.index.json or " "pytorch_model.bin"
+  )
 
 
 def _read_config(hf_dir: str) -> dict:
@@ -95,14 +112,15 @@ def _strip_prefixes(tensors: dict[str, np.ndarray], family: Family) -> dict[str,
   for name, value in tensors.items():
     for prefix in family.prefixes:
       if name.startswith(prefix):
-        name = name[len(prefix):]
+        name = name[len(prefix) :]
         break
     out[name] = value
   return out
 
 
-def params_from_hf(tensors: dict[str, np.ndarray], family: Family, cfg: TransformerConfig,
-                   where: str) -> dict:
+def params_from_hf(
+    tensors: dict[str, np.ndarray], family: Family, cfg: TransformerConfig, where: str
+) -> dict:
   """The nested float32 param tree; raises listing every missing or unknown tensor name before
   converting any, and every tensor whose shape does not fit the config."""
   tensors = _strip_prefixes(tensors, family)
@@ -111,14 +129,17 @@ def params_from_hf(tensors: dict[str, np.ndarray], family: Family, cfg: Transfor
   ignored = re.compile("|".join(f"(?:{p})" for p in family.ignored(cfg)))
   unknown = sorted(n for n in tensors if n not in known and not ignored.fullmatch(n))
   groups = {r.group for r in rules if r.group and any(n in tensors for n in r.hf)}
-  missing = sorted(n for r in rules if not r.group or r.group in groups
-                   for n in r.hf if n not in tensors)
+  missing = sorted(
+      n for r in rules if not r.group or r.group in groups for n in r.hf if n not in tensors
+  )
   problems = []
   if missing:
     problems.append(f"missing weights ({len(missing)}): {missing}")
   if unknown:
-    problems.append(f"unknown weights ({len(unknown)}), not part of a {family.model_type} model "
-                    f"lmreuse can express: {unknown}")
+    problems.append(
+        f"unknown weights ({len(unknown)}), not part of a {family.model_type} model "
+        f"lmreuse can express: {unknown}"
+    )
   if problems:
     raise ValueError(f"{where}: " + "; ".join(problems))
   flat, bad = {}, []
@@ -134,8 +155,10 @@ def params_from_hf(tensors: dict[str, np.ndarray], family: Family, cfg: Transfor
     for path, value in zip(rule.ours, converted):
       want = expected.get(path)
       if value is None or (want is not None and value.shape != want):
-        bad.append(f"{'+'.join(rule.hf)} {[v.shape for v in values]} -> {path} needs "
-                   f"{want or 'another shape'}")
+        bad.append(
+            f"{'+'.join(rule.hf)} {[v.shape for v in values]} -> {path} needs "
+            f"{want or 'another shape'}"
+        )
       else:
         flat[path] = np.asarray(value, np.float32)
   if bad:
@@ -148,19 +171,23 @@ def backbone_shapes(cfg: TransformerConfig) -> dict[str, tuple[int, ...]]:
   ids = jax.ShapeDtypeStruct((1, 8), np.int32)
   args = (ids, ids) if cfg.architecture == "encoder_decoder" else (ids,)
   tree = jax.eval_shape(encoding.make_backbone(cfg).init, jax.random.PRNGKey(0), *args)
-  return {f"backbone/{k}": v.shape for k, v in traverse_util.flatten_dict(
-      nn.meta.unbox(tree["params"]), sep="/").items()}
+  return {
+      f"backbone/{k}": v.shape
+      for k, v in traverse_util.flatten_dict(nn.meta.unbox(tree["params"]), sep="/").items()
+  }
 
 
-def params_to_hf(params: dict, family: Family, cfg: TransformerConfig
-                 ) -> tuple[dict[str, np.ndarray], set[str]]:
+def params_to_hf(
+    params: dict, family: Family, cfg: TransformerConfig
+) -> tuple[dict[str, np.ndarray], set[str]]:
   """HF tensors of the parameters the family's table covers; heads it has no HF form for
   (task classifiers) are left out. Returns the tensors and the optional groups written."""
   flat = {k: np.asarray(v) for k, v in traverse_util.flatten_dict(params, sep="/").items()}
   rules = family.rules(cfg)
   groups = {r.group for r in rules if r.group and all(p in flat for p in r.ours)}
-  missing = sorted(p for r in rules if not r.group or r.group in groups
-                   for p in r.ours if p not in flat)
+  missing = sorted(
+      p for r in rules if not r.group or r.group in groups for p in r.ours if p not in flat
+  )
   if missing:
     raise ValueError(f"parameters missing for a {family.model_type} export: {missing}")
   tensors = {}
@@ -210,8 +237,10 @@ def _copy_tokenizer(src: str, dst: str) -> None:
 
 def _check_new_dir(path: str) -> None:
   if os.path.exists(path) and os.listdir(path):
-    raise FileExistsError(f"{path} exists and is not empty; choose a new directory (nothing "
-                          "already written is overwritten)")
+    raise FileExistsError(
+        f"{path} exists and is not empty; choose a new directory (nothing "
+        "already written is overwritten)"
+    )
 
 
 def import_to_workdir(hf_dir: str, workdir: str) -> str:
@@ -225,14 +254,24 @@ def import_to_workdir(hf_dir: str, workdir: str) -> str:
   checkpointer.save(state_dir, {"params": imported.params})
   checkpointer.wait_until_finished()
   checkpointer.close()
-  workdir_lib.write_json(os.path.join(workdir, workdir_lib.CONFIG), {
-      "model": imported.model, "tokenizer": {"path": ""},
-      "hf_source": {"path": os.path.abspath(hf_dir), "model_type": imported.family}})
+  workdir_lib.write_json(
+      os.path.join(workdir, workdir_lib.CONFIG),
+      {
+          "model": imported.model,
+          "tokenizer": {"path": ""},
+          "hf_source": {"path": os.path.abspath(hf_dir), "model_type": imported.family},
+      },
+  )
   return workdir
 
 
-def export(params: dict, cfg: TransformerConfig, out_dir: str, tokenizer_dir: str | None = None,
-           token_ids: dict[str, int] | None = None) -> dict[str, np.ndarray]:
+def export(
+    params: dict,
+    cfg: TransformerConfig,
+    out_dir: str,
+    tokenizer_dir: str | None = None,
+    token_ids: dict[str, int] | None = None,
+) -> dict[str, np.ndarray]:
   """Writes config.json + model.safetensors (+ the tokenizer files) loadable by `transformers`.
 
   `token_ids` (pad_token_id, eos_token_id, ...) go into config.json, where generation reads them.
@@ -240,18 +279,22 @@ def export(params: dict, cfg: TransformerConfig, out_dir: str, tokenizer_dir: st
   Raises, naming the fields, when the config uses something the HF family cannot express
   (RoPE in a BERT, strategy modules that were not merged away, ...).
   """
-  family = next(f for f in FAMILIES.values()
-                if f.requirements()["architecture"] == cfg.architecture)
+  family = next(
+      f for f in FAMILIES.values() if f.requirements()["architecture"] == cfg.architecture
+  )
   problems = family.export_problems(cfg)
   if problems:
-    raise ValueError(f"cannot export a {cfg.architecture} model as HF {family.model_type}: "
-                     + "; ".join(problems))
+    raise ValueError(
+        f"cannot export a {cfg.architecture} model as HF {family.model_type}: "
+        + "; ".join(problems)
+    )
   tensors, groups = params_to_hf(params, family, cfg)
   _check_new_dir(out_dir)
   os.makedirs(out_dir, exist_ok=True)
   save_file(tensors, os.path.join(out_dir, "model.safetensors"), metadata={"format": "pt"})
-  workdir_lib.write_json(os.path.join(out_dir, "config.json"),
-                         {**family.hf_config(cfg, groups), **(token_ids or {})})
+  workdir_lib.write_json(
+      os.path.join(out_dir, "config.json"), {**family.hf_config(cfg, groups), **(token_ids or {})}
+  )
   if tokenizer_dir:
     _copy_tokenizer(tokenizer_dir, out_dir)
   return tensors
@@ -262,8 +305,11 @@ def export_workdir(workdir: str, out_dir: str) -> None:
   with open(os.path.join(workdir, workdir_lib.CONFIG)) as f:
     saved = json.load(f)
   params = restore.load_params(workdir)
-  embedding = next(v for k, v in traverse_util.flatten_dict(params, sep="/").items()
-                   if k.endswith("token_embed/embedding"))
+  embedding = next(
+      v
+      for k, v in traverse_util.flatten_dict(params, sep="/").items()
+      if k.endswith("token_embed/embedding")
+  )
   cfg = TransformerConfig(**{**saved["model"], "vocab_size": embedding.shape[0]})
   tok_path = workdir_lib.saved_tokenizer(workdir, saved)
   tok = tokenizer_lib.load_tokenizer(tok_path)
@@ -273,4 +319,3 @@ def export_workdir(workdir: str, out_dir: str) -> None:
   # An lmreuse SentencePiece tokenizer (a .model file) has no HF form: ids only.
   is_hf = hf_tokenizer.is_hf_tokenizer_dir(tok_path)
   export(params, cfg, out_dir, tok_path if is_hf else None, token_ids)
-

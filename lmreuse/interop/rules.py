@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import numpy as np
 
@@ -40,8 +41,16 @@ def same(hf: str, ours: str, group: str = "") -> Rule:
   return Rule((hf,), (ours,), list, list, group)
 
 
-def linear(hf: str, ours: str, in_shape: tuple[int, ...], out_shape: tuple[int, ...], *,
-           bias: bool = True, conv1d: bool = False, group: str = "") -> list[Rule]:
+def linear(
+    hf: str,
+    ours: str,
+    in_shape: tuple[int, ...],
+    out_shape: tuple[int, ...],
+    *,
+    bias: bool = True,
+    conv1d: bool = False,
+    group: str = "",
+) -> list[Rule]:
   """torch Linear ([out, in] weight) or GPT-2 Conv1D ([in, out]) <-> a kernel of shape
   in_shape + out_shape (attention kernels split heads out of the flat axis)."""
   fan_in, fan_out = math.prod(in_shape), math.prod(out_shape)
@@ -56,8 +65,15 @@ def linear(hf: str, ours: str, in_shape: tuple[int, ...], out_shape: tuple[int, 
 
   rules = [Rule((f"{hf}.weight",), (f"{ours}/kernel",), to_ours, to_hf, group)]
   if bias:
-    rules.append(Rule((f"{hf}.bias",), (f"{ours}/bias",), lambda b: [b[0].reshape(out_shape)],
-                      lambda b: [b[0].reshape(fan_out)], group))
+    rules.append(
+        Rule(
+            (f"{hf}.bias",),
+            (f"{ours}/bias",),
+            lambda b: [b[0].reshape(out_shape)],
+            lambda b: [b[0].reshape(fan_out)],
+            group,
+        )
+    )
   return rules
 
 
@@ -72,42 +88,57 @@ def fused_qkv(hf: str, ours: str, d: int, n: int, h: int) -> list[Rule]:
   """GPT-2's c_attn: one [D, 3·N·H] Conv1D <-> separate query/key/value kernels [D, N, H]."""
   names = tuple(f"{ours}/{p}" for p in ("query", "key", "value"))
   return [
-      Rule((f"{hf}.weight",), tuple(f"{p}/kernel" for p in names),
-           lambda w: [np.ascontiguousarray(x).reshape(d, n, h) for x in np.split(w[0], 3, 1)],
-           lambda ks: [np.concatenate([k.reshape(d, n * h) for k in ks], axis=1)]),
-      Rule((f"{hf}.bias",), tuple(f"{p}/bias" for p in names),
-           lambda b: [x.reshape(n, h) for x in np.split(b[0], 3)],
-           lambda bs: [np.concatenate([b.reshape(n * h) for b in bs])]),
+      Rule(
+          (f"{hf}.weight",),
+          tuple(f"{p}/kernel" for p in names),
+          lambda w: [np.ascontiguousarray(x).reshape(d, n, h) for x in np.split(w[0], 3, 1)],
+          lambda ks: [np.concatenate([k.reshape(d, n * h) for k in ks], axis=1)],
+      ),
+      Rule(
+          (f"{hf}.bias",),
+          tuple(f"{p}/bias" for p in names),
+          lambda b: [x.reshape(n, h) for x in np.split(b[0], 3)],
+          lambda bs: [np.concatenate([b.reshape(n * h) for b in bs])],
+      ),
   ]
 
 
-def attention(hf: str, ours: str, names: tuple[str, str, str, str], cfg: TransformerConfig,
-              bias: bool) -> list[Rule]:
+def attention(
+    hf: str, ours: str, names: tuple[str, str, str, str], cfg: TransformerConfig, bias: bool
+) -> list[Rule]:
   d, n, k, h = cfg.d_model, cfg.num_heads, cfg.kv_heads, cfg.dim_per_head
   q, key, v, o = names
-  return [*linear(f"{hf}.{q}", f"{ours}/query", (d,), (n, h), bias=bias),
-          *linear(f"{hf}.{key}", f"{ours}/key", (d,), (k, h), bias=bias),
-          *linear(f"{hf}.{v}", f"{ours}/value", (d,), (k, h), bias=bias),
-          *linear(f"{hf}.{o}", f"{ours}/out", (n, h), (d,), bias=bias)]
+  return [
+      *linear(f"{hf}.{q}", f"{ours}/query", (d,), (n, h), bias=bias),
+      *linear(f"{hf}.{key}", f"{ours}/key", (d,), (k, h), bias=bias),
+      *linear(f"{hf}.{v}", f"{ours}/value", (d,), (k, h), bias=bias),
+      *linear(f"{hf}.{o}", f"{ours}/out", (n, h), (d,), bias=bias),
+  ]
 
 
-HF_ACTIVATIONS = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh",
-                  "relu": "relu"}
+HF_ACTIVATIONS = {
+    "gelu": "gelu",
+    "gelu_new": "gelu_tanh",
+    "gelu_pytorch_tanh": "gelu_tanh",
+    "relu": "relu",
+}
 OUR_ACTIVATIONS = {"gelu": "gelu", "gelu_tanh": "gelu_new", "relu": "relu"}
 
 
 def activation(name: str, key: str) -> str:
   if name not in HF_ACTIVATIONS:
-    raise ValueError(f"HF config {key}={name!r} is not supported; supported: "
-                     f"{sorted(HF_ACTIVATIONS)}")
+    raise ValueError(
+        f"HF config {key}={name!r} is not supported; supported: " f"{sorted(HF_ACTIVATIONS)}"
+    )
   return HF_ACTIVATIONS[name]
 
 
 def expect(hf: dict, key: str, allowed: Iterable[Any], default: Any) -> None:
   value = hf.get(key, default)
   if value not in tuple(allowed):
-    raise ValueError(f"HF config {key}={value!r} is not supported (lmreuse supports "
-                     f"{tuple(allowed)})")
+    raise ValueError(
+        f"HF config {key}={value!r} is not supported (lmreuse supports " f"{tuple(allowed)})"
+    )
 
 
 class Family:
@@ -142,16 +173,26 @@ class Family:
 
   def export_problems(self, cfg: TransformerConfig) -> list[str]:
     """What in `cfg` this family's HF form cannot express, one line per field."""
-    problems = [f"{k}={getattr(cfg, k)!r} (HF {self.model_type} needs {v!r})"
-                for k, v in self.requirements().items() if getattr(cfg, k) != v]
-    problems += [f"{k}={getattr(cfg, k)!r} (strategy modules have no HF form; merge LoRA first)"
-                 for k in PEFT_FIELDS if getattr(cfg, k)]
+    problems = [
+        f"{k}={getattr(cfg, k)!r} (HF {self.model_type} needs {v!r})"
+        for k, v in self.requirements().items()
+        if getattr(cfg, k) != v
+    ]
+    problems += [
+        f"{k}={getattr(cfg, k)!r} (strategy modules have no HF form; merge LoRA first)"
+        for k in PEFT_FIELDS
+        if getattr(cfg, k)
+    ]
     if cfg.kv_heads != cfg.num_heads:
-      problems.append(f"num_kv_heads={cfg.num_kv_heads} (HF {self.model_type} has no "
-                      "grouped-query attention)")
+      problems.append(
+          f"num_kv_heads={cfg.num_kv_heads} (HF {self.model_type} has no "
+          "grouped-query attention)"
+      )
     if cfg.activation not in self.exported_activations:
-      problems.append(f"activation={cfg.activation!r} (HF {self.model_type} has "
-                      f"{sorted(self.exported_activations)})")
+      problems.append(
+          f"activation={cfg.activation!r} (HF {self.model_type} has "
+          f"{sorted(self.exported_activations)})"
+      )
     if not self.free_head_dim and cfg.dim_per_head * cfg.num_heads != cfg.d_model:
       problems.append(f"head_dim={cfg.head_dim} (HF {self.model_type} needs d_model / num_heads)")
     return problems

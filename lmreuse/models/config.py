@@ -110,10 +110,13 @@ class TransformerConfig:
     if not self.head_dim and self.d_model % self.num_heads:
       raise ValueError(
           f"{prefix}.d_model={self.d_model} is not divisible by {prefix}.num_heads="
-          f"{self.num_heads}; change one of them or set {prefix}.head_dim")
+          f"{self.num_heads}; change one of them or set {prefix}.head_dim"
+      )
     if self.num_heads % self.kv_heads:
-      raise ValueError(f"{prefix}.num_heads={self.num_heads} is not divisible by "
-                       f"{prefix}.num_kv_heads={self.kv_heads}")
+      raise ValueError(
+          f"{prefix}.num_heads={self.num_heads} is not divisible by "
+          f"{prefix}.num_kv_heads={self.kv_heads}"
+      )
     if not 0.0 <= self.dropout_rate < 1.0:
       raise ValueError(f"{prefix}.dropout_rate={self.dropout_rate} must be in [0, 1)")
     if self.position == "rope" and self.dim_per_head % 2:

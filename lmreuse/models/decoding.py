@@ -10,7 +10,8 @@ Functions are pure and jittable with the config and the keyword ints static.
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -25,10 +26,18 @@ NEG_INF = -1.0e7  # minus infinity that stays finite under the sums of the searc
 StepFn = Callable[[Array, Array, Any], tuple[Array, Any]]
 
 
-def generate_encoder_decoder(cfg: TransformerConfig, params: Any, enc_ids_BxS: Array,
-                             enc_segment_ids_BxS: Array, *, max_len: int, beam_size: int = 1,
-                             eos_id: int = 5, start_id: int = 0,
-                             length_penalty: float = 0.6) -> Array:
+def generate_encoder_decoder(
+    cfg: TransformerConfig,
+    params: Any,
+    enc_ids_BxS: Array,
+    enc_segment_ids_BxS: Array,
+    *,
+    max_len: int,
+    beam_size: int = 1,
+    eos_id: int = 5,
+    start_id: int = 0,
+    length_penalty: float = 0.6,
+) -> Array:
   """[B, max_len] int32 outputs of an `EncoderDecoder(cfg)`: EOS included, pad after it.
 
   The decoder starts from `start_id` at position 0, as in teacher-forced training.
@@ -39,33 +48,57 @@ def generate_encoder_decoder(cfg: TransformerConfig, params: Any, enc_ids_BxS: A
   model = EncoderDecoder(cfg, decode=True)
   b = enc_ids_BxS.shape[0]
   n = b * beam_size
-  encoded_BxSxD = model.apply({"params": params}, enc_ids_BxS,
-                              segment_ids_BxS=enc_segment_ids_BxS, method="encode")
+  encoded_BxSxD = model.apply(
+      {"params": params}, enc_ids_BxS, segment_ids_BxS=enc_segment_ids_BxS, method="encode"
+  )
   encoded_NxSxD = jnp.repeat(encoded_BxSxD, beam_size, axis=0)
   enc_segment_ids_NxS = jnp.repeat(enc_segment_ids_BxS, beam_size, axis=0)
 
   def decode(variables, ids_NxT, positions_NxT):
-    return model.apply(variables, encoded_NxSxD, enc_segment_ids_NxS, ids_NxT,
-                       dec_segment_ids_BxT=jnp.ones_like(ids_NxT), dec_positions_BxT=positions_NxT,
-                       method="decode_logits", mutable=["cache"])
+    return model.apply(
+        variables,
+        encoded_NxSxD,
+        enc_segment_ids_NxS,
+        ids_NxT,
+        dec_segment_ids_BxT=jnp.ones_like(ids_NxT),
+        dec_positions_BxT=positions_NxT,
+        method="decode_logits",
+        mutable=["cache"],
+    )
 
   # One slot per fed token: the start token and every output but the last.
   dummy_NxL = jnp.zeros((n, max_len), jnp.int32)
   cache = decode({"params": params}, dummy_NxL, dummy_NxL)[1]["cache"]
 
   def step(ids_Nx1, index, cache):
-    logits_Nx1xV, mutated = decode({"params": params, "cache": cache}, ids_Nx1,
-                                   jnp.full((n, 1), index, jnp.int32))
+    logits_Nx1xV, mutated = decode(
+        {"params": params, "cache": cache}, ids_Nx1, jnp.full((n, 1), index, jnp.int32)
+    )
     return logits_Nx1xV[:, 0], mutated["cache"]
 
   first_ids_B = jnp.full((b,), start_id, jnp.int32)
-  return _search(step, first_ids_B, cache, length=max_len, beam_size=beam_size, eos_id=eos_id,
-                 length_penalty=length_penalty)
+  return _search(
+      step,
+      first_ids_B,
+      cache,
+      length=max_len,
+      beam_size=beam_size,
+      eos_id=eos_id,
+      length_penalty=length_penalty,
+  )
 
 
-def generate_decoder(cfg: TransformerConfig, params: Any, prompt_ids_BxP: Array,
-                     prompt_segment_ids_BxP: Array, *, max_new_tokens: int, beam_size: int = 1,
-                     eos_id: int = 5, length_penalty: float = 0.6) -> Array:
+def generate_decoder(
+    cfg: TransformerConfig,
+    params: Any,
+    prompt_ids_BxP: Array,
+    prompt_segment_ids_BxP: Array,
+    *,
+    max_new_tokens: int,
+    beam_size: int = 1,
+    eos_id: int = 5,
+    length_penalty: float = 0.6,
+) -> Array:
   """[B, max_new_tokens] int32 continuations of LEFT-padded prompts (segment id 0 on pads).
 
   Positions count from each prompt's first real token, so a padded prompt continues exactly as
@@ -75,8 +108,9 @@ def generate_decoder(cfg: TransformerConfig, params: Any, prompt_ids_BxP: Array,
   _check_lengths(max_new_tokens, beam_size)
   b, p = prompt_ids_BxP.shape
   if p + max_new_tokens > cfg.max_len:
-    raise ValueError(f"prompt length {p} + max_new_tokens={max_new_tokens} exceeds "
-                     f"cfg.max_len={cfg.max_len}")
+    raise ValueError(
+        f"prompt length {p} + max_new_tokens={max_new_tokens} exceeds " f"cfg.max_len={cfg.max_len}"
+    )
   model = Decoder(cfg, decode=True)
   num_pads_B = p - jnp.sum(prompt_segment_ids_BxP > 0, axis=1)
   positions_BxP = jnp.maximum(jnp.arange(p)[None, :] - num_pads_B[:, None], 0).astype(jnp.int32)
@@ -84,20 +118,32 @@ def generate_decoder(cfg: TransformerConfig, params: Any, prompt_ids_BxP: Array,
   dummy_BxL = jnp.zeros((b, p - 1 + max_new_tokens), jnp.int32)
   cache = model.apply({"params": params}, dummy_BxL, mutable=["cache"])[1]["cache"]
   if p > 1:
-    cache = model.apply({"params": params, "cache": cache}, prompt_ids_BxP[:, :-1],
-                        segment_ids_BxL=prompt_segment_ids_BxP[:, :-1],
-                        positions_BxL=positions_BxP[:, :-1], mutable=["cache"])[1]["cache"]
+    cache = model.apply(
+        {"params": params, "cache": cache},
+        prompt_ids_BxP[:, :-1],
+        segment_ids_BxL=prompt_segment_ids_BxP[:, :-1],
+        positions_BxL=positions_BxP[:, :-1],
+        mutable=["cache"],
+    )[1]["cache"]
   cache = jax.tree.map(lambda x: x if x.ndim == 0 else jnp.repeat(x, beam_size, axis=0), cache)
   first_position_N = jnp.repeat(positions_BxP[:, -1], beam_size)
 
   def step(ids_Nx1, index, cache):
     positions_Nx1 = (first_position_N + index)[:, None]
-    (logits_Nx1xV, _), mutated = model.apply({"params": params, "cache": cache}, ids_Nx1,
-                                             positions_BxL=positions_Nx1, mutable=["cache"])
+    (logits_Nx1xV, _), mutated = model.apply(
+        {"params": params, "cache": cache}, ids_Nx1, positions_BxL=positions_Nx1, mutable=["cache"]
+    )
     return logits_Nx1xV[:, 0], mutated["cache"]
 
-  return _search(step, prompt_ids_BxP[:, -1].astype(jnp.int32), cache, length=max_new_tokens,
-                 beam_size=beam_size, eos_id=eos_id, length_penalty=length_penalty)
+  return _search(
+      step,
+      prompt_ids_BxP[:, -1].astype(jnp.int32),
+      cache,
+      length=max_new_tokens,
+      beam_size=beam_size,
+      eos_id=eos_id,
+      length_penalty=length_penalty,
+  )
 
 
 def _check_lengths(length: int, beam_size: int) -> None:
@@ -107,17 +153,33 @@ def _check_lengths(length: int, beam_size: int) -> None:
     raise ValueError(f"beam_size must be positive, got {beam_size}")
 
 
-def _search(step: StepFn, first_ids_B: Array, cache: Any, *, length: int, beam_size: int,
-            eos_id: int, length_penalty: float) -> Array:
+def _search(
+    step: StepFn,
+    first_ids_B: Array,
+    cache: Any,
+    *,
+    length: int,
+    beam_size: int,
+    eos_id: int,
+    length_penalty: float,
+) -> Array:
   """beam_size=1 is greedy search: a one-beam search would also keep earlier EOS candidates."""
   if beam_size == 1:
     return greedy_search(step, first_ids_B, cache, length=length, eos_id=eos_id)
-  return beam_search(step, first_ids_B, cache, length=length, beam_size=beam_size, eos_id=eos_id,
-                     alpha=length_penalty)
+  return beam_search(
+      step,
+      first_ids_B,
+      cache,
+      length=length,
+      beam_size=beam_size,
+      eos_id=eos_id,
+      alpha=length_penalty,
+  )
 
 
-def greedy_search(step: StepFn, first_ids_B: Array, cache: Any, *, length: int,
-                  eos_id: int) -> Array:
+def greedy_search(
+    step: StepFn, first_ids_B: Array, cache: Any, *, length: int, eos_id: int
+) -> Array:
   """[B, length] argmax tokens after `first_ids_B`, pad after EOS."""
   b = first_ids_B.shape[0]
   seqs_BxL1 = jnp.zeros((b, length + 1), jnp.int32).at[:, 0].set(first_ids_B)
@@ -150,8 +212,16 @@ class BeamState(NamedTuple):
   cache: Any  # rows are the [B*K] flattened beams
 
 
-def beam_search(step: StepFn, first_ids_B: Array, cache: Any, *, length: int, beam_size: int,
-                eos_id: int, alpha: float) -> Array:
+def beam_search(
+    step: StepFn,
+    first_ids_B: Array,
+    cache: Any,
+    *,
+    length: int,
+    beam_size: int,
+    eos_id: int,
+    alpha: float,
+) -> Array:
   """[B, length] best finished hypothesis, pad after EOS; `cache` rows are [B*K] beams.
 
   Hypotheses that reach `length` without EOS count as finished there (truncated), so the search
@@ -168,48 +238,61 @@ def beam_search(step: StepFn, first_ids_B: Array, cache: Any, *, length: int, be
   def cond(s: BeamState):
     # Log-probs only fall, so a live beam can at best keep its score at the longest length.
     best_live_B = s.live_logprobs_BxK[:, 0] / penalty(length)
-    settled_B = (jnp.all(s.finished_flags_BxK, axis=1)
-                 & (jnp.min(s.finished_scores_BxK, axis=1) > best_live_B))
+    settled_B = jnp.all(s.finished_flags_BxK, axis=1) & (
+        jnp.min(s.finished_scores_BxK, axis=1) > best_live_B
+    )
     return (s.index < length) & ~jnp.all(settled_B)
 
   def body(s: BeamState):
     ids_Nx1 = jax.lax.dynamic_slice_in_dim(s.live_seqs_BxKxL1, s.index, 1, axis=2)
     logits_NxV, cache = step(ids_Nx1.reshape(b * k, 1), s.index, s.cache)
-    log_probs_BxKxV = (jax.nn.log_softmax(logits_NxV.astype(jnp.float32)).reshape(b, k, -1)
-                       + s.live_logprobs_BxK[:, :, None])
+    log_probs_BxKxV = (
+        jax.nn.log_softmax(logits_NxV.astype(jnp.float32)).reshape(b, k, -1)
+        + s.live_logprobs_BxK[:, :, None]
+    )
     v = log_probs_BxKxV.shape[-1]
     # 2K candidates: even if K of them end here, K others carry on.
     cand_logprobs_Bx2K, flat_Bx2K = jax.lax.top_k(log_probs_BxKxV.reshape(b, k * v), 2 * k)
     parents_Bx2K = flat_Bx2K // v
     tokens_Bx2K = (flat_Bx2K % v).astype(jnp.int32)
     cand_seqs_Bx2KxL1 = jax.lax.dynamic_update_slice_in_dim(
-        take(s.live_seqs_BxKxL1, parents_Bx2K), tokens_Bx2K[:, :, None], s.index + 1, axis=2)
+        take(s.live_seqs_BxKxL1, parents_Bx2K), tokens_Bx2K[:, :, None], s.index + 1, axis=2
+    )
     ends_Bx2K = (tokens_Bx2K == eos_id) | (s.index + 1 == length)
 
     live_logprobs_BxK, keep_BxK = jax.lax.top_k(
-        jnp.where(ends_Bx2K, NEG_INF, cand_logprobs_Bx2K), k)
+        jnp.where(ends_Bx2K, NEG_INF, cand_logprobs_Bx2K), k
+    )
     rows_N = (jnp.arange(b)[:, None] * k + take(parents_Bx2K, keep_BxK)).reshape(-1)
 
     cand_scores_Bx2K = jnp.where(ends_Bx2K, cand_logprobs_Bx2K / penalty(s.index + 1), NEG_INF)
     finished_scores_BxK, best_BxK = jax.lax.top_k(
-        jnp.concatenate([s.finished_scores_BxK, cand_scores_Bx2K], axis=1), k)
+        jnp.concatenate([s.finished_scores_BxK, cand_scores_Bx2K], axis=1), k
+    )
     return BeamState(
         index=s.index + 1,
         live_logprobs_BxK=live_logprobs_BxK,
         live_seqs_BxKxL1=take(cand_seqs_Bx2KxL1, keep_BxK),
         finished_scores_BxK=finished_scores_BxK,
         finished_seqs_BxKxL1=take(
-            jnp.concatenate([s.finished_seqs_BxKxL1, cand_seqs_Bx2KxL1], axis=1), best_BxK),
+            jnp.concatenate([s.finished_seqs_BxKxL1, cand_seqs_Bx2KxL1], axis=1), best_BxK
+        ),
         finished_flags_BxK=take(
-            jnp.concatenate([s.finished_flags_BxK, ends_Bx2K], axis=1), best_BxK),
-        cache=jax.tree.map(lambda x: x if x.ndim == 0 else x[rows_N], cache))
+            jnp.concatenate([s.finished_flags_BxK, ends_Bx2K], axis=1), best_BxK
+        ),
+        cache=jax.tree.map(lambda x: x if x.ndim == 0 else x[rows_N], cache),
+    )
 
   seqs_BxKxL1 = jnp.zeros((b, k, length + 1), jnp.int32).at[:, :, 0].set(first_ids_B[:, None])
   # Identical beams at the start: only the first may expand, or it would fill the beam K times.
   live_logprobs_BxK = jnp.tile(jnp.array([0.0] + [NEG_INF] * (k - 1), jnp.float32), (b, 1))
-  init = BeamState(index=jnp.array(0, jnp.int32), live_logprobs_BxK=live_logprobs_BxK,
-                   live_seqs_BxKxL1=seqs_BxKxL1,
-                   finished_scores_BxK=jnp.full((b, k), NEG_INF, jnp.float32),
-                   finished_seqs_BxKxL1=seqs_BxKxL1,
-                   finished_flags_BxK=jnp.zeros((b, k), jnp.bool_), cache=cache)
+  init = BeamState(
+      index=jnp.array(0, jnp.int32),
+      live_logprobs_BxK=live_logprobs_BxK,
+      live_seqs_BxKxL1=seqs_BxKxL1,
+      finished_scores_BxK=jnp.full((b, k), NEG_INF, jnp.float32),
+      finished_seqs_BxKxL1=seqs_BxKxL1,
+      finished_flags_BxK=jnp.zeros((b, k), jnp.bool_),
+      cache=cache,
+  )
   return jax.lax.while_loop(cond, body, init).finished_seqs_BxKxL1[:, 0, 1:]

@@ -13,8 +13,14 @@ Array = jax.Array
 
 
 def _dense(cfg: TransformerConfig, features: int, axes: tuple, name: str) -> nn.Dense:
-  return nn.Dense(features, dtype=cfg.compute_dtype, param_dtype=cfg.params_dtype,
-                  kernel_init=dense_init(cfg, axes), bias_init=zeros_init(axes[-1:]), name=name)
+  return nn.Dense(
+      features,
+      dtype=cfg.compute_dtype,
+      param_dtype=cfg.params_dtype,
+      kernel_init=dense_init(cfg, axes),
+      bias_init=zeros_init(axes[-1:]),
+      name=name,
+  )
 
 
 class MLMHead(nn.Module):
@@ -29,8 +35,9 @@ class MLMHead(nn.Module):
     h_BxLxD = Norm(cfg, name="transform_norm")(nn.gelu(h_BxLxD, approximate=False))
     logits_BxLxV = embed.attend(h_BxLxD)
     bias_V = self.param("bias", zeros_init(("vocab",)), (cfg.vocab_size,), cfg.params_dtype)
-    return constrain(logits_BxLxV + bias_V.astype(logits_BxLxV.dtype),
-                     ("batch", "length", "act_vocab"))
+    return constrain(
+        logits_BxLxV + bias_V.astype(logits_BxLxV.dtype), ("batch", "length", "act_vocab")
+    )
 
 
 class Pooler(nn.Module):
@@ -40,8 +47,9 @@ class Pooler(nn.Module):
 
   @nn.compact
   def __call__(self, hidden_BxLxD: Array) -> Array:
-    return jnp.tanh(_dense(self.cfg, self.cfg.d_model, ("embed", "embed_out"), "dense")(
-        hidden_BxLxD[:, 0]))
+    return jnp.tanh(
+        _dense(self.cfg, self.cfg.d_model, ("embed", "embed_out"), "dense")(hidden_BxLxD[:, 0])
+    )
 
 
 class Classifier(nn.Module):

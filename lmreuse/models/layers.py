@@ -8,7 +8,7 @@ names to mesh axes lives in the config (`config.mesh.rules`), never here.
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import flax.linen as nn
 import jax
@@ -52,28 +52,33 @@ class Projection(nn.Module):
   @nn.compact
   def __call__(self, x: Array) -> Array:
     cfg = self.cfg
-    in_shape = x.shape[x.ndim - self.num_in:]
-    kernel = self.param("kernel", dense_init(cfg, self.axes), in_shape + self.features,
-                        cfg.params_dtype)
+    in_shape = x.shape[x.ndim - self.num_in :]
+    kernel = self.param(
+        "kernel", dense_init(cfg, self.axes), in_shape + self.features, cfg.params_dtype
+    )
     # One 2-D matmul on row-major reshapes (free bitcasts): contracting several kernel axes made
     # XLA:CPU write a transposed copy of every attention kernel on every step for the backward
     # pass (measured: 5% off a BitFit step and 2% off a full one on bert-base).
-    batch_shape = x.shape[:x.ndim - self.num_in]
+    batch_shape = x.shape[: x.ndim - self.num_in]
     size_in, size_out = math.prod(in_shape), math.prod(self.features)
-    y = jnp.dot(x.reshape(batch_shape + (size_in,)).astype(cfg.compute_dtype),
-                kernel.reshape(size_in, size_out).astype(cfg.compute_dtype))
+    y = jnp.dot(
+        x.reshape(batch_shape + (size_in,)).astype(cfg.compute_dtype),
+        kernel.reshape(size_in, size_out).astype(cfg.compute_dtype),
+    )
     y = y.reshape(batch_shape + self.features)
     if cfg.use_bias:
-      bias = self.param("bias", zeros_init(self.axes[self.num_in:]), self.features,
-                        cfg.params_dtype)
+      bias = self.param(
+          "bias", zeros_init(self.axes[self.num_in :]), self.features, cfg.params_dtype
+      )
       y = y + bias.astype(cfg.compute_dtype)
     return y
 
 
 def ia3_rescale(module: nn.Module, name: str, x: Array, axes: tuple[str | None, ...]) -> Array:
   """(IA)^3 (Liu et al. 2022): learned rescaling of the last axes, ones so it starts as identity."""
-  scale = module.param(name, ones_init(axes), x.shape[x.ndim - len(axes):],
-                       module.cfg.params_dtype)
+  scale = module.param(
+      name, ones_init(axes), x.shape[x.ndim - len(axes) :], module.cfg.params_dtype
+  )
   return x * scale.astype(x.dtype)
 
 
@@ -93,11 +98,21 @@ class Adapter(nn.Module):
     # On [tokens, d]: kernel gradients then contract one axis, which XLA:CPU does without
     # transposed copies of the activation gradients ([batch, length] cost ~10% of a step).
     h_TxD = h_BxLxD.reshape((-1, h_BxLxD.shape[-1]))
-    z_TxA = nn.Dense(cfg.adapter_size, kernel_init=dense_init(cfg, ("embed", "adapter")),
-                     bias_init=zeros_init(("adapter",)), name="down", **kwargs)(h_TxD)
+    z_TxA = nn.Dense(
+        cfg.adapter_size,
+        kernel_init=dense_init(cfg, ("embed", "adapter")),
+        bias_init=zeros_init(("adapter",)),
+        name="down",
+        **kwargs,
+    )(h_TxD)
     z_TxA = nn.gelu(z_TxA, approximate=False)
-    up_TxD = nn.Dense(cfg.d_model, kernel_init=zeros_init(("adapter", "embed")),
-                      bias_init=zeros_init(("embed",)), name="up", **kwargs)(z_TxA)
+    up_TxD = nn.Dense(
+        cfg.d_model,
+        kernel_init=zeros_init(("adapter", "embed")),
+        bias_init=zeros_init(("embed",)),
+        name="up",
+        **kwargs,
+    )(z_TxA)
     return constrain(h_BxLxD + up_TxD.reshape(h_BxLxD.shape), ("batch", "length", "act_embed"))
 
 
@@ -111,12 +126,22 @@ class Norm(nn.Module):
     cfg = self.cfg
     scale_init = ones_init(("embed",))
     if cfg.norm == "rmsnorm":
-      return nn.RMSNorm(epsilon=cfg.norm_eps, dtype=cfg.compute_dtype,
-                        param_dtype=cfg.params_dtype, scale_init=scale_init, name="norm")(x_BxLxD)
-    return nn.LayerNorm(epsilon=cfg.norm_eps, dtype=cfg.compute_dtype,
-                        param_dtype=cfg.params_dtype, use_bias=cfg.use_bias,
-                        scale_init=scale_init, bias_init=zeros_init(("embed",)),
-                        name="norm")(x_BxLxD)
+      return nn.RMSNorm(
+          epsilon=cfg.norm_eps,
+          dtype=cfg.compute_dtype,
+          param_dtype=cfg.params_dtype,
+          scale_init=scale_init,
+          name="norm",
+      )(x_BxLxD)
+    return nn.LayerNorm(
+        epsilon=cfg.norm_eps,
+        dtype=cfg.compute_dtype,
+        param_dtype=cfg.params_dtype,
+        use_bias=cfg.use_bias,
+        scale_init=scale_init,
+        bias_init=zeros_init(("embed",)),
+        name="norm",
+    )(x_BxLxD)
 
 
 class Embed(nn.Module):
@@ -128,8 +153,11 @@ class Embed(nn.Module):
 
   def setup(self):
     self.embedding = self.param(
-        "embedding", dense_init(self.cfg, self.axes),
-        (self.num_embeddings, self.cfg.d_model), self.cfg.params_dtype)
+        "embedding",
+        dense_init(self.cfg, self.axes),
+        (self.num_embeddings, self.cfg.d_model),
+        self.cfg.params_dtype,
+    )
 
   def __call__(self, ids_BxL: Array) -> Array:
     table_VxD = jnp.asarray(self.embedding, self.cfg.compute_dtype)
@@ -148,7 +176,7 @@ def sinusoidal_table(max_len: int, d_model: int) -> np.ndarray:
   angles_LxH = positions_L * inv_freq[None, :]
   table = np.zeros((max_len, d_model), np.float32)
   table[:, : d_model // 2] = np.sin(angles_LxH)
-  table[:, d_model // 2: 2 * (d_model // 2)] = np.cos(angles_LxH)
+  table[:, d_model // 2 : 2 * (d_model // 2)] = np.cos(angles_LxH)
   return table
 
 
@@ -163,8 +191,9 @@ def apply_rope(x_BxLxNxH: Array, positions_BxL: Array, base: float = 10000.0) ->
   return rotated.astype(x_BxLxNxH.dtype)
 
 
-def relative_position_bucket(relative_position: Array, *, bidirectional: bool,
-                             num_buckets: int, max_distance: int) -> Array:
+def relative_position_bucket(
+    relative_position: Array, *, bidirectional: bool, num_buckets: int, max_distance: int
+) -> Array:
   """T5's log-spaced buckets of (key position - query position)."""
   ret = 0
   n = -relative_position
@@ -178,7 +207,9 @@ def relative_position_bucket(relative_position: Array, *, bidirectional: bool,
   is_small = n < max_exact
   val_if_large = max_exact + (
       jnp.log(jnp.maximum(n, 1).astype(jnp.float32) / max_exact)
-      / math.log(max_distance / max_exact) * (num_buckets - max_exact)).astype(jnp.int32)
+      / math.log(max_distance / max_exact)
+      * (num_buckets - max_exact)
+  ).astype(jnp.int32)
   val_if_large = jnp.minimum(val_if_large, num_buckets - 1)
   return ret + jnp.where(is_small, n, val_if_large)
 
@@ -192,19 +223,30 @@ class RelativePositionBias(nn.Module):
   @nn.compact
   def __call__(self, q_positions_BxT: Array, k_positions_BxS: Array) -> Array:
     cfg = self.cfg
-    table_KxN = self.param("rel_embedding", dense_init(cfg, ("relpos_buckets", "heads")),
-                           (cfg.relative_num_buckets, cfg.num_heads), cfg.params_dtype)
+    table_KxN = self.param(
+        "rel_embedding",
+        dense_init(cfg, ("relpos_buckets", "heads")),
+        (cfg.relative_num_buckets, cfg.num_heads),
+        cfg.params_dtype,
+    )
     relative_BxTxS = k_positions_BxS[:, None, :] - q_positions_BxT[:, :, None]
     buckets_BxTxS = relative_position_bucket(
-        relative_BxTxS, bidirectional=self.bidirectional,
-        num_buckets=cfg.relative_num_buckets, max_distance=cfg.relative_max_distance)
+        relative_BxTxS,
+        bidirectional=self.bidirectional,
+        num_buckets=cfg.relative_num_buckets,
+        max_distance=cfg.relative_max_distance,
+    )
     bias_BxTxSxN = jnp.take(jnp.asarray(table_KxN, jnp.float32), buckets_BxTxS, axis=0)
     return jnp.transpose(bias_BxTxSxN, (0, 3, 1, 2))
 
 
-def attention_mask(q_segments_BxT: Array | None, k_segments_BxS: Array | None,
-                   causal: bool, q_positions_BxT: Array | None = None,
-                   k_positions_BxS: Array | None = None) -> Array | None:
+def attention_mask(
+    q_segments_BxT: Array | None,
+    k_segments_BxS: Array | None,
+    causal: bool,
+    q_positions_BxT: Array | None = None,
+    k_positions_BxS: Array | None = None,
+) -> Array | None:
   """Boolean [B, 1, T, S] mask: same packed segment, key not padding (segment 0), causal.
 
   Keys of a negative segment (a soft prompt) are shared: every query may see them.
@@ -218,7 +260,7 @@ def attention_mask(q_segments_BxT: Array | None, k_segments_BxS: Array | None,
   if causal:
     if q_positions_BxT is None:
       raise ValueError("a causal mask needs query and key positions")
-    causal_mask = (k_positions_BxS[:, None, None, :] <= q_positions_BxT[:, None, :, None])
+    causal_mask = k_positions_BxS[:, None, None, :] <= q_positions_BxT[:, None, :, None]
     mask = causal_mask if mask is None else mask & causal_mask
   return mask
 
@@ -236,10 +278,18 @@ class Attention(nn.Module):
   decode: bool = False
 
   @nn.compact
-  def __call__(self, x_BxTxD: Array, kv_BxSxD: Array | None = None, *,
-               mask: Array | None = None, bias_BxNxTxS: Array | None = None,
-               q_positions_BxT: Array | None = None, k_positions_BxS: Array | None = None,
-               use_rope: bool = False, key_valid_BxS: Array | None = None) -> Array:
+  def __call__(
+      self,
+      x_BxTxD: Array,
+      kv_BxSxD: Array | None = None,
+      *,
+      mask: Array | None = None,
+      bias_BxNxTxS: Array | None = None,
+      q_positions_BxT: Array | None = None,
+      k_positions_BxS: Array | None = None,
+      use_rope: bool = False,
+      key_valid_BxS: Array | None = None,
+  ) -> Array:
     cfg = self.cfg
     is_self = kv_BxSxD is None
     kv_BxSxD = x_BxTxD if is_self else kv_BxSxD
@@ -262,28 +312,45 @@ class Attention(nn.Module):
 
     is_causal = self.causal
     if self.decode and is_self:
-      k_BxSxKxH, v_BxSxKxH, mask = self._update_cache(k_BxSxKxH, v_BxSxKxH, mask,
-                                                      key_valid_BxS)
+      k_BxSxKxH, v_BxSxKxH, mask = self._update_cache(k_BxSxKxH, v_BxSxKxH, mask, key_valid_BxS)
       is_causal = False  # the cache mask already hides the future
     if cfg.prefix_length and is_self:
       k_BxSxKxH, v_BxSxKxH, mask, bias_BxNxTxS = self._prepend_prefix(
-          k_BxSxKxH, v_BxSxKxH, mask, bias_BxNxTxS, is_causal)
+          k_BxSxKxH, v_BxSxKxH, mask, bias_BxNxTxS, is_causal
+      )
       is_causal = False  # now part of the mask: the prefix shifts the key slots
 
     scale = 1.0 / math.sqrt(h) if cfg.scale_attention else 1.0
     if self.is_mutable_collection("intermediates"):  # fused kernels never materialise them
-      self.sow("intermediates", "attention_probs",
-               attention_probs(q_BxTxNxH, k_BxSxKxH, bias_BxNxTxS, mask, scale, is_causal))
+      self.sow(
+          "intermediates",
+          "attention_probs",
+          attention_probs(q_BxTxNxH, k_BxSxKxH, bias_BxNxTxS, mask, scale, is_causal),
+      )
     out_BxTxNxH = dot_product_attention(
-        q_BxTxNxH, k_BxSxKxH, v_BxSxKxH, bias=bias_BxNxTxS, mask=mask, scale=scale,
-        is_causal=is_causal, implementation=cfg.attention_impl)
-    out_BxTxD = Projection(cfg, (cfg.d_model,), ("heads", "kv", "embed"), num_in=2,
-                           name="out")(out_BxTxNxH)
+        q_BxTxNxH,
+        k_BxSxKxH,
+        v_BxSxKxH,
+        bias=bias_BxNxTxS,
+        mask=mask,
+        scale=scale,
+        is_causal=is_causal,
+        implementation=cfg.attention_impl,
+    )
+    out_BxTxD = Projection(cfg, (cfg.d_model,), ("heads", "kv", "embed"), num_in=2, name="out")(
+        out_BxTxNxH
+    )
     out_BxTxD = out_BxTxD + lora.branch(self, "out", out_BxTxNxH, 2, (cfg.d_model,))
     return constrain(out_BxTxD, ("batch", "length", "act_embed"))
 
-  def _prepend_prefix(self, k_BxSxKxH: Array, v_BxSxKxH: Array, mask: Array | None,
-                      bias_BxNxTxS: Array | None, is_causal: bool):
+  def _prepend_prefix(
+      self,
+      k_BxSxKxH: Array,
+      v_BxSxKxH: Array,
+      mask: Array | None,
+      bias_BxNxTxS: Array | None,
+      is_causal: bool,
+  ):
     """Prefix tuning (Li & Liang 2021): trainable key/value slots in front of the keys.
 
     Prefixes carry no position (zero relative bias, no RoPE) and every query sees them, padding
@@ -293,8 +360,9 @@ class Attention(nn.Module):
     p, (b, s, k, h) = cfg.prefix_length, k_BxSxKxH.shape
 
     def prepend(name, x_BxSxKxH):
-      slots_PxKxH = self.param(name, dense_init(cfg, (None, "kv_heads", "kv")), (p, k, h),
-                               cfg.params_dtype)
+      slots_PxKxH = self.param(
+          name, dense_init(cfg, (None, "kv_heads", "kv")), (p, k, h), cfg.params_dtype
+      )
       slots_BxPxKxH = jnp.broadcast_to(slots_PxKxH.astype(x_BxSxKxH.dtype), (b, p, k, h))
       return jnp.concatenate([slots_BxPxKxH, x_BxSxKxH], axis=1)
 
@@ -307,8 +375,9 @@ class Attention(nn.Module):
       bias_BxNxTxS = jnp.pad(bias_BxNxTxS, [(0, 0)] * 3 + [(p, 0)])
     return prepend("prefix_key", k_BxSxKxH), prepend("prefix_value", v_BxSxKxH), mask, bias_BxNxTxS
 
-  def _update_cache(self, k_BxTxKxH: Array, v_BxTxKxH: Array, mask: Array | None,
-                    key_valid_BxT: Array | None):
+  def _update_cache(
+      self, k_BxTxKxH: Array, v_BxTxKxH: Array, mask: Array | None, key_valid_BxT: Array | None
+  ):
     """Writes new keys/values and their validity at the cache index; returns the cache and mask.
 
     The mask is causal over cache slots and hides invalid (padding) keys, except that every slot
@@ -337,8 +406,14 @@ class Attention(nn.Module):
     return cached_k.value, cached_v.value, cache_mask if mask is None else mask & cache_mask
 
 
-def attention_probs(q_BxTxNxH: Array, k_BxSxKxH: Array, bias_BxNxTxS: Array | None,
-                    mask: Array | None, scale: float, is_causal: bool) -> Array:
+def attention_probs(
+    q_BxTxNxH: Array,
+    k_BxSxKxH: Array,
+    bias_BxNxTxS: Array | None,
+    mask: Array | None,
+    scale: float,
+    is_causal: bool,
+) -> Array:
   """[B, N, T, S] float32 softmax weights as `jax.nn.dot_product_attention` computes them.
 
   Keys are those attention saw: the KV cache's slots while decoding, prefix-tuning slots first.
@@ -346,8 +421,10 @@ def attention_probs(q_BxTxNxH: Array, k_BxSxKxH: Array, bias_BxNxTxS: Array | No
   """
   groups = q_BxTxNxH.shape[2] // k_BxSxKxH.shape[2]
   k_BxSxNxH = jnp.repeat(k_BxSxKxH, groups, axis=2)  # query head n reads kv head n // groups
-  logits_BxNxTxS = jnp.einsum("btnh,bsnh->bnts", q_BxTxNxH.astype(jnp.float32),
-                              k_BxSxNxH.astype(jnp.float32)) * scale
+  logits_BxNxTxS = (
+      jnp.einsum("btnh,bsnh->bnts", q_BxTxNxH.astype(jnp.float32), k_BxSxNxH.astype(jnp.float32))
+      * scale
+  )
   if bias_BxNxTxS is not None:
     logits_BxNxTxS = logits_BxNxTxS + bias_BxNxTxS.astype(jnp.float32)
   t, s = logits_BxNxTxS.shape[2:]
@@ -366,11 +443,16 @@ def dot_product_attention(q, k, v, *, bias, mask, scale, is_causal, implementati
   """
   if implementation == "auto":
     head_dim = q.shape[-1]
-    cudnn_ok = (jax.default_backend() == "gpu" and q.dtype in (jnp.bfloat16, jnp.float16)
-                and head_dim <= 128 and head_dim % 8 == 0)
+    cudnn_ok = (
+        jax.default_backend() == "gpu"
+        and q.dtype in (jnp.bfloat16, jnp.float16)
+        and head_dim <= 128
+        and head_dim % 8 == 0
+    )
     implementation = "cudnn" if cudnn_ok else "xla"
-  return jax.nn.dot_product_attention(q, k, v, bias=bias, mask=mask, scale=scale,
-                                      is_causal=is_causal, implementation=implementation)
+  return jax.nn.dot_product_attention(
+      q, k, v, bias=bias, mask=mask, scale=scale, is_causal=is_causal, implementation=implementation
+  )
 
 
 class MLP(nn.Module):
@@ -381,19 +463,28 @@ class MLP(nn.Module):
     cfg = self.cfg
 
     def dense(name, features, axes, x):
-      y = nn.Dense(features, use_bias=cfg.use_bias, dtype=cfg.compute_dtype,
-                   param_dtype=cfg.params_dtype, kernel_init=dense_init(cfg, axes),
-                   bias_init=zeros_init(axes[-1:]), name=name)(x)
+      y = nn.Dense(
+          features,
+          use_bias=cfg.use_bias,
+          dtype=cfg.compute_dtype,
+          param_dtype=cfg.params_dtype,
+          kernel_init=dense_init(cfg, axes),
+          bias_init=zeros_init(axes[-1:]),
+          name=name,
+      )(x)
       return y + lora.branch(self, name, x, 1, (features,))
 
     if cfg.activation in ("swiglu", "geglu"):
       gate = nn.silu if cfg.activation == "swiglu" else (lambda z: nn.gelu(z, approximate=True))
       h_BxLxF = gate(dense("wi_0", cfg.d_ff, ("embed", "mlp"), x_BxLxD)) * dense(
-          "wi_1", cfg.d_ff, ("embed", "mlp"), x_BxLxD)
+          "wi_1", cfg.d_ff, ("embed", "mlp"), x_BxLxD
+      )
     else:
-      act = {"gelu": lambda z: nn.gelu(z, approximate=False),
-             "gelu_tanh": lambda z: nn.gelu(z, approximate=True),
-             "relu": nn.relu}[cfg.activation]
+      act = {
+          "gelu": lambda z: nn.gelu(z, approximate=False),
+          "gelu_tanh": lambda z: nn.gelu(z, approximate=True),
+          "relu": nn.relu,
+      }[cfg.activation]
       h_BxLxF = act(dense("wi", cfg.d_ff, ("embed", "mlp"), x_BxLxD))
     if cfg.ia3:
       h_BxLxF = ia3_rescale(self, "ia3_mlp", h_BxLxF, ("mlp",))

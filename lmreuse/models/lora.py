@@ -45,25 +45,34 @@ class LoRA(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     cfg, r = self.cfg, self.cfg.lora_rank
-    in_shape = x.shape[x.ndim - self.num_in:]
+    in_shape = x.shape[x.ndim - self.num_in :]
     fan_in, fan_out = math.prod(in_shape), math.prod(self.features)
-    a = self.param("lora_a", nn.with_logical_partitioning(
-        nn.initializers.normal(fan_in ** -0.5), (None, None)), (fan_in, r), cfg.params_dtype)
-    b = self.param("lora_b", nn.with_logical_partitioning(
-        nn.initializers.zeros_init(), (None, None)), (r, fan_out), cfg.params_dtype)
+    a = self.param(
+        "lora_a",
+        nn.with_logical_partitioning(nn.initializers.normal(fan_in**-0.5), (None, None)),
+        (fan_in, r),
+        cfg.params_dtype,
+    )
+    b = self.param(
+        "lora_b",
+        nn.with_logical_partitioning(nn.initializers.zeros_init(), (None, None)),
+        (r, fan_out),
+        cfg.params_dtype,
+    )
     # Tokens flattened to one axis: B's gradient then contracts one axis of the output gradient,
     # which XLA:CPU reads in place; over [batch, length] it wrote a transposed copy first (with
     # the MLP's GELU backward recomputed into it, the step took 1.6x full's on bert-mini).
     # The scale multiplies B, not the [tokens, outputs] product: no pass over activations.
-    lead = x.shape[:x.ndim - self.num_in]
+    lead = x.shape[: x.ndim - self.num_in]
     x = x.reshape((-1, fan_in)).astype(cfg.compute_dtype)
     x = nn.Dropout(cfg.lora_dropout)(x, deterministic=not self.has_rng("dropout"))
     h = (x @ a.astype(cfg.compute_dtype)) @ ((cfg.lora_alpha / r) * b.astype(cfg.compute_dtype))
     return h.reshape(lead + self.features)
 
 
-def branch(parent: nn.Module, name: str, x: jax.Array, num_in: int,
-           features: tuple[int, ...]) -> jax.Array | float:
+def branch(
+    parent: nn.Module, name: str, x: jax.Array, num_in: int, features: tuple[int, ...]
+) -> jax.Array | float:
   """`parent`'s LoRA update for its projection `name`, or 0 when that kernel is not a target.
   Call from `parent`'s compact method."""
   kernel_path = "/".join((*parent.scope.path, name, "kernel"))
@@ -75,5 +84,4 @@ def branch(parent: nn.Module, name: str, x: jax.Array, num_in: int,
 def merged_name(path: str) -> str:
   """…/query_lora/lora_a → …/query/kernel: the kernel a factor belongs to."""
   module = path.rsplit("/", 1)[0]
-  return module[:-len("_lora")] + "/kernel"
-
+  return module[: -len("_lora")] + "/kernel"

@@ -13,8 +13,18 @@ import jax
 import jax.numpy as jnp
 
 from lmreuse.models.config import TransformerConfig
-from lmreuse.models.layers import (MLP, Adapter, Attention, Embed, Norm, RelativePositionBias,
-                                   attention_mask, constrain, dense_init, sinusoidal_table)
+from lmreuse.models.layers import (
+    MLP,
+    Adapter,
+    Attention,
+    Embed,
+    Norm,
+    RelativePositionBias,
+    attention_mask,
+    constrain,
+    dense_init,
+    sinusoidal_table,
+)
 
 Array = jax.Array
 
@@ -28,8 +38,18 @@ class Block(nn.Module):
   decode: bool = False
 
   @nn.compact
-  def __call__(self, x_BxLxD, deterministic, mask, bias, positions_BxL,
-               encoded_BxSxD=None, cross_mask=None, enc_positions_BxS=None, key_valid_BxL=None):
+  def __call__(
+      self,
+      x_BxLxD,
+      deterministic,
+      mask,
+      bias,
+      positions_BxL,
+      encoded_BxSxD=None,
+      cross_mask=None,
+      enc_positions_BxS=None,
+      key_valid_BxL=None,
+  ):
     cfg = self.cfg
     pre_norm = cfg.norm_placement == "pre"
     use_rope = cfg.position == "rope"
@@ -42,13 +62,25 @@ class Block(nn.Module):
       x = x + h
       return x if pre_norm else Norm(cfg, name=f"{name}_norm")(x)
 
-    x_BxLxD = residual("self_attention", x_BxLxD, lambda h: Attention(
-        cfg, causal=self.causal, decode=self.decode, name="self_attention")(
-            h, mask=mask, bias_BxNxTxS=bias, q_positions_BxT=positions_BxL,
-            k_positions_BxS=positions_BxL, use_rope=use_rope, key_valid_BxS=key_valid_BxL))
+    x_BxLxD = residual(
+        "self_attention",
+        x_BxLxD,
+        lambda h: Attention(cfg, causal=self.causal, decode=self.decode, name="self_attention")(
+            h,
+            mask=mask,
+            bias_BxNxTxS=bias,
+            q_positions_BxT=positions_BxL,
+            k_positions_BxS=positions_BxL,
+            use_rope=use_rope,
+            key_valid_BxS=key_valid_BxL,
+        ),
+    )
     if self.cross:
-      x_BxLxD = residual("cross_attention", x_BxLxD, lambda h: Attention(
-          cfg, name="cross_attention")(h, encoded_BxSxD, mask=cross_mask))
+      x_BxLxD = residual(
+          "cross_attention",
+          x_BxLxD,
+          lambda h: Attention(cfg, name="cross_attention")(h, encoded_BxSxD, mask=cross_mask),
+      )
     x_BxLxD = residual("mlp", x_BxLxD, lambda h: MLP(cfg, name="mlp")(h, deterministic))
     return constrain(x_BxLxD, ("batch", "length", "act_embed"))
 
@@ -56,8 +88,9 @@ class Block(nn.Module):
 def _block_class(cfg: TransformerConfig):
   if cfg.remat == "none":
     return Block
-  policy = (jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims
-            if cfg.remat == "dots" else None)
+  policy = (
+      jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims if cfg.remat == "dots" else None
+  )
   return nn.remat(Block, static_argnums=(2,), policy=policy)  # self=0, x=1, deterministic=2
 
 
@@ -76,7 +109,8 @@ class KeyPositionCache(nn.Module):
     if not is_initialized:
       return positions_BxT
     cached.value = jax.lax.dynamic_update_slice(
-        cached.value, positions_BxT.astype(jnp.int32), (0, index.value))
+        cached.value, positions_BxT.astype(jnp.int32), (0, index.value)
+    )
     index.value = index.value + positions_BxT.shape[1]
     return cached.value
 
@@ -97,8 +131,9 @@ class Stack(nn.Module):
 
   def setup(self):
     cfg = self.cfg
-    self.token_embed = (self.shared_embed if self.shared_embed is not None
-                        else Embed(cfg.vocab_size, cfg))
+    self.token_embed = (
+        self.shared_embed if self.shared_embed is not None else Embed(cfg.vocab_size, cfg)
+    )
     if cfg.position == "learned":
       self.position_embed = Embed(cfg.max_len, cfg, axes=(None, "embed"))
     if cfg.num_token_types and not self.causal:
@@ -108,27 +143,43 @@ class Stack(nn.Module):
       if self.decode:
         self.key_positions = KeyPositionCache()
     if self.num_prompt:
-      self.prompt = self.param("prompt", dense_init(cfg, (None, "embed")),
-                               (self.num_prompt, cfg.d_model), cfg.params_dtype)
+      self.prompt = self.param(
+          "prompt",
+          dense_init(cfg, (None, "embed")),
+          (self.num_prompt, cfg.d_model),
+          cfg.params_dtype,
+      )
     self.embed_dropout = nn.Dropout(cfg.dropout_rate)
     self.norm = Norm(cfg)  # after the embeddings (post-norm) or after the last layer (pre-norm)
     block = _block_class(cfg)
-    self.layers = [block(cfg, causal=self.causal, cross=self.cross, decode=self.decode,
-                         name=f"layers_{i}") for i in range(self.num_layers)]
+    self.layers = [
+        block(cfg, causal=self.causal, cross=self.cross, decode=self.decode, name=f"layers_{i}")
+        for i in range(self.num_layers)
+    ]
 
   @property
   def num_prompt(self) -> int:
     """Soft-prompt slots: the encoder side or a decoder-only model reads them, a T5 decoder not."""
     return 0 if self.cross else self.cfg.prompt_length
 
-  def __call__(self, ids_BxL: Array, *, segment_ids_BxL: Array | None = None,
-               positions_BxL: Array | None = None, token_types_BxL: Array | None = None,
-               encoded_BxSxD: Array | None = None, enc_segment_ids_BxS: Array | None = None,
-               enc_positions_BxS: Array | None = None, deterministic: bool = True) -> Array:
+  def __call__(
+      self,
+      ids_BxL: Array,
+      *,
+      segment_ids_BxL: Array | None = None,
+      positions_BxL: Array | None = None,
+      token_types_BxL: Array | None = None,
+      encoded_BxSxD: Array | None = None,
+      enc_segment_ids_BxS: Array | None = None,
+      enc_positions_BxS: Array | None = None,
+      deterministic: bool = True,
+  ) -> Array:
     cfg = self.cfg
     if self.decode and self.num_prompt:
-      raise ValueError(f"config.model.prompt_length={cfg.prompt_length}: prompt tuning does not "
-                       "support KV-cache generation on decoder-only models; use prefix tuning")
+      raise ValueError(
+          f"config.model.prompt_length={cfg.prompt_length}: prompt tuning does not "
+          "support KV-cache generation on decoder-only models; use prefix tuning"
+      )
     if positions_BxL is None:
       positions_BxL = _default_positions(ids_BxL)
     x_BxLxD = self.token_embed(ids_BxL)
@@ -143,7 +194,8 @@ class Stack(nn.Module):
       x_BxLxD = x_BxLxD + self.token_type_embed(token_types_BxL)
     if self.num_prompt:
       x_BxLxD, segment_ids_BxL, positions_BxL = self._prepend_prompt(
-          x_BxLxD, segment_ids_BxL, positions_BxL)
+          x_BxLxD, segment_ids_BxL, positions_BxL
+      )
     if cfg.norm_placement == "post":
       x_BxLxD = self.norm(x_BxLxD)
     x_BxLxD = self.embed_dropout(x_BxLxD, deterministic=deterministic)
@@ -151,8 +203,9 @@ class Stack(nn.Module):
     # With a KV cache, causality and padding come from the cache: keys enter it with their validity.
     mask = key_valid_BxL = None
     if not self.decode:
-      mask = attention_mask(segment_ids_BxL, segment_ids_BxL, self.causal, positions_BxL,
-                            positions_BxL)
+      mask = attention_mask(
+          segment_ids_BxL, segment_ids_BxL, self.causal, positions_BxL, positions_BxL
+      )
     elif segment_ids_BxL is not None:
       key_valid_BxL = segment_ids_BxL > 0
     bias = None
@@ -163,15 +216,25 @@ class Stack(nn.Module):
     if self.cross:
       cross_mask = attention_mask(segment_ids_BxL, enc_segment_ids_BxS, False)
     for layer in self.layers:
-      x_BxLxD = layer(x_BxLxD, deterministic, mask, bias, positions_BxL,
-                      encoded_BxSxD, cross_mask, enc_positions_BxS, key_valid_BxL)
+      x_BxLxD = layer(
+          x_BxLxD,
+          deterministic,
+          mask,
+          bias,
+          positions_BxL,
+          encoded_BxSxD,
+          cross_mask,
+          enc_positions_BxS,
+          key_valid_BxL,
+      )
     if cfg.norm_placement == "pre":
       x_BxLxD = self.norm(x_BxLxD)
       x_BxLxD = self.embed_dropout(x_BxLxD, deterministic=deterministic)
-    return x_BxLxD[:, self.num_prompt:]
+    return x_BxLxD[:, self.num_prompt :]
 
-  def _prepend_prompt(self, x_BxLxD: Array, segment_ids_BxL: Array | None,
-                      positions_BxL: Array) -> tuple[Array, Array, Array]:
+  def _prepend_prompt(
+      self, x_BxLxD: Array, segment_ids_BxL: Array | None, positions_BxL: Array
+  ) -> tuple[Array, Array, Array]:
     """Prompt tuning (Lester et al. 2021): soft-prompt vectors before the embedded tokens.
 
     The prompt takes no position embedding but shares the embeddings' norm (post-norm) and
@@ -185,7 +248,8 @@ class Stack(nn.Module):
     if segment_ids_BxL is None:  # spelled out, or the prompt's queries would read the input
       segment_ids_BxL = jnp.ones(positions_BxL.shape, jnp.int32)
     segment_ids_BxL = jnp.concatenate(
-        [jnp.full((b, p), -1, segment_ids_BxL.dtype), segment_ids_BxL], axis=1)
+        [jnp.full((b, p), -1, segment_ids_BxL.dtype), segment_ids_BxL], axis=1
+    )
     prompt_positions_BxP = jnp.broadcast_to(jnp.arange(-p, 0, dtype=positions_BxL.dtype), (b, p))
     positions_BxL = jnp.concatenate([prompt_positions_BxP, positions_BxL], axis=1)
     prompt_BxPxD = jnp.broadcast_to(self.prompt.astype(x_BxLxD.dtype), (b, p, self.cfg.d_model))
@@ -204,10 +268,22 @@ class Encoder(nn.Module):
   def setup(self):
     self.stack = Stack(self.cfg, self.cfg.num_layers)
 
-  def __call__(self, ids_BxL, *, segment_ids_BxL=None, positions_BxL=None,
-               token_types_BxL=None, deterministic=True):
-    return self.stack(ids_BxL, segment_ids_BxL=segment_ids_BxL, positions_BxL=positions_BxL,
-                      token_types_BxL=token_types_BxL, deterministic=deterministic)
+  def __call__(
+      self,
+      ids_BxL,
+      *,
+      segment_ids_BxL=None,
+      positions_BxL=None,
+      token_types_BxL=None,
+      deterministic=True,
+  ):
+    return self.stack(
+        ids_BxL,
+        segment_ids_BxL=segment_ids_BxL,
+        positions_BxL=positions_BxL,
+        token_types_BxL=token_types_BxL,
+        deterministic=deterministic,
+    )
 
   def attend(self, x_BxLxD):
     return self.stack.attend(x_BxLxD)
@@ -223,10 +299,14 @@ class LMHead(nn.Module):
     cfg = self.cfg
     if cfg.tie_embeddings:
       if cfg.position == "relative_bias":  # T5 v1.0 rescales before its tied projection
-        x_BxLxD = x_BxLxD * cfg.d_model ** -0.5
+        x_BxLxD = x_BxLxD * cfg.d_model**-0.5
       return embed.attend(x_BxLxD)
-    kernel_DxV = self.param("kernel", dense_init(cfg, ("embed", "vocab")),
-                            (cfg.d_model, cfg.vocab_size), cfg.params_dtype)
+    kernel_DxV = self.param(
+        "kernel",
+        dense_init(cfg, ("embed", "vocab")),
+        (cfg.d_model, cfg.vocab_size),
+        cfg.params_dtype,
+    )
     logits_BxLxV = jnp.einsum("bld,dv->blv", x_BxLxD, kernel_DxV.astype(cfg.compute_dtype))
     return constrain(logits_BxLxV, ("batch", "length", "act_vocab"))
 
@@ -245,11 +325,14 @@ class Decoder(nn.Module):
     self.stack = Stack(self.cfg, self.cfg.num_layers, causal=True, decode=self.decode)
     self.lm_head = LMHead(self.cfg)
 
-  def __call__(self, ids_BxL, *, segment_ids_BxL=None, positions_BxL=None,
-               deterministic=True):
+  def __call__(self, ids_BxL, *, segment_ids_BxL=None, positions_BxL=None, deterministic=True):
     """Returns (logits_BxLxV, hidden_BxLxD)."""
-    hidden = self.stack(ids_BxL, segment_ids_BxL=segment_ids_BxL, positions_BxL=positions_BxL,
-                        deterministic=deterministic)
+    hidden = self.stack(
+        ids_BxL,
+        segment_ids_BxL=segment_ids_BxL,
+        positions_BxL=positions_BxL,
+        deterministic=deterministic,
+    )
     return self.lm_head(hidden, self.stack.token_embed), hidden
 
 
@@ -263,28 +346,68 @@ class EncoderDecoder(nn.Module):
     cfg = self.cfg
     self.token_embed = Embed(cfg.vocab_size, cfg)
     self.encoder = Stack(cfg, cfg.num_layers, shared_embed=self.token_embed)
-    self.decoder = Stack(cfg, cfg.decoder_layers, causal=True, cross=True, decode=self.decode,
-                         shared_embed=self.token_embed)
+    self.decoder = Stack(
+        cfg,
+        cfg.decoder_layers,
+        causal=True,
+        cross=True,
+        decode=self.decode,
+        shared_embed=self.token_embed,
+    )
     self.lm_head = LMHead(cfg)
 
   def encode(self, ids_BxS, *, segment_ids_BxS=None, positions_BxS=None, deterministic=True):
-    return self.encoder(ids_BxS, segment_ids_BxL=segment_ids_BxS, positions_BxL=positions_BxS,
-                        deterministic=deterministic)
+    return self.encoder(
+        ids_BxS,
+        segment_ids_BxL=segment_ids_BxS,
+        positions_BxL=positions_BxS,
+        deterministic=deterministic,
+    )
 
-  def decode_logits(self, encoded_BxSxD, enc_segment_ids_BxS, dec_ids_BxT, *,
-                    dec_segment_ids_BxT=None, dec_positions_BxT=None, deterministic=True):
-    hidden = self.decoder(dec_ids_BxT, segment_ids_BxL=dec_segment_ids_BxT,
-                          positions_BxL=dec_positions_BxT, encoded_BxSxD=encoded_BxSxD,
-                          enc_segment_ids_BxS=enc_segment_ids_BxS, deterministic=deterministic)
+  def decode_logits(
+      self,
+      encoded_BxSxD,
+      enc_segment_ids_BxS,
+      dec_ids_BxT,
+      *,
+      dec_segment_ids_BxT=None,
+      dec_positions_BxT=None,
+      deterministic=True,
+  ):
+    hidden = self.decoder(
+        dec_ids_BxT,
+        segment_ids_BxL=dec_segment_ids_BxT,
+        positions_BxL=dec_positions_BxT,
+        encoded_BxSxD=encoded_BxSxD,
+        enc_segment_ids_BxS=enc_segment_ids_BxS,
+        deterministic=deterministic,
+    )
     return self.lm_head(hidden, self.token_embed)
 
-  def __call__(self, enc_ids_BxS, dec_ids_BxT, *, enc_segment_ids_BxS=None,
-               enc_positions_BxS=None, dec_segment_ids_BxT=None, dec_positions_BxT=None,
-               deterministic=True):
+  def __call__(
+      self,
+      enc_ids_BxS,
+      dec_ids_BxT,
+      *,
+      enc_segment_ids_BxS=None,
+      enc_positions_BxS=None,
+      dec_segment_ids_BxT=None,
+      dec_positions_BxT=None,
+      deterministic=True,
+  ):
     """Returns (logits_BxTxV, encoded_BxSxD)."""
-    encoded = self.encode(enc_ids_BxS, segment_ids_BxS=enc_segment_ids_BxS,
-                          positions_BxS=enc_positions_BxS, deterministic=deterministic)
-    logits = self.decode_logits(encoded, enc_segment_ids_BxS, dec_ids_BxT,
-                                dec_segment_ids_BxT=dec_segment_ids_BxT,
-                                dec_positions_BxT=dec_positions_BxT, deterministic=deterministic)
+    encoded = self.encode(
+        enc_ids_BxS,
+        segment_ids_BxS=enc_segment_ids_BxS,
+        positions_BxS=enc_positions_BxS,
+        deterministic=deterministic,
+    )
+    logits = self.decode_logits(
+        encoded,
+        enc_segment_ids_BxS,
+        dec_ids_BxT,
+        dec_segment_ids_BxT=dec_segment_ids_BxT,
+        dec_positions_BxT=dec_positions_BxT,
+        deterministic=deterministic,
+    )
     return logits, encoded

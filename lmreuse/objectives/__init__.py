@@ -7,6 +7,7 @@ from lmreuse.objectives.base import Objective
 
 def _registry() -> dict[str, Objective]:
   from lmreuse.objectives import clm, mlm, span_corruption
+
   return {o.name: o for o in (mlm.OBJECTIVE, clm.OBJECTIVE, span_corruption.OBJECTIVE)}
 
 

@@ -16,8 +16,7 @@ import numpy as np
 
 from lmreuse.models.config import TransformerConfig
 from lmreuse.models.transformer import Decoder
-from lmreuse.objectives import base
-from lmreuse.objectives import mlm
+from lmreuse.objectives import base, mlm
 from lmreuse.train.trainer import Program
 
 
@@ -31,9 +30,7 @@ def shift_targets(tokens_BxL: np.ndarray, segment_ids_BxL: np.ndarray) -> dict[s
         " must be 2-D with equal shapes"
     )
   batch = tokens_BxL.shape[0]
-  targets_BxL = np.concatenate(
-      [tokens_BxL[:, 1:], np.zeros((batch, 1), tokens_BxL.dtype)], axis=1
-  )
+  targets_BxL = np.concatenate([tokens_BxL[:, 1:], np.zeros((batch, 1), tokens_BxL.dtype)], axis=1)
   same_doc_BxLm1 = (segment_ids_BxL[:, 1:] == segment_ids_BxL[:, :-1]) & (
       segment_ids_BxL[:, :-1] > 0
   )
@@ -61,20 +58,31 @@ class GptPretrainer(nn.Module):
     self.backbone = Decoder(self.cfg)
 
   def __call__(self, batch: dict[str, jax.Array], deterministic: bool = True) -> jax.Array:
-    logits_BxLxV, _ = self.backbone(batch["inputs"], segment_ids_BxL=batch["segment_ids"],
-                                    positions_BxL=batch["positions"], deterministic=deterministic)
+    logits_BxLxV, _ = self.backbone(
+        batch["inputs"],
+        segment_ids_BxL=batch["segment_ids"],
+        positions_BxL=batch["positions"],
+        deterministic=deterministic,
+    )
     return logits_BxLxV
 
 
 def program(model_cfg: TransformerConfig, objective: Any, data: Any) -> Program:
   del objective  # clm has no options of its own
   model = GptPretrainer(model_cfg)
-  example = {k: jnp.zeros((1, data.seq_len), jnp.int32)
-             for k in ("inputs", "segment_ids", "positions")}
+  example = {
+      k: jnp.zeros((1, data.seq_len), jnp.int32) for k in ("inputs", "segment_ids", "positions")
+  }
 
-  return base.token_loss_program(model, example, loss=loss, targets="targets",
-                                 weights="weights", prefix="clm",
-                                 tokens_per_example=data.seq_len)
+  return base.token_loss_program(
+      model,
+      example,
+      loss=loss,
+      targets="targets",
+      weights="weights",
+      prefix="clm",
+      tokens_per_example=data.seq_len,
+  )
 
 
 OBJECTIVE = base.Objective(name="clm", architecture="decoder", program=program)

@@ -10,14 +10,13 @@ which Bernoulli selection would not.
 
 from __future__ import annotations
 
+from typing import Any
+
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-
-from typing import Any
-
-import flax.linen as nn
 
 from lmreuse.models.config import TransformerConfig
 from lmreuse.models.heads import Classifier, MLMHead, Pooler
@@ -29,9 +28,7 @@ from lmreuse.train.trainer import Program
 def _sorted_specials(special_ids: np.ndarray, mask_id: int, vocab_size: int) -> np.ndarray:
   specials = np.unique(np.append(np.asarray(special_ids, np.int64), mask_id))
   if specials.size and (specials[0] < 0 or specials[-1] >= vocab_size):
-    raise ValueError(
-        f"special_ids={specials.tolist()} must lie in [0, vocab_size={vocab_size})"
-    )
+    raise ValueError(f"special_ids={specials.tolist()} must lie in [0, vocab_size={vocab_size})")
   if specials.size >= vocab_size:
     raise ValueError(
         f"vocab_size={vocab_size} leaves no non-special ids to sample from"
@@ -175,32 +172,49 @@ class BertPretrainer(nn.Module):
 
   def __call__(self, batch: dict[str, jax.Array], deterministic: bool = True) -> dict:
     hidden_BxLxD = self.backbone(
-        batch["inputs"], segment_ids_BxL=batch["segment_ids"], positions_BxL=batch["positions"],
-        token_types_BxL=batch["token_types"], deterministic=deterministic)
+        batch["inputs"],
+        segment_ids_BxL=batch["segment_ids"],
+        positions_BxL=batch["positions"],
+        token_types_BxL=batch["token_types"],
+        deterministic=deterministic,
+    )
     # Selected positions first (weight 1), in order; the rest of the P slots have weight 0.
     positions_BxP = jnp.argsort(-batch["mlm_weights"], axis=1, stable=True)[
-        :, :self.num_predictions]
-    out = {"mlm_logits": self.mlm_head(gather_predictions(hidden_BxLxD, positions_BxP),
-                                       self.backbone.stack.token_embed),
-           "mlm_positions": positions_BxP}
+        :, : self.num_predictions
+    ]
+    out = {
+        "mlm_logits": self.mlm_head(
+            gather_predictions(hidden_BxLxD, positions_BxP), self.backbone.stack.token_embed
+        ),
+        "mlm_positions": positions_BxP,
+    }
     if self.nsp:
       out["nsp_logits"] = self.nsp_head(self.pooler(hidden_BxLxD))
     return out
 
 
 def program(model_cfg: TransformerConfig, objective: Any, data: Any) -> Program:
-  model = BertPretrainer(model_cfg, nsp=objective.nsp,
-                         num_predictions=max_predictions(data.seq_len, objective.mask_prob))
-  example = {k: jnp.zeros((1, data.seq_len), jnp.int32)
-             for k in ("inputs", "segment_ids", "positions", "token_types")}
+  model = BertPretrainer(
+      model_cfg,
+      nsp=objective.nsp,
+      num_predictions=max_predictions(data.seq_len, objective.mask_prob),
+  )
+  example = {
+      k: jnp.zeros((1, data.seq_len), jnp.int32)
+      for k in ("inputs", "segment_ids", "positions", "token_types")
+  }
   example["mlm_weights"] = jnp.zeros((1, data.seq_len), jnp.float32)
 
   def loss_fn(params, batch, rng, train):
-    out = model.apply({"params": params}, batch, deterministic=not train,
-                      rngs=base.apply_rngs(rng, train))
+    out = model.apply(
+        {"params": params}, batch, deterministic=not train, rngs=base.apply_rngs(rng, train)
+    )
     positions = out["mlm_positions"]
-    total, metrics = loss(out["mlm_logits"], gather_predictions(batch["mlm_targets"], positions),
-                          gather_predictions(batch["mlm_weights"], positions))
+    total, metrics = loss(
+        out["mlm_logits"],
+        gather_predictions(batch["mlm_targets"], positions),
+        gather_predictions(batch["mlm_weights"], positions),
+    )
     pairs = base.as_pairs(metrics, "mlm")
     if objective.nsp:
       nsp_loss, nsp_metrics = nsp.loss(out["nsp_logits"], batch["nsp_labels"])
@@ -208,8 +222,11 @@ def program(model_cfg: TransformerConfig, objective: Any, data: Any) -> Program:
       pairs.update(base.example_pairs(nsp_metrics, "nsp", batch["nsp_labels"].shape[0]))
     return total, pairs
 
-  return Program(init_params=base.init_params_fn(model, example), loss_fn=loss_fn,
-                 tokens_per_example=data.seq_len)
+  return Program(
+      init_params=base.init_params_fn(model, example),
+      loss_fn=loss_fn,
+      tokens_per_example=data.seq_len,
+  )
 
 
 OBJECTIVE = base.Objective(name="mlm", architecture="encoder", program=program)

@@ -11,7 +11,7 @@ which skews the labels on corpora of short documents.
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp

@@ -14,7 +14,8 @@ from `tok.sentinel_ids` in order (span k -> sentinel_ids[k]) instead of T5's
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -23,8 +24,7 @@ import numpy as np
 
 from lmreuse.models.config import TransformerConfig
 from lmreuse.models.transformer import EncoderDecoder
-from lmreuse.objectives import base
-from lmreuse.objectives import mlm
+from lmreuse.objectives import base, mlm
 from lmreuse.train.trainer import Program
 
 
@@ -44,9 +44,9 @@ def random_spans_helper(
     raise ValueError(f"mean_noise_span_length={mean_noise_span_length} must be >= 1")
 
   def lengths(tokens_length: int) -> tuple[int, int]:
-    num_noise_tokens = int(round(tokens_length * noise_density))
+    num_noise_tokens = round(tokens_length * noise_density)
     num_nonnoise_tokens = tokens_length - num_noise_tokens
-    num_noise_spans = int(round(num_noise_tokens / mean_noise_span_length))
+    num_noise_spans = round(num_noise_tokens / mean_noise_span_length)
     return (
         num_nonnoise_tokens + num_noise_spans + 1,
         num_noise_tokens + num_noise_spans + 1,
@@ -66,8 +66,8 @@ def random_spans_helper(
 def num_noise_spans(length: int, noise_density: float, mean_noise_span_length: float) -> int:
   """How many noise spans `random_spans_noise_mask` makes for a sequence of `length`."""
   length = max(length, 2)
-  num_noise_tokens = min(max(int(round(length * noise_density)), 1), length - 1)
-  return max(int(round(num_noise_tokens / mean_noise_span_length)), 1)
+  num_noise_tokens = min(max(round(length * noise_density), 1), length - 1)
+  return max(round(num_noise_tokens / mean_noise_span_length), 1)
 
 
 def _random_segmentation(num_items: int, num_segments: int, rng: np.random.Generator) -> np.ndarray:
@@ -95,7 +95,7 @@ def random_spans_noise_mask(
     return np.zeros(length, bool)
   orig_length = length
   length = max(length, 2)  # Avoid degeneracy, as T5.
-  num_noise_tokens = min(max(int(round(length * noise_density)), 1), length - 1)
+  num_noise_tokens = min(max(round(length * noise_density), 1), length - 1)
   num_nonnoise_tokens = length - num_noise_tokens
   spans = num_noise_spans(length, noise_density, mean_noise_span_length)
   # T5 assumes enough non-noise tokens for the spans; clamp so tiny inputs cannot fail.
@@ -168,33 +168,48 @@ class T5Pretrainer(nn.Module):
 
   def __call__(self, batch: dict[str, jax.Array], deterministic: bool = True) -> jax.Array:
     logits_BxTxV, _ = self.backbone(
-        batch["encoder_inputs"], batch["decoder_inputs"],
+        batch["encoder_inputs"],
+        batch["decoder_inputs"],
         enc_segment_ids_BxS=batch["encoder_segment_ids"],
         enc_positions_BxS=batch["encoder_positions"],
         dec_segment_ids_BxT=batch["decoder_segment_ids"],
-        dec_positions_BxT=batch["decoder_positions"], deterministic=deterministic)
+        dec_positions_BxT=batch["decoder_positions"],
+        deterministic=deterministic,
+    )
     return logits_BxTxV
 
 
 def target_length(objective: Any, data: Any) -> int:
   if data.target_len:
     return data.target_len
-  return random_spans_helper(data.seq_len, objective.noise_density,
-                             objective.mean_noise_span_length)[1]
+  return random_spans_helper(
+      data.seq_len, objective.noise_density, objective.mean_noise_span_length
+  )[1]
 
 
 def program(model_cfg: TransformerConfig, objective: Any, data: Any) -> Program:
   model = T5Pretrainer(model_cfg)
   target_len = target_length(objective, data)
-  example = {**{k: jnp.zeros((1, data.seq_len), jnp.int32)
-                for k in ("encoder_inputs", "encoder_segment_ids", "encoder_positions")},
-             **{k: jnp.zeros((1, target_len), jnp.int32)
-                for k in ("decoder_inputs", "decoder_segment_ids", "decoder_positions")}}
+  example = {
+      **{
+          k: jnp.zeros((1, data.seq_len), jnp.int32)
+          for k in ("encoder_inputs", "encoder_segment_ids", "encoder_positions")
+      },
+      **{
+          k: jnp.zeros((1, target_len), jnp.int32)
+          for k in ("decoder_inputs", "decoder_segment_ids", "decoder_positions")
+      },
+  }
 
-  return base.token_loss_program(model, example, loss=loss, targets="decoder_targets",
-                                 weights="decoder_weights", prefix="span",
-                                 tokens_per_example=data.seq_len + target_len)
+  return base.token_loss_program(
+      model,
+      example,
+      loss=loss,
+      targets="decoder_targets",
+      weights="decoder_weights",
+      prefix="span",
+      tokens_per_example=data.seq_len + target_len,
+  )
 
 
-OBJECTIVE = base.Objective(name="span_corruption", architecture="encoder_decoder",
-                           program=program)
+OBJECTIVE = base.Objective(name="span_corruption", architecture="encoder_decoder", program=program)

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import contextlib
 import math
-from typing import Any, Iterator, Sequence
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -58,11 +59,14 @@ def check_divisible(boxed_tree: Any, mesh: Mesh, rules: Rules) -> None:
   specs = nn.get_partition_spec(boxed_tree)
   mesh_specs = nn.logical_to_mesh(specs, rules)
   shapes = jax.tree.map(lambda x: x.shape, nn.meta.unbox(boxed_tree))
-  logical = jax.tree_util.tree_leaves_with_path(specs, is_leaf=lambda x: isinstance(
-      x, PartitionSpec))
+  logical = jax.tree_util.tree_leaves_with_path(
+      specs, is_leaf=lambda x: isinstance(x, PartitionSpec)
+  )
   for (path, logical_spec), spec, shape in zip(
-      logical, jax.tree.leaves(mesh_specs, is_leaf=lambda x: isinstance(x, PartitionSpec)),
-      jax.tree.leaves(shapes, is_leaf=lambda x: isinstance(x, tuple))):
+      logical,
+      jax.tree.leaves(mesh_specs, is_leaf=lambda x: isinstance(x, PartitionSpec)),
+      jax.tree.leaves(shapes, is_leaf=lambda x: isinstance(x, tuple)),
+  ):
     for dim, (size, axes) in enumerate(zip(shape, spec)):
       if axes is None:
         continue
@@ -73,7 +77,8 @@ def check_divisible(boxed_tree: Any, mesh: Mesh, rules: Rules) -> None:
         raise ValueError(
             f"parameter {name} dim {dim} (logical axis {logical_spec[dim]!r}, size {size}) "
             f"does not divide over mesh axes {axes} of total size {parts}; change the model "
-            f"size or config.mesh (data/fsdp/tensor) or config.mesh.rules")
+            f"size or config.mesh (data/fsdp/tensor) or config.mesh.rules"
+        )
 
 
 def batch_sharding(mesh: Mesh, rules: Rules, ndim: int, leading_axes: int = 0) -> NamedSharding:

@@ -7,7 +7,8 @@ none has an opinion, it trains); LR scales multiply; the latest start step wins.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import optax
 from flax import traverse_util
@@ -16,17 +17,50 @@ from lmreuse.strategies import base, gates
 from lmreuse.strategies.base import Context, is_strategy_param
 from lmreuse.train.trainer import select_trainable
 
-__all__ = ["Context", "Plan", "config_defaults", "is_strategy_param", "learning_rate_scale",
-           "names", "own_keys"]
+__all__ = [
+    "Context",
+    "Plan",
+    "config_defaults",
+    "is_strategy_param",
+    "learning_rate_scale",
+    "names",
+    "own_keys",
+]
 
 
 def _registry() -> dict[str, type[base.Strategy]]:
-  from lmreuse.strategies import (adapters, bitfit, frozen, full, gradual_unfreeze, ia3, llrd,
-                                  lora, lp_ft, modules, prefix_tuning, prompt_tuning, top_k)
-  classes = [full.STRATEGY, frozen.STRATEGY, frozen.LinearProbe, top_k.STRATEGY,
-             modules.STRATEGY, gradual_unfreeze.STRATEGY, llrd.STRATEGY, lp_ft.STRATEGY,
-             bitfit.STRATEGY, adapters.STRATEGY, lora.STRATEGY, ia3.STRATEGY,
-             prompt_tuning.STRATEGY, prefix_tuning.STRATEGY]
+  from lmreuse.strategies import (
+      adapters,
+      bitfit,
+      frozen,
+      full,
+      gradual_unfreeze,
+      ia3,
+      llrd,
+      lora,
+      lp_ft,
+      modules,
+      prefix_tuning,
+      prompt_tuning,
+      top_k,
+  )
+
+  classes = [
+      full.STRATEGY,
+      frozen.STRATEGY,
+      frozen.LinearProbe,
+      top_k.STRATEGY,
+      modules.STRATEGY,
+      gradual_unfreeze.STRATEGY,
+      llrd.STRATEGY,
+      lp_ft.STRATEGY,
+      bitfit.STRATEGY,
+      adapters.STRATEGY,
+      lora.STRATEGY,
+      ia3.STRATEGY,
+      prompt_tuning.STRATEGY,
+      prefix_tuning.STRATEGY,
+  ]
   return {cls.name: cls for cls in classes}
 
 
@@ -39,8 +73,10 @@ def _components(name: str) -> list[type[base.Strategy]]:
   requested = [n.strip() for n in name.split(",") if n.strip()]
   unknown = [n for n in requested if n not in registry]
   if not requested or unknown:
-    raise ValueError(f"config.strategy.name={name!r}: unknown strategy {unknown or ''}; "
-                     f"choose from {sorted(registry)}, or combine them with commas")
+    raise ValueError(
+        f"config.strategy.name={name!r}: unknown strategy {unknown or ''}; "
+        f"choose from {sorted(registry)}, or combine them with commas"
+    )
   return [registry[n] for n in requested]
 
 
@@ -113,8 +149,12 @@ class Plan:
     flat = traverse_util.flatten_dict(params, sep="/")
     return traverse_util.unflatten_dict({p: value_of(p) for p in flat}, sep="/")
 
-  def wrap_optimizer(self, tx: optax.GradientTransformation, params: Any, mask: Any
-                     ) -> optax.GradientTransformation:
+  def wrap_optimizer(
+      self, tx: optax.GradientTransformation, params: Any, mask: Any
+  ) -> optax.GradientTransformation:
     """Adds per-parameter LR scales and start steps to `tx` (a no-op when all are trivial)."""
-    return gates.wrap(tx, select_trainable(self.by_path(params, self.lr_scale), mask),
-                      select_trainable(self.by_path(params, self.start_step), mask))
+    return gates.wrap(
+        tx,
+        select_trainable(self.by_path(params, self.lr_scale), mask),
+        select_trainable(self.by_path(params, self.start_step), mask),
+    )

@@ -20,8 +20,9 @@ from lmreuse.models.config import TransformerConfig
 
 # Parameters that strategies add to the model: adapters, IA3 vectors, prefixes, soft prompts,
 # LoRA factors. They are new in every init report and train under every PEFT strategy.
-STRATEGY_PARAM = re.compile(r"(adapter|(^|/)lora_[ab]$|(^|/)ia3_|(^|/)prefix_(key|value)$|"
-                            r"(^|/)prompt$)")
+STRATEGY_PARAM = re.compile(
+    r"(adapter|(^|/)lora_[ab]$|(^|/)ia3_|(^|/)prefix_(key|value)$|" r"(^|/)prompt$)"
+)
 _LAYER = re.compile(r"/layers_(\d+)/")
 _EMBEDDING = re.compile(r"(token_embed|position_embed|token_type_embed|relative_bias)/")
 
@@ -117,8 +118,9 @@ class InsertedModules(Strategy):
 
   def check(self, paths: list[str]) -> None:
     if self.cfg[self.size_key] <= 0:
-      raise ValueError(f"config.strategy.{self.size_key}={self.cfg[self.size_key]} must be "
-                       "positive")
+      raise ValueError(
+          f"config.strategy.{self.size_key}={self.cfg[self.size_key]} must be " "positive"
+      )
 
 
 def frozen_backbone(path: str, also: re.Pattern | None = None) -> bool:

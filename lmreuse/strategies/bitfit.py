@@ -14,8 +14,10 @@ class BitFit(base.Strategy):
 
   def check(self, paths: list[str]) -> None:
     if not any(p.endswith("/bias") and not base.is_head(p) for p in paths):
-      raise ValueError("strategy 'bitfit' needs a backbone with biases; this one has none "
-                       "(config.model.use_bias=False, as in T5)")
+      raise ValueError(
+          "strategy 'bitfit' needs a backbone with biases; this one has none "
+          "(config.model.use_bias=False, as in T5)"
+      )
 
 
 STRATEGY = BitFit

@@ -23,7 +23,8 @@ class Frozen(base.Strategy):
       raise ValueError(
           f"strategy {self.name!r} leaves nothing to train: a {self.ctx.task_type} model has no "
           "parameters outside its backbone (the LM head is the tied token embedding). Add "
-          "config.strategy.train_modules or pick another strategy")
+          "config.strategy.train_modules or pick another strategy"
+      )
 
 
 class LinearProbe(Frozen):

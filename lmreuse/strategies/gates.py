@@ -36,11 +36,14 @@ def _gate(scales: Any, starts: Any, use_scale: bool) -> optax.GradientTransforma
   return optax.GradientTransformation(init, update)
 
 
-def wrap(tx: optax.GradientTransformation, scales: Any, starts: Any
-         ) -> optax.GradientTransformation:
+def wrap(
+    tx: optax.GradientTransformation, scales: Any, starts: Any
+) -> optax.GradientTransformation:
   """`tx` with per-parameter LR `scales` and `starts` (pytrees shaped like the trainables)."""
   if all(float(x) == 1.0 for x in jax.tree.leaves(scales)) and not any(
-      int(x) for x in jax.tree.leaves(starts)):
+      int(x) for x in jax.tree.leaves(starts)
+  ):
     return tx  # plain fine-tuning: no extra state, no extra work
-  return optax.chain(_gate(scales, starts, use_scale=False), tx,
-                     _gate(scales, starts, use_scale=True))
+  return optax.chain(
+      _gate(scales, starts, use_scale=False), tx, _gate(scales, starts, use_scale=True)
+  )

@@ -28,8 +28,9 @@ class GradualUnfreeze(base.Strategy):
 
   def check(self, paths: list[str]) -> None:
     if self.cfg.unfreeze_every <= 0:
-      raise ValueError(f"config.strategy.unfreeze_every={self.cfg.unfreeze_every} must be "
-                       "positive")
+      raise ValueError(
+          f"config.strategy.unfreeze_every={self.cfg.unfreeze_every} must be " "positive"
+      )
     if not 0.0 < self.cfg.cut_frac < 1.0:
       raise ValueError(f"config.strategy.cut_frac={self.cfg.cut_frac} must be in (0, 1)")
 

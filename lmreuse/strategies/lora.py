@@ -18,12 +18,21 @@ from lmreuse.strategies import base
 class LoRA(base.Strategy):
   name = "lora"
   learning_rate_scale = 3.0
-  defaults = {"rank": 8, "alpha": 16.0, "lora_dropout": 0.0,
-              "targets": "attention/(query|value)/kernel"}
+  defaults = {
+      "rank": 8,
+      "alpha": 16.0,
+      "lora_dropout": 0.0,
+      "targets": "attention/(query|value)/kernel",
+  }
 
   def model(self, model_cfg):
-    return dataclasses.replace(model_cfg, lora_rank=self.cfg.rank, lora_alpha=self.cfg.alpha,
-                               lora_dropout=self.cfg.lora_dropout, lora_targets=self.cfg.targets)
+    return dataclasses.replace(
+        model_cfg,
+        lora_rank=self.cfg.rank,
+        lora_alpha=self.cfg.alpha,
+        lora_dropout=self.cfg.lora_dropout,
+        lora_targets=self.cfg.targets,
+    )
 
   def trainable(self, path: str) -> bool:
     return base.frozen_backbone(path)
@@ -35,8 +44,10 @@ class LoRA(base.Strategy):
       raise ValueError(f"config.strategy.lora_dropout={self.cfg.lora_dropout} must be in [0, 1)")
     if not any(re.search(r"(^|/)lora_a$", p) for p in paths):
       kernels = [p for p in paths if p.endswith("/kernel") and p.startswith("backbone/")]
-      raise ValueError(f"config.strategy.targets={self.cfg.targets!r} matches no projection "
-                       f"kernel; kernels look like {kernels[:4]}")
+      raise ValueError(
+          f"config.strategy.targets={self.cfg.targets!r} matches no projection "
+          f"kernel; kernels look like {kernels[:4]}"
+      )
 
 
 def merge(params: dict, alpha: float) -> dict:
@@ -56,12 +67,13 @@ def _fold(params: dict, alpha: float, sign: int, keep_factors: bool = False) -> 
   flat = traverse_util.flatten_dict(params, sep="/")
   out = dict(flat)
   for path in [p for p in flat if p.endswith("/lora_a")]:
-    b_path = path[:-len("lora_a")] + "lora_b"
+    b_path = path[: -len("lora_a")] + "lora_b"
     kernel_path = lora_lib.merged_name(path)
     a, b = np.asarray(flat[path]), np.asarray(flat[b_path])
     kernel = np.asarray(flat[kernel_path])
     out[kernel_path] = (kernel + sign * lora_lib.delta(a, b, alpha, kernel.shape)).astype(
-        kernel.dtype)
+        kernel.dtype
+    )
     if not keep_factors:
       del out[path], out[b_path]
   if not keep_factors:  # drop the now-empty {name}_lora modules

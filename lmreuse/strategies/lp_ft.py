@@ -15,11 +15,15 @@ class LPFT(base.Strategy):
 
   def check(self, paths: list[str]) -> None:
     if not any(base.is_head(p) for p in paths):
-      raise ValueError(f"strategy 'lp_ft' needs a task head to probe; a {self.ctx.task_type} "
-                       "model has no task head (its LM head is part of the backbone)")
+      raise ValueError(
+          f"strategy 'lp_ft' needs a task head to probe; a {self.ctx.task_type} "
+          "model has no task head (its LM head is part of the backbone)"
+      )
     if not 0 < self.cfg.probe_steps < self.ctx.total_steps:
-      raise ValueError(f"config.strategy.probe_steps={self.cfg.probe_steps} must lie in "
-                       f"(0, total_steps={self.ctx.total_steps})")
+      raise ValueError(
+          f"config.strategy.probe_steps={self.cfg.probe_steps} must lie in "
+          f"(0, total_steps={self.ctx.total_steps})"
+      )
 
 
 STRATEGY = LPFT

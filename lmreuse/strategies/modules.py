@@ -22,8 +22,10 @@ class Modules(base.Strategy):
       raise ValueError("strategy 'modules' needs config.strategy.patterns, e.g. 'attention/'")
     backbone = [p for p in paths if not base.is_head(p)]
     if not any(self.pattern.search(p) for p in backbone):
-      raise ValueError(f"config.strategy.patterns={self.cfg.patterns!r} matches no parameter of "
-                       f"the backbone; paths look like {backbone[:3]}")
+      raise ValueError(
+          f"config.strategy.patterns={self.cfg.patterns!r} matches no parameter of "
+          f"the backbone; paths look like {backbone[:3]}"
+      )
 
 
 STRATEGY = Modules

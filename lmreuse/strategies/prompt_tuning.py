@@ -34,8 +34,10 @@ class PromptTuning(base.InsertedModules):
   def check(self, paths: list[str]) -> None:
     super().check(paths)
     if self.ctx.task_type == "seq2seq" and self.ctx.model_cfg.architecture == "decoder":
-      raise ValueError("prompt_tuning cannot serve seq2seq generation on a decoder-only model "
-                       "(the soft prompt is not in the KV cache); use prefix_tuning")
+      raise ValueError(
+          "prompt_tuning cannot serve seq2seq generation on a decoder-only model "
+          "(the soft prompt is not in the KV cache); use prefix_tuning"
+      )
 
 
 STRATEGY = PromptTuning

@@ -18,8 +18,10 @@ class TopK(base.Strategy):
     cfg = self.ctx.model_cfg
     depth = max(cfg.num_layers, cfg.decoder_layers)
     if not 0 <= self.cfg.k <= depth:
-      raise ValueError(f"config.strategy.k={self.cfg.k} must be in [0, {depth}]: the model "
-                       f"has {depth} layers")
+      raise ValueError(
+          f"config.strategy.k={self.cfg.k} must be in [0, {depth}]: the model "
+          f"has {depth} layers"
+      )
 
 
 STRATEGY = TopK

@@ -9,7 +9,8 @@ configuration selected on validation (lmreuse/study/selection.py).
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from absl import logging
 
@@ -17,8 +18,16 @@ from lmreuse.study import comparisons, plots, results, selection, statistics, ta
 from lmreuse.study.results import GROUP
 
 # results.json's compute section, flattened into summary columns (see lmreuse/train/).
-COMPUTE = ("train_flops", "train_flops_6nd", "peak_memory_bytes", "tokens", "time_sec.compile",
-           "time_sec.train", "time_sec.eval", "time_sec.checkpoint")
+COMPUTE = (
+    "train_flops",
+    "train_flops_6nd",
+    "peak_memory_bytes",
+    "tokens",
+    "time_sec.compile",
+    "time_sec.train",
+    "time_sec.eval",
+    "time_sec.checkpoint",
+)
 
 
 def collect(workdir: str) -> list[dict]:
@@ -63,8 +72,9 @@ def _values(members: Sequence[dict]) -> dict[str, list[float]]:
   return values
 
 
-def summarize(rows: Sequence[dict], choices: dict[tuple, selection.Choice] | None = None
-              ) -> list[dict]:
+def summarize(
+    rows: Sequence[dict], choices: dict[tuple, selection.Choice] | None = None
+) -> list[dict]:
   """One line per group in study order: the selected configuration's seed counts, status and
   `<key>.mean` / `.std` / `.ci95` (95% Student-t interval half-width) / `n` columns."""
   choices = choices if choices is not None else selection.choose_all(rows)
@@ -75,16 +85,27 @@ def summarize(rows: Sequence[dict], choices: dict[tuple, selection.Choice] | Non
     choice = choices[key]
     chosen = selection.reported(choice, members)
     counts = {s: sum(r["status"] == s for r in chosen) for s in ("ok", "failed", "missing")}
-    line = {**dict(zip(GROUP, key)), "task_type": task_types.get(key[0]),
-            **{f"n_{s}": n for s, n in counts.items()}, "n_total": len(chosen),
-            "status": _status(counts["ok"], counts["failed"], counts["missing"]),
-            "selected_hparams": (selection.describe(choice.selected.hparams)
-                                 if choice.selected else ""),
-            "configurations": len(choice.candidates), "selection_note": choice.note()}
+    line = {
+        **dict(zip(GROUP, key)),
+        "task_type": task_types.get(key[0]),
+        **{f"n_{s}": n for s, n in counts.items()},
+        "n_total": len(chosen),
+        "status": _status(counts["ok"], counts["failed"], counts["missing"]),
+        "selected_hparams": (
+            selection.describe(choice.selected.hparams) if choice.selected else ""
+        ),
+        "configurations": len(choice.candidates),
+        "selection_note": choice.note(),
+    }
     for name, seeds in _values(chosen).items():
       stats = statistics.interval(seeds)
-      line.update({f"{name}.mean": stats["mean"], f"{name}.std": stats["std"],
-                   f"{name}.ci95": stats["ci95"]})
+      line.update(
+          {
+              f"{name}.mean": stats["mean"],
+              f"{name}.std": stats["std"],
+              f"{name}.ci95": stats["ci95"],
+          }
+      )
     line["n"] = counts["ok"]
     line["errors"] = " | ".join(dict.fromkeys(r["error"] for r in members if r["error"]))
     summary.append(line)
@@ -100,18 +121,31 @@ def sweep_lines(choices: dict[tuple, selection.Choice]) -> list[dict]:
       continue
     for candidate in choice.candidates:
       counts = candidate.counts
-      marker = ("selected" if candidate is choice.selected else
-                "tie" if any(candidate is t for t in choice.ties) else "")
-      lines.append({**dict(zip(GROUP, key)), "hparams": selection.describe(candidate.hparams),
-                    **{f"hparam/{k}": v for k, v in candidate.hparams.items()},
-                    "metric": choice.metric or "", "seeds": ",".join(
-                        str(r["seed"]) for r in candidate.rows),
-                    **{f"n_{s}": n for s, n in counts.items()},
-                    "status": _status(counts["ok"], counts["failed"], counts["missing"]),
-                    "eligible": candidate.eligible,
-                    **({f"{choice.metric}.{k}": v for k, v in candidate.score.items()}
-                       if candidate.score else {}),
-                    "selected": marker})
+      marker = (
+          "selected"
+          if candidate is choice.selected
+          else "tie"
+          if any(candidate is t for t in choice.ties)
+          else ""
+      )
+      lines.append(
+          {
+              **dict(zip(GROUP, key)),
+              "hparams": selection.describe(candidate.hparams),
+              **{f"hparam/{k}": v for k, v in candidate.hparams.items()},
+              "metric": choice.metric or "",
+              "seeds": ",".join(str(r["seed"]) for r in candidate.rows),
+              **{f"n_{s}": n for s, n in counts.items()},
+              "status": _status(counts["ok"], counts["failed"], counts["missing"]),
+              "eligible": candidate.eligible,
+              **(
+                  {f"{choice.metric}.{k}": v for k, v in candidate.score.items()}
+                  if candidate.score
+                  else {}
+              ),
+              "selected": marker,
+          }
+      )
   return lines
 
 
@@ -126,16 +160,24 @@ def report(workdir: str, bootstrap_resamples: int | None = None) -> dict:
   summary = summarize(rows, choices)
   sweep = sweep_lines(choices)
   resamples = bootstrap_resamples or manifest.get("bootstrap_resamples", 1000)
-  compared = comparisons.compare(rows, summary, choices, manifest.get("twins", {}),
-                                 n_resamples=resamples)
+  compared = comparisons.compare(
+      rows, summary, choices, manifest.get("twins", {}), n_resamples=resamples
+  )
   few = sorted({line["n"] for line in summary if 0 < line["n"] < 3})
   warnings = []
   if few:
-    warnings.append(f"fewer than 3 finished seeds in some groups (n = "
-                    f"{', '.join(map(str, few))}): intervals are wide "
-                    "and Welch's test has little power; add seeds with --config.study.seeds")
+    warnings.append(
+        f"fewer than 3 finished seeds in some groups (n = "
+        f"{', '.join(map(str, few))}): intervals are wide "
+        "and Welch's test has little power; add seeds with --config.study.seeds"
+    )
   for warning in warnings:
     logging.warning("%s", warning)
-  return {"tables": tables.write(workdir, summary, sweep, compared, warnings),
-          "plots": plots.write(workdir, rows, summary, choices),
-          "summary": summary, "sweep": sweep, "comparisons": compared, "warnings": warnings}
+  return {
+      "tables": tables.write(workdir, summary, sweep, compared, warnings),
+      "plots": plots.write(workdir, rows, summary, choices),
+      "summary": summary,
+      "sweep": sweep,
+      "comparisons": compared,
+      "warnings": warnings,
+  }

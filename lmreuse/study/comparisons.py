@@ -10,7 +10,7 @@ compared groups as "<init>/<strategy>" (e.g. bert/full against scratch/full).
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 from lmreuse.eval.metrics import HEADLINE
 from lmreuse.study import results, selection, statistics
@@ -33,8 +33,13 @@ def pairs(summary: Sequence[dict], twins: dict[str, str]) -> list[tuple[tuple, t
   for task, init, strategy, fraction in keys:
     twin = twins.get(init)
     if twin and (task, twin, strategy, fraction) in present:
-      out.append(((task, twin, strategy, fraction), (task, init, strategy, fraction),
-                  "pretrained vs scratch"))
+      out.append(
+          (
+              (task, twin, strategy, fraction),
+              (task, init, strategy, fraction),
+              "pretrained vs scratch",
+          )
+      )
   return out
 
 
@@ -56,14 +61,22 @@ def _records(rows: Sequence[dict]) -> list[list[dict]]:
   return [results.predictions(r) for r in rows]
 
 
-def compare(rows: Sequence[dict], summary: Sequence[dict],
-            choices: dict[tuple, selection.Choice], twins: dict[str, str], *,
-            n_resamples: int = 1000, seed: int = 0) -> list[dict]:
+def compare(
+    rows: Sequence[dict],
+    summary: Sequence[dict],
+    choices: dict[tuple, selection.Choice],
+    twins: dict[str, str],
+    *,
+    n_resamples: int = 1000,
+    seed: int = 0,
+) -> list[dict]:
   """comparisons.csv's rows: one per compared pair and test, with Benjamini-Hochberg adjusted
   p-values over each task's comparisons of one test (`p_adjusted`)."""
   groups = results.by_group(rows)
-  finished = {key: [r for r in selection.reported(choices[key], members) if r["status"] == "ok"]
-              for key, members in groups.items()}
+  finished = {
+      key: [r for r in selection.reported(choices[key], members) if r["status"] == "ok"]
+      for key, members in groups.items()
+  }
   lines_of: dict[str, list[dict]] = {}
   for line in summary:
     lines_of.setdefault(line["task"], []).append(line)
@@ -73,30 +86,58 @@ def compare(rows: Sequence[dict], summary: Sequence[dict],
     if headline is None:
       continue
     metric, key = headline
-    values = {k: [float(r["metrics"][key]) for r in finished[k] if key in r["metrics"]]
-              for k in (a, b)}
-    base = {"task": a[0], "train_fraction": a[3], "a": label(a), "b": label(b), "kind": kind,
-            "metric": key, "n_a": len(values[a]), "n_b": len(values[b])}
+    values = {
+        k: [float(r["metrics"][key]) for r in finished[k] if key in r["metrics"]] for k in (a, b)
+    }
+    base = {
+        "task": a[0],
+        "train_fraction": a[3],
+        "a": label(a),
+        "b": label(b),
+        "kind": kind,
+        "metric": key,
+        "n_a": len(values[a]),
+        "n_b": len(values[b]),
+    }
     if not values[a] or not values[b]:
       for test in TESTS:
         out.append({**base, "test": test, "note": "a side has no finished seed"})
       continue
-    base.update(mean_a=statistics.interval(values[a])["mean"],
-                mean_b=statistics.interval(values[b])["mean"])
+    base.update(
+        mean_a=statistics.interval(values[a])["mean"], mean_b=statistics.interval(values[b])["mean"]
+    )
     welch = statistics.welch(values[a], values[b])
-    out.append({**base, "test": "welch", "mean_diff": welch["mean_diff"],
-                "p_value": welch["p_value"],
-                "note": "" if min(len(values[a]), len(values[b])) >= 2 else
-                "needs 2+ seeds per side"})
+    out.append(
+        {
+            **base,
+            "test": "welch",
+            "mean_diff": welch["mean_diff"],
+            "p_value": welch["p_value"],
+            "note": "" if min(len(values[a]), len(values[b])) >= 2 else "needs 2+ seeds per side",
+        }
+    )
     try:
       boot = statistics.compare_predictions(
-          finished[a][0]["task_type"], metric, _records(finished[a]), _records(finished[b]),
-          n_resamples=n_resamples, seed=seed)
-      out.append({**base, "test": "paired_bootstrap", "mean_diff": boot["mean_diff"],
-                  "p_value": boot["p_value"], "ci95_low": boot["ci95_low"],
-                  "ci95_high": boot["ci95_high"], "n_examples": boot["n_examples"],
-                  "n_resamples": boot["n_resamples"],
-                  "note": "" if key.startswith("test/") else "on validation: no test split"})
+          finished[a][0]["task_type"],
+          metric,
+          _records(finished[a]),
+          _records(finished[b]),
+          n_resamples=n_resamples,
+          seed=seed,
+      )
+      out.append(
+          {
+              **base,
+              "test": "paired_bootstrap",
+              "mean_diff": boot["mean_diff"],
+              "p_value": boot["p_value"],
+              "ci95_low": boot["ci95_low"],
+              "ci95_high": boot["ci95_high"],
+              "n_examples": boot["n_examples"],
+              "n_resamples": boot["n_resamples"],
+              "note": "" if key.startswith("test/") else "on validation: no test split",
+          }
+      )
     except (OSError, ValueError) as e:  # no predictions.jsonl, or different examples
       out.append({**base, "test": "paired_bootstrap", "note": f"not compared: {e}"})
   for task in lines_of:
@@ -114,8 +155,10 @@ def verdicts(compared: Sequence[dict]) -> dict[tuple[str, float, str, str], dict
   tests give p < ALPHA, else 'not significant' ('not tested' without a p-value)."""
   out: dict[tuple[str, float, str, str], dict] = {}
   for r in compared:
-    pair = out.setdefault((r["task"], r["train_fraction"], r["a"], r["b"]),
-                          {"mean_diff": r.get("mean_diff"), "kind": r["kind"], "p": {}})
+    pair = out.setdefault(
+        (r["task"], r["train_fraction"], r["a"], r["b"]),
+        {"mean_diff": r.get("mean_diff"), "kind": r["kind"], "p": {}},
+    )
     if "p_value" in r:
       pair["p"][r["test"]] = r["p_value"]
     if "n_resamples" in r:  # the bootstrap's p-value moves in steps of 2 / resamples
@@ -125,6 +168,5 @@ def verdicts(compared: Sequence[dict]) -> dict[tuple[str, float, str, str], dict
     if any(p is None or p != p for p in tested):  # a missing or nan p-value
       pair["verdict"] = "not tested" if not pair["p"] else "not significant"
     else:
-      pair["verdict"] = ("significant" if all(p < ALPHA for p in tested)
-                         else "not significant")
+      pair["verdict"] = "significant" if all(p < ALPHA for p in tested) else "not significant"
   return out

@@ -25,18 +25,26 @@ from lmreuse import pretrained, strategies, workdir as workdir_lib
 SCRATCH = "scratch"
 SELECTIONS = ("all", "first_seed")
 # Keys the grid itself sets per cell: a sweep over them would fight the grid's own axes.
-_GRID_KEYS = ("seed", "init_from", "from_scratch", "strategy.name", "task.name",
-              "task.train_fraction", "experiment", "overwrite")
+_GRID_KEYS = (
+    "seed",
+    "init_from",
+    "from_scratch",
+    "strategy.name",
+    "task.name",
+    "task.train_fraction",
+    "experiment",
+    "overwrite",
+)
 
 
 @dataclasses.dataclass(frozen=True)
 class Cell:
   index: int
   name: str
-  kind: str                 # pretrain | finetune
-  workdir: str              # relative to the study workdir
-  depends_on: str | None    # the pretraining cell whose workdir a fine-tuning cell reads, if any
-  group: dict               # what the tables group by (seeds are averaged)
+  kind: str  # pretrain | finetune
+  workdir: str  # relative to the study workdir
+  depends_on: str | None  # the pretraining cell whose workdir a fine-tuning cell reads, if any
+  group: dict  # what the tables group by (seeds are averaged)
   seed: int = 0
   hparams: dict = dataclasses.field(default_factory=dict)  # swept config keys → this cell's
 
@@ -47,8 +55,8 @@ class Init:
   or the random-weights twin (same architecture and tokenizer) of one of those."""
 
   name: str
-  preset: str | None          # the pretraining preset whose cell it reads
-  checkpoint: str | None      # init_from of an existing model ("hf:DIR" or a workdir)
+  preset: str | None  # the pretraining preset whose cell it reads
+  checkpoint: str | None  # init_from of an existing model ("hf:DIR" or a workdir)
   twin_of: str | None = None  # for a from-scratch init: the pretrained init it mirrors
 
 
@@ -63,15 +71,20 @@ def checkpoints(study: Any) -> dict[str, str]:
   for entry in study.checkpoints:
     name, sep, path = entry.partition("=")
     if not (sep and name and path) or "." in name or "/" in name:
-      raise ValueError(f"config.study.checkpoints entry {entry!r}: write NAME=hf:DIR or "
-                       "NAME=WORKDIR, NAME without '.' or '/' (it names the cells)")
+      raise ValueError(
+          f"config.study.checkpoints entry {entry!r}: write NAME=hf:DIR or "
+          "NAME=WORKDIR, NAME without '.' or '/' (it names the cells)"
+      )
     if name in out or name in study.pretrain or name.endswith(SCRATCH):
-      raise ValueError(f"config.study.checkpoints: the name {name!r} is taken (pretraining "
-                       f"presets {tuple(study.pretrain)}, scratch inits, other checkpoints)")
+      raise ValueError(
+          f"config.study.checkpoints: the name {name!r} is taken (pretraining "
+          f"presets {tuple(study.pretrain)}, scratch inits, other checkpoints)"
+      )
     directory = path.removeprefix(pretrained.HF_PREFIX)
     if not os.path.isdir(directory):  # before any cell runs, not in each
-      raise FileNotFoundError(f"config.study.checkpoints entry {entry!r}: {directory} is not a "
-                              "directory")
+      raise FileNotFoundError(
+          f"config.study.checkpoints entry {entry!r}: {directory} is not a " "directory"
+      )
     out[name] = path
   return out
 
@@ -118,10 +131,13 @@ def _format(value: Any) -> str:
 
 
 def name_part(hparams: dict[str, Any]) -> str:
-  """'learning_rate=0.003+rank=4' in a cell name: leaf names (the full key where two leaves share a name)."""
+  """'learning_rate=0.003+rank=4' in a cell name: leaf names (the full key where two leaves
+  share a name)."""
   leaves = [key.rsplit(".", 1)[-1] for key in hparams]
-  return "+".join(f"{leaf if leaves.count(leaf) == 1 else key}={_format(value)}"
-                  for leaf, (key, value) in zip(leaves, hparams.items()))
+  return "+".join(
+      f"{leaf if leaves.count(leaf) == 1 else key}={_format(value)}"
+      for leaf, (key, value) in zip(leaves, hparams.items())
+  )
 
 
 def _set(config: ml_collections.ConfigDict, key: str, value: Any) -> None:
@@ -155,8 +171,10 @@ def check_sweeps(config: ml_collections.ConfigDict) -> None:
     for key, candidates in _flat(entry).items():
       where = f"{prefix}.{key}"
       if key in _GRID_KEYS:
-        raise ValueError(f"{where}: the study sets {key} itself (seeds, inits, strategies and "
-                         "tasks are the grid's own axes)")
+        raise ValueError(
+            f"{where}: the study sets {key} itself (seeds, inits, strategies and "
+            "tasks are the grid's own axes)"
+        )
       if not isinstance(candidates, (tuple, list)):
         raise ValueError(f"{where}={candidates!r}: give a tuple of candidates, e.g. (1e-3,)")
       if len(set(map(repr, candidates))) != len(candidates):
@@ -165,8 +183,9 @@ def check_sweeps(config: ml_collections.ConfigDict) -> None:
         try:
           _set(child, key, value)
         except KeyError:
-          raise ValueError(f"{where}: {key} is not a fine-tuning config key "
-                           "(configs/finetune.py)") from None
+          raise ValueError(
+              f"{where}: {key} is not a fine-tuning config key " "(configs/finetune.py)"
+          ) from None
         except (TypeError, ValueError) as e:
           raise ValueError(f"{where}: candidate {value!r} does not fit {key}: {e}") from None
 
@@ -178,8 +197,18 @@ def expand(study: Any) -> list[Cell]:
   cells: list[Cell] = []
 
   def add(name, kind, depends_on, group, seed=0, hparams=None):
-    cells.append(Cell(len(cells), name, kind, f"{workdir_lib.RUNS}/{name}", depends_on, group, seed,
-                      dict(hparams or {})))
+    cells.append(
+        Cell(
+            len(cells),
+            name,
+            kind,
+            f"{workdir_lib.RUNS}/{name}",
+            depends_on,
+            group,
+            seed,
+            dict(hparams or {}),
+        )
+    )
 
   for preset in study.pretrain:
     add(f"pretrain-{preset}", "pretrain", None, {"objective": preset})
@@ -194,10 +223,19 @@ def expand(study: Any) -> list[Cell]:
               parts = [_slug(task), init.name, _slug(strategy)]
               parts += [f"data{fraction:g}"] if many_fractions else []
               parts += [name_part(hparams)] if hparams else []
-              add(".".join(parts + [f"seed{seed}"]), "finetune",
+              add(
+                  ".".join(parts + [f"seed{seed}"]),
+                  "finetune",
                   f"pretrain-{init.preset}" if init.preset else None,
-                  {"task": task, "init": init.name, "strategy": strategy,
-                   "train_fraction": float(fraction)}, seed, hparams)
+                  {
+                      "task": task,
+                      "init": init.name,
+                      "strategy": strategy,
+                      "train_fraction": float(fraction),
+                  },
+                  seed,
+                  hparams,
+              )
   return cells
 
 
@@ -211,13 +249,16 @@ def select(cells: list[Cell], only: str) -> list[Cell]:
     return [cells[int(only)]]
   chosen = [c for c in cells if fnmatch.fnmatch(c.name, only)]
   if not chosen:
-    raise ValueError(f"config.study.only={only!r} matches no cell; names look like "
-                     f"{[c.name for c in cells[:3]]}")
+    raise ValueError(
+        f"config.study.only={only!r} matches no cell; names look like "
+        f"{[c.name for c in cells[:3]]}"
+    )
   return chosen
 
 
-def child_config(cell: Cell, config: ml_collections.ConfigDict, study_dir: str
-                 ) -> ml_collections.ConfigDict:
+def child_config(
+    cell: Cell, config: ml_collections.ConfigDict, study_dir: str
+) -> ml_collections.ConfigDict:
   """The cell's own config: the recipe's defaults, the study's overrides, the cell's values."""
   from configs import finetune, pretrain
 
@@ -228,8 +269,11 @@ def child_config(cell: Cell, config: ml_collections.ConfigDict, study_dir: str
   init = next(i for i in inits(config.study) if i.name == cell.group["init"])
   child = finetune.get_config()
   child.update(config.finetune.to_dict())
-  child.init_from = (os.path.join(study_dir, workdir_lib.RUNS, cell.depends_on) if cell.depends_on
-                     else init.checkpoint)
+  child.init_from = (
+      os.path.join(study_dir, workdir_lib.RUNS, cell.depends_on)
+      if cell.depends_on
+      else init.checkpoint
+  )
   child.from_scratch = init.twin_of is not None
   child.task.name = cell.group["task"]
   child.task.train_fraction = cell.group["train_fraction"]
@@ -248,15 +292,20 @@ def status(study_dir: str, cell: Cell) -> str:
   return "failed" if os.path.exists(os.path.join(workdir, workdir_lib.ERROR)) else "pending"
 
 
-def write_manifest(study_dir: str, config: ml_collections.ConfigDict, cells: list[Cell]
-                   ) -> str:
+def write_manifest(study_dir: str, config: ml_collections.ConfigDict, cells: list[Cell]) -> str:
   """W/study.json: the cells, which scratch init mirrors which model, and how configurations
   are selected; the aggregation reads only this and the cells' own workdirs."""
   study = config.study
   path = os.path.join(study_dir, workdir_lib.STUDY)
-  workdir_lib.write_json(path, {
-      "name": study.name, "selection": study.selection, "seeds": list(study.seeds),
-      "bootstrap_resamples": study.bootstrap_resamples,
-      "twins": {i.name: i.twin_of for i in inits(study) if i.twin_of},
-      "cells": [dataclasses.asdict(c) for c in cells]})
+  workdir_lib.write_json(
+      path,
+      {
+          "name": study.name,
+          "selection": study.selection,
+          "seeds": list(study.seeds),
+          "bootstrap_resamples": study.bootstrap_resamples,
+          "twins": {i.name: i.twin_of for i in inits(study) if i.twin_of},
+          "cells": [dataclasses.asdict(c) for c in cells],
+      },
+  )
   return path

@@ -21,14 +21,24 @@ def first_seed(config: ml_collections.ConfigDict) -> int | None:
 
 def _command_args(workdir: str) -> list[str]:
   """This command's run.py arguments minus those that pick cells or print launch lines."""
-  args = [a for a in sys.argv[1:]
-          if not a.startswith(("--config.study.only", "--config.study.print_launch",
-                               "--config.study.worker", "--workdir"))]
+  args = [
+      a
+      for a in sys.argv[1:]
+      if not a.startswith(
+          (
+              "--config.study.only",
+              "--config.study.print_launch",
+              "--config.study.worker",
+              "--workdir",
+          )
+      )
+  ]
   return args + [f"--workdir={os.path.abspath(workdir)}"]
 
 
-def launch_lines(config: ml_collections.ConfigDict, workdir: str, cells: list[grid.Cell]
-                 ) -> list[str]:
+def launch_lines(
+    config: ml_collections.ConfigDict, workdir: str, cells: list[grid.Cell]
+) -> list[str]:
   """One command per cell for a cluster sweep; pretraining cells must finish before the rest,
   and under first-seed selection a group's first-seed cells before its later seeds."""
   base = [sys.executable, "run.py", *_command_args(workdir)]
@@ -37,8 +47,10 @@ def launch_lines(config: ml_collections.ConfigDict, workdir: str, cells: list[gr
   for cell in cells:
     after = f"  # after {cell.depends_on}" if cell.depends_on else "  # first"
     if sweep_seed is not None and cell.hparams and cell.seed != sweep_seed:
-      after = (f"  # after the seed{sweep_seed} cells of its group; exits at once unless "
-               "its configuration is selected")
+      after = (
+          f"  # after the seed{sweep_seed} cells of its group; exits at once unless "
+          "its configuration is selected"
+      )
     lines.append(shlex.join(base + [f"--config.study.only={cell.index}"]) + after)
   return lines
 
@@ -120,14 +132,22 @@ exec "$PYTHON" run.py "${{ARGS[@]}}" --workdir="$WORKDIR" --config.study.worker=
 """
 
 
-def write_launch_scripts(config: ml_collections.ConfigDict, workdir: str,
-                         cells: list[grid.Cell]) -> list[str]:
+def write_launch_scripts(
+    config: ml_collections.ConfigDict, workdir: str, cells: list[grid.Cell]
+) -> list[str]:
   """W/launch/tpu_vm_fleet.sh and W/launch/slurm_array.sbatch: this command as study workers
   on many machines; what the user must fill in is marked at the top of each."""
   args = " ".join(shlex.quote(a) for a in _command_args(workdir)[:-1])  # --workdir: a variable
-  values = dict(name=config.study.name, count=len(cells), last=max(len(cells) - 1, 0),
-                repo=os.path.abspath(os.getcwd()), workdir=os.path.abspath(workdir),
-                python=sys.executable, launch=workdir_lib.LAUNCH, args=args)
+  values = dict(
+      name=config.study.name,
+      count=len(cells),
+      last=max(len(cells) - 1, 0),
+      repo=os.path.abspath(os.getcwd()),
+      workdir=os.path.abspath(workdir),
+      python=sys.executable,
+      launch=workdir_lib.LAUNCH,
+      args=args,
+  )
   paths = []
   for name, template in (("tpu_vm_fleet.sh", _TPU_FLEET), ("slurm_array.sbatch", _SLURM_ARRAY)):
     path = os.path.join(workdir, workdir_lib.LAUNCH, name)

@@ -10,7 +10,8 @@ import json
 import os
 import statistics
 import textwrap
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
@@ -48,16 +49,31 @@ class _Style:
 
   def point(self, line: dict) -> dict:
     colour = self.colour[line["strategy"]]
-    return dict(color=colour, marker=self.marker[line["strategy"]], markersize=7, capsize=3,
-                markerfacecolor="none" if line["init"].endswith(SCRATCH) else colour)
+    return dict(
+        color=colour,
+        marker=self.marker[line["strategy"]],
+        markersize=7,
+        capsize=3,
+        markerfacecolor="none" if line["init"].endswith(SCRATCH) else colour,
+    )
 
   def legend(self, lines: Sequence[dict]) -> list[Line2D]:
-    handles = [Line2D([], [], color=self.colour[s], marker=self.marker[s], linestyle="none",
-                      label=s) for s in dict.fromkeys(line["strategy"] for line in lines)]
+    handles = [
+        Line2D([], [], color=self.colour[s], marker=self.marker[s], linestyle="none", label=s)
+        for s in dict.fromkeys(line["strategy"] for line in lines)
+    ]
     return handles + [
         Line2D([], [], color="grey", marker="o", linestyle="none", label="pretrained"),
-        Line2D([], [], color="grey", marker="o", markerfacecolor="none", linestyle="none",
-               label="scratch")]
+        Line2D(
+            [],
+            [],
+            color="grey",
+            marker="o",
+            markerfacecolor="none",
+            linestyle="none",
+            label="scratch",
+        ),
+    ]
 
 
 def _axis_label(key: str, scale: float) -> str:
@@ -85,8 +101,9 @@ def _error(line: dict, score: str, scale: float) -> float:
   return 0.0 if ci != ci else ci * scale
 
 
-def _score_vs(lines: Sequence[dict], x_key: str, score: str, scale: float, style: _Style,
-              xlabel: str) -> tuple[Figure, list[str]]:
+def _score_vs(
+    lines: Sequence[dict], x_key: str, score: str, scale: float, style: _Style, xlabel: str
+) -> tuple[Figure, list[str]]:
   """Test score (mean, 95% CI) of each selected configuration against a per-group cost."""
   fig, ax = _figure()
   not_shown = []
@@ -103,15 +120,22 @@ def _score_vs(lines: Sequence[dict], x_key: str, score: str, scale: float, style
   return fig, not_shown
 
 
-def _pareto(lines: Sequence[dict], score: str, scale: float, mode: str, style: _Style
-            ) -> tuple[Figure, list[str]]:
+def _pareto(
+    lines: Sequence[dict], score: str, scale: float, mode: str, style: _Style
+) -> tuple[Figure, list[str]]:
   """Score against train FLOPs, with the frontier of groups no cheaper group beats."""
-  fig, not_shown = _score_vs(lines, "train_flops", score, scale, style,
-                             "train FLOPs (XLA cost analysis × steps)")
+  fig, not_shown = _score_vs(
+      lines, "train_flops", score, scale, style, "train FLOPs (XLA cost analysis × steps)"
+  )
   sign = -1 if mode == "max" else 1  # at equal cost the better group comes first
-  points = sorted(((line["train_flops.mean"], line[f"{score}.mean"] * scale) for line in lines
-                   if f"{score}.mean" in line and "train_flops.mean" in line),
-                  key=lambda p: (p[0], sign * p[1]))
+  points = sorted(
+      (
+          (line["train_flops.mean"], line[f"{score}.mean"] * scale)
+          for line in lines
+          if f"{score}.mean" in line and "train_flops.mean" in line
+      ),
+      key=lambda p: (p[0], sign * p[1]),
+  )
   frontier, best = [], None
   for flops, value in points:
     if best is None or (value > best if mode == "max" else value < best):
@@ -142,8 +166,9 @@ def _mean_curve(curves: Sequence[dict[int, float]]) -> tuple[list[int], list[flo
   return steps, means, stds
 
 
-def _learning_curves(lines: Sequence[dict], seeds: dict[tuple, list[dict]], key: str,
-                     scale: float, style: _Style) -> tuple[Figure, list[str]]:
+def _learning_curves(
+    lines: Sequence[dict], seeds: dict[tuple, list[dict]], key: str, scale: float, style: _Style
+) -> tuple[Figure, list[str]]:
   fig, ax = _figure()
   not_shown = []
   for line in lines:
@@ -154,18 +179,29 @@ def _learning_curves(lines: Sequence[dict], seeds: dict[tuple, list[dict]], key:
       continue
     steps, means, stds = _mean_curve(curves)
     colour = style.colour[line["strategy"]]
-    ax.plot(steps, [m * scale for m in means], color=colour,
-            linestyle=style.linestyle[line["init"]], label=_label(line))
-    ax.fill_between(steps, [(m - s) * scale for m, s in zip(means, stds)],
-                    [(m + s) * scale for m, s in zip(means, stds)], color=colour, alpha=0.2)
+    ax.plot(
+        steps,
+        [m * scale for m in means],
+        color=colour,
+        linestyle=style.linestyle[line["init"]],
+        label=_label(line),
+    )
+    ax.fill_between(
+        steps,
+        [(m - s) * scale for m, s in zip(means, stds)],
+        [(m + s) * scale for m, s in zip(means, stds)],
+        color=colour,
+        alpha=0.2,
+    )
   if ax.lines:
     ax.legend(fontsize=7)
   ax.set(xlabel="step", ylabel=_axis_label(key, scale))
   return fig, not_shown
 
 
-def _score_vs_data(lines: Sequence[dict], score: str, scale: float, style: _Style
-                   ) -> tuple[Figure, list[str]]:
+def _score_vs_data(
+    lines: Sequence[dict], score: str, scale: float, style: _Style
+) -> tuple[Figure, list[str]]:
   fig, ax = _figure()
   not_shown, pairs = [], {}
   for line in lines:
@@ -175,11 +211,14 @@ def _score_vs_data(lines: Sequence[dict], score: str, scale: float, style: _Styl
       not_shown.append(_not_shown(line, f"no {score}", fraction=True))
   for points in pairs.values():
     points.sort(key=lambda line: line["train_fraction"])
-    ax.errorbar([p["train_fraction"] for p in points],
-                [p[f"{score}.mean"] * scale for p in points],
-                yerr=[_error(p, score, scale) for p in points],
-                linestyle=style.linestyle[points[0]["init"]], label=_label(points[0]),
-                **style.point(points[0]))
+    ax.errorbar(
+        [p["train_fraction"] for p in points],
+        [p[f"{score}.mean"] * scale for p in points],
+        yerr=[_error(p, score, scale) for p in points],
+        linestyle=style.linestyle[points[0]["init"]],
+        label=_label(points[0]),
+        **style.point(points[0]),
+    )
   if pairs:
     ax.legend(fontsize=7)
   fractions = sorted({line["train_fraction"] for line in lines})
@@ -189,8 +228,9 @@ def _score_vs_data(lines: Sequence[dict], score: str, scale: float, style: _Styl
   return fig, not_shown
 
 
-def _sweep(choices: Sequence[selection.Choice], lines: Sequence[dict], scale: float,
-           style: _Style) -> tuple[Figure, list[str]]:
+def _sweep(
+    choices: Sequence[selection.Choice], lines: Sequence[dict], scale: float, style: _Style
+) -> tuple[Figure, list[str]]:
   """Validation score against the learning rate per (strategy, init), the other swept keys held
   at the selected values; the selected rate is starred. Shows whether a range brackets its
   optimum."""
@@ -203,15 +243,28 @@ def _sweep(choices: Sequence[selection.Choice], lines: Sequence[dict], scale: fl
       not_shown.append(_not_shown(line, "nothing selected"))
       continue
     others = {k: v for k, v in choice.selected.hparams.items() if k != SWEPT_RATE}
-    points = sorted((c.hparams[SWEPT_RATE], c.score["mean"] * scale) for c in choice.candidates
-                    if c.score and {k: c.hparams[k] for k in others} == others)
+    points = sorted(
+        (c.hparams[SWEPT_RATE], c.score["mean"] * scale)
+        for c in choice.candidates
+        if c.score and {k: c.hparams[k] for k in others} == others
+    )
     colour = style.colour[line["strategy"]]
-    ax.plot(*zip(*points), color=colour, linestyle=style.linestyle[line["init"]],
-            marker=style.marker[line["strategy"]],
-            markerfacecolor="none" if line["init"].endswith(SCRATCH) else colour,
-            label=_label(line))
-    ax.plot(choice.selected.hparams[SWEPT_RATE], choice.selected.score["mean"] * scale,
-            marker="*", markersize=14, color=colour, linestyle="none")
+    ax.plot(
+        *zip(*points),
+        color=colour,
+        linestyle=style.linestyle[line["init"]],
+        marker=style.marker[line["strategy"]],
+        markerfacecolor="none" if line["init"].endswith(SCRATCH) else colour,
+        label=_label(line),
+    )
+    ax.plot(
+        choice.selected.hparams[SWEPT_RATE],
+        choice.selected.score["mean"] * scale,
+        marker="*",
+        markersize=14,
+        color=colour,
+        linestyle="none",
+    )
   if ax.lines:
     ax.legend(fontsize=7)
   ax.set_xscale("log")
@@ -220,8 +273,12 @@ def _sweep(choices: Sequence[selection.Choice], lines: Sequence[dict], scale: fl
   return fig, not_shown
 
 
-def write(workdir: str, rows: Sequence[dict], summary: Sequence[dict],
-          choices: dict[tuple, selection.Choice]) -> list[str]:
+def write(
+    workdir: str,
+    rows: Sequence[dict],
+    summary: Sequence[dict],
+    choices: dict[tuple, selection.Choice],
+) -> list[str]:
   """W/plots/ per task: score vs trainable share, score vs train FLOPs and learning curves (at
   the largest data fraction), validation vs learning rate when it was swept, and score vs data
   fraction when there are several. Tasks with no finished run get none: the tables list them."""
@@ -243,21 +300,49 @@ def write(workdir: str, rows: Sequence[dict], summary: Sequence[dict],
     at = f", data fraction {fractions[-1]:g}" if len(fractions) > 1 else ""
     name = tables.slug(task)
     figures = [
-        (f"score_vs_trainable_{name}", f"{task}: {score} vs trainable share{at}",
-         _score_vs(full, "trainable_fraction", score, scale, style,
-                   "trainable parameters (fraction of total)")),
-        (f"score_vs_flops_{name}", f"{task}: {score} vs train FLOPs{at}",
-         _pareto(full, score, scale, mode, style)),
-        (f"learning_curves_{name}", f"{task}: validation/{metric} by step{at}",
-         _learning_curves(full, seeds, f"validation/{metric}", scale, style))]
+        (
+            f"score_vs_trainable_{name}",
+            f"{task}: {score} vs trainable share{at}",
+            _score_vs(
+                full,
+                "trainable_fraction",
+                score,
+                scale,
+                style,
+                "trainable parameters (fraction of total)",
+            ),
+        ),
+        (
+            f"score_vs_flops_{name}",
+            f"{task}: {score} vs train FLOPs{at}",
+            _pareto(full, score, scale, mode, style),
+        ),
+        (
+            f"learning_curves_{name}",
+            f"{task}: validation/{metric} by step{at}",
+            _learning_curves(full, seeds, f"validation/{metric}", scale, style),
+        ),
+    ]
     swept = [choices[tuple(line[k] for k in GROUP)] for line in full]
     swept = [c for c in swept if len({h.hparams.get(SWEPT_RATE) for h in c.candidates}) > 1]
     if swept:
-      figures.append((f"sweep_{name}", f"{task}: validation/{metric} vs learning rate{at}",
-                      _sweep(swept, full, scale, style)))
+      figures.append(
+          (
+              f"sweep_{name}",
+              f"{task}: validation/{metric} vs learning rate{at}",
+              _sweep(swept, full, scale, style),
+          )
+      )
     if len(fractions) > 1:
-      figures.append((f"score_vs_data_{name}", f"{task}: {score} vs training data",
-                      _score_vs_data(lines, score, scale, style)))
-    paths += [_save(fig, title, not_shown, os.path.join(out_dir, f"{fname}.png"))
-              for fname, title, (fig, not_shown) in figures]
+      figures.append(
+          (
+              f"score_vs_data_{name}",
+              f"{task}: {score} vs training data",
+              _score_vs_data(lines, score, scale, style),
+          )
+      )
+    paths += [
+        _save(fig, title, not_shown, os.path.join(out_dir, f"{fname}.png"))
+        for fname, title, (fig, not_shown) in figures
+    ]
   return paths

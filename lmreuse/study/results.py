@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from lmreuse import workdir as workdir_lib
 
@@ -31,23 +32,41 @@ def error_line(text: str) -> str:
   """The final exception's first line: error.txt is a traceback, whose first line says nothing."""
   lines = text.strip().splitlines()
   frames = [i for i, line in enumerate(lines) if line.startswith("  File ")]
-  tail = lines[frames[-1] + 1:] if frames else lines
+  tail = lines[frames[-1] + 1 :] if frames else lines
   return next((line for line in tail if line and not line[0].isspace()), "")
 
 
 def row(workdir: str, cell: dict) -> dict:
   """A fine-tuning cell's row: its group, hyperparameters, status and, when finished, results."""
   run_dir = os.path.join(workdir, cell["workdir"])
-  out = {**{k: cell["group"][k] for k in GROUP}, "seed": cell["seed"], "name": cell["name"],
-         "hparams": dict(cell.get("hparams", {})), "workdir": run_dir, "status": "missing",
-         "task_type": None, "metrics": {}, "parameters": {}, "compute": {},
-         "wall_time_sec": None, "steps": None, "best_step": None, "error": None}
+  out = {
+      **{k: cell["group"][k] for k in GROUP},
+      "seed": cell["seed"],
+      "name": cell["name"],
+      "hparams": dict(cell.get("hparams", {})),
+      "workdir": run_dir,
+      "status": "missing",
+      "task_type": None,
+      "metrics": {},
+      "parameters": {},
+      "compute": {},
+      "wall_time_sec": None,
+      "steps": None,
+      "best_step": None,
+      "error": None,
+  }
   if os.path.exists(os.path.join(run_dir, workdir_lib.RESULTS)):
     results = read_json(os.path.join(run_dir, workdir_lib.RESULTS))
-    out.update(status="ok", task_type=results["task"]["type"], metrics=results["metrics"],
-               parameters=results["parameters"], compute=results.get("compute", {}),
-               wall_time_sec=results["wall_time_sec"], steps=results["steps"],
-               best_step=results["best_step"])
+    out.update(
+        status="ok",
+        task_type=results["task"]["type"],
+        metrics=results["metrics"],
+        parameters=results["parameters"],
+        compute=results.get("compute", {}),
+        wall_time_sec=results["wall_time_sec"],
+        steps=results["steps"],
+        best_step=results["best_step"],
+    )
   elif os.path.exists(os.path.join(run_dir, workdir_lib.ERROR)):
     with open(os.path.join(run_dir, workdir_lib.ERROR)) as f:
       out.update(status="failed", error=error_line(f.read()))

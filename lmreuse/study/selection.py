@@ -13,7 +13,8 @@ choice provisional; equal means are ties, broken by sweep order, and listed.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from lmreuse.eval.metrics import HEADLINE
 from lmreuse.study import statistics
@@ -23,7 +24,7 @@ from lmreuse.study.results import by_group
 @dataclasses.dataclass
 class Candidate:
   hparams: dict[str, Any]
-  rows: list[dict]              # this configuration's cells that selection reads
+  rows: list[dict]  # this configuration's cells that selection reads
   score: dict[str, float] | None  # statistics.interval of the validation metric; None if none ran
 
   @property
@@ -38,12 +39,12 @@ class Candidate:
 
 @dataclasses.dataclass
 class Choice:
-  key: tuple                      # the GROUP values
-  metric: str | None              # "validation/<headline>"; None while no cell of the task ran
-  mode: str                       # max | min
+  key: tuple  # the GROUP values
+  metric: str | None  # "validation/<headline>"; None while no cell of the task ran
+  mode: str  # max | min
   candidates: list[Candidate]
   selected: Candidate | None
-  ties: list[Candidate]           # other eligible candidates with the selected one's mean
+  ties: list[Candidate]  # other eligible candidates with the selected one's mean
 
   @property
   def swept(self) -> bool:
@@ -74,8 +75,7 @@ class Choice:
 
 def describe(hparams: dict[str, Any]) -> str:
   """'learning_rate=0.003, strategy.rank=4' (the selected_hparams column); '' when not swept."""
-  return ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
-                   for k, v in hparams.items())
+  return ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in hparams.items())
 
 
 def at_edge(choice: Choice) -> list[str]:
@@ -92,23 +92,31 @@ def at_edge(choice: Choice) -> list[str]:
   return out
 
 
-def _candidates(rows: Sequence[dict], seeds: set[int] | None, metric: str | None
-                ) -> list[Candidate]:
+def _candidates(
+    rows: Sequence[dict], seeds: set[int] | None, metric: str | None
+) -> list[Candidate]:
   by_config: dict[str, list[dict]] = {}
   for row in rows:
     by_config.setdefault(repr(sorted(row["hparams"].items())), []).append(row)
   candidates = []
   for members in by_config.values():
     chosen = [r for r in members if seeds is None or r["seed"] in seeds]
-    values = [float(r["metrics"][metric]) for r in chosen
-              if r["status"] == "ok" and metric and metric in r["metrics"]]
-    candidates.append(Candidate(dict(members[0]["hparams"]), chosen,
-                                statistics.interval(values) if values else None))
+    values = [
+        float(r["metrics"][metric])
+        for r in chosen
+        if r["status"] == "ok" and metric and metric in r["metrics"]
+    ]
+    candidates.append(
+        Candidate(
+            dict(members[0]["hparams"]), chosen, statistics.interval(values) if values else None
+        )
+    )
   return candidates
 
 
-def choose(key: tuple, rows: Sequence[dict], task_type: str | None,
-           first_seed: int | None = None) -> Choice:
+def choose(
+    key: tuple, rows: Sequence[dict], task_type: str | None, first_seed: int | None = None
+) -> Choice:
   """The choice for one group's rows; `first_seed` set: selection reads that seed only."""
   metric, mode = (None, "max") if task_type is None else HEADLINE[task_type]
   metric = metric and f"validation/{metric}"
@@ -124,14 +132,16 @@ def choose(key: tuple, rows: Sequence[dict], task_type: str | None,
   return Choice(key, metric, mode, candidates, winners[0], winners[1:])
 
 
-def choose_all(rows: Sequence[dict], selection: str = "all",
-               first_seed: int | None = None) -> dict[tuple, Choice]:
+def choose_all(
+    rows: Sequence[dict], selection: str = "all", first_seed: int | None = None
+) -> dict[tuple, Choice]:
   """A Choice per group, in study order; `selection` is the manifest's mode."""
   groups = by_group(rows)
   task_types = {row["task"]: row["task_type"] for row in rows if row["status"] == "ok"}
   seed = first_seed if selection == "first_seed" else None
-  return {key: choose(key, members, task_types.get(key[0]), seed)
-          for key, members in groups.items()}
+  return {
+      key: choose(key, members, task_types.get(key[0]), seed) for key, members in groups.items()
+  }
 
 
 def reported(choice: Choice, rows: Sequence[dict]) -> list[dict]:

@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 from scipy import stats
@@ -85,8 +86,9 @@ def adjust(p_values: Sequence[float]) -> list[float]:
   return adjusted.tolist()
 
 
-def paired_bootstrap(statistic: Statistic, n_examples: int, *, n_resamples: int = N_RESAMPLES,
-                     seed: int = 0) -> dict[str, float]:
+def paired_bootstrap(
+    statistic: Statistic, n_examples: int, *, n_resamples: int = N_RESAMPLES, seed: int = 0
+) -> dict[str, float]:
   """Percentile bootstrap of a difference Δ over resamples of `n_examples` test examples.
 
   `statistic` maps a [resamples, n_examples] array of example indices (one resample per row) to
@@ -109,9 +111,15 @@ def paired_bootstrap(statistic: Statistic, n_examples: int, *, n_resamples: int 
     # A statistic that is nan on some resample makes scipy warn; the p-value below is nan then.
     warnings.simplefilter("ignore", stats.DegenerateDataWarning)
     result = stats.bootstrap(
-        (indices,), lambda idx, axis: statistic(idx), vectorized=True, n_resamples=n_resamples,
-        batch=max(1, _BATCH_ELEMENTS // n_examples), method="percentile", confidence_level=0.95,
-        rng=np.random.default_rng(seed))
+        (indices,),
+        lambda idx, axis: statistic(idx),
+        vectorized=True,
+        n_resamples=n_resamples,
+        batch=max(1, _BATCH_ELEMENTS // n_examples),
+        method="percentile",
+        confidence_level=0.95,
+        rng=np.random.default_rng(seed),
+    )
   deltas = np.asarray(result.bootstrap_distribution, dtype=np.float64)
   deltas = np.where(np.abs(deltas) < _TIE, 0.0, deltas)
   if np.isnan(deltas).any():
@@ -120,8 +128,14 @@ def paired_bootstrap(statistic: Statistic, n_examples: int, *, n_resamples: int 
     # Identical rows: every Δ* is 0, both tails hold all of them, p = 1 and the interval is [0, 0].
     p_value = min(1.0, 2.0 * min(np.mean(deltas <= 0), np.mean(deltas >= 0)))
     low, high = result.confidence_interval.low, result.confidence_interval.high
-  return {"mean_diff": mean_diff, "p_value": float(p_value), "ci95_low": float(low),
-          "ci95_high": float(high), "n_examples": n_examples, "n_resamples": n_resamples}
+  return {
+      "mean_diff": mean_diff,
+      "p_value": float(p_value),
+      "ci95_low": float(low),
+      "ci95_high": float(high),
+      "n_examples": n_examples,
+      "n_resamples": n_resamples,
+  }
 
 
 def same_examples(task_type: str, rows: dict[str, Sequence[Sequence[dict]]]) -> list[dict]:
@@ -137,20 +151,26 @@ def same_examples(task_type: str, rows: dict[str, Sequence[Sequence[dict]]]) -> 
       for i, record in enumerate(records):
         missing = [f for f in (*fields, "prediction") if f not in record]
         if missing:
-          raise ValueError(f"{where}: record {i} lacks {missing} ({task_type} records carry "
-                           f"{list(fields)} and 'prediction'); it has {sorted(record)}")
+          raise ValueError(
+              f"{where}: record {i} lacks {missing} ({task_type} records carry "
+              f"{list(fields)} and 'prediction'); it has {sorted(record)}"
+          )
       if reference is None:
         reference, reference_where = records, where
         continue
       if len(records) != len(reference):
-        raise ValueError(f"{where} has {len(records)} test examples but {reference_where} has "
-                         f"{len(reference)}: rows must predict the same test set")
+        raise ValueError(
+            f"{where} has {len(records)} test examples but {reference_where} has "
+            f"{len(reference)}: rows must predict the same test set"
+        )
       for i, (record, gold) in enumerate(zip(records, reference)):
         for f in fields:
           if record[f] != gold[f]:
-            raise ValueError(f"{where}: example {i} has {f}={record[f]!r} but {reference_where} "
-                             f"has {f}={gold[f]!r}: rows must predict the same test examples "
-                             f"in the same order")
+            raise ValueError(
+                f"{where}: example {i} has {f}={record[f]!r} but {reference_where} "
+                f"has {f}={gold[f]!r}: rows must predict the same test examples "
+                f"in the same order"
+            )
   return list(reference)
 
 
@@ -167,30 +187,40 @@ def _counts_statistic(counts: dict[str, list[metrics.SufficientStatistics]]) -> 
   batch and all seeds of both rows at once as (times each example is drawn) @ (counts), in
   integers, so the sums are exact and equal the re-scored resample's.
   """
-  blocks = [(row, seed_counts.shape[1], to_score) for row in ROWS
-            for seed_counts, to_score in counts[row]]
-  counts_NxC = np.concatenate([seed_counts for row in ROWS for seed_counts, _ in counts[row]],
-                              axis=1)
+  blocks = [
+      (row, seed_counts.shape[1], to_score) for row in ROWS for seed_counts, to_score in counts[row]
+  ]
+  counts_NxC = np.concatenate(
+      [seed_counts for row in ROWS for seed_counts, _ in counts[row]], axis=1
+  )
 
   def statistic(idx_BxN: np.ndarray) -> np.ndarray:
     n_resamples, n_examples = idx_BxN.shape
     offsets_Bx1 = n_examples * np.arange(n_resamples)[:, None]
-    drawn_BxN = np.bincount((idx_BxN + offsets_Bx1).ravel(),
-                            minlength=n_resamples * n_examples).reshape(n_resamples, n_examples)
+    drawn_BxN = np.bincount(
+        (idx_BxN + offsets_Bx1).ravel(), minlength=n_resamples * n_examples
+    ).reshape(n_resamples, n_examples)
     summed_BxC = drawn_BxN @ counts_NxC
     scores, column = {row: [] for row in ROWS}, 0
     for row, width, to_score in blocks:
-      scores[row].append(to_score(summed_BxC[:, column:column + width]))
+      scores[row].append(to_score(summed_BxC[:, column : column + width]))
       column += width
     return _seed_mean(scores["a"]) - _seed_mean(scores["b"])
 
   return statistic
 
 
-def compare_predictions(task_type: str, metric: str, a: Sequence[Sequence[dict]],
-                        b: Sequence[Sequence[dict]], *, positive_label: Any = None,
-                        n_resamples: int = N_RESAMPLES, seed: int = 0,
-                        rescore: bool = False) -> dict[str, float]:
+def compare_predictions(
+    task_type: str,
+    metric: str,
+    a: Sequence[Sequence[dict]],
+    b: Sequence[Sequence[dict]],
+    *,
+    positive_label: Any = None,
+    n_resamples: int = N_RESAMPLES,
+    seed: int = 0,
+    rescore: bool = False,
+) -> dict[str, float]:
   """Paired bootstrap of row a minus row b on `metric`, each row the mean over its seeds.
 
   `a` and `b` hold one list of predictions.jsonl records per seed, all over the same test
@@ -210,38 +240,59 @@ def compare_predictions(task_type: str, metric: str, a: Sequence[Sequence[dict]]
   """
   task = tasks.get(task_type)
   examples = same_examples(task_type, {"a": a, "b": b})
-  predictions = {row: [[r["prediction"] for r in records] for records in seeds]
-                 for row, seeds in (("a", a), ("b", b))}
+  predictions = {
+      row: [[r["prediction"] for r in records] for records in seeds]
+      for row, seeds in (("a", a), ("b", b))
+  }
 
   def row_score(row: str, idx: np.ndarray) -> float:
     picked = [examples[i] for i in idx]
-    return float(_seed_mean([
-        task.score(picked, [p[i] for i in idx], positive_label, metric=metric)[metric]
-        for p in predictions[row]]))
+    return float(
+        _seed_mean(
+            [
+                task.score(picked, [p[i] for i in idx], positive_label, metric=metric)[metric]
+                for p in predictions[row]
+            ]
+        )
+    )
 
   full = np.arange(len(examples))
   means = {row: row_score(row, full) for row in ROWS}  # also checks the metric's name
   # Which metrics have per-example values, from one example (the names, not the values).
   per_example = {} if rescore else task.per_example(examples[:1], predictions["a"][0][:1])
   # Counts come from the whole test set: whether they add up can depend on every example.
-  counts = {} if rescore or metric in per_example else {
-      row: [task.sufficient_statistics(examples, p).get(metric) for p in predictions[row]]
-      for row in ROWS}
+  counts = (
+      {}
+      if rescore or metric in per_example
+      else {
+          row: [task.sufficient_statistics(examples, p).get(metric) for p in predictions[row]]
+          for row in ROWS
+      }
+  )
   if metric in per_example:
-    seed_means = {row: np.mean([task.per_example(examples, p)[metric] for p in predictions[row]],
-                               axis=0) for row in ROWS}
+    seed_means = {
+        row: np.mean([task.per_example(examples, p)[metric] for p in predictions[row]], axis=0)
+        for row in ROWS
+    }
     diff_N = seed_means["a"] - seed_means["b"]
 
     def statistic(idx_BxN: np.ndarray) -> np.ndarray:
       return np.mean(diff_N[idx_BxN], axis=-1)
+
   elif counts and all(c is not None for seeds in counts.values() for c in seeds):
     statistic = _counts_statistic(counts)
   else:
+
     def statistic(idx_BxN: np.ndarray) -> np.ndarray:
       return np.asarray([row_score("a", idx) - row_score("b", idx) for idx in idx_BxN])
 
   result = paired_bootstrap(statistic, len(examples), n_resamples=n_resamples, seed=seed)
   # The full-set difference from `score`, so it matches results.json on every path.
   result["mean_diff"] = means["a"] - means["b"]
-  return {**result, "mean_a": means["a"], "mean_b": means["b"], "n_seeds_a": len(a),
-          "n_seeds_b": len(b)}
+  return {
+      **result,
+      "mean_a": means["a"],
+      "mean_b": means["b"],
+      "n_seeds_a": len(a),
+      "n_seeds_b": len(b),
+  }

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import functools
 import math
 import os
 import re
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 from lmreuse import workdir as workdir_lib
 from lmreuse.eval.metrics import HEADLINE
@@ -21,15 +22,38 @@ from lmreuse.study.results import GROUP
 
 # Their metrics are fractions, shown ×100; SQuAD F1, BLEU and ROUGE are already on 0-100.
 FRACTION_TYPES = ("classification", "regression", "tagging")
-_HEAD = (*GROUP, "task_type", "selected_hparams", "configurations", "selection_note", "n",
-         "n_ok", "n_failed", "n_missing", "n_total", "status")
-_TEX = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
-        "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
-LEGEND = (f"± is the 95% confidence interval over seeds (Student t). Δ columns: the row minus "
-          f"full fine-tuning at the same init, or minus the from-scratch twin at the same "
-          f"strategy; * = significant (p < {comparisons.ALPHA} in both Welch's t-test over "
-          f"seeds and the paired bootstrap over test examples), n.s. = not significant. Each "
-          f"row is the configuration selected on validation.")
+_HEAD = (
+    *GROUP,
+    "task_type",
+    "selected_hparams",
+    "configurations",
+    "selection_note",
+    "n",
+    "n_ok",
+    "n_failed",
+    "n_missing",
+    "n_total",
+    "status",
+)
+_TEX = {
+    "\\": r"\textbackslash{}",
+    "&": r"\&",
+    "%": r"\%",
+    "$": r"\$",
+    "#": r"\#",
+    "_": r"\_",
+    "{": r"\{",
+    "}": r"\}",
+    "~": r"\textasciitilde{}",
+    "^": r"\textasciicircum{}",
+}
+LEGEND = (
+    f"± is the 95% confidence interval over seeds (Student t). Δ columns: the row minus "
+    f"full fine-tuning at the same init, or minus the from-scratch twin at the same "
+    f"strategy; * = significant (p < {comparisons.ALPHA} in both Welch's t-test over "
+    f"seeds and the paired bootstrap over test examples), n.s. = not significant. Each "
+    f"row is the configuration selected on validation."
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,8 +67,9 @@ class Format:
 
 
 MD = Format(str, " ± ", "—", lambda s: f"**{s}**")
-TEX = Format(lambda s: "".join(_TEX.get(c, c) for c in s), r" $\pm$ ", "--",
-             lambda s: rf"\textbf{{{s}}}")
+TEX = Format(
+    lambda s: "".join(_TEX.get(c, c) for c in s), r" $\pm$ ", "--", lambda s: rf"\textbf{{{s}}}"
+)
 
 
 def by_task(lines: Sequence[dict]) -> dict[str, list[dict]]:
@@ -73,8 +98,11 @@ def _best(lines: Sequence[dict], key: str, mode: str) -> set[int]:
     if f"{key}.mean" in line:
       value, fraction = line[f"{key}.mean"], line["train_fraction"]
       best[fraction] = pick(best.get(fraction, value), value)
-  return {i for i, line in enumerate(lines)
-          if f"{key}.mean" in line and line[f"{key}.mean"] == best[line["train_fraction"]]}
+  return {
+      i
+      for i, line in enumerate(lines)
+      if f"{key}.mean" in line and line[f"{key}.mean"] == best[line["train_fraction"]]
+  }
 
 
 def percent(fraction: float) -> str:
@@ -94,8 +122,9 @@ def _delta(pair: dict | None, scale: float, fmt: Format) -> str:
   return fmt.esc(f"{pair['mean_diff'] * scale:+.1f}{mark}")
 
 
-def results_table(lines: Sequence[dict], verdicts: dict, fmt: Format
-                  ) -> tuple[list[str], list[list[str]], list[bool]]:
+def results_table(
+    lines: Sequence[dict], verdicts: dict, fmt: Format
+) -> tuple[list[str], list[list[str]], list[bool]]:
   """Header, cells and which columns are numeric, for one task's selected configurations."""
   found = headline(lines)
   metric, mode, score, scale = found or ("score", "max", "", 1.0)
@@ -111,59 +140,123 @@ def results_table(lines: Sequence[dict], verdicts: dict, fmt: Format
     return f"{line[f'{key}.mean'] * scale:.1f}{spread}"
 
   def delta(line: dict, kind: str) -> str:
-    return _delta(next((p for (task, fraction, a, _), p in verdicts.items()
-                        if p["kind"] == kind and task == line["task"]
-                        and fraction == line["train_fraction"]
-                        and a == f"{line['init']}/{line['strategy']}"), None), scale, fmt)
+    return _delta(
+        next(
+            (
+                p
+                for (task, fraction, a, _), p in verdicts.items()
+                if p["kind"] == kind
+                and task == line["task"]
+                and fraction == line["train_fraction"]
+                and a == f"{line['init']}/{line['strategy']}"
+            ),
+            None,
+        ),
+        scale,
+        fmt,
+    )
 
-  header = ["init", "strategy", *(["data fraction"] if fractions else []),
-            *(["selected"] if swept else []), f"test {metric}", f"validation {metric}",
-            "Δ vs full", "Δ vs scratch", "trainable %", "train FLOPs", "peak memory (MB)",
-            "wall time (s)", "seeds"]
-  numeric = [False, False, *([True] if fractions else []), *([False] if swept else []),
-             True, True, True, True, True, True, True, True, False]
+  header = [
+      "init",
+      "strategy",
+      *(["data fraction"] if fractions else []),
+      *(["selected"] if swept else []),
+      f"test {metric}",
+      f"validation {metric}",
+      "Δ vs full",
+      "Δ vs scratch",
+      "trainable %",
+      "train FLOPs",
+      "peak memory (MB)",
+      "wall time (s)",
+      "seeds",
+  ]
+  numeric = [
+      False,
+      False,
+      *([True] if fractions else []),
+      *([False] if swept else []),
+      True,
+      True,
+      True,
+      True,
+      True,
+      True,
+      True,
+      True,
+      False,
+  ]
   cells = []
   for i, line in enumerate(lines):
     scores = {key: interval(line, key) for key in (f"test/{metric}", f"validation/{metric}")}
     if i in best:
       scores[score] = fmt.bold(scores[score])
-    ok = line["n_ok"] > 0
-
-    def number(key: str, render: Callable[[float], str]) -> str:
-      return render(line[f"{key}.mean"]) if ok and f"{key}.mean" in line else fmt.none
+    number = functools.partial(_mean_or_none, line, fmt)
 
     status = f"{line['n_ok']}/{line['n_total']}" if line["status"] == "ok" else line["status"]
     if line["selection_note"]:
       status += f" ({line['selection_note']})"
-    cells.append([
-        fmt.esc(line["init"]), fmt.esc(line["strategy"]),
-        *([f"{line['train_fraction']:g}"] if fractions else []),
-        *([fmt.esc(line["selected_hparams"]) or fmt.none] if swept else []),
-        *scores.values(), delta(line, "strategy vs full"), delta(line, "pretrained vs scratch"),
-        number("trainable_fraction", percent), number("train_flops", _scientific),
-        number("peak_memory_bytes", lambda b: f"{b / 2 ** 20:.1f}"),
-        number("wall_time_sec", lambda s: f"{s:.0f}"), fmt.esc(status)])
+    cells.append(
+        [
+            fmt.esc(line["init"]),
+            fmt.esc(line["strategy"]),
+            *([f"{line['train_fraction']:g}"] if fractions else []),
+            *([fmt.esc(line["selected_hparams"]) or fmt.none] if swept else []),
+            *scores.values(),
+            delta(line, "strategy vs full"),
+            delta(line, "pretrained vs scratch"),
+            number("trainable_fraction", percent),
+            number("train_flops", _scientific),
+            number("peak_memory_bytes", lambda b: f"{b / 2 ** 20:.1f}"),
+            number("wall_time_sec", lambda s: f"{s:.0f}"),
+            fmt.esc(status),
+        ]
+    )
   return [fmt.esc(h) for h in header], cells, numeric
 
 
-def sweep_table(lines: Sequence[dict], scale: float, fmt: Format
-                ) -> tuple[list[str], list[list[str]], list[bool]]:
+def _mean_or_none(line: dict, fmt: Format, key: str, render: Callable[[float], str]) -> str:
+  """A row's mean of `key`, rendered; `fmt.none` where no seed finished or the key is absent."""
+  return render(line[f"{key}.mean"]) if line["n_ok"] > 0 and f"{key}.mean" in line else fmt.none
+
+
+def sweep_table(
+    lines: Sequence[dict], scale: float, fmt: Format
+) -> tuple[list[str], list[list[str]], list[bool]]:
   """Every configuration of one task's swept groups: validation mean ± std over the seeds
   selection read."""
   fractions = len({line["train_fraction"] for line in lines}) > 1
-  header = ["init", "strategy", *(["data fraction"] if fractions else []), "configuration",
-            "validation", "seeds", "status", "chosen"]
+  header = [
+      "init",
+      "strategy",
+      *(["data fraction"] if fractions else []),
+      "configuration",
+      "validation",
+      "seeds",
+      "status",
+      "chosen",
+  ]
   numeric = [False, False, *([True] if fractions else []), False, True, False, False, False]
   cells = []
   for line in lines:
     key = f"{line['metric']}.mean"
-    value = (f"{line[key] * scale:.1f}{fmt.pm}{line[line['metric'] + '.std'] * scale:.1f}"
-             if key in line else fmt.none)
-    cells.append([fmt.esc(line["init"]), fmt.esc(line["strategy"]),
-                  *([f"{line['train_fraction']:g}"] if fractions else []),
-                  fmt.esc(line["hparams"]), fmt.bold(value) if line["selected"] == "selected"
-                  else value, fmt.esc(line["seeds"]), fmt.esc(line["status"]),
-                  fmt.esc(line["selected"])])
+    value = (
+        f"{line[key] * scale:.1f}{fmt.pm}{line[line['metric'] + '.std'] * scale:.1f}"
+        if key in line
+        else fmt.none
+    )
+    cells.append(
+        [
+            fmt.esc(line["init"]),
+            fmt.esc(line["strategy"]),
+            *([f"{line['train_fraction']:g}"] if fractions else []),
+            fmt.esc(line["hparams"]),
+            fmt.bold(value) if line["selected"] == "selected" else value,
+            fmt.esc(line["seeds"]),
+            fmt.esc(line["status"]),
+            fmt.esc(line["selected"]),
+        ]
+    )
   return [fmt.esc(h) for h in header], cells, numeric
 
 
@@ -174,20 +267,31 @@ def _p_value(p: float | None, floor: float, fmt: Format) -> str:
   return fmt.esc(f"< {floor:g}") if p < floor else f"{p:.2g}"
 
 
-def comparisons_table(verdicts: dict, task: str, scale: float, fmt: Format
-                      ) -> tuple[list[str], list[list[str]], list[bool]]:
+def comparisons_table(
+    verdicts: dict, task: str, scale: float, fmt: Format
+) -> tuple[list[str], list[list[str]], list[bool]]:
   header = ["a", "b", "data fraction", "mean difference", "Welch p", "bootstrap p", "verdict"]
   numeric = [False, False, True, True, True, True, False]
   cells = []
   for (name, fraction, a, b), pair in verdicts.items():
     if name != task:
       continue
-    p = {t: _p_value(pair["p"].get(t), pair.get("p_floor", 0.0) if t != "welch" else 0.0,
-                     fmt) for t in comparisons.TESTS}
+    p = {
+        t: _p_value(pair["p"].get(t), pair.get("p_floor", 0.0) if t != "welch" else 0.0, fmt)
+        for t in comparisons.TESTS
+    }
     diff = pair["mean_diff"]
-    cells.append([fmt.esc(a), fmt.esc(b), f"{fraction:g}",
-                  f"{diff * scale:+.1f}" if diff is not None else fmt.none,
-                  p["welch"], p["paired_bootstrap"], fmt.esc(pair["verdict"])])
+    cells.append(
+        [
+            fmt.esc(a),
+            fmt.esc(b),
+            f"{fraction:g}",
+            f"{diff * scale:+.1f}" if diff is not None else fmt.none,
+            p["welch"],
+            p["paired_bootstrap"],
+            fmt.esc(pair["verdict"]),
+        ]
+    )
   return [fmt.esc(h) for h in header], cells, numeric
 
 
@@ -197,26 +301,41 @@ def _caption(task: str, lines: Sequence[dict]) -> str:
     return f"{task}: no finished run"
   scale = "×100" if found[3] == 100 else "0-100"
   per = " per data fraction" if len({line["train_fraction"] for line in lines}) > 1 else ""
-  return (f"{task} ({next(l['task_type'] for l in lines if l['task_type'])}): {found[0]} "
-          f"({scale}), mean ± 95% CI over finished seeds; best {found[2]}{per} in bold")
+  return (
+      f"{task} ({next(ln['task_type'] for ln in lines if ln['task_type'])}): {found[0]} "
+      f"({scale}), mean ± 95% CI over finished seeds; best {found[2]}{per} in bold"
+  )
 
 
 def _md_table(table: tuple[list[str], list[list[str]], list[bool]]) -> list[str]:
   header, cells, numeric = table
-  return ["| " + " | ".join(header) + " |",
-          "|" + "|".join("---:" if n else ":---" for n in numeric) + "|",
-          *("| " + " | ".join(row) + " |" for row in cells)]
+  return [
+      "| " + " | ".join(header) + " |",
+      "|" + "|".join("---:" if n else ":---" for n in numeric) + "|",
+      *("| " + " | ".join(row) + " |" for row in cells),
+  ]
 
 
-def _tex_table(table: tuple[list[str], list[list[str]], list[bool]], caption: str,
-               label: str) -> list[str]:
+def _tex_table(
+    table: tuple[list[str], list[list[str]], list[bool]], caption: str, label: str
+) -> list[str]:
   header, cells, numeric = table
   caption = TEX.esc(caption).replace("±", r"$\pm$").replace("×", r"$\times$")
-  return ["", r"\begin{table}[t]", r"\centering", rf"\caption{{{caption}}}",
-          rf"\label{{tab:{slug(label)}}}",
-          r"\begin{tabular}{" + "".join("r" if n else "l" for n in numeric) + "}", r"\toprule",
-          " & ".join(header) + r" \\", r"\midrule", *(" & ".join(row) + r" \\" for row in cells),
-          r"\bottomrule", r"\end{tabular}", r"\end{table}"]
+  return [
+      "",
+      r"\begin{table}[t]",
+      r"\centering",
+      rf"\caption{{{caption}}}",
+      rf"\label{{tab:{slug(label)}}}",
+      r"\begin{tabular}{" + "".join("r" if n else "l" for n in numeric) + "}",
+      r"\toprule",
+      " & ".join(header) + r" \\",
+      r"\midrule",
+      *(" & ".join(row) + r" \\" for row in cells),
+      r"\bottomrule",
+      r"\end{tabular}",
+      r"\end{table}",
+  ]
 
 
 def _sections(summary: Sequence[dict], sweep: Sequence[dict], compared: Sequence[dict]):
@@ -229,37 +348,67 @@ def _sections(summary: Sequence[dict], sweep: Sequence[dict], compared: Sequence
     yield task, lines, scale, verdicts, sweeps.get(task, [])
 
 
-def markdown(summary: Sequence[dict], sweep: Sequence[dict], compared: Sequence[dict],
-             warnings: Sequence[str] = ()) -> str:
+def markdown(
+    summary: Sequence[dict],
+    sweep: Sequence[dict],
+    compared: Sequence[dict],
+    warnings: Sequence[str] = (),
+) -> str:
   out = ["# Results", "", *(f"> **Warning:** {w}" for w in warnings), *([""] if warnings else [])]
   for task, lines, scale, verdicts, sweep_of_task in _sections(summary, sweep, compared):
-    out += [f"## {task}", "", _caption(task, lines) + ".", "", LEGEND, "",
-            *_md_table(results_table(lines, verdicts, MD)), ""]
+    out += [
+        f"## {task}",
+        "",
+        _caption(task, lines) + ".",
+        "",
+        LEGEND,
+        "",
+        *_md_table(results_table(lines, verdicts, MD)),
+        "",
+    ]
     if any(name == task for name, *_ in verdicts):
-      out += [f"### {task}: comparisons", "", "Mean differences ×100 where the table is; "
-              "p-values are two-sided and unadjusted (comparisons.csv also has "
-              "Benjamini-Hochberg adjusted ones).", "",
-              *_md_table(comparisons_table(verdicts, task, scale, MD)), ""]
+      out += [
+          f"### {task}: comparisons",
+          "",
+          "Mean differences ×100 where the table is; "
+          "p-values are two-sided and unadjusted (comparisons.csv also has "
+          "Benjamini-Hochberg adjusted ones).",
+          "",
+          *_md_table(comparisons_table(verdicts, task, scale, MD)),
+          "",
+      ]
     if sweep_of_task:
-      out += [f"### {task}: hyperparameter sweep", "", "Validation score of every "
-              "configuration (mean ± std over the seeds selection read); tables report the "
-              "selected one.", "", *_md_table(sweep_table(sweep_of_task, scale, MD)), ""]
+      out += [
+          f"### {task}: hyperparameter sweep",
+          "",
+          "Validation score of every "
+          "configuration (mean ± std over the seeds selection read); tables report the "
+          "selected one.",
+          "",
+          *_md_table(sweep_table(sweep_of_task, scale, MD)),
+          "",
+      ]
   return "\n".join(out)
 
 
 def latex(summary: Sequence[dict], sweep: Sequence[dict], compared: Sequence[dict]) -> str:
   out = [r"% Written by lmreuse/study/tables.py; needs \usepackage{booktabs}."]
   for task, lines, scale, verdicts, sweep_of_task in _sections(summary, sweep, compared):
-    out += _tex_table(results_table(lines, verdicts, TEX),
-                      f"{_caption(task, lines)}. {LEGEND}", task)
+    out += _tex_table(
+        results_table(lines, verdicts, TEX), f"{_caption(task, lines)}. {LEGEND}", task
+    )
     if any(name == task for name, *_ in verdicts):
-      out += _tex_table(comparisons_table(verdicts, task, scale, TEX),
-                        f"{task}: comparisons (two-sided, unadjusted p-values).",
-                        f"{task}-comparisons")
+      out += _tex_table(
+          comparisons_table(verdicts, task, scale, TEX),
+          f"{task}: comparisons (two-sided, unadjusted p-values).",
+          f"{task}-comparisons",
+      )
     if sweep_of_task:
-      out += _tex_table(sweep_table(sweep_of_task, scale, TEX),
-                        f"{task}: validation score of every swept configuration (mean ± std).",
-                        f"{task}-sweep")
+      out += _tex_table(
+          sweep_table(sweep_of_task, scale, TEX),
+          f"{task}: validation score of every swept configuration (mean ± std).",
+          f"{task}-sweep",
+      )
   return "\n".join(out) + "\n"
 
 
@@ -267,8 +416,7 @@ def slug(text: str) -> str:
   return re.sub(r"[^\w.+-]", "_", text)
 
 
-def _csv(path: str, lines: Sequence[dict], head: Sequence[str], tail: Sequence[str] = ()
-         ) -> None:
+def _csv(path: str, lines: Sequence[dict], head: Sequence[str], tail: Sequence[str] = ()) -> None:
   middle = dict.fromkeys(k for line in lines for k in line if k not in head and k not in tail)
   with open(path, "w", newline="") as f:
     writer = csv.DictWriter(f, fieldnames=[*head, *middle, *tail], restval="")
@@ -276,19 +424,47 @@ def _csv(path: str, lines: Sequence[dict], head: Sequence[str], tail: Sequence[s
     writer.writerows(lines)
 
 
-def write(workdir: str, summary: Sequence[dict], sweep: Sequence[dict],
-          compared: Sequence[dict], warnings: Sequence[str] = ()) -> dict[str, str]:
+def write(
+    workdir: str,
+    summary: Sequence[dict],
+    sweep: Sequence[dict],
+    compared: Sequence[dict],
+    warnings: Sequence[str] = (),
+) -> dict[str, str]:
   """W/results.{csv,md,tex}, W/sweep.csv and W/comparisons.csv."""
-  paths = {name.rsplit(".", 1)[1]: os.path.join(workdir, name)
-           for name in workdir_lib.RESULTS_TABLES}
+  paths = {
+      name.rsplit(".", 1)[1]: os.path.join(workdir, name) for name in workdir_lib.RESULTS_TABLES
+  }
   paths["sweep"] = os.path.join(workdir, workdir_lib.SWEEP_TABLE)
   paths["comparisons"] = os.path.join(workdir, workdir_lib.COMPARISONS_TABLE)
   _csv(paths["csv"], summary, _HEAD, ("errors",))
-  _csv(paths["sweep"], sweep, (*GROUP, "hparams", "metric", "seeds", "status", "eligible",
-                               "selected"))
-  _csv(paths["comparisons"], compared, ("task", "train_fraction", "kind", "a", "b", "metric",
-                                        "test", "mean_a", "mean_b", "mean_diff", "p_value",
-                                        "p_adjusted", "significant", "n_a", "n_b"), ("note",))
+  _csv(
+      paths["sweep"],
+      sweep,
+      (*GROUP, "hparams", "metric", "seeds", "status", "eligible", "selected"),
+  )
+  _csv(
+      paths["comparisons"],
+      compared,
+      (
+          "task",
+          "train_fraction",
+          "kind",
+          "a",
+          "b",
+          "metric",
+          "test",
+          "mean_a",
+          "mean_b",
+          "mean_diff",
+          "p_value",
+          "p_adjusted",
+          "significant",
+          "n_a",
+          "n_b",
+      ),
+      ("note",),
+  )
   with open(paths["md"], "w") as f:
     f.write(markdown(summary, sweep, compared, warnings))
   with open(paths["tex"], "w") as f:

@@ -7,6 +7,7 @@ from lmreuse.tasks.base import Context, TaskType
 
 def _registry() -> dict[str, type[TaskType]]:
   from lmreuse.tasks import classification, extractive_qa, regression, seq2seq, tagging
+
   modules = (classification, regression, tagging, extractive_qa, seq2seq)
   return {m.TASK_TYPE.name: m.TASK_TYPE for m in modules}
 

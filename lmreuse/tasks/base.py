@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import abc
 import dataclasses
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -50,12 +51,12 @@ class Context:
 
   model_cfg: TransformerConfig
   tokenizer: Tokenizer
-  task: ml_collections.ConfigDict   # config.task
-  labels: list | None               # classification labels / tagging tags (sorted)
-  max_len: int                      # input length in tokens
+  task: ml_collections.ConfigDict  # config.task
+  labels: list | None  # classification labels / tagging tags (sorted)
+  max_len: int  # input length in tokens
   label_smoothing: float = 0.0
-  positive_label: Any = None        # the dataset's binary-F1 class (config.task.positive_label
-                                    # overrides it)
+  positive_label: Any = None  # the dataset's binary-F1 class (config.task.positive_label
+  # overrides it)
 
 
 class TaskType(abc.ABC):
@@ -69,8 +70,10 @@ class TaskType(abc.ABC):
     self.ctx = ctx
     arch = ctx.model_cfg.architecture
     if arch not in self.architectures:
-      raise ValueError(f"task type {self.name!r} cannot run on the {arch} architecture; it needs "
-                       f"one of {self.architectures}")
+      raise ValueError(
+          f"task type {self.name!r} cannot run on the {arch} architecture; it needs "
+          f"one of {self.architectures}"
+      )
 
   @property
   def random_features(self) -> bool:
@@ -90,8 +93,9 @@ class TaskType(abc.ABC):
   def loss(self, outputs: Any, batch: dict[str, jax.Array]) -> tuple[jax.Array, MetricPairs]:
     """Scalar training loss and metric pairs; padding examples have batch['weight'] == 0."""
 
-  def predict(self, module: nn.Module, params: Any, batch: dict[str, jax.Array]
-              ) -> dict[str, jax.Array]:
+  def predict(
+      self, module: nn.Module, params: Any, batch: dict[str, jax.Array]
+  ) -> dict[str, jax.Array]:
     """Per-example outputs at evaluation (jitted); generation overrides this."""
     return self.outputs_for_decoding(module.apply({"params": params}, batch))
 
@@ -99,29 +103,42 @@ class TaskType(abc.ABC):
     return outputs
 
   @abc.abstractmethod
-  def postprocess(self, examples: Sequence[dict], example_index: np.ndarray,
-                  metas: Sequence[Any], outputs: dict[str, np.ndarray]) -> list[Any]:
+  def postprocess(
+      self,
+      examples: Sequence[dict],
+      example_index: np.ndarray,
+      metas: Sequence[Any],
+      outputs: dict[str, np.ndarray],
+  ) -> list[Any]:
     """One prediction per example from the per-feature outputs (host side); feature i came
     from examples[example_index[i]] (one feature per example except in windowed QA)."""
 
   @classmethod
   @abc.abstractmethod
-  def score(cls, examples: Sequence[dict], predictions: Sequence[Any], positive_label: Any = None,
-            *, metric: str | None = None) -> dict[str, float]:
+  def score(
+      cls,
+      examples: Sequence[dict],
+      predictions: Sequence[Any],
+      positive_label: Any = None,
+      *,
+      metric: str | None = None,
+  ) -> dict[str, float]:
     """Task metrics from maintained libraries (lmreuse/eval/metrics.py), from the gold answers in
     `examples` alone (examples or predictions.jsonl records). With `metric`, only that entry:
     a bootstrap re-scores thousands of resamples and should not pay for the other metrics."""
 
   @classmethod
-  def per_example(cls, examples: Sequence[dict], predictions: Sequence[Any]
-                  ) -> dict[str, np.ndarray]:
+  def per_example(
+      cls, examples: Sequence[dict], predictions: Sequence[Any]
+  ) -> dict[str, np.ndarray]:
     """One value per example for the metrics that are means over examples (their mean is
     `score`'s value), so resampling the test set needs no re-scoring; the others are absent."""
     return {}
 
   @classmethod
-  def sufficient_statistics(cls, examples: Sequence[dict], predictions: Sequence[Any]
-                            ) -> dict[str, SufficientStatistics]:
+  def sufficient_statistics(
+      cls, examples: Sequence[dict], predictions: Sequence[Any]
+  ) -> dict[str, SufficientStatistics]:
     """Metric -> (per-example counts [n_examples, k], the function of their sum [..., k] that
     gives the metric) for corpus metrics built from counts that add up over examples (corpus
     BLEU, entity F1): a resample's value is then a sum and one call, not a re-scoring. The
@@ -146,13 +163,15 @@ def select(result: dict[str, float], metric: str | None, task: str) -> dict[str,
   return {metric: result[metric]}
 
 
-def weighted_loss(loss: jax.Array, weights: jax.Array, **metrics: jax.Array
-                  ) -> tuple[jax.Array, MetricPairs]:
+def weighted_loss(
+    loss: jax.Array, weights: jax.Array, **metrics: jax.Array
+) -> tuple[jax.Array, MetricPairs]:
   """The weighted mean of per-row (or per-token) `loss` values, and (sum, count) pairs for it
   and for each of `metrics` under the same weights; padding weighs 0, so it never counts."""
   total = jnp.sum(weights)
-  pairs = {name: (jnp.sum(values * weights), total)
-           for name, values in {"loss": loss, **metrics}.items()}
+  pairs = {
+      name: (jnp.sum(values * weights), total) for name, values in {"loss": loss, **metrics}.items()
+  }
   return pairs["loss"][0] / jnp.maximum(total, 1e-8), pairs
 
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -69,23 +70,26 @@ class Classification(TextTask):
   def __init__(self, ctx: base.Context):
     super().__init__(ctx)
     if not ctx.labels or len(ctx.labels) < 2:
-      raise ValueError(f"classification needs at least 2 labels in the training data, got "
-                       f"{ctx.labels}")
+      raise ValueError(
+          f"classification needs at least 2 labels in the training data, got " f"{ctx.labels}"
+      )
     self.label_ids = {label: i for i, label in enumerate(ctx.labels)}
     self.positive_label = None
     wanted = ctx.task.positive_label or ctx.positive_label
     if wanted is not None and wanted != "":
       matches = [label for label in ctx.labels if str(label) == str(wanted)]
       if not matches:
-        raise ValueError(f"config.task.positive_label={wanted!r} is not one of the labels "
-                         f"{ctx.labels[:20]}")
+        raise ValueError(
+            f"config.task.positive_label={wanted!r} is not one of the labels " f"{ctx.labels[:20]}"
+        )
       self.positive_label = matches[0]
 
   def features(self, example: dict, rng: np.random.Generator | None) -> list[base.Feature]:
     label = self.label_ids.get(example["label"])
     if label is None:
-      raise ValueError(f"label {example['label']!r} is not one of the training labels "
-                       f"{self.ctx.labels[:20]}")
+      raise ValueError(
+          f"label {example['label']!r} is not one of the training labels " f"{self.ctx.labels[:20]}"
+      )
     return [base.Feature({**self.row(example, rng), "label": np.int32(label)})]
 
   def model(self) -> nn.Module:
@@ -115,8 +119,14 @@ class Classification(TextTask):
     return labels, predictions
 
   @classmethod
-  def score(cls, examples: Sequence[dict], predictions: Sequence[Any], positive_label: Any = None,
-            *, metric: str | None = None) -> dict[str, float]:
+  def score(
+      cls,
+      examples: Sequence[dict],
+      predictions: Sequence[Any],
+      positive_label: Any = None,
+      *,
+      metric: str | None = None,
+  ) -> dict[str, float]:
     labels, predictions = cls._labels(examples, predictions)
     if positive_label is not None and positive_label != "":
       # Matched as text, as `config.task.positive_label` is matched to the training labels.
@@ -127,8 +137,9 @@ class Classification(TextTask):
     return metrics.classification(labels, predictions, positive_label=positive_label, only=metric)
 
   @classmethod
-  def per_example(cls, examples: Sequence[dict], predictions: Sequence[Any]
-                  ) -> dict[str, np.ndarray]:
+  def per_example(
+      cls, examples: Sequence[dict], predictions: Sequence[Any]
+  ) -> dict[str, np.ndarray]:
     return metrics.classification_per_example(*cls._labels(examples, predictions))
 
   def metrics(self, examples: Sequence[dict], predictions: Sequence[Any]) -> dict[str, float]:

@@ -7,7 +7,7 @@ the whole input. Encoder-decoders (T5) read `a [SEP] b [EOS]` in the encoder and
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import flax.linen as nn
 import jax
@@ -31,8 +31,9 @@ def truncate_pair(a: list[int], b: list[int], budget: int) -> tuple[list[int], l
   return a, b
 
 
-def pad_row(ids: Sequence[int], max_len: int, token_types: Sequence[int] | None = None
-            ) -> dict[str, np.ndarray]:
+def pad_row(
+    ids: Sequence[int], max_len: int, token_types: Sequence[int] | None = None
+) -> dict[str, np.ndarray]:
   """inputs / segment_ids (1 = real, 0 = padding) / positions / token_types, padded."""
   n = len(ids)
   if n > max_len:
@@ -51,8 +52,9 @@ def pad_row(ids: Sequence[int], max_len: int, token_types: Sequence[int] | None 
   return row
 
 
-def encode_pair(tok: Tokenizer, architecture: str, a: list[int], b: list[int] | None,
-                max_len: int) -> dict[str, np.ndarray]:
+def encode_pair(
+    tok: Tokenizer, architecture: str, a: list[int], b: list[int] | None, max_len: int
+) -> dict[str, np.ndarray]:
   """One (pair of) tokenized text(s) as a padded row in the architecture's input format."""
   b = b or []
   has_pair = bool(b)
@@ -68,20 +70,29 @@ def encode_pair(tok: Tokenizer, architecture: str, a: list[int], b: list[int] | 
 
 def make_backbone(cfg: TransformerConfig) -> nn.Module:
   return {"encoder": Encoder, "decoder": Decoder, "encoder_decoder": EncoderDecoder}[
-      cfg.architecture](cfg)
+      cfg.architecture
+  ](cfg)
 
 
-def hidden_states(backbone: nn.Module, cfg: TransformerConfig, batch: dict[str, jax.Array],
-                  deterministic: bool) -> jax.Array:
+def hidden_states(
+    backbone: nn.Module, cfg: TransformerConfig, batch: dict[str, jax.Array], deterministic: bool
+) -> jax.Array:
   """[B, L, D] final hidden states of the input row (the encoder side of an encoder-decoder)."""
-  kwargs = dict(segment_ids_BxL=batch["segment_ids"], positions_BxL=batch["positions"],
-                deterministic=deterministic)
+  kwargs = dict(
+      segment_ids_BxL=batch["segment_ids"],
+      positions_BxL=batch["positions"],
+      deterministic=deterministic,
+  )
   if cfg.architecture == "encoder":
     return backbone(batch["inputs"], token_types_BxL=batch["token_types"], **kwargs)
   if cfg.architecture == "decoder":
     return backbone(batch["inputs"], **kwargs)[1]  # XLA drops the unused vocabulary logits
-  return backbone.encode(batch["inputs"], segment_ids_BxS=batch["segment_ids"],
-                         positions_BxS=batch["positions"], deterministic=deterministic)
+  return backbone.encode(
+      batch["inputs"],
+      segment_ids_BxS=batch["segment_ids"],
+      positions_BxS=batch["positions"],
+      deterministic=deterministic,
+  )
 
 
 def resolve_pooling(pooling: str, architecture: str) -> str:
@@ -89,14 +100,17 @@ def resolve_pooling(pooling: str, architecture: str) -> str:
     raise ValueError(f"config.task.pooling={pooling!r} is not one of {POOLINGS}")
   pooling = DEFAULT_POOLING[architecture] if pooling == "auto" else pooling
   if pooling == "cls" and architecture != "encoder":
-    raise ValueError(f"config.task.pooling='cls' needs an encoder ([CLS] first); a "
-                     f"{architecture} sees the whole input only at its last token: use 'last' "
-                     "or 'mean'")
+    raise ValueError(
+        f"config.task.pooling='cls' needs an encoder ([CLS] first); a "
+        f"{architecture} sees the whole input only at its last token: use 'last' "
+        "or 'mean'"
+    )
   return pooling
 
 
-def pool(hidden_BxLxD: jax.Array, segment_ids_BxL: jax.Array, pooling: str,
-         pooler: Pooler | None = None) -> jax.Array:
+def pool(
+    hidden_BxLxD: jax.Array, segment_ids_BxL: jax.Array, pooling: str, pooler: Pooler | None = None
+) -> jax.Array:
   """[B, L, D] → [B, D]: BERT's [CLS] pooler (a top-level `pooler` module, so NSP pretraining's
   pooler loads into it), a padding-aware mean, or the last real token."""
   if pooling == "cls":

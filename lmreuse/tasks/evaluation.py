@@ -11,7 +11,8 @@ same early-stopping decision).
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Iterator, Sequence
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 import jax
 import numpy as np
@@ -36,8 +37,9 @@ class EvalSet:
 def featurize(task: TaskType, name: str, examples: Sequence[dict], origin: str = "") -> EvalSet:
   """Features of every example; a bad example's error names the split and its index."""
   features, index = [], []
-  for i in tqdm.trange(len(examples), desc=f"featurize {name}", leave=False,
-                       disable=len(examples) < 5000):
+  for i in tqdm.trange(
+      len(examples), desc=f"featurize {name}", leave=False, disable=len(examples) < 5000
+  ):
     try:
       out = task.features(examples[i], None)
     except (ValueError, KeyError, TypeError) as e:
@@ -52,7 +54,7 @@ def featurize(task: TaskType, name: str, examples: Sequence[dict], origin: str =
 def padded_batches(features: list[Feature], batch_size: int) -> Iterator[tuple[dict, int]]:
   """(batch, number of real rows); padding rows copy row 0 with weight 0."""
   for start in range(0, len(features), batch_size):
-    rows = [f.arrays for f in features[start:start + batch_size]]
+    rows = [f.arrays for f in features[start : start + batch_size]]
     real = len(rows)
     rows += [{**rows[0], "weight": np.float32(0.0)}] * (batch_size - real)
     yield {k: np.stack([r[k] for r in rows]) for k in rows[0]}, real
@@ -71,7 +73,8 @@ class Evaluator:
       return task.predict(module, params, batch), pairs
 
     self._step = compute.AheadOfTime(
-        jax.jit(step, out_shardings=trainer.replicated).lower, trainer.timers)
+        jax.jit(step, out_shardings=trainer.replicated).lower, trainer.timers
+    )
 
   def __call__(self, params: Any, eval_set: EvalSet) -> tuple[dict[str, float], list]:
     """(metrics without prefix, one prediction per example)."""

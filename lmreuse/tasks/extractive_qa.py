@@ -9,7 +9,8 @@ the original context through SentencePiece's character offsets (exact text, no d
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -40,12 +41,14 @@ class ExtractiveQA(base.TaskType):
     self.max_query_len, self.doc_stride = task.max_query_len, task.doc_stride
     self.n_best, self.max_answer_len = task.n_best, task.max_answer_len
     if self.max_query_len + 8 > ctx.max_len:
-      raise ValueError(f"config.task.max_query_len={self.max_query_len} leaves no room for the "
-                       f"context in config.max_len={ctx.max_len}")
+      raise ValueError(
+          f"config.task.max_query_len={self.max_query_len} leaves no room for the "
+          f"context in config.max_len={ctx.max_len}"
+      )
 
   def features(self, example: dict, rng: np.random.Generator | None) -> list[base.Feature]:
     tok, arch = self.ctx.tokenizer, self.ctx.model_cfg.architecture
-    question = tok.encode(example["question"])[:self.max_query_len]
+    question = tok.encode(example["question"])[: self.max_query_len]
     context, offsets = tok.encode_with_offsets(example["context"])
     prefix = ([tok.cls_id] if arch == "encoder" else []) + question + [tok.sep_id]
     window = self.ctx.max_len - len(prefix) - 1
@@ -53,12 +56,12 @@ class ExtractiveQA(base.TaskType):
     answer = example["answers"][0] if example.get("answers") else None
     out = []
     for start in windows(len(context), window, stride):
-      piece = context[start:start + window]
+      piece = context[start : start + window]
       ids = prefix + piece + [tok.sep_id if arch == "encoder" else tok.eos_id]
       types = [0] * len(prefix) + [1] * (len(piece) + 1)
       row = encoding.pad_row(ids, self.ctx.max_len, types)
       # Character span of each row position (None outside the context).
-      spans = [None] * len(prefix) + offsets[start:start + window]
+      spans = [None] * len(prefix) + offsets[start : start + window]
       row["start"], row["end"] = self._target(spans, answer)
       row["weight"] = np.float32(1.0)
       out.append(base.Feature(row, meta=spans))
@@ -86,10 +89,13 @@ class ExtractiveQA(base.TaskType):
   def loss(self, outputs_BxLx2, batch):
     start_BxL, end_BxL = self._logits(outputs_BxLx2, batch)
     weight_B = batch["weight"]
-    ce_B = 0.5 * (base.cross_entropy(start_BxL, batch["start"], self.ctx.label_smoothing)
-                  + base.cross_entropy(end_BxL, batch["end"], self.ctx.label_smoothing))
-    exact_B = ((jnp.argmax(start_BxL, -1) == batch["start"])
-               & (jnp.argmax(end_BxL, -1) == batch["end"])).astype(jnp.float32)
+    ce_B = 0.5 * (
+        base.cross_entropy(start_BxL, batch["start"], self.ctx.label_smoothing)
+        + base.cross_entropy(end_BxL, batch["end"], self.ctx.label_smoothing)
+    )
+    exact_B = (
+        (jnp.argmax(start_BxL, -1) == batch["start"]) & (jnp.argmax(end_BxL, -1) == batch["end"])
+    ).astype(jnp.float32)
     return base.weighted_loss(ce_B, weight_B, span_accuracy=exact_B)
 
   def predict(self, module, params, batch):
@@ -102,14 +108,20 @@ class ExtractiveQA(base.TaskType):
       e = int(example_index[i])
       context = examples[e]["context"]
       start_L, end_L = outputs["start_logits"][i], outputs["end_logits"][i]
-      for s in np.argsort(-start_L)[:self.n_best]:
-        for t in np.argsort(-end_L)[:self.n_best]:
-          if (s >= len(spans) or t >= len(spans) or spans[s] is None or spans[t] is None
-              or t < s or t - s + 1 > self.max_answer_len):
+      for s in np.argsort(-start_L)[: self.n_best]:
+        for t in np.argsort(-end_L)[: self.n_best]:
+          if (
+              s >= len(spans)
+              or t >= len(spans)
+              or spans[s] is None
+              or spans[t] is None
+              or t < s
+              or t - s + 1 > self.max_answer_len
+          ):
             continue
           score = float(start_L[s] + end_L[t])
           if e not in best or score > best[e][0]:
-            best[e] = (score, context[spans[s][0]:spans[t][1]].strip())
+            best[e] = (score, context[spans[s][0] : spans[t][1]].strip())
     return [best.get(e, (0.0, ""))[1] for e in range(len(examples))]
 
   @staticmethod
@@ -117,13 +129,20 @@ class ExtractiveQA(base.TaskType):
     return [[a["text"] for a in e["answers"]] for e in examples]
 
   @classmethod
-  def score(cls, examples: Sequence[dict], predictions: Sequence[Any], positive_label: Any = None,
-            *, metric: str | None = None) -> dict[str, float]:
+  def score(
+      cls,
+      examples: Sequence[dict],
+      predictions: Sequence[Any],
+      positive_label: Any = None,
+      *,
+      metric: str | None = None,
+  ) -> dict[str, float]:
     return base.select(metrics.squad(predictions, cls._answers(examples)), metric, cls.name)
 
   @classmethod
-  def per_example(cls, examples: Sequence[dict], predictions: Sequence[Any]
-                  ) -> dict[str, np.ndarray]:
+  def per_example(
+      cls, examples: Sequence[dict], predictions: Sequence[Any]
+  ) -> dict[str, np.ndarray]:
     return metrics.squad_per_example(predictions, cls._answers(examples))
 
   def record(self, example: dict, prediction: Any) -> dict:

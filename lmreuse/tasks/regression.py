@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -35,14 +36,22 @@ class Regression(TextTask):
     return [float(s) for s in outputs["score"]]
 
   @classmethod
-  def score(cls, examples: Sequence[dict], predictions: Sequence[Any], positive_label: Any = None,
-            *, metric: str | None = None) -> dict[str, float]:
-    return base.select(metrics.regression([float(e["label"]) for e in examples], predictions),
-                       metric, cls.name)
+  def score(
+      cls,
+      examples: Sequence[dict],
+      predictions: Sequence[Any],
+      positive_label: Any = None,
+      *,
+      metric: str | None = None,
+  ) -> dict[str, float]:
+    return base.select(
+        metrics.regression([float(e["label"]) for e in examples], predictions), metric, cls.name
+    )
 
   @classmethod
-  def per_example(cls, examples: Sequence[dict], predictions: Sequence[Any]
-                  ) -> dict[str, np.ndarray]:
+  def per_example(
+      cls, examples: Sequence[dict], predictions: Sequence[Any]
+  ) -> dict[str, np.ndarray]:
     return metrics.regression_per_example([float(e["label"]) for e in examples], predictions)
 
 

@@ -9,7 +9,8 @@ with greedy or beam search on the KV cache (lmreuse/models/decoding.py) and scor
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -32,12 +33,21 @@ class Seq2SeqModel(nn.Module):
 
   def __call__(self, batch: dict[str, jax.Array], deterministic: bool = True) -> jax.Array:
     if self.cfg.architecture == "decoder":
-      return self.backbone(batch["inputs"], segment_ids_BxL=batch["segment_ids"],
-                           positions_BxL=batch["positions"], deterministic=deterministic)[0]
+      return self.backbone(
+          batch["inputs"],
+          segment_ids_BxL=batch["segment_ids"],
+          positions_BxL=batch["positions"],
+          deterministic=deterministic,
+      )[0]
     return self.backbone(
-        batch["inputs"], batch["decoder_inputs"], enc_segment_ids_BxS=batch["segment_ids"],
-        enc_positions_BxS=batch["positions"], dec_segment_ids_BxT=batch["decoder_segment_ids"],
-        dec_positions_BxT=batch["decoder_positions"], deterministic=deterministic)[0]
+        batch["inputs"],
+        batch["decoder_inputs"],
+        enc_segment_ids_BxS=batch["segment_ids"],
+        enc_positions_BxS=batch["positions"],
+        dec_segment_ids_BxT=batch["decoder_segment_ids"],
+        dec_positions_BxT=batch["decoder_positions"],
+        deterministic=deterministic,
+    )[0]
 
 
 class Seq2Seq(base.TaskType):
@@ -50,13 +60,15 @@ class Seq2Seq(base.TaskType):
     self.target_len = ctx.task.max_target_len
     self.beam_size = ctx.task.beam_size
     self.length_penalty = ctx.task.length_penalty
-    needed = ctx.max_len + self.target_len if self.decoder_only else max(ctx.max_len,
-                                                                        self.target_len)
+    needed = (
+        ctx.max_len + self.target_len if self.decoder_only else max(ctx.max_len, self.target_len)
+    )
     if needed > ctx.model_cfg.max_len:
       raise ValueError(
           f"config.max_len={ctx.max_len} (source) and config.task.max_target_len="
           f"{self.target_len} need {needed} positions, but the model embeds only "
-          f"{ctx.model_cfg.max_len} (model max_len)")
+          f"{ctx.model_cfg.max_len} (model max_len)"
+      )
 
   @property
   def decoder_only(self) -> bool:
@@ -65,28 +77,38 @@ class Seq2Seq(base.TaskType):
   def features(self, example: dict, rng: np.random.Generator | None) -> list[base.Feature]:
     tok = self.ctx.tokenizer
     source, target = tok.encode_batch([example["source"], example["target"]])
-    target = target[:self.target_len - 1] + [tok.eos_id]
+    target = target[: self.target_len - 1] + [tok.eos_id]
     if self.decoder_only:
-      prompt = source[:self.ctx.max_len - 1] + [tok.sep_id]
+      prompt = source[: self.ctx.max_len - 1] + [tok.sep_id]
       row = encoding.pad_row(prompt + target, self.ctx.max_len + self.target_len)
       weights = np.zeros_like(row["inputs"], np.float32)
-      weights[len(prompt) - 1:len(prompt) - 1 + len(target)] = 1.0  # positions predicting target
+      weights[len(prompt) - 1 : len(prompt) - 1 + len(target)] = 1.0  # positions predicting target
       targets = np.zeros_like(row["inputs"])
       targets[:-1] = row["inputs"][1:]
       left = np.zeros(self.ctx.max_len, np.int32)  # the prompt, left-padded, for generation
-      left[self.ctx.max_len - len(prompt):] = prompt
+      left[self.ctx.max_len - len(prompt) :] = prompt
       left_segments = np.zeros(self.ctx.max_len, np.int32)
-      left_segments[self.ctx.max_len - len(prompt):] = 1
-      arrays = {**row, "targets": targets, "target_weights": weights, "prompt": left,
-                "prompt_segment_ids": left_segments}
+      left_segments[self.ctx.max_len - len(prompt) :] = 1
+      arrays = {
+          **row,
+          "targets": targets,
+          "target_weights": weights,
+          "prompt": left,
+          "prompt_segment_ids": left_segments,
+      }
     else:
-      enc = encoding.pad_row(source[:self.ctx.max_len - 1] + [tok.eos_id], self.ctx.max_len)
+      enc = encoding.pad_row(source[: self.ctx.max_len - 1] + [tok.eos_id], self.ctx.max_len)
       dec = encoding.pad_row(target, self.target_len)
       inputs = np.concatenate([[tok.pad_id], dec["inputs"][:-1]]).astype(np.int32)
       inputs[dec["segment_ids"] == 0] = tok.pad_id
-      arrays = {**enc, "decoder_inputs": inputs, "decoder_segment_ids": dec["segment_ids"],
-                "decoder_positions": dec["positions"], "targets": dec["inputs"],
-                "target_weights": dec["segment_ids"].astype(np.float32)}
+      arrays = {
+          **enc,
+          "decoder_inputs": inputs,
+          "decoder_segment_ids": dec["segment_ids"],
+          "decoder_positions": dec["positions"],
+          "targets": dec["inputs"],
+          "target_weights": dec["segment_ids"].astype(np.float32),
+      }
     arrays.pop("token_types", None)
     return [base.Feature({**arrays, "weight": np.float32(1.0)})]
 
@@ -96,8 +118,9 @@ class Seq2Seq(base.TaskType):
   def loss(self, logits_BxTxV, batch):
     weights_BxT = batch["target_weights"] * batch["weight"][:, None]
     vocab = logits_BxTxV.shape[-1]
-    ce_BxT = base.cross_entropy(logits_BxTxV.reshape(-1, vocab), batch["targets"].reshape(-1),
-                                self.ctx.label_smoothing).reshape(weights_BxT.shape)
+    ce_BxT = base.cross_entropy(
+        logits_BxTxV.reshape(-1, vocab), batch["targets"].reshape(-1), self.ctx.label_smoothing
+    ).reshape(weights_BxT.shape)
     correct_BxT = (jnp.argmax(logits_BxTxV, -1) == batch["targets"]).astype(jnp.float32)
     return base.weighted_loss(ce_BxT, weights_BxT, token_accuracy=correct_BxT)
 
@@ -105,14 +128,27 @@ class Seq2Seq(base.TaskType):
     cfg, tok = self.ctx.model_cfg, self.ctx.tokenizer
     if self.decoder_only:
       tokens = decoding.generate_decoder(
-          cfg, params["backbone"], batch["prompt"], batch["prompt_segment_ids"],
-          max_new_tokens=self.target_len, beam_size=self.beam_size, eos_id=tok.eos_id,
-          length_penalty=self.length_penalty)
+          cfg,
+          params["backbone"],
+          batch["prompt"],
+          batch["prompt_segment_ids"],
+          max_new_tokens=self.target_len,
+          beam_size=self.beam_size,
+          eos_id=tok.eos_id,
+          length_penalty=self.length_penalty,
+      )
     else:
       tokens = decoding.generate_encoder_decoder(
-          cfg, params["backbone"], batch["inputs"], batch["segment_ids"],
-          max_len=self.target_len, beam_size=self.beam_size, eos_id=tok.eos_id,
-          start_id=tok.pad_id, length_penalty=self.length_penalty)
+          cfg,
+          params["backbone"],
+          batch["inputs"],
+          batch["segment_ids"],
+          max_len=self.target_len,
+          beam_size=self.beam_size,
+          eos_id=tok.eos_id,
+          start_id=tok.pad_id,
+          length_penalty=self.length_penalty,
+      )
     return {"tokens": tokens}
 
   def postprocess(self, examples, example_index, metas, outputs) -> list[Any]:
@@ -120,12 +156,18 @@ class Seq2Seq(base.TaskType):
     texts = []
     for row in outputs["tokens"]:
       row = list(row)
-      texts.append(self.ctx.tokenizer.decode(row[:row.index(eos)] if eos in row else row))
+      texts.append(self.ctx.tokenizer.decode(row[: row.index(eos)] if eos in row else row))
     return texts
 
   @classmethod
-  def score(cls, examples: Sequence[dict], predictions: Sequence[Any], positive_label: Any = None,
-            *, metric: str | None = None) -> dict[str, float]:
+  def score(
+      cls,
+      examples: Sequence[dict],
+      predictions: Sequence[Any],
+      positive_label: Any = None,
+      *,
+      metric: str | None = None,
+  ) -> dict[str, float]:
     references = [e["target"] for e in examples]
     result = {}
     if metric != "bleu":  # re-scoring BLEU on resamples should not pay for ROUGE too
@@ -135,14 +177,16 @@ class Seq2Seq(base.TaskType):
     return base.select(result, metric, cls.name)
 
   @classmethod
-  def per_example(cls, examples: Sequence[dict], predictions: Sequence[Any]
-                  ) -> dict[str, np.ndarray]:
+  def per_example(
+      cls, examples: Sequence[dict], predictions: Sequence[Any]
+  ) -> dict[str, np.ndarray]:
     """ROUGE is a mean over examples; corpus BLEU is not (its n-gram counts pool first)."""
     return metrics.rouge_per_example(predictions, [e["target"] for e in examples])
 
   @classmethod
-  def sufficient_statistics(cls, examples: Sequence[dict], predictions: Sequence[Any]
-                            ) -> dict[str, metrics.SufficientStatistics]:
+  def sufficient_statistics(
+      cls, examples: Sequence[dict], predictions: Sequence[Any]
+  ) -> dict[str, metrics.SufficientStatistics]:
     """Corpus BLEU pools each sentence's n-gram counts: a resample's BLEU is that of their sum."""
     return metrics.bleu_statistics(predictions, [e["target"] for e in examples])
 

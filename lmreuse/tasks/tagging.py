@@ -7,7 +7,8 @@ prediction use the first subword of each word, as in BERT's CoNLL recipe. Words 
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -68,8 +69,7 @@ class Tagging(base.TaskType):
     for position, tag in zip(first_subword, tags):
       labels[position] = self.tag_ids.get(tag, self.outside)
       label_weights[position] = 1.0
-    arrays = {**row, "labels": labels, "label_weights": label_weights,
-              "weight": np.float32(1.0)}
+    arrays = {**row, "labels": labels, "label_weights": label_weights, "weight": np.float32(1.0)}
     return [base.Feature(arrays, meta=np.asarray(first_subword, np.int32))]
 
   def model(self) -> nn.Module:
@@ -95,14 +95,22 @@ class Tagging(base.TaskType):
   # not over examples: none has per-example values (the default `per_example`), but all are
   # functions of per-sentence counts (`sufficient_statistics`).
   @classmethod
-  def score(cls, examples: Sequence[dict], predictions: Sequence[Any], positive_label: Any = None,
-            *, metric: str | None = None) -> dict[str, float]:
-    return base.select(metrics.tagging([list(e["tags"]) for e in examples], predictions),
-                       metric, cls.name)
+  def score(
+      cls,
+      examples: Sequence[dict],
+      predictions: Sequence[Any],
+      positive_label: Any = None,
+      *,
+      metric: str | None = None,
+  ) -> dict[str, float]:
+    return base.select(
+        metrics.tagging([list(e["tags"]) for e in examples], predictions), metric, cls.name
+    )
 
   @classmethod
-  def sufficient_statistics(cls, examples: Sequence[dict], predictions: Sequence[Any]
-                            ) -> dict[str, metrics.SufficientStatistics]:
+  def sufficient_statistics(
+      cls, examples: Sequence[dict], predictions: Sequence[Any]
+  ) -> dict[str, metrics.SufficientStatistics]:
     """Token and entity counts per sentence (entities only where seqeval reads each sentence
     the same wherever it sits; see `metrics.tagging_statistics`)."""
     return metrics.tagging_statistics([list(e["tags"]) for e in examples], predictions)

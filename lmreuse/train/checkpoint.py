@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import grain
 import jax
@@ -14,6 +15,7 @@ import orbax.checkpoint as ocp
 from absl import logging
 from etils import epath
 from jax.experimental import multihost_utils
+
 try:
   from orbax.checkpoint._src import asyncio_utils
 except ImportError:  # another orbax layout: see drained_event_loops
@@ -29,8 +31,8 @@ class Checkpointer:
   def __init__(self, directory: str, *, max_to_keep: int):
     self.directory = epath.Path(directory).absolute()
     options = ocp.CheckpointManagerOptions(
-        max_to_keep=max_to_keep, create=True,
-        enable_async_checkpointing=True)
+        max_to_keep=max_to_keep, create=True, enable_async_checkpointing=True
+    )
     self.manager = ocp.CheckpointManager(self.directory, options=options)
 
   def latest_step(self) -> int | None:
@@ -62,12 +64,18 @@ class Checkpointer:
         logging.info("resumed from %s step %d", self.directory, step)
         return step, state
       failures.append(f"step {step}: {error}")
-      logging.warning("checkpoint step %d in %s does not restore (%s); %s", step,
-                      self.directory / str(step), error,
-                      "trying the previous one" if step != steps[-1] else "no other step left")
+      logging.warning(
+          "checkpoint step %d in %s does not restore (%s); %s",
+          step,
+          self.directory / str(step),
+          error,
+          "trying the previous one" if step != steps[-1] else "no other step left",
+      )
     if failures:
-      raise RuntimeError(f"no checkpoint in {self.directory} restores (move them away to start "
-                         "the run over); tried " + "; ".join(failures))
+      raise RuntimeError(
+          f"no checkpoint in {self.directory} restores (move them away to start "
+          "the run over); tried " + "; ".join(failures)
+      )
     return None, None
 
   def _set_aside(self, steps: list[int]) -> None:
@@ -94,8 +102,7 @@ class Checkpointer:
     died, or fell back, before its next regular checkpoint)."""
     for later in self.manager.all_steps():
       if later > step:
-        logging.info("%s: removing step %d, past the resumed step %d", self.directory, later,
-                     step)
+        logging.info("%s: removing step %d, past the resumed step %d", self.directory, later, step)
         self.manager.delete(later)
 
   def save(self, step: int, state: Any, data_iterator: Any, *, force: bool = False) -> bool:
@@ -147,8 +154,12 @@ def _saved_by_other_process_count(data_dir: epath.Path) -> Any:
   saved = sorted(data_dir.glob("process_*-of-*.json")) if data_dir.exists() else []
   if own.exists() or not saved:
     return None
-  logging.info("%s was saved by another process count (%s); every process resumes the data "
-               "from its position, the same for all", data_dir, saved[0].name)
+  logging.info(
+      "%s was saved by another process count (%s); every process resumes the data "
+      "from its position, the same for all",
+      data_dir,
+      saved[0].name,
+  )
   return json.loads(saved[0].read_text())
 
 
@@ -204,5 +215,4 @@ def drained_event_loops() -> Iterator[None]:
 
 def abstract_like(tree: Any) -> Any:
   """ShapeDtypeStructs with the shardings of `tree`, the target layout for a restore."""
-  return jax.tree.map(
-      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), tree)
+  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), tree)

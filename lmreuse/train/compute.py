@@ -12,7 +12,8 @@ import contextlib
 import dataclasses
 import functools
 import time
-from typing import TYPE_CHECKING, Any, Callable, Hashable, Iterator, Sequence
+from collections.abc import Callable, Hashable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any
 
 import jax
 import jax.numpy as jnp
@@ -38,8 +39,7 @@ class Timers:
   """
 
   clock: Callable[[], float] = time.perf_counter
-  seconds: dict[str, float] = dataclasses.field(
-      default_factory=lambda: dict.fromkeys(PARTS, 0.0))
+  seconds: dict[str, float] = dataclasses.field(default_factory=lambda: dict.fromkeys(PARTS, 0.0))
   _open: list[tuple[str, float]] = dataclasses.field(default_factory=list, repr=False)
 
   def _charge_open_part(self) -> float:
@@ -73,8 +73,12 @@ class AheadOfTime:
   """`lower(*args).compile()` once per signature of `key(*args)`, each compile timed as
   "compile"; calls then run the Compiled, whose analyses a lazily compiled jit would hide."""
 
-  def __init__(self, lower: Callable[..., jax.stages.Lowered], timers: Timers,
-               key: Callable[..., Any] = lambda *args: args):
+  def __init__(
+      self,
+      lower: Callable[..., jax.stages.Lowered],
+      timers: Timers,
+      key: Callable[..., Any] = lambda *args: args,
+  ):
     self._lower, self._timers, self._key = lower, timers, key
     self._compiled: dict[Hashable, jax.stages.Compiled] = {}
 
@@ -103,8 +107,12 @@ def memory_parts(compiled: jax.stages.Compiled) -> dict[str, int]:
   stats = compiled.memory_analysis()
   if stats is None:
     return {"arguments": 0, "outputs": 0, "donated": 0, "temp": 0}
-  return {"arguments": stats.argument_size_in_bytes, "outputs": stats.output_size_in_bytes,
-          "donated": stats.alias_size_in_bytes, "temp": stats.temp_size_in_bytes}
+  return {
+      "arguments": stats.argument_size_in_bytes,
+      "outputs": stats.output_size_in_bytes,
+      "donated": stats.alias_size_in_bytes,
+      "temp": stats.temp_size_in_bytes,
+  }
 
 
 def memory_bytes(compiled: jax.stages.Compiled) -> int:
@@ -121,8 +129,9 @@ def loop_bodies_counted_once(platform: str) -> bool:
   construct gradient accumulation uses."""
   x = jax.device_put(jnp.ones((64, 64), jnp.float32), jax.devices(platform)[0])
   one = flops(jax.jit(lambda x: x @ x).lower(x).compile())
-  two = flops(jax.jit(lambda x: jax.lax.scan(lambda y, _: (y @ x, None), x, length=2)[0])
-              .lower(x).compile())
+  two = flops(
+      jax.jit(lambda x: jax.lax.scan(lambda y, _: (y @ x, None), x, length=2)[0]).lower(x).compile()
+  )
   return two < 1.5 * one
 
 
@@ -131,8 +140,11 @@ def non_embedding_param_count(params: Any) -> int:
   Kaplan et al. count it. A table lookup does no multiply-adds; an untied output projection
   does and is counted, while a tied one's logit matmul is not."""
   leaves = jax.tree_util.tree_flatten_with_path(params)[0]
-  return sum(int(np.prod(x.shape)) for path, x in leaves
-             if getattr(path[-1], "key", None) not in EMBEDDING_TABLES)
+  return sum(
+      int(np.prod(x.shape))
+      for path, x in leaves
+      if getattr(path[-1], "key", None) not in EMBEDDING_TABLES
+  )
 
 
 def steps_per_phase(phases: Sequence[int], steps: int) -> dict[int, int]:
@@ -142,8 +154,12 @@ def steps_per_phase(phases: Sequence[int], steps: int) -> dict[int, int]:
   return {p: max(0, min(end, steps) - p) for p, end in zip(phases, ends)}
 
 
-def summary(trainer: Trainer, state: TrainState, next_batch: Callable[[], dict[str, np.ndarray]],
-            grad_accum_steps: int) -> dict:
+def summary(
+    trainer: Trainer,
+    state: TrainState,
+    next_batch: Callable[[], dict[str, np.ndarray]],
+    grad_accum_steps: int,
+) -> dict:
   """The results.json "compute" section of a run whose final state is `state`.
 
   FLOPs and tokens count every update `state.step` says the run has, so a resumed run's equal an

@@ -54,8 +54,10 @@ class EarlyStopping:
   def update(self, step: int, metrics: dict[str, float]) -> tuple[bool, bool]:
     """Records one evaluation; returns (is the new best, should training stop)."""
     if self.metric not in metrics:
-      raise ValueError(f"config.early_stopping.metric={self.metric!r} is not among the "
-                       f"validation metrics {sorted(metrics)}")
+      raise ValueError(
+          f"config.early_stopping.metric={self.metric!r} is not among the "
+          f"validation metrics {sorted(metrics)}"
+      )
     previous = self.best
     value = float(metrics[self.metric])
     self.history.append((step, value))
@@ -71,8 +73,9 @@ class EarlyStopping:
     workdir_lib.write_json(path, dataclasses.asdict(self))
 
   @classmethod
-  def restore(cls, path: str, metric: str, mode: str, patience: int,
-              resume_step: int) -> "EarlyStopping":
+  def restore(
+      cls, path: str, metric: str, mode: str, patience: int, resume_step: int
+  ) -> EarlyStopping:
     """The saved state up to `resume_step`, or a fresh one; the configured rule always wins."""
     tracker = cls(metric, mode, patience)
     if os.path.exists(path) and resume_step:

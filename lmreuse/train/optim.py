@@ -18,8 +18,11 @@ def make_schedule(opt: Any, total_steps: int) -> optax.Schedule:
   decay_steps = max(total_steps - warmup, 1)
   if opt.schedule == "cosine":
     return optax.warmup_cosine_decay_schedule(0.0, peak, warmup, warmup + decay_steps, end)
-  after = (optax.constant_schedule(peak) if opt.schedule == "constant"
-           else optax.linear_schedule(peak, end, decay_steps))
+  after = (
+      optax.constant_schedule(peak)
+      if opt.schedule == "constant"
+      else optax.linear_schedule(peak, end, decay_steps)
+  )
   return optax.join_schedules([optax.linear_schedule(0.0, peak, warmup), after], [warmup])
 
 
@@ -28,15 +31,18 @@ def decay_mask(params: Any) -> Any:
   return jax.tree.map(lambda p: p.ndim > 1, params)
 
 
-def make_optimizer(opt: Any, total_steps: int) -> tuple[optax.GradientTransformation,
-                                                        optax.Schedule]:
+def make_optimizer(
+    opt: Any, total_steps: int
+) -> tuple[optax.GradientTransformation, optax.Schedule]:
   schedule = make_schedule(opt, total_steps)
   if opt.name == "adamw":
-    core = optax.adamw(schedule, b1=opt.b1, b2=opt.b2, eps=opt.eps,
-                       weight_decay=opt.weight_decay, mask=decay_mask)
+    core = optax.adamw(
+        schedule, b1=opt.b1, b2=opt.b2, eps=opt.eps, weight_decay=opt.weight_decay, mask=decay_mask
+    )
   else:
-    core = optax.adafactor(schedule, weight_decay_rate=opt.weight_decay or None,
-                           weight_decay_mask=decay_mask)
+    core = optax.adafactor(
+        schedule, weight_decay_rate=opt.weight_decay or None, weight_decay_mask=decay_mask
+    )
   parts = [optax.clip_by_global_norm(opt.clip_norm)] if opt.clip_norm > 0 else []
   return optax.chain(*parts, core), schedule
 

@@ -31,8 +31,10 @@ class Preempted(BaseException):
   """
 
   def __init__(self, step: int, reason: str):
-    super().__init__(f"{reason}: stopped after step {step} with a checkpoint at that step; "
-                     "re-run the same command to resume")
+    super().__init__(
+        f"{reason}: stopped after step {step} with a checkpoint at that step; "
+        "re-run the same command to resume"
+    )
     self.step = step
 
 
@@ -51,7 +53,7 @@ class Watcher:
     self.reason: str | None = None
     self._previous: dict[int, Any] = {}
 
-  def __enter__(self) -> "Watcher":
+  def __enter__(self) -> Watcher:
     if jax.process_count() == 1 and threading.current_thread() is threading.main_thread():
       for sig in self.SIGNALS:
         self._previous[sig] = signal.signal(sig, self._handle)
@@ -67,15 +69,21 @@ class Watcher:
     if self.reason is not None and signum == signal.SIGINT:
       raise KeyboardInterrupt
     self.reason = f"received {name}"
-    logging.warning("%s: stopping after the current step with a checkpoint (Ctrl-C again to "
-                    "abort without one)", name)
+    logging.warning(
+        "%s: stopping after the current step with a checkpoint (Ctrl-C again to "
+        "abort without one)",
+        name,
+    )
 
   def requested(self, step: int) -> bool:
     """True once the run should stop after `step` (every process gets the same answer)."""
     if self.reason is not None:
       return True
-    if (jax.process_count() > 1 and step not in _SERVICE_STOPS
-        and multihost.reached_preemption(step)):
+    if (
+        jax.process_count() > 1
+        and step not in _SERVICE_STOPS
+        and multihost.reached_preemption(step)
+    ):
       _SERVICE_STOPS.add(step)
       self.reason = "preemption notice (JAX preemption service)"
       return True

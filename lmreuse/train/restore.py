@@ -28,12 +28,16 @@ def checkpoint_state_dirs(init_from: str) -> list[str]:
   if os.path.isdir(os.path.join(init_from, "state")):
     return [os.path.join(init_from, "state")]
   checkpoints = os.path.join(init_from, workdir_lib.CHECKPOINTS)
-  steps = sorted((int(d) for d in os.listdir(checkpoints) if d.isdigit()),
-                 reverse=True) if os.path.isdir(checkpoints) else []
+  steps = (
+      sorted((int(d) for d in os.listdir(checkpoints) if d.isdigit()), reverse=True)
+      if os.path.isdir(checkpoints)
+      else []
+  )
   if not steps:
     raise FileNotFoundError(
         f"init_from={init_from!r} is neither a checkpoint step directory (with state/) nor a "
-        f"workdir with checkpoints under {checkpoints}")
+        f"workdir with checkpoints under {checkpoints}"
+    )
   return [os.path.join(checkpoints, str(step), "state") for step in steps]
 
 
@@ -52,10 +56,10 @@ def load_params(init_from: str) -> dict:
     except Exception as e:  # pylint: disable=broad-exception-caught
       error = checkpoint.describe_error(e)
       failures.append(f"{path}: {error}")
-      logging.warning("init_from: %s does not restore (%s); trying the previous step", path,
-                      error)
-  raise RuntimeError(f"init_from={init_from!r}: no checkpoint restores; tried "
-                     + "; ".join(failures))
+      logging.warning("init_from: %s does not restore (%s); trying the previous step", path, error)
+  raise RuntimeError(
+      f"init_from={init_from!r}: no checkpoint restores; tried " + "; ".join(failures)
+  )
 
 
 def _read_params(path: str) -> dict:
@@ -63,8 +67,9 @@ def _read_params(path: str) -> dict:
   tree = checkpointer.metadata(path).item_metadata.tree
   item = {"params": jax.tree.map(lambda m: np.zeros(m.shape, m.dtype), tree["params"])}
   restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), item)
-  restored = checkpointer.restore(path, args=ocp.args.PyTreeRestore(
-      item=item, restore_args=restore_args, partial_restore=True))
+  restored = checkpointer.restore(
+      path, args=ocp.args.PyTreeRestore(item=item, restore_args=restore_args, partial_restore=True)
+  )
   return restored["params"]
 
 
@@ -73,14 +78,17 @@ def merge_params(fresh: Any, pretrained: Any) -> tuple[dict, dict[str, list[str]
   report. Raises ValueError naming every path whose shapes disagree."""
   fresh_flat = traverse_util.flatten_dict(jax.device_get(fresh), sep="/")
   old_flat = traverse_util.flatten_dict(pretrained, sep="/")
-  mismatched = [f"{path}: checkpoint {np.shape(old_flat[path])} vs model "
-                f"{np.shape(value)}" for path, value in fresh_flat.items()
-                if path in old_flat and np.shape(old_flat[path]) != np.shape(value)]
+  mismatched = [
+      f"{path}: checkpoint {np.shape(old_flat[path])} vs model " f"{np.shape(value)}"
+      for path, value in fresh_flat.items()
+      if path in old_flat and np.shape(old_flat[path]) != np.shape(value)
+  ]
   if mismatched:
-    raise ValueError("pretrained parameters do not fit the model (different architecture or "
-                     "size?):\n  " + "\n  ".join(mismatched))
-  merged = {path: (old_flat[path] if path in old_flat else value)
-            for path, value in fresh_flat.items()}
+    raise ValueError(
+        "pretrained parameters do not fit the model (different architecture or "
+        "size?):\n  " + "\n  ".join(mismatched)
+    )
+  merged = {path: old_flat.get(path, value) for path, value in fresh_flat.items()}
   report = {
       "loaded": sorted(p for p in fresh_flat if p in old_flat),
       "new": sorted(p for p in fresh_flat if p not in old_flat),
@@ -105,8 +113,10 @@ def save_tree(directory: str, tree: Any) -> None:
 
 def load_tree(directory: str) -> dict:
   if not os.path.isdir(directory):
-    raise FileNotFoundError(f"{directory} does not exist: only runs that train part of the model "
-                            "(parameter-efficient strategies) save their trainable parameters")
+    raise FileNotFoundError(
+        f"{directory} does not exist: only runs that train part of the model "
+        "(parameter-efficient strategies) save their trainable parameters"
+    )
   restored = ocp.StandardCheckpointer().restore(os.path.abspath(directory))
   return jax.tree.map(np.asarray, restored)
 
@@ -114,10 +124,12 @@ def load_tree(directory: str) -> dict:
 def overlay(params: Any, tree: Any, key: str) -> dict:
   """`params` with every leaf of `tree` put in its place; paths and shapes must match."""
   flat = traverse_util.flatten_dict(params, sep="/")
-  bad = [f"{p}: {np.shape(v)}" + (f" vs model {np.shape(flat[p])}" if p in flat else
-                                   " (not in the model)")
-         for p, v in traverse_util.flatten_dict(tree, sep="/").items()
-         if p not in flat or np.shape(flat[p]) != np.shape(v)]
+  bad = [
+      f"{p}: {np.shape(v)}"
+      + (f" vs model {np.shape(flat[p])}" if p in flat else " (not in the model)")
+      for p, v in traverse_util.flatten_dict(tree, sep="/").items()
+      if p not in flat or np.shape(flat[p]) != np.shape(v)
+  ]
   if bad:
     raise ValueError(f"{key}: saved parameters do not fit the model:\n  " + "\n  ".join(bad))
   flat.update(traverse_util.flatten_dict(tree, sep="/"))

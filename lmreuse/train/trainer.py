@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from typing import Any, Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
 
 import flax
 import flax.linen as nn
@@ -69,14 +70,17 @@ def select_trainable(params: Any, mask: Any) -> Any:
   """
   if mask is None:
     return params
-  return jax.tree.map(lambda p, m: p if m else optax.MaskedNode(), params, mask,
-                      is_leaf=lambda x: isinstance(x, nn.Partitioned))
+  return jax.tree.map(
+      lambda p, m: p if m else optax.MaskedNode(),
+      params,
+      mask,
+      is_leaf=lambda x: isinstance(x, nn.Partitioned),
+  )
 
 
 def merge_trainable(params: Any, trainable: Any) -> Any:
   """The full parameter tree: `trainable`'s leaves where it has them, `params`' elsewhere."""
-  return jax.tree.map(lambda p, t: p if isinstance(t, optax.MaskedNode) else t, params,
-                      trainable)
+  return jax.tree.map(lambda p, t: p if isinstance(t, optax.MaskedNode) else t, params, trainable)
 
 
 def reduce_pairs(pairs: MetricPairs) -> dict[str, float]:
@@ -90,13 +94,21 @@ def _add(a: Any, b: Any) -> Any:
 def _value_and_grad(params: Any, loss_fn: LossFn) -> Callable:
   """(loss, pairs), grads of the training loss in a sub-tree of `params`, the rest held fixed."""
   return jax.value_and_grad(
-      lambda t, b, r: loss_fn(merge_trainable(params, t), b, r, True), has_aux=True)
+      lambda t, b, r: loss_fn(merge_trainable(params, t), b, r, True), has_aux=True
+  )
 
 
-def train_step(state: TrainState, batch: Batch, *, loss_fn: LossFn,
-               tx: optax.GradientTransformation, schedule: optax.Schedule,
-               trainable_mask: Any = None, active_mask: Any = None,
-               skip_nonfinite: bool = False) -> tuple[TrainState, dict[str, jax.Array]]:
+def train_step(
+    state: TrainState,
+    batch: Batch,
+    *,
+    loss_fn: LossFn,
+    tx: optax.GradientTransformation,
+    schedule: optax.Schedule,
+    trainable_mask: Any = None,
+    active_mask: Any = None,
+    skip_nonfinite: bool = False,
+) -> tuple[TrainState, dict[str, jax.Array]]:
   """One optimizer update; batch leaves are [accum_steps, micro_batch, ...].
 
   Only parameters whose `trainable_mask` leaf is True (all when None) are updated; the rest pass
@@ -117,15 +129,21 @@ def train_step(state: TrainState, batch: Batch, *, loss_fn: LossFn,
     return _add(carry, (loss, pairs, grads)), None
 
   first = jax.tree.map(lambda x: x[0], batch)
-  zeros = jax.tree.map(jnp.zeros_like, jax.eval_shape(
-      lambda: (lambda o, g: (o[0], o[1], g))(*grad_fn(active, first, rng))))
+  zeros = jax.tree.map(
+      jnp.zeros_like,
+      jax.eval_shape(lambda: (lambda o, g: (o[0], o[1], g))(*grad_fn(active, first, rng))),
+  )
   accum = jax.tree.leaves(batch)[0].shape[0]
   (loss, pairs, grads), _ = jax.lax.scan(micro_step, zeros, (jnp.arange(accum), batch))
   loss, grads = loss / accum, jax.tree.map(lambda g: g / accum, grads)
   grads = jax.tree.map(  # inactive trainables: zeros, so the optimizer sees every trainable
-      lambda t, g: jnp.zeros_like(t) if isinstance(g, optax.MaskedNode) and not isinstance(
-          t, optax.MaskedNode) else g, trainable, grads,
-      is_leaf=lambda x: isinstance(x, optax.MaskedNode))
+      lambda t, g: jnp.zeros_like(t)
+      if isinstance(g, optax.MaskedNode) and not isinstance(t, optax.MaskedNode)
+      else g,
+      trainable,
+      grads,
+      is_leaf=lambda x: isinstance(x, optax.MaskedNode),
+  )
 
   updates, opt_state = tx.update(grads, state.opt_state, trainable)
   trained = optax.apply_updates(trainable, updates)
@@ -137,16 +155,18 @@ def train_step(state: TrainState, batch: Batch, *, loss_fn: LossFn,
     params = jax.tree.map(keep_old_if_bad, params, state.params)
     opt_state = jax.tree.map(keep_old_if_bad, opt_state, state.opt_state)
   metrics = {f"train/{k}": s / jnp.maximum(c, 1e-12) for k, (s, c) in pairs.items()}
-  metrics.update({
-      "train/loss": loss,
-      "train/nonfinite": 1 - finite.astype(jnp.int32),
-      "train/grad_norm": grad_norm,
-      "train/update_norm": optax.tree.norm(updates),
-      # Of the trainable parameters: a frozen backbone's norm never moves, and reading it all
-      # every step would cost parameter-efficient runs a pass over the whole model.
-      "train/param_norm": optax.tree.norm(trained),
-      "train/learning_rate": schedule(state.step),
-  })
+  metrics.update(
+      {
+          "train/loss": loss,
+          "train/nonfinite": 1 - finite.astype(jnp.int32),
+          "train/grad_norm": grad_norm,
+          "train/update_norm": optax.tree.norm(updates),
+          # Of the trainable parameters: a frozen backbone's norm never moves, and reading it all
+          # every step would cost parameter-efficient runs a pass over the whole model.
+          "train/param_norm": optax.tree.norm(trained),
+          "train/learning_rate": schedule(state.step),
+      }
+  )
   return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
 
@@ -183,30 +203,43 @@ class Trainer:
     sharding_lib.check_divisible(abstract.params, self.mesh, self.rules)
     # The optimizer state inherits the params' logical boxes, so one rule table shards both.
     self.state_shardings: TrainState = sharding_lib.logical_shardings(
-        abstract, self.mesh, self.rules)
+        abstract, self.mesh, self.rules
+    )
     self.abstract_params = nn.meta.unbox(abstract.params)
     self.replicated = NamedSharding(self.mesh, PartitionSpec())
-    mask = (self.trainable_mask if self.trainable_mask is not None
-            else jax.tree.map(lambda _: True, self.abstract_params))
-    starts = (self.start_steps if self.start_steps is not None
-              else jax.tree.map(lambda _: 0, self.abstract_params))
+    mask = (
+        self.trainable_mask
+        if self.trainable_mask is not None
+        else jax.tree.map(lambda _: True, self.abstract_params)
+    )
+    starts = (
+        self.start_steps
+        if self.start_steps is not None
+        else jax.tree.map(lambda _: 0, self.abstract_params)
+    )
     self._mask_and_starts = (mask, starts)
-    self.phases: tuple[int, ...] = tuple(sorted({0} | {
-        int(s) for m, s in zip(jax.tree.leaves(mask), jax.tree.leaves(starts)) if m}))
+    self.phases: tuple[int, ...] = tuple(
+        sorted({0} | {int(s) for m, s in zip(jax.tree.leaves(mask), jax.tree.leaves(starts)) if m})
+    )
     self._jitted_train_steps: dict[int, Callable] = {}
     # Per phase; keyed by the batch alone: the state's shardings are fixed by in_shardings.
     self._train_steps: dict[int, compute.AheadOfTime] = {}
     # Replicated outputs: every process reads the same totals (they span all processes).
-    jitted_eval = jax.jit(lambda p, b: eval_step(p, b, loss_fn=self.program.loss_fn),
-                          out_shardings=self.replicated)
+    jitted_eval = jax.jit(
+        lambda p, b: eval_step(p, b, loss_fn=self.program.loss_fn), out_shardings=self.replicated
+    )
     self._eval_step = compute.AheadOfTime(jitted_eval.lower, self.timers)  # lowered in evaluate
 
   def _init_boxed(self, seed_key: jax.Array) -> TrainState:
     param_rng, dropout_rng = jax.random.split(seed_key)
     params = self.program.init_params(param_rng)
     opt_state = self.tx.init(select_trainable(params, self.trainable_mask))
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                      opt_state=_replicate_reshaped(opt_state), rng=dropout_rng)
+    return TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        opt_state=_replicate_reshaped(opt_state),
+        rng=dropout_rng,
+    )
 
   def param_count(self) -> int:
     return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(self.abstract_params))
@@ -229,13 +262,14 @@ class Trainer:
     return state.replace(params=params, opt_state=opt_state)
 
   def _batch_shardings(self, batch: Batch, leading_axes: int) -> dict[str, NamedSharding]:
-    return {k: sharding_lib.batch_sharding(self.mesh, self.rules, v.ndim, leading_axes)
-            for k, v in batch.items()}
+    return {
+        k: sharding_lib.batch_sharding(self.mesh, self.rules, v.ndim, leading_axes)
+        for k, v in batch.items()
+    }
 
   def device_batch(self, batch: Batch, leading_axes: int = 0) -> dict[str, jax.Array]:
     shardings = self._batch_shardings(batch, leading_axes)
-    return {k: jax.make_array_from_process_local_data(shardings[k], v)
-            for k, v in batch.items()}
+    return {k: jax.make_array_from_process_local_data(shardings[k], v) for k, v in batch.items()}
 
   def to_host(self, tree: Any) -> Any:
     """Numpy copies of a tree of mesh arrays, whole on every process; with several processes a
@@ -259,9 +293,11 @@ class Trainer:
       held.update(range(*index[1].indices(micro)))
     start, stop = min(held), max(held) + 1
     if len(held) != stop - start:
-      raise ValueError(f"process {jax.process_index()} holds batch rows {sorted(held)} of mesh "
-                       f"{dict(self.mesh.shape)}, not one contiguous block; order the mesh's "
-                       "devices by process (config.mesh)")
+      raise ValueError(
+          f"process {jax.process_index()} holds batch rows {sorted(held)} of mesh "
+          f"{dict(self.mesh.shape)}, not one contiguous block; order the mesh's "
+          "devices by process (config.mesh)"
+      )
     return [m * micro + row for m in range(accum_steps) for row in range(start, stop)]
 
   def train_batch(self, host_batch: Batch, accum_steps: int) -> dict[str, jax.Array]:
@@ -286,18 +322,21 @@ class Trainer:
     """One update; pass the (0-based) `step` to run only its phase's gradients."""
     return self.compiled_train_step(state, batch, step)(state, batch)
 
-  def compiled_train_step(self, state: TrainState, batch: dict[str, jax.Array],
-                          step: int | None = None) -> jax.stages.Compiled:
+  def compiled_train_step(
+      self, state: TrainState, batch: dict[str, jax.Array], step: int | None = None
+  ) -> jax.stages.Compiled:
     """The Compiled step `train_step` runs at `step` on batches like `batch`; compiled (and
     timed) the first time it is asked for."""
     phase = self.phase(step)
     if phase not in self._train_steps:
       self._train_steps[phase] = compute.AheadOfTime(
-          lambda s, b: self.lower_train_step(s, b, phase), self.timers, key=lambda s, b: b)
+          lambda s, b: self.lower_train_step(s, b, phase), self.timers, key=lambda s, b: b
+      )
     return self._train_steps[phase].compiled(state, batch)
 
-  def lower_train_step(self, state: TrainState, batch: dict[str, jax.Array],
-                       step: int | None = None) -> jax.stages.Lowered:
+  def lower_train_step(
+      self, state: TrainState, batch: dict[str, jax.Array], step: int | None = None
+  ) -> jax.stages.Lowered:
     """The step `train_step` runs at `step`, lowered for XLA's cost and memory analyses."""
     with sharding_lib.mesh_context(self.mesh, self.rules):
       return self._jitted_train(self.phase(step), batch).lower(state, batch)
@@ -306,16 +345,27 @@ class Trainer:
     if phase not in self._jitted_train_steps:
       batch_shardings = {k: v.sharding for k, v in batch.items()}
       active = self._active_mask_or_none(phase)
-      fn = lambda s, b: train_step(s, b, loss_fn=self.program.loss_fn, tx=self.tx,
-                                   schedule=self.schedule, trainable_mask=self.trainable_mask,
-                                   active_mask=active, skip_nonfinite=self.skip_nonfinite)
+      fn = lambda s, b: train_step(
+          s,
+          b,
+          loss_fn=self.program.loss_fn,
+          tx=self.tx,
+          schedule=self.schedule,
+          trainable_mask=self.trainable_mask,
+          active_mask=active,
+          skip_nonfinite=self.skip_nonfinite,
+      )
       self._jitted_train_steps[phase] = jax.jit(
-          fn, in_shardings=(self.state_shardings, batch_shardings),
-          out_shardings=(self.state_shardings, self.replicated), donate_argnums=0)
+          fn,
+          in_shardings=(self.state_shardings, batch_shardings),
+          out_shardings=(self.state_shardings, self.replicated),
+          donate_argnums=0,
+      )
     return self._jitted_train_steps[phase]
 
-  def train_step_flops(self, state: TrainState, batch: dict[str, jax.Array],
-                       step: int | None = None) -> float:
+  def train_step_flops(
+      self, state: TrainState, batch: dict[str, jax.Array], step: int | None = None
+  ) -> float:
     """FLOPs of the update at `step` over the whole mesh: XLA's count of the compiled step (one
     device's SPMD program) × devices.
 
@@ -336,7 +386,8 @@ class Trainer:
     active = self._active_mask_or_none(phase)
     mask = self.trainable_mask if active is None else active
     grads = lambda params, b, rng: _value_and_grad(params, self.program.loss_fn)(
-        select_trainable(params, mask), b, rng)
+        select_trainable(params, mask), b, rng
+    )
     micro_batch = {k: jax.ShapeDtypeStruct(v.shape[1:], v.dtype) for k, v in batch.items()}
     with self.timers("compile"), sharding_lib.mesh_context(self.mesh, self.rules):
       lowered = jax.jit(grads).lower(self.abstract_params, micro_batch, jax.random.PRNGKey(0))
@@ -350,15 +401,18 @@ class Trainer:
         pairs = self._eval_step(params, self.device_batch(batch))
         totals = pairs if totals is None else _add(totals, pairs)
     if totals is None:
-      raise ValueError("evaluation got no batches: the validation split is smaller than one "
-                       "batch; lower config.batch_size or config.eval_steps")
+      raise ValueError(
+          "evaluation got no batches: the validation split is smaller than one "
+          "batch; lower config.batch_size or config.eval_steps"
+      )
     return {f"eval/{k}": v for k, v in reduce_pairs(jax.device_get(totals)).items()}
 
 
 def split_microbatches(batch: Batch, accum_steps: int) -> Batch:
   """[B, ...] → [accum_steps, B / accum_steps, ...] on the host."""
-  return {k: v.reshape((accum_steps, v.shape[0] // accum_steps) + v.shape[1:])
-          for k, v in batch.items()}
+  return {
+      k: v.reshape((accum_steps, v.shape[0] // accum_steps) + v.shape[1:]) for k, v in batch.items()
+  }
 
 
 @dataclasses.dataclass
@@ -372,7 +426,7 @@ class LoopConfig:
   max_nonfinite_skips: int  # "skip": this many skipped updates in a row abort the run
 
   @classmethod
-  def from_config(cls, config: Any) -> "LoopConfig":
+  def from_config(cls, config: Any) -> LoopConfig:
     """The loop keys every experiment config shares (see components.validate_loop)."""
     return cls(**{f.name: config[f.name] for f in dataclasses.fields(cls)})
 
@@ -400,25 +454,35 @@ class StepMetrics:
         self._window.append(metrics)
         continue
       if self.loop.nonfinite == "abort":
-        self._abort(f"train/loss is {metrics['train/loss']} (or a gradient is NaN/Inf) at step "
-                    f"{step} (config.nonfinite='abort')")
+        self._abort(
+            f"train/loss is {metrics['train/loss']} (or a gradient is NaN/Inf) at step "
+            f"{step} (config.nonfinite='abort')"
+        )
       self._skipped += 1
       self._in_a_row += 1
-      logging.warning("step %d: non-finite loss or gradient, update skipped (%d in a row)",
-                      step, self._in_a_row)
+      logging.warning(
+          "step %d: non-finite loss or gradient, update skipped (%d in a row)", step, self._in_a_row
+      )
       if self._in_a_row >= self.loop.max_nonfinite_skips:
-        self._abort(f"{self._in_a_row} updates in a row up to step {step} had a NaN/Inf loss or "
-                    f"gradient (config.max_nonfinite_skips={self.loop.max_nonfinite_skips})")
+        self._abort(
+            f"{self._in_a_row} updates in a row up to step {step} had a NaN/Inf loss or "
+            f"gradient (config.max_nonfinite_skips={self.loop.max_nonfinite_skips})"
+        )
     self._pending = []
 
   def _abort(self, what: str) -> None:
     self.checkpointer.wait()
     latest = self.checkpointer.latest_step()
-    last_good = (f"the last good checkpoint is step {latest} in {self.checkpointer.directory} "
-                 "(re-running resumes from it)" if latest is not None else "no checkpoint yet")
+    last_good = (
+        f"the last good checkpoint is step {latest} in {self.checkpointer.directory} "
+        "(re-running resumes from it)"
+        if latest is not None
+        else "no checkpoint yet"
+    )
     raise FloatingPointError(
         f"{what}; {last_good}. Lower config.optimizer.learning_rate, check the data, or set "
-        "config.nonfinite='skip' (allowed on resume)")
+        "config.nonfinite='skip' (allowed on resume)"
+    )
 
   def row(self) -> dict[str, float]:
     """Means of the finite steps since the last row (+ the skipped count under "skip")."""
@@ -431,11 +495,16 @@ class StepMetrics:
     return record
 
 
-def run_loop(trainer: Trainer, state: TrainState, train_iter: Iterator[Batch],
-             evaluate: Callable[[Any], dict[str, float]], loop: LoopConfig,
-             checkpointer: Checkpointer, writer: MetricWriter,
-             after_eval: Callable[[int, TrainState, dict[str, float]], bool] | None = None,
-             ) -> tuple[TrainState, dict]:
+def run_loop(
+    trainer: Trainer,
+    state: TrainState,
+    train_iter: Iterator[Batch],
+    evaluate: Callable[[Any], dict[str, float]],
+    loop: LoopConfig,
+    checkpointer: Checkpointer,
+    writer: MetricWriter,
+    after_eval: Callable[[int, TrainState, dict[str, float]], bool] | None = None,
+) -> tuple[TrainState, dict]:
   """Trains from `state.step` to `loop.total_steps`; returns the final state and eval metrics.
 
   `evaluate(params)` gives eval metrics; `after_eval(step, state, metrics)` (e.g. early
@@ -452,8 +521,14 @@ def run_loop(trainer: Trainer, state: TrainState, train_iter: Iterator[Batch],
   steps = StepMetrics(loop, checkpointer)
   tokens_per_step = 0
   last_time, last_step = time.perf_counter(), start
-  bar = tqdm.tqdm(total=loop.total_steps, initial=start, desc="train", unit="step",
-                  dynamic_ncols=True, disable=jax.process_index() != 0)
+  bar = tqdm.tqdm(
+      total=loop.total_steps,
+      initial=start,
+      desc="train",
+      unit="step",
+      dynamic_ncols=True,
+      disable=jax.process_index() != 0,
+  )
   with timers("train"), preemption.Watcher() as watcher:
     for step in range(start + 1, loop.total_steps + 1):
       host_batch = next(train_iter)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 import math
 import os
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import jax
 from absl import logging
@@ -33,8 +34,10 @@ class MetricWriter:
     if not self.enabled:
       return
     self._truncate_after(resume_step)
-    self.tb = SummaryWriter(os.path.join(workdir, workdir_lib.TENSORBOARD), purge_step=resume_step + 1
-                            if resume_step else None)
+    self.tb = SummaryWriter(
+        os.path.join(workdir, workdir_lib.TENSORBOARD),
+        purge_step=resume_step + 1 if resume_step else None,
+    )
 
   def _truncate_after(self, step: int) -> None:
     if not os.path.exists(self.path):
@@ -55,9 +58,16 @@ class MetricWriter:
     # Training rows go to the console only at --verbosity=1 (the progress bar shows the loss;
     # a line per log step would break it); rows with evaluation metrics always do.
     level = logging.INFO if any(not k.startswith("train/") for k in metrics) else logging.DEBUG
-    logging.log(level, "step %d: %s", step, ", ".join(
-        f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()
-        if k != "step"))
+    logging.log(
+        level,
+        "step %d: %s",
+        step,
+        ", ".join(
+            f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+            for k, v in record.items()
+            if k != "step"
+        ),
+    )
 
   def flush(self) -> None:
     if self.enabled:

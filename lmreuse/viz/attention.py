@@ -22,8 +22,9 @@ def _intermediates(module: nn.Module, params: Any, batch: dict[str, jax.Array]) 
   return state.get("intermediates", {})
 
 
-def attention_maps(module: nn.Module, params: Any, batch_1: dict[str, jax.Array]
-                   ) -> dict[str, np.ndarray]:
+def attention_maps(
+    module: nn.Module, params: Any, batch_1: dict[str, jax.Array]
+) -> dict[str, np.ndarray]:
   """Module path of each attention layer → its [N, T, S] probabilities, in forward order.
 
   Axes cover every slot the layer saw: prompt-tuning slots lead both, prefix-tuning slots the
@@ -33,12 +34,16 @@ def attention_maps(module: nn.Module, params: Any, batch_1: dict[str, jax.Array]
   if sizes != {1}:
     raise ValueError(f"attention maps take a batch of one row, got leading sizes {sizes}")
   flat = traverse_util.flatten_dict(_intermediates(module, params, batch_1))
-  return {"/".join(path[:-1]): np.asarray(sown[0][0], np.float32)
-          for path, sown in flat.items() if path[-1] == "attention_probs"}
+  return {
+      "/".join(path[:-1]): np.asarray(sown[0][0], np.float32)
+      for path, sown in flat.items()
+      if path[-1] == "attention_probs"
+  }
 
 
-def plot_attention(maps: dict[str, np.ndarray], tokens: list[str], path: str,
-                   max_tokens: int = 32) -> str:
+def plot_attention(
+    maps: dict[str, np.ndarray], tokens: list[str], path: str, max_tokens: int = 32
+) -> str:
   """PNG grid of heatmaps, one row per layer and one column per head, over the row's first
   `max_tokens` real tokens (queries down, keys across; each cell's colours scaled to its max).
 

@@ -15,19 +15,35 @@ from lmreuse.tasks.evaluation import EvalSet
 from lmreuse.viz import attention, representations
 
 
-def write(workdir: str, module: Any, params_before: Any, params_after: Any, eval_set: EvalSet,
-          tokenizer: Any, *, example: int, seed: int, step: int) -> dict[str, Any]:
+def write(
+    workdir: str,
+    module: Any,
+    params_before: Any,
+    params_after: Any,
+    eval_set: EvalSet,
+    tokenizer: Any,
+    *,
+    example: int,
+    seed: int,
+    step: int,
+) -> dict[str, Any]:
   """Writes the plots; returns their paths and the silhouette scores (before/after)."""
   out_dir = os.path.join(workdir, workdir_lib.PLOTS)
   os.makedirs(out_dir, exist_ok=True)
   label_key = "label" if "label" in eval_set.examples[0] else None
-  labels = (representations.feature_labels(eval_set, label_key) if label_key
-            else [0] * len(eval_set.features))
+  labels = (
+      representations.feature_labels(eval_set, label_key)
+      if label_key
+      else [0] * len(eval_set.features)
+  )
   paths, silhouette = representations.write_representation_plots(
-      out_dir, module, params_before, params_after, eval_set, labels, seed=seed)
+      out_dir, module, params_before, params_after, eval_set, labels, seed=seed
+  )
   if not 0 <= example < len(eval_set.features):
-    raise ValueError(f"config.viz.example={example} is not a validation feature index "
-                     f"(0..{len(eval_set.features) - 1})")
+    raise ValueError(
+        f"config.viz.example={example} is not a validation feature index "
+        f"(0..{len(eval_set.features) - 1})"
+    )
   arrays = eval_set.features[example].arrays
   batch = {k: np.asarray(v)[None] for k, v in arrays.items()}
   maps = attention.attention_maps(module, params_after, batch)

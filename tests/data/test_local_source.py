@@ -38,12 +38,23 @@ def test_classification_csv_with_text_pair(tmp_path):
   train = _write(tmp_path, "train.csv", 'premise,hypothesis,y\n"A, b",c,pos\n"multi\nline",d,neg\n')
   valid = _write(tmp_path, "valid.CSV", "premise,hypothesis,y\ne,f, pos \n")
   test = _write(tmp_path, "test.csv", "premise,hypothesis,y\ng,h,neg\n")
-  data = local.load(_task("classification", train_path=train, validation_path=valid,
-                          test_path=test, text_column="premise", text_pair_column="hypothesis",
-                          label_column="y"), seed=0)
+  data = local.load(
+      _task(
+          "classification",
+          train_path=train,
+          validation_path=valid,
+          test_path=test,
+          text_column="premise",
+          text_pair_column="hypothesis",
+          label_column="y",
+      ),
+      seed=0,
+  )
   assert data.task_type == "classification"
-  assert data.splits["train"] == [{"text": "A, b", "text_pair": "c", "label": "pos"},
-                                  {"text": "multi\nline", "text_pair": "d", "label": "neg"}]
+  assert data.splits["train"] == [
+      {"text": "A, b", "text_pair": "c", "label": "pos"},
+      {"text": "multi\nline", "text_pair": "d", "label": "neg"},
+  ]
   assert data.splits["validation"] == [{"text": "e", "text_pair": "f", "label": "pos"}]
   assert data.splits["test"] == [{"text": "g", "text_pair": "h", "label": "neg"}]
   assert data.labels == ["neg", "pos"]
@@ -70,8 +81,9 @@ def test_classification_jsonl_int_labels_split_off(tmp_path):
 
 
 def test_validation_split_is_seeded(tmp_path):
-  train = _jsonl(tmp_path, "train.json-lines", [{"source": f"s{i}", "target": "t"}
-                                                 for i in range(30)])
+  train = _jsonl(
+      tmp_path, "train.json-lines", [{"source": f"s{i}", "target": "t"} for i in range(30)]
+  )
   task = _task("seq2seq", train_path=train, validation_fraction=0.3)
   first, again, other = (local.load(task, seed) for seed in (1, 1, 2))
   assert first.splits == again.splits
@@ -84,48 +96,85 @@ def test_validation_split_is_seeded(tmp_path):
 def test_regression_tsv(tmp_path):
   train = _write(tmp_path, "train.tsv", 'text\tscore\n"quoted"\t1.5\nplain, text\t-2\n')
   valid = _write(tmp_path, "valid.tsv", "text\tscore\nx\t3e-1\n")
-  data = local.load(_task("regression", train_path=train, validation_path=valid,
-                          label_column="score"), seed=0)
-  assert data.splits["train"] == [{"text": "quoted", "label": 1.5},
-                                  {"text": "plain, text", "label": -2.0}]
+  data = local.load(
+      _task("regression", train_path=train, validation_path=valid, label_column="score"), seed=0
+  )
+  assert data.splits["train"] == [
+      {"text": "quoted", "label": 1.5},
+      {"text": "plain, text", "label": -2.0},
+  ]
   assert data.splits["validation"] == [{"text": "x", "label": 0.3}]
   assert data.labels is None
 
 
 def test_tagging_jsonl(tmp_path):
-  train = _jsonl(tmp_path, "train.jsonl", [{"tokens": ["New", "York"], "tags": ["B", "I"]},
-                                           {"tokens": "is big", "tags": "O O"}])
+  train = _jsonl(
+      tmp_path,
+      "train.jsonl",
+      [{"tokens": ["New", "York"], "tags": ["B", "I"]}, {"tokens": "is big", "tags": "O O"}],
+  )
   valid = _write(tmp_path, "valid.jsonl", '\n{"tokens": ["x"], "tags": ["O"]}\n\n')
   data = local.load(_task("tagging", train_path=train, validation_path=valid), seed=0)
-  assert data.splits["train"] == [{"tokens": ["New", "York"], "tags": ["B", "I"]},
-                                  {"tokens": ["is", "big"], "tags": ["O", "O"]}]
+  assert data.splits["train"] == [
+      {"tokens": ["New", "York"], "tags": ["B", "I"]},
+      {"tokens": ["is", "big"], "tags": ["O", "O"]},
+  ]
   assert data.splits["validation"] == [{"tokens": ["x"], "tags": ["O"]}]
   assert data.labels == ["B", "I", "O"]
 
 
 def test_extractive_qa_csv_finds_answer_start(tmp_path):
-  train = _write(tmp_path, "train.csv", "question,context,answer\n"
-                 "Where?,In Paris and Paris.,Paris\nWho?,Ann met Bob.,Bob\n")
+  train = _write(
+      tmp_path,
+      "train.csv",
+      "question,context,answer\n" "Where?,In Paris and Paris.,Paris\nWho?,Ann met Bob.,Bob\n",
+  )
   valid = _write(tmp_path, "valid.csv", "question,context,answer\nWhat?,A cat.,cat\n")
   data = local.load(_task("extractive_qa", train_path=train, validation_path=valid), seed=0)
   assert data.splits["train"] == [
-      {"id": "2", "question": "Where?", "context": "In Paris and Paris.",
-       "answers": [{"text": "Paris", "start": 3}]},
-      {"id": "3", "question": "Who?", "context": "Ann met Bob.",
-       "answers": [{"text": "Bob", "start": 8}]}]
+      {
+          "id": "2",
+          "question": "Where?",
+          "context": "In Paris and Paris.",
+          "answers": [{"text": "Paris", "start": 3}],
+      },
+      {
+          "id": "3",
+          "question": "Who?",
+          "context": "Ann met Bob.",
+          "answers": [{"text": "Bob", "start": 8}],
+      },
+  ]
   assert data.labels is None
 
 
 def test_extractive_qa_jsonl_answer_lists_and_starts(tmp_path):
-  train = _jsonl(tmp_path, "train.jsonl", [
-      {"qid": "q1", "q": "Who?", "c": "Ann and Bob", "a": ["Ann", "Bob"], "s": [0, 8]},
-      {"qid": 7, "q": "What?", "c": "a b a", "a": "a", "s": 4}])
+  train = _jsonl(
+      tmp_path,
+      "train.jsonl",
+      [
+          {"qid": "q1", "q": "Who?", "c": "Ann and Bob", "a": ["Ann", "Bob"], "s": [0, 8]},
+          {"qid": 7, "q": "What?", "c": "a b a", "a": "a", "s": 4},
+      ],
+  )
   valid = _jsonl(tmp_path, "valid.jsonl", [{"qid": "v", "q": "Q", "c": "x y", "a": "y", "s": 2}])
-  data = local.load(_task("extractive_qa", train_path=train, validation_path=valid,
-                          id_column="qid", question_column="q", context_column="c",
-                          answer_column="a", answer_start_column="s"), seed=0)
-  assert data.splits["train"][0]["answers"] == [{"text": "Ann", "start": 0},
-                                                {"text": "Bob", "start": 8}]
+  data = local.load(
+      _task(
+          "extractive_qa",
+          train_path=train,
+          validation_path=valid,
+          id_column="qid",
+          question_column="q",
+          context_column="c",
+          answer_column="a",
+          answer_start_column="s",
+      ),
+      seed=0,
+  )
+  assert data.splits["train"][0]["answers"] == [
+      {"text": "Ann", "start": 0},
+      {"text": "Bob", "start": 8},
+  ]
   assert data.splits["train"][1]["id"] == "7"
   assert data.splits["train"][1]["answers"] == [{"text": "a", "start": 4}]
 
@@ -133,8 +182,17 @@ def test_extractive_qa_jsonl_answer_lists_and_starts(tmp_path):
 def test_seq2seq_tsv(tmp_path):
   train = _write(tmp_path, "train.TSV", "src\ttgt\nhello world\tbonjour le monde\na\tb\n")
   test = _write(tmp_path, "test.tsv", "src\ttgt\nc\td\n")
-  data = local.load(_task("seq2seq", train_path=train, test_path=test, source_column="src",
-                          target_column="tgt", validation_fraction=0.5), seed=0)
+  data = local.load(
+      _task(
+          "seq2seq",
+          train_path=train,
+          test_path=test,
+          source_column="src",
+          target_column="tgt",
+          validation_fraction=0.5,
+      ),
+      seed=0,
+  )
   assert len(data.splits["train"]) == 1 and len(data.splits["validation"]) == 1
   assert data.splits["test"] == [{"source": "c", "target": "d"}]
   assert list(data.splits) == ["train", "validation", "test"]
@@ -143,10 +201,15 @@ def test_seq2seq_tsv(tmp_path):
 
 # Errors: each names `file:line` and the fact that is wrong.
 
+
 def test_missing_csv_column_points_at_header(tmp_path):
   train = _write(tmp_path, "train.csv", "\n\nsentence,label\na,b\n")
-  with _raises(ValueError, train, 3, "no column 'text' (config.task.text_column); available "
-               "columns: 'sentence', 'label'"):
+  with _raises(
+      ValueError,
+      train,
+      3,
+      "no column 'text' (config.task.text_column); available " "columns: 'sentence', 'label'",
+  ):
     local.load(_task("classification", train_path=train), seed=0)
 
 
@@ -156,14 +219,17 @@ def test_missing_jsonl_key_points_at_line(tmp_path):
     local.load(_task("seq2seq", train_path=train), seed=0)
 
 
-@pytest.mark.parametrize("task_type,header,row,column", [
-    ("classification", "text,label", "  ,pos", "text"),
-    ("classification", "text,pair,label", "a,,pos", "pair"),
-    ("seq2seq", "source,target", " ,b", "source"),
-    ("seq2seq", "source,target", "a, ", "target"),
-    ("extractive_qa", "question,context,answer", ",ctx,c", "question"),
-    ("extractive_qa", "question,context,answer", "q,,c", "context"),
-])
+@pytest.mark.parametrize(
+    "task_type,header,row,column",
+    [
+        ("classification", "text,label", "  ,pos", "text"),
+        ("classification", "text,pair,label", "a,,pos", "pair"),
+        ("seq2seq", "source,target", " ,b", "source"),
+        ("seq2seq", "source,target", "a, ", "target"),
+        ("extractive_qa", "question,context,answer", ",ctx,c", "question"),
+        ("extractive_qa", "question,context,answer", "q,,c", "context"),
+    ],
+)
 def test_empty_text(tmp_path, task_type, header, row, column):
   train = _write(tmp_path, "train.csv", f"{header}\n{row}\n")
   task = _task(task_type, train_path=train, text_pair_column="pair" if "pair" in header else "")
@@ -180,8 +246,9 @@ def test_empty_text_after_multiline_field_names_row_start(tmp_path):
 def test_unknown_label_in_validation(tmp_path):
   train = _write(tmp_path, "train.csv", "text,label\na,pos\nb,neg\n")
   valid = _write(tmp_path, "valid.csv", "text,label\nc,pos\nd,maybe\n")
-  with _raises(ValueError, valid, 3, "label 'maybe' is not among the train labels "
-               "('neg', 'pos')"):
+  with _raises(
+      ValueError, valid, 3, "label 'maybe' is not among the train labels " "('neg', 'pos')"
+  ):
     local.load(_task("classification", train_path=train, validation_path=valid), seed=0)
 
 
@@ -196,8 +263,9 @@ def test_unknown_label_lists_at_most_twenty(tmp_path):
 def test_unknown_tag_in_test(tmp_path):
   train = _jsonl(tmp_path, "train.jsonl", [{"tokens": ["a", "b"], "tags": ["O", "B-X"]}])
   valid = _jsonl(tmp_path, "valid.jsonl", [{"tokens": ["a"], "tags": ["O"]}])
-  test = _jsonl(tmp_path, "test.jsonl", [{"tokens": ["a"], "tags": ["O"]},
-                                         {"tokens": "c d", "tags": "O B-Y"}])
+  test = _jsonl(
+      tmp_path, "test.jsonl", [{"tokens": ["a"], "tags": ["O"]}, {"tokens": "c d", "tags": "O B-Y"}]
+  )
   with _raises(ValueError, test, 2, "tag 'B-Y' is not among the train tags ('B-X', 'O')"):
     local.load(_task("tagging", train_path=train, validation_path=valid, test_path=test), 0)
 
@@ -211,8 +279,12 @@ def test_token_tag_count_mismatch(tmp_path):
 @pytest.mark.parametrize("value", ["high", "nan", ""])
 def test_regression_target_not_a_number(tmp_path, value):
   train = _write(tmp_path, "train.tsv", f"text\tlabel\na\t1\nb\t{value}\n")
-  with _raises(ValueError, train, 3, f"column 'label' (config.task.label_column) is not a "
-               f"number: {value!r}"):
+  with _raises(
+      ValueError,
+      train,
+      3,
+      f"column 'label' (config.task.label_column) is not a " f"number: {value!r}",
+  ):
     local.load(_task("regression", train_path=train), seed=0)
 
 
@@ -224,13 +296,18 @@ def test_answer_not_in_context(tmp_path):
 
 def test_answer_start_mismatch(tmp_path):
   train = _write(tmp_path, "train.csv", "question,context,answer,start\nq,Ann met Bob.,Bob,4\n")
-  with _raises(ValueError, train, 2, "answer 'Bob' is not at answer_start=4 in the context, "
-               "which has 'met' there"):
+  with _raises(
+      ValueError,
+      train,
+      2,
+      "answer 'Bob' is not at answer_start=4 in the context, " "which has 'met' there",
+  ):
     local.load(_task("extractive_qa", train_path=train, answer_start_column="start"), seed=0)
 
 
-@pytest.mark.parametrize("line,fact", [("{not json", "not valid JSON"),
-                                       ("[1, 2]", "not a JSON object but list")])
+@pytest.mark.parametrize(
+    "line,fact", [("{not json", "not valid JSON"), ("[1, 2]", "not a JSON object but list")]
+)
 def test_bad_jsonl_line(tmp_path, line, fact):
   train = _write(tmp_path, "train.jsonl", f'{{"source": "a", "target": "b"}}\n{line}\n')
   with _raises(ValueError, train, 2, fact):
@@ -244,11 +321,14 @@ def test_not_utf8(tmp_path, bom, offset):
     local.load(_task("seq2seq", train_path=train), seed=0)
 
 
-@pytest.mark.parametrize("name,text,fact", [
-    ("train.csv", "", "empty file (no header row)"),
-    ("train.tsv", "source\ttarget\n\n", "no data rows after the header"),
-    ("train.jsonl", "\n  \n", "empty file (no JSON lines)"),
-])
+@pytest.mark.parametrize(
+    "name,text,fact",
+    [
+        ("train.csv", "", "empty file (no header row)"),
+        ("train.tsv", "source\ttarget\n\n", "no data rows after the header"),
+        ("train.jsonl", "\n  \n", "empty file (no JSON lines)"),
+    ],
+)
 def test_empty_file(tmp_path, name, text, fact):
   train = _write(tmp_path, name, text)
   with _raises(ValueError, train, None, f": {fact}"):
@@ -258,15 +338,18 @@ def test_empty_file(tmp_path, name, text, fact):
 def test_missing_file_names_config_key(tmp_path):
   train = _write(tmp_path, "train.csv", "source,target\na,b\n")
   missing = str(tmp_path / "nope.csv")
-  with pytest.raises(FileNotFoundError, match=re.escape(f"config.task.validation_path="
-                                                        f"{missing!r}: no such file")):
+  with pytest.raises(
+      FileNotFoundError,
+      match=re.escape(f"config.task.validation_path=" f"{missing!r}: no such file"),
+  ):
     local.load(_task("seq2seq", train_path=train, validation_path=missing), seed=0)
 
 
 def test_unknown_extension(tmp_path):
   train = _write(tmp_path, "train.txt", "source,target\na,b\n")
-  with pytest.raises(ValueError, match=re.escape(f"config.task.train_path={train!r}: unknown "
-                                                 "extension '.txt'")):
+  with pytest.raises(
+      ValueError, match=re.escape(f"config.task.train_path={train!r}: unknown " "extension '.txt'")
+  ):
     local.load(_task("seq2seq", train_path=train), seed=0)
 
 
@@ -280,13 +363,20 @@ def test_csv_row_with_wrong_field_count(tmp_path):
 def test_tokens_or_tags_neither_text_nor_strings(tmp_path, column, value):
   row = {"tokens": ["a"], "tags": ["O"], column: value}
   train = _jsonl(tmp_path, "train.jsonl", [{"tokens": ["a"], "tags": ["O"]}, row])
-  with _raises(ValueError, train, 2, f"column {column!r} (config.task.{column}_column) is "
-               f"neither whitespace-separated text nor a list of strings: {value!r}"):
+  with _raises(
+      ValueError,
+      train,
+      2,
+      f"column {column!r} (config.task.{column}_column) is "
+      f"neither whitespace-separated text nor a list of strings: {value!r}",
+  ):
     local.load(_task("tagging", train_path=train), seed=0)
 
 
-@pytest.mark.parametrize("name,value", [("train.csv", " "), ("train.jsonl", 1.5),
-                                        ("train.jsonl", True), ("train.jsonl", None)])
+@pytest.mark.parametrize(
+    "name,value",
+    [("train.csv", " "), ("train.jsonl", 1.5), ("train.jsonl", True), ("train.jsonl", None)],
+)
 def test_label_neither_text_nor_integer(tmp_path, name, value):
   if name.endswith(".csv"):
     train = _write(tmp_path, name, f"text,label\na,pos\nb,{value}\n")
@@ -294,55 +384,91 @@ def test_label_neither_text_nor_integer(tmp_path, name, value):
   else:
     train = _jsonl(tmp_path, name, [{"text": "a", "label": "pos"}, {"text": "b", "label": value}])
     line = 2
-  with _raises(ValueError, train, line, "column 'label' (config.task.label_column) is not a "
-               f"label (text or integer): {value!r}"):
+  with _raises(
+      ValueError,
+      train,
+      line,
+      "column 'label' (config.task.label_column) is not a " f"label (text or integer): {value!r}",
+  ):
     local.load(_task("classification", train_path=train), seed=0)
 
 
-@pytest.mark.parametrize("name,text", [
-    ("train.csv", "tokens,tags\na,O\n  , \n"),
-    ("train.jsonl", '{"tokens": ["a"], "tags": ["O"]}\n{"tokens": [], "tags": []}\n'),
-])
+@pytest.mark.parametrize(
+    "name,text",
+    [
+        ("train.csv", "tokens,tags\na,O\n  , \n"),
+        ("train.jsonl", '{"tokens": ["a"], "tags": ["O"]}\n{"tokens": [], "tags": []}\n'),
+    ],
+)
 def test_no_tokens(tmp_path, name, text):
   train = _write(tmp_path, name, text)
-  with _raises(ValueError, train, 3 if name.endswith(".csv") else 2,
-               "column 'tokens' (config.task.tokens_column) has no tokens"):
+  with _raises(
+      ValueError,
+      train,
+      3 if name.endswith(".csv") else 2,
+      "column 'tokens' (config.task.tokens_column) has no tokens",
+  ):
     local.load(_task("tagging", train_path=train), seed=0)
 
 
-@pytest.mark.parametrize("name,start", [("train.csv", "8.0"), ("train.csv", "eight"),
-                                        ("train.jsonl", 8.0), ("train.jsonl", True)])
+@pytest.mark.parametrize(
+    "name,start",
+    [("train.csv", "8.0"), ("train.csv", "eight"), ("train.jsonl", 8.0), ("train.jsonl", True)],
+)
 def test_answer_start_not_an_integer(tmp_path, name, start):
   if name.endswith(".csv"):
     train = _write(tmp_path, name, f"question,context,answer,start\nq,Ann met Bob.,Bob,{start}\n")
     line = 2
   else:
-    train = _jsonl(tmp_path, name, [{"question": "q", "context": "Ann met Bob.", "answer": "Bob",
-                                     "start": start}])
+    train = _jsonl(
+        tmp_path,
+        name,
+        [{"question": "q", "context": "Ann met Bob.", "answer": "Bob", "start": start}],
+    )
     line = 1
-  with _raises(ValueError, train, line, "column 'start' (config.task.answer_start_column) is "
-               f"not an integer: {start!r}"):
+  with _raises(
+      ValueError,
+      train,
+      line,
+      "column 'start' (config.task.answer_start_column) is " f"not an integer: {start!r}",
+  ):
     local.load(_task("extractive_qa", train_path=train, answer_start_column="start"), seed=0)
 
 
-@pytest.mark.parametrize("answers,starts,fact", [
-    (["Ann", "Bob"], [0], "2 answers but 1 answer starts"),
-    ("Bob", [8, 8], "1 answers but 2 answer starts"),
-    ([], [], "column 'answer' (config.task.answer_column) has no answers"),
-])
+@pytest.mark.parametrize(
+    "answers,starts,fact",
+    [
+        (["Ann", "Bob"], [0], "2 answers but 1 answer starts"),
+        ("Bob", [8, 8], "1 answers but 2 answer starts"),
+        ([], [], "column 'answer' (config.task.answer_column) has no answers"),
+    ],
+)
 def test_answer_and_start_counts_differ(tmp_path, answers, starts, fact):
-  train = _jsonl(tmp_path, "train.jsonl", [
-      {"question": "q", "context": "Ann met Bob.", "answer": "Bob", "start": 8},
-      {"question": "q", "context": "Ann met Bob.", "answer": answers, "start": starts}])
+  train = _jsonl(
+      tmp_path,
+      "train.jsonl",
+      [
+          {"question": "q", "context": "Ann met Bob.", "answer": "Bob", "start": 8},
+          {"question": "q", "context": "Ann met Bob.", "answer": answers, "start": starts},
+      ],
+  )
   with _raises(ValueError, train, 2, fact):
     local.load(_task("extractive_qa", train_path=train, answer_start_column="start"), seed=0)
 
 
 def test_labels_mixing_integers_and_strings_name_a_line(tmp_path):
-  train = _write(tmp_path, "train.jsonl", '{"text": "a", "label": "pos"}\n\n'
-                 '{"text": "b", "label": "neg"}\n{"text": "c", "label": 1}\n')
-  with _raises(ValueError, train, 4, "labels mix integers and strings: label 1 here, label "
-               "'pos' on line 1"):
+  train = _write(
+      tmp_path,
+      "train.jsonl",
+      '{"text": "a", "label": "pos"}\n\n'
+      '{"text": "b", "label": "neg"}\n{"text": "c", "label": 1}\n',
+  )
+  with _raises(
+      ValueError,
+      train,
+      4,
+      "labels mix integers and strings: label 1 here, label " "'pos' on line 1",
+  ):
     local.load(_task("classification", train_path=train), seed=0)
 
 
@@ -365,16 +491,29 @@ def test_bad_inputs_fail_before_the_workdir_is_touched(finetune_config, tmp_path
   field = "x" * (csv.field_size_limit() + 1)
   cases = [  # (train, validation, the file and line at fault, fact)
       (good + '" ",plant\n', None, "train", 5, "column 'text' (config.task.text_column) is empty"),
-      (good, "text,label\na fir,plant\na rock,mineral\n", "validation", 3,
-       "label 'mineral' is not among the train labels"),
+      (
+          good,
+          "text,label\na fir,plant\na rock,mineral\n",
+          "validation",
+          3,
+          "label 'mineral' is not among the train labels",
+      ),
       (good + f'"{field}",plant\n', None, "train", 5, "field larger than field limit"),
   ]
   for train, validation, at_fault, line, fact in cases:
-    paths = {"train": _write(tmp_path, "train.csv", train),
-             "validation": _write(tmp_path, "valid.csv", validation) if validation else ""}
-    config = finetune_config(overwrite=True, **{
-        "task.name": "local", "task.type": "classification", "task.train_path": paths["train"],
-        "task.validation_path": paths["validation"]})
+    paths = {
+        "train": _write(tmp_path, "train.csv", train),
+        "validation": _write(tmp_path, "valid.csv", validation) if validation else "",
+    }
+    config = finetune_config(
+        overwrite=True,
+        **{
+            "task.name": "local",
+            "task.type": "classification",
+            "task.train_path": paths["train"],
+            "task.validation_path": paths["validation"],
+        },
+    )
     with _raises(ValueError, paths[at_fault], line, fact):
       finetune.run(config, str(workdir))
     assert sorted(os.listdir(workdir)) == sorted(old), fact

@@ -32,8 +32,10 @@ def make_docs(num_docs=120, seed=0, max_segments=5, max_words=9):
   rng = np.random.default_rng(seed)
   docs = []
   for d in range(num_docs):
-    segments = [" ".join(rng.choice(WORDS, size=int(rng.integers(2, max_words))))
-                for _ in range(int(rng.integers(1, max_segments)))]
+    segments = [
+        " ".join(rng.choice(WORDS, size=int(rng.integers(2, max_words))))
+        for _ in range(int(rng.integers(1, max_segments)))
+    ]
     if d % 3 == 0:  # TFDS sources give bytes
       segments = [s.encode("utf-8") for s in segments]
     docs.append({"segments": segments})
@@ -49,8 +51,9 @@ def _doc_tokens(doc):
 
 
 def _ds(objective, *, docs=DOCS, train=True, seed=0, batch_size=BATCH, **kw):
-  return pipeline.make_pretrain_dataset(objective, docs, TOK, seq_len=SEQ_LEN,
-                                        batch_size=batch_size, seed=seed, train=train, **kw)
+  return pipeline.make_pretrain_dataset(
+      objective, docs, TOK, seq_len=SEQ_LEN, batch_size=batch_size, seed=seed, train=train, **kw
+  )
 
 
 def _take(ds_or_it, n):
@@ -72,8 +75,14 @@ CASES = [("mlm", {}), ("mlm", {"nsp": True}), ("clm", {}), ("span_corruption", {
 def test_mlm_batch_layout_and_statistics():
   batches = _take(_ds("mlm"), 20)
   b = batches[0]
-  assert set(b) == {"inputs", "token_types", "segment_ids", "positions", "mlm_targets",
-                    "mlm_weights"}
+  assert set(b) == {
+      "inputs",
+      "token_types",
+      "segment_ids",
+      "positions",
+      "mlm_targets",
+      "mlm_weights",
+  }
   for k, v in b.items():
     assert v.shape == (BATCH, SEQ_LEN)
     assert v.dtype == (np.float32 if k == "mlm_weights" else np.int32), k
@@ -111,8 +120,9 @@ def test_clm_packing_boundaries_and_positions():
   docs_as_tokens = {tuple(_doc_tokens(d) + [TOK.eos_id]) for d in DOCS}
   found = 0
   for x in batches:
-    for tokens, targets, weights, seg, pos in zip(x["inputs"], x["targets"], x["weights"],
-                                                  x["segment_ids"], x["positions"]):
+    for tokens, targets, weights, seg, pos in zip(
+        x["inputs"], x["targets"], x["weights"], x["segment_ids"], x["positions"]
+    ):
       for s in np.unique(seg[seg > 0]):
         idx = np.flatnonzero(seg == s)
         np.testing.assert_array_equal(idx, np.arange(idx[0], idx[-1] + 1))  # contiguous
@@ -123,8 +133,12 @@ def test_clm_packing_boundaries_and_positions():
       assert np.all(weights[seg == 0] == 0) and np.all(tokens[seg == 0] == TOK.pad_id)
   assert found > 20
   # The long document was cut into seq_len chunks: rows that are one 32-token segment.
-  chunks = [row for x in batches for row, seg in zip(x["inputs"], x["segment_ids"])
-            if np.all(seg == 1) and row[0] == 106]
+  chunks = [
+      row
+      for x in batches
+      for row, seg in zip(x["inputs"], x["segment_ids"])
+      if np.all(seg == 1) and row[0] == 106
+  ]
   assert chunks, "expected the long document's first chunk as a full row"
 
 
@@ -206,17 +220,25 @@ def test_orbax_checkpoint_round_trip(tmp_path):
   _take(it, 5)
   options = ocp.CheckpointManagerOptions(create=True, enable_async_checkpointing=True)
   with ocp.CheckpointManager(tmp_path / "ckpt", options=options) as manager:
-    manager.save(5, args=ocp.args.Composite(
-        state=ocp.args.StandardSave({"step": np.array(5, np.int32)}),
-        data=grain.checkpoint.CheckpointSave(it)))
+    manager.save(
+        5,
+        args=ocp.args.Composite(
+            state=ocp.args.StandardSave({"step": np.array(5, np.int32)}),
+            data=grain.checkpoint.CheckpointSave(it),
+        ),
+    )
     manager.wait_until_finished()
   expected = _take(it, 3)
 
   fresh = iter(ds)
   with ocp.CheckpointManager(tmp_path / "ckpt", options=options) as manager:
-    restored = manager.restore(manager.latest_step(), args=ocp.args.Composite(
-        state=ocp.args.StandardRestore({"step": np.array(0, np.int32)}),
-        data=grain.checkpoint.CheckpointRestore(fresh)))
+    restored = manager.restore(
+        manager.latest_step(),
+        args=ocp.args.Composite(
+            state=ocp.args.StandardRestore({"step": np.array(0, np.int32)}),
+            data=grain.checkpoint.CheckpointRestore(fresh),
+        ),
+    )
   assert restored["data"] is fresh and int(restored["state"]["step"]) == 5
   _assert_same(_take(fresh, 3), expected)
 
@@ -238,15 +260,22 @@ class _Recording:
 def test_mlm_processes_read_disjoint_documents_covering_the_source():
   def rows(process):
     source = _Recording(DOCS)
-    ds = _ds("mlm", docs=source, train=False, batch_size=6, mask_prob=0.0,
-             rows=[2 * process, 2 * process + 1])
+    ds = _ds(
+        "mlm",
+        docs=source,
+        train=False,
+        batch_size=6,
+        mask_prob=0.0,
+        rows=[2 * process, 2 * process + 1],
+    )
     out = [tuple(t[s == 1][1:-1]) for b in ds for t, s in zip(b["mlm_targets"], b["segment_ids"])]
     return out, source.read
 
   shards = [rows(i) for i in range(3)]
   assert [len(out) for out, _ in shards] == [40, 40, 40]
   assert sorted(itertools.chain(*(out for out, _ in shards))) == sorted(
-      tuple(_doc_tokens(d)) for d in DOCS)
+      tuple(_doc_tokens(d)) for d in DOCS
+  )
   reads = [read for _, read in shards]
   assert all(len(r) == 40 for r in reads) and len(set().union(*reads)) == 120
 
@@ -256,12 +285,13 @@ def test_global_batches_do_not_depend_on_the_process_count(objective, kw):
   """Two processes' rows of each batch, side by side, are the one-process batch; so is their
   iterator state, which restores in either process count."""
   whole = iter(_ds(objective, **kw))
-  halves = [iter(_ds(objective, rows=range(p * BATCH // 2, (p + 1) * BATCH // 2), **kw))
-            for p in range(2)]
+  halves = [
+      iter(_ds(objective, rows=range(p * BATCH // 2, (p + 1) * BATCH // 2), **kw)) for p in range(2)
+  ]
   for _ in range(3):
     parts = [next(h) for h in halves]
     _assert_same([{k: np.concatenate([p[k] for p in parts]) for k in parts[0]}], [next(whole)])
   assert halves[0].get_state() == halves[1].get_state() == whole.get_state()
   resumed = iter(_ds(objective, rows=range(BATCH // 2), **kw))
   resumed.set_state(whole.get_state())
-  _assert_same(_take(resumed, 1), [{k: v[:BATCH // 2] for k, v in next(whole).items()}])
+  _assert_same(_take(resumed, 1), [{k: v[: BATCH // 2] for k, v in next(whole).items()}])

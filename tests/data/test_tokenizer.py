@@ -43,7 +43,15 @@ def test_special_ids(tok):
   np.testing.assert_array_equal(tok.special_ids, np.arange(106))
   pieces = [tok.id_to_piece(i) for i in (0, 1, 2, 3, 4, 5, 6, 105)]
   assert pieces == [
-      "[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "[EOS]", "<extra_id_0>", "<extra_id_99>"]
+      "[PAD]",
+      "[UNK]",
+      "[CLS]",
+      "[SEP]",
+      "[MASK]",
+      "[EOS]",
+      "<extra_id_0>",
+      "<extra_id_99>",
+  ]
 
 
 def test_raw_text_never_yields_specials(tok):
@@ -67,8 +75,17 @@ def test_round_trip(tok, texts):
 
 
 def test_decode_drops_specials_keeps_sentinels(tok):
-  ids = [tok.cls_id, *tok.encode("the cat"), tok.sentinel_ids[0], *tok.encode("the mat"),
-         tok.sep_id, tok.mask_id, tok.eos_id, tok.pad_id, tok.pad_id]
+  ids = [
+      tok.cls_id,
+      *tok.encode("the cat"),
+      tok.sentinel_ids[0],
+      *tok.encode("the mat"),
+      tok.sep_id,
+      tok.mask_id,
+      tok.eos_id,
+      tok.pad_id,
+      tok.pad_id,
+  ]
   assert tok.decode(ids) == "the cat<extra_id_0> the mat"
   assert tok.decode(np.array([tok.sentinel_ids[1]])) == "<extra_id_1>"
   after_sentinel = [tok.sentinel_ids[0], tok.sep_id, *tok.encode("dog")]
@@ -92,15 +109,22 @@ def test_get_or_train_reuses_file(model_path, tok):
 
 def test_get_or_train_trains_small_bpe(tmp_path):
   path = str(tmp_path / "sub" / "bpe.model")
-  bpe = tokenizer_lib.get_or_train(path, lambda: corpus_texts(500), vocab_size=400,
-                                   model_type="bpe", num_sentinels=3, max_sentences=600)
+  bpe = tokenizer_lib.get_or_train(
+      path,
+      lambda: corpus_texts(500),
+      vocab_size=400,
+      model_type="bpe",
+      num_sentinels=3,
+      max_sentences=600,
+  )
   assert bpe.sentinel_ids == (6, 7, 8) and bpe.vocab_size == 400
   assert tokenizer_lib.load_tokenizer(path).encode("dogs") == bpe.encode("dogs")
 
 
 def test_load_rejects_foreign_model(tmp_path, texts):
   prefix = str(tmp_path / "plain")
-  spm.SentencePieceTrainer.train(sentence_iterator=iter(texts[:2000]), model_prefix=prefix,
-                                 vocab_size=300, minloglevel=2)  # Default ids: unk=0, bos=1, eos=2.
+  spm.SentencePieceTrainer.train(
+      sentence_iterator=iter(texts[:2000]), model_prefix=prefix, vocab_size=300, minloglevel=2
+  )  # Default ids: unk=0, bos=1, eos=2.
   with pytest.raises(ValueError, match=r"plain\.model: special \[PAD\]"):
     tokenizer_lib.load_tokenizer(prefix + ".model")

@@ -21,8 +21,14 @@ def test_classification_binary():
   # MCC with 1 positive: TP=1 TN=2 FP=0 FN=1 -> (1*2 - 0*1) / sqrt(1*2*2*3) = 1/sqrt(3)
   result = metrics.classification([0, 1, 1, 0], [0, 1, 0, 0], positive_label=1)
   assert result == pytest.approx(
-      {"accuracy": 0.75, "macro_f1": 11 / 15, "micro_f1": 0.75, "mcc": 1 / math.sqrt(3),
-       "f1": 2 / 3})
+      {
+          "accuracy": 0.75,
+          "macro_f1": 11 / 15,
+          "micro_f1": 0.75,
+          "mcc": 1 / math.sqrt(3),
+          "f1": 2 / 3,
+      }
+  )
   assert_plain_floats(result)
   assert "f1" not in metrics.classification([0, 1, 1, 0], [0, 1, 0, 0])
 
@@ -35,8 +41,14 @@ def test_classification_multiclass_mcc():
   #   = (24 - (4 + 6 + 2)) / sqrt((36 - 14) (36 - 12)) = 12 / sqrt(528) = 3 / sqrt(33).
   # F1 per class: 0: TP=1 FP=1 FN=1 -> 1/2; 1: TP=2 FP=1 FN=0 -> 4/5; 2: TP=1 FP=0 FN=1 -> 2/3.
   result = metrics.classification([0, 0, 1, 1, 2, 2], [0, 1, 1, 1, 2, 0])
-  assert result == pytest.approx({"accuracy": 4 / 6, "macro_f1": (1 / 2 + 4 / 5 + 2 / 3) / 3,
-                                  "micro_f1": 4 / 6, "mcc": 3 / math.sqrt(33)})
+  assert result == pytest.approx(
+      {
+          "accuracy": 4 / 6,
+          "macro_f1": (1 / 2 + 4 / 5 + 2 / 3) / 3,
+          "micro_f1": 4 / 6,
+          "mcc": 3 / math.sqrt(33),
+      }
+  )
 
 
 def test_classification_string_labels():
@@ -70,8 +82,9 @@ def test_regression_spearman_with_ties():
   # Pearson on the values: x mean 2.4, y mean 2.6, sum dx*dy = 5.8, sum dx^2 = 5.2,
   # sum dy^2 = 9.2. Errors 0 -1 0 1 -1 -> mse 3/5.
   result = metrics.regression([1, 2, 2, 3, 4], [1, 3, 2, 2, 5])
-  assert result == pytest.approx({"spearman": 29 / 38, "pearson": 5.8 / math.sqrt(5.2 * 9.2),
-                                  "mse": 0.6})
+  assert result == pytest.approx(
+      {"spearman": 29 / 38, "pearson": 5.8 / math.sqrt(5.2 * 9.2), "mse": 0.6}
+  )
 
 
 def test_regression_constant_predictions_give_zero_correlation():
@@ -87,8 +100,7 @@ def test_tagging():
   tags = [["B-PER", "I-PER", "O", "B-LOC", "O"], ["O", "B-ORG"]]
   predictions = [["B-PER", "I-PER", "O", "B-LOC", "I-LOC"], ["O", "O"]]
   result = metrics.tagging(tags, predictions)
-  assert result == pytest.approx({"precision": 0.5, "recall": 1 / 3, "f1": 0.4,
-                                  "accuracy": 5 / 7})
+  assert result == pytest.approx({"precision": 0.5, "recall": 1 / 3, "f1": 0.4, "accuracy": 5 / 7})
   assert_plain_floats(result)
   with pytest.raises(ValueError, match="sequence 1"):
     metrics.tagging(tags, [predictions[0], ["O"]])
@@ -99,9 +111,10 @@ def test_squad():
   # 2: "in paris france" vs "paris": 1 common token, P=1/3 R=1 -> F1 1/2.
   # 3: "apple" vs "banana" 0; vs "red apple" ("a" dropped): P=1 R=1/2 -> F1 2/3.
   # 4: "Theory" = "theory.": the article rule must not eat the "the" of "theory".
-  result = metrics.squad(["The Eiffel Tower!", "in Paris, France", "an apple", "Theory"],
-                         [["Eiffel tower", "the tower"], ["Paris"], ["banana", "a red apple"],
-                          ["theory."]])
+  result = metrics.squad(
+      ["The Eiffel Tower!", "in Paris, France", "an apple", "Theory"],
+      [["Eiffel tower", "the tower"], ["Paris"], ["banana", "a red apple"], ["theory."]],
+  )
   assert result == pytest.approx({"exact_match": 50.0, "f1": 100 * (1 + 1 / 2 + 2 / 3 + 1) / 4})
   assert_plain_floats(result)
 
@@ -114,7 +127,8 @@ def test_squad_rejects_bad_answers(answers):
 
 def test_bleu():
   assert metrics.bleu(["the cat sat on the mat"], ["the cat sat on the mat"])["bleu"] == (
-      pytest.approx(100.0))
+      pytest.approx(100.0)
+  )
   assert metrics.bleu(["a b c d e"], ["v w x y z"]) == {"bleu": 0.0}
   # Corpus BLEU needs 4-grams: a perfect 2-token match scores 0 with sacrebleu's defaults.
   assert metrics.bleu(["a b"], ["a b"]) == {"bleu": 0.0}
@@ -132,12 +146,13 @@ def test_bleu_partial_overlap_with_brevity_penalty():
   # Corpus counts add up: precisions 9/10, 6/8, 4/6, 2/4, whose product is 9/40; the hypotheses
   # have 10 tokens against 11, so BP = exp(1 - 11/10).
   corpus = 100 * math.exp(1 - 11 / 10) * (9 / 40) ** (1 / 4)
-  assert metrics.bleu(["the cat sat on a mat", "Go home now!"],
-                      ["the cat sat on the mat today", "Go home now!"]) == pytest.approx(
-                          {"bleu": corpus}, rel=1e-9)
+  assert metrics.bleu(
+      ["the cat sat on a mat", "Go home now!"], ["the cat sat on the mat today", "Go home now!"]
+  ) == pytest.approx({"bleu": corpus}, rel=1e-9)
   # The first sentence alone: (5/6 * 3/5 * 2/4 * 1/3) = 1/12, BP = exp(1 - 7/6).
   assert metrics.bleu(["the cat sat on a mat"], ["the cat sat on the mat today"]) == (
-      pytest.approx({"bleu": 100 * math.exp(1 - 7 / 6) * (1 / 12) ** (1 / 4)}, rel=1e-9))
+      pytest.approx({"bleu": 100 * math.exp(1 - 7 / 6) * (1 / 12) ** (1 / 4)}, rel=1e-9)
+  )
 
 
 def test_rouge():
@@ -145,57 +160,94 @@ def test_rouge():
   #    (the-cat, on-the, the-mat), LCS "the cat on the mat" = 5 -> 5/6, 3/5, 5/6.
   # 2: "the cats" vs "the cat sat" (stemmed cats -> cat): unigrams P=1 R=2/3 F=4/5,
   #    bigrams P=1 R=1/2 F=2/3, LCS 2 -> F=4/5.
-  result = metrics.rouge(["the cat sat on the mat", "the cats"],
-                         ["the cat is on the mat", "the cat sat"])
-  assert result == pytest.approx({"rouge1": 50 * (5 / 6 + 4 / 5), "rouge2": 50 * (3 / 5 + 2 / 3),
-                                  "rougeL": 50 * (5 / 6 + 4 / 5)})
+  result = metrics.rouge(
+      ["the cat sat on the mat", "the cats"], ["the cat is on the mat", "the cat sat"]
+  )
+  assert result == pytest.approx(
+      {
+          "rouge1": 50 * (5 / 6 + 4 / 5),
+          "rouge2": 50 * (3 / 5 + 2 / 3),
+          "rougeL": 50 * (5 / 6 + 4 / 5),
+      }
+  )
   assert_plain_floats(result)
 
 
 def test_glue_average():
   # Task scores: cola 0.5, sst2 0.9, mrpc (0.8 + 0.9)/2 = 0.85, stsb (0.8 + 0.6)/2 = 0.7.
-  results = {"glue/cola": {"mcc": 0.5}, "sst2": {"accuracy": 0.9, "loss": 0.3},
-             "glue/mrpc": {"accuracy": 0.8, "f1": 0.9}, "stsb": {"pearson": 0.8, "spearman": 0.6}}
+  results = {
+      "glue/cola": {"mcc": 0.5},
+      "sst2": {"accuracy": 0.9, "loss": 0.3},
+      "glue/mrpc": {"accuracy": 0.8, "f1": 0.9},
+      "stsb": {"pearson": 0.8, "spearman": 0.6},
+  }
   assert metrics.glue_average(results) == pytest.approx((0.5 + 0.9 + 0.85 + 0.7) / 4)
 
 
-@pytest.mark.parametrize("results, match", [
-    ({"glue/mrpc": {"accuracy": 0.8}}, r"glue/mrpc.*f1"),
-    ({"squad": {"f1": 80.0}}, "squad"),
-    ({}, "no tasks"),
-])
+@pytest.mark.parametrize(
+    "results, match",
+    [
+        ({"glue/mrpc": {"accuracy": 0.8}}, r"glue/mrpc.*f1"),
+        ({"squad": {"f1": 80.0}}, "squad"),
+        ({}, "no tasks"),
+    ],
+)
 def test_glue_average_rejects(results, match):
   with pytest.raises(ValueError, match=match):
     metrics.glue_average(results)
 
 
-@pytest.mark.parametrize("fn", [
-    metrics.classification, metrics.regression, metrics.tagging, metrics.squad, metrics.bleu,
-    metrics.rouge, metrics.classification_per_example, metrics.regression_per_example,
-    metrics.squad_per_example, metrics.rouge_per_example, metrics.tagging_statistics,
-    metrics.bleu_statistics])
+@pytest.mark.parametrize(
+    "fn",
+    [
+        metrics.classification,
+        metrics.regression,
+        metrics.tagging,
+        metrics.squad,
+        metrics.bleu,
+        metrics.rouge,
+        metrics.classification_per_example,
+        metrics.regression_per_example,
+        metrics.squad_per_example,
+        metrics.rouge_per_example,
+        metrics.tagging_statistics,
+        metrics.bleu_statistics,
+    ],
+)
 def test_empty_and_mismatched_inputs(fn):
   tagging = fn in (metrics.tagging, metrics.tagging_statistics)
   with pytest.raises(ValueError, match="no examples"):
     fn([], [])
-  with pytest.raises(ValueError, match="2 .* but 1"):
-    fn([["O"], ["O"]] if tagging else ["x", "y"],
-       [["O"]] if tagging or fn in (metrics.squad, metrics.squad_per_example) else ["x"])
+  with pytest.raises(ValueError, match=r"2 .* but 1"):
+    fn(
+        [["O"], ["O"]] if tagging else ["x", "y"],
+        [["O"]] if tagging or fn in (metrics.squad, metrics.squad_per_example) else ["x"],
+    )
 
 
 def test_per_example_values():
   # The examples of test_classification_binary, test_regression, test_squad and test_rouge.
   assert metrics.classification_per_example([0, 1, 1, 0], [0, 1, 0, 0])["accuracy"].tolist() == [
-      1.0, 1.0, 0.0, 1.0]
+      1.0,
+      1.0,
+      0.0,
+      1.0,
+  ]
   assert metrics.regression_per_example([1, 2, 3, 4], [2, 5, 4, 9])["mse"].tolist() == [
-      1.0, 9.0, 1.0, 25.0]
+      1.0,
+      9.0,
+      1.0,
+      25.0,
+  ]
   squad = metrics.squad_per_example(
       ["The Eiffel Tower!", "in Paris, France", "an apple", "Theory"],
-      [["Eiffel tower", "the tower"], ["Paris"], ["banana", "a red apple"], ["theory."]])
+      [["Eiffel tower", "the tower"], ["Paris"], ["banana", "a red apple"], ["theory."]],
+  )
   assert squad["exact_match"].tolist() == [100.0, 0.0, 0.0, 100.0]
   assert squad["f1"].tolist() == pytest.approx([100.0, 50.0, 200 / 3, 100.0])
-  rouge = metrics.rouge_per_example(["the cat sat on the mat", "the cats"],
-                                    ["the cat is on the mat", "the cat sat"])
+  rouge = metrics.rouge_per_example(
+      ["the cat sat on the mat", "the cats"], ["the cat is on the mat", "the cat sat"]
+  )
   assert rouge["rouge1"].tolist() == pytest.approx([500 / 6, 80.0])
   assert rouge["rouge2"].tolist() == pytest.approx([60.0, 200 / 3])
 
@@ -217,10 +269,15 @@ def test_headline_metrics_are_returned():
 # value on that resample, bit for bit, or a study's fast bootstrap would not be the re-scored one.
 
 REFERENCES = [
-    "The cat sat on the mat.", "A domestic animal that barks.", "It rained all day in Paris.",
-    "She sold the old car to her neighbour for 500 euros.", "Go!", "",
+    "The cat sat on the mat.",
+    "A domestic animal that barks.",
+    "It rained all day in Paris.",
+    "She sold the old car to her neighbour for 500 euros.",
+    "Go!",
+    "",
     "The committee, after long debate, approved the budget on Tuesday.",
-    "a small rodent with a long tail", "Why did the chicken cross the road?",
+    "a small rodent with a long tail",
+    "Why did the chicken cross the road?",
     "Prices rose 3.5% in March, the fastest rise since 2008.",
 ]
 
@@ -241,17 +298,19 @@ def test_bleu_is_sacrebleu_corpus_bleu_on_every_resample():
   rng = np.random.default_rng(0)
   predictions, references = map(list, zip(*hypotheses(rng)))
   assert metrics.bleu(predictions, references)["bleu"] == (
-      sacrebleu.corpus_bleu(predictions, [references]).score)
+      sacrebleu.corpus_bleu(predictions, [references]).score
+  )
   counts, to_bleu = metrics.bleu_statistics(predictions, references)["bleu"]
   assert counts.shape == (len(predictions), 10) and counts.dtype == np.int64
   idx_RxN = rng.integers(0, len(predictions), (20, len(predictions)))
-  expected = [sacrebleu.corpus_bleu([predictions[i] for i in idx],
-                                    [[references[i] for i in idx]]).score for idx in idx_RxN]
+  expected = [
+      sacrebleu.corpus_bleu([predictions[i] for i in idx], [[references[i] for i in idx]]).score
+      for idx in idx_RxN
+  ]
   assert to_bleu(counts[idx_RxN].sum(axis=1)).tolist() == expected
   assert len(set(expected)) > 10  # the resamples differ, so the test can fail
   # One sentence's counts score as sacrebleu scores that sentence alone.
-  assert float(to_bleu(counts[0])) == sacrebleu.corpus_bleu(predictions[:1],
-                                                            [references[:1]]).score
+  assert float(to_bleu(counts[0])) == sacrebleu.corpus_bleu(predictions[:1], [references[:1]]).score
 
 
 ENTITY_TYPES = ("PER", "LOC", "ORG")
@@ -310,7 +369,10 @@ def test_entity_scores_divide_by_zero_as_seqeval():
   golds = [[["B-PER", "I-PER"]], [["O", "O"]], [["O", "O"]], [["B-PER", "O"]]]
   for gold, prediction in zip(golds, predictions):
     assert {k: v for k, v in metrics.tagging(gold, prediction).items() if k != "accuracy"} == {
-        "f1": 0.0, "precision": 0.0, "recall": 0.0}
+        "f1": 0.0,
+        "precision": 0.0,
+        "recall": 0.0,
+    }
 
 
 def test_order_dependent_entities_are_left_to_rescoring():
@@ -320,8 +382,9 @@ def test_order_dependent_entities_are_left_to_rescoring():
   predicted = [["X", "I-PER"], ["X", "X"]]
   with warnings.catch_warnings():
     warnings.simplefilter("ignore", UserWarning)  # seqeval: "X seems not to be NE tag"
-    assert metrics.tagging(gold, predicted)["f1"] != metrics.tagging(gold[::-1],
-                                                                     predicted[::-1])["f1"]
+    assert (
+        metrics.tagging(gold, predicted)["f1"] != metrics.tagging(gold[::-1], predicted[::-1])["f1"]
+    )
     statistics = metrics.tagging_statistics(gold, predicted)
     assert set(statistics) == {"accuracy"}
     counts, to_accuracy = statistics["accuracy"]
@@ -332,22 +395,30 @@ def test_tagging_statistics_hold_for_any_tags_they_accept():
   # Random corpora over BIO/BIOES tags and over non-scheme tags (POS-like "NN", "X", "."):
   # wherever entity counts are offered, they give seqeval's value on a resample in any order.
   rng = np.random.default_rng(2)
-  alphabets = [["O", "B-PER", "I-PER", "E-PER", "S-LOC", "B-LOC", "I-LOC", "B", "I"],
-               ["O", "B-PER", "I-PER", "X", "NN", "IN", ".", "S-X", "I-", "E"]]
+  alphabets = [
+      ["O", "B-PER", "I-PER", "E-PER", "S-LOC", "B-LOC", "I-LOC", "B", "I"],
+      ["O", "B-PER", "I-PER", "X", "NN", "IN", ".", "S-X", "I-", "E"],
+  ]
   offered = 0
   with warnings.catch_warnings():
     warnings.simplefilter("ignore", UserWarning)
     for trial in range(300):
       alphabet = alphabets[trial % 2]
       n = int(rng.integers(1, 6))
-      gold = [[alphabet[i] for i in rng.integers(0, len(alphabet), rng.integers(1, 6))]
-              for _ in range(n)]
+      gold = [
+          [alphabet[i] for i in rng.integers(0, len(alphabet), rng.integers(1, 6))]
+          for _ in range(n)
+      ]
       predicted = [[alphabet[i] for i in rng.integers(0, len(alphabet), len(t))] for t in gold]
       statistics = metrics.tagging_statistics(gold, predicted)
       offered += "f1" in statistics
       for idx in rng.integers(0, n, (3, n)):
         resample = metrics.tagging([gold[i] for i in idx], [predicted[i] for i in idx])
         for name, (counts, to_score) in statistics.items():
-          assert float(to_score(counts[idx].sum(axis=0))) == resample[name], (name, gold,
-                                                                              predicted, idx)
+          assert float(to_score(counts[idx].sum(axis=0))) == resample[name], (
+              name,
+              gold,
+              predicted,
+              idx,
+          )
   assert 150 < offered < 300  # every BIO corpus, and some but not all of the others

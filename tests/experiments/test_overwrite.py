@@ -15,11 +15,13 @@ from lmreuse import workdir as workdir_lib
 
 @pytest.mark.slow
 def test_a_rerun_falls_back_past_a_bad_checkpoint_and_overwrite_leaves_nothing(
-    bert_pretrained, finetune_config, tmp_path):
+    bert_pretrained, finetune_config, tmp_path
+):
   pretrained_dir, _ = bert_pretrained
   workdir = str(tmp_path)
-  config = finetune_config(init_from=pretrained_dir, checkpoint_every=2, keep_checkpoints=2,
-                           **{"strategy.name": "lora"})
+  config = finetune_config(
+      init_from=pretrained_dir, checkpoint_every=2, keep_checkpoints=2, **{"strategy.name": "lora"}
+  )
   results = finetune.run(config, workdir)
   # The final checkpoint truncated: the rerun resumes from step 2 and ends where the first run
   # did (the best checkpoint, saved at step 4 too, is saved again rather than refused).
@@ -51,18 +53,27 @@ def test_a_rerun_falls_back_past_a_bad_checkpoint_and_overwrite_leaves_nothing(
   assert saved["config"]["seed"] == 1 and saved["config"]["strategy"]["name"] != "lora"
 
 
-def test_a_run_that_trains_its_tokenizer_writes_it_only_once_it_may_write(finetune_config,
-                                                                          tmp_path):
+def test_a_run_that_trains_its_tokenizer_writes_it_only_once_it_may_write(
+    finetune_config, tmp_path
+):
   """A from-scratch fine-tuning run trains its own SentencePiece model: a run refused by a
   later check writes none, and an overwrite trains a new one instead of reusing (then
   deleting) the old run's."""
+
   def config(vocab_size, **overrides):
-    return finetune_config(total_steps=1, checkpoint_every=1, **{
-        "tokenizer.path": "", "tokenizer.vocab_size": vocab_size,
-        "tokenizer.max_sentences": 2000, **overrides})
+    return finetune_config(
+        total_steps=1,
+        checkpoint_every=1,
+        **{
+            "tokenizer.path": "",
+            "tokenizer.vocab_size": vocab_size,
+            "tokenizer.max_sentences": 2000,
+            **overrides,
+        },
+    )
 
   workdir = tmp_path / "run"
-  with pytest.raises(ValueError, match="config.max_len=1000 exceeds"):  # after the tokenizer
+  with pytest.raises(ValueError, match=r"config.max_len=1000 exceeds"):  # after the tokenizer
     finetune.run(config(512, max_len=1000), str(workdir))
   assert not (workdir / "tokenizer").exists()
   finetune.run(config(512), str(workdir))

@@ -20,23 +20,41 @@ STEPS = 50  # long enough that the signal (after 3 logged steps) lands mid-run
 
 
 def flags(config) -> list[str]:
-  keys = ("tokenizer.path", "tokenizer.vocab_size", "tokenizer.num_sentinels", "data.tfds_dir",
-          "data.seq_len", "model.max_len", "batch_size", "total_steps", "log_every",
-          "eval_every", "eval_steps", "checkpoint_every")
+  keys = (
+      "tokenizer.path",
+      "tokenizer.vocab_size",
+      "tokenizer.num_sentinels",
+      "data.tfds_dir",
+      "data.seq_len",
+      "model.max_len",
+      "batch_size",
+      "total_steps",
+      "log_every",
+      "eval_every",
+      "eval_steps",
+      "checkpoint_every",
+  )
   value = lambda key: config[key.split(".")[0]][key.split(".")[1]] if "." in key else config[key]
   return [f"--config.{key}={value(key)}" for key in keys]
 
 
 @pytest.mark.slow
-def test_sigterm_saves_the_current_step_and_the_rerun_matches_bitwise(tiny_config, tmp_path,
-                                                                      counted_steps):
+def test_sigterm_saves_the_current_step_and_the_rerun_matches_bitwise(
+    tiny_config, tmp_path, counted_steps
+):
   config = tiny_config("bert", total_steps=STEPS, checkpoint_every=10_000, eval_steps=1)
   workdir = tmp_path / "preempted"
-  command = [sys.executable, "run.py", "--config=configs/pretrain.py:bert,size=tiny",
-             f"--workdir={workdir}", *flags(config)]
+  command = [
+      sys.executable,
+      "run.py",
+      "--config=configs/pretrain.py:bert,size=tiny",
+      f"--workdir={workdir}",
+      *flags(config),
+  ]
   env = dict(os.environ, JAX_PLATFORMS="cpu")
-  proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT, text=True)
+  proc = subprocess.Popen(
+      command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+  )
   metrics = workdir / "metrics.jsonl"
   deadline = time.time() + 240
   while not (metrics.exists() and len(metrics.read_text().splitlines()) >= 3):
@@ -62,8 +80,9 @@ def test_sigterm_saves_the_current_step_and_the_rerun_matches_bitwise(tiny_confi
 
 
 def test_a_larger_total_steps_extends_a_finished_run(tiny_config, tmp_path):
-  config = lambda steps: tiny_config("bert", total_steps=steps, checkpoint_every=2,
-                                     **{"optimizer.warmup_steps": 0})
+  config = lambda steps: tiny_config(
+      "bert", total_steps=steps, checkpoint_every=2, **{"optimizer.warmup_steps": 0}
+  )
   pretrain.run(config(2), str(tmp_path))
   first = read_metrics(str(tmp_path))
   with pytest.raises(ValueError, match=r"config\.total_steps: 2 → 1"):
@@ -81,8 +100,9 @@ def test_a_larger_total_steps_extends_a_finished_run(tiny_config, tmp_path):
 
 def without_timing(workdir) -> list[dict]:
   """metrics.jsonl without the throughput columns, which differ between any two runs."""
-  return [{k: v for k, v in r.items() if not k.endswith("_per_sec")}
-          for r in read_metrics(str(workdir))]
+  return [
+      {k: v for k, v in r.items() if not k.endswith("_per_sec")} for r in read_metrics(str(workdir))
+  ]
 
 
 @pytest.fixture
@@ -104,14 +124,23 @@ def counted_steps(monkeypatch):
 
 
 @pytest.mark.slow
-def test_finetuning_preempted_at_an_eval_step_resumes_bitwise(finetune_config, tmp_path,
-                                                              counted_steps):
+def test_finetuning_preempted_at_an_eval_step_resumes_bitwise(
+    finetune_config, tmp_path, counted_steps
+):
   # Validation loss under mode=max: the first evaluation stays the best and patience 3 stops
   # the run at step 4, so the early-stopping state crosses the interruption.
-  config = finetune_config(total_steps=8, eval_every=1, log_every=1, checkpoint_every=100,
-                           learning_rate=3e-3,
-                           **{"early_stopping.metric": "loss", "early_stopping.mode": "max",
-                              "early_stopping.patience": 3})
+  config = finetune_config(
+      total_steps=8,
+      eval_every=1,
+      log_every=1,
+      checkpoint_every=100,
+      learning_rate=3e-3,
+      **{
+          "early_stopping.metric": "loss",
+          "early_stopping.mode": "max",
+          "early_stopping.patience": 3,
+      },
+  )
   steps, signal_after = counted_steps
   straight = finetune.run(config, str(tmp_path / "straight"))
   assert straight["stopped_early"] and straight["steps"] == 4
@@ -130,4 +159,7 @@ def test_finetuning_preempted_at_an_eval_step_resumes_bitwise(finetune_config, t
   for name in ("early_stopping.json", "predictions.jsonl"):
     assert (workdir / name).read_text() == (tmp_path / "straight" / name).read_text(), name
   assert (resumed["metrics"], resumed["best_step"], resumed["steps"]) == (
-      straight["metrics"], straight["best_step"], straight["steps"])
+      straight["metrics"],
+      straight["best_step"],
+      straight["steps"],
+  )

@@ -11,11 +11,18 @@ from lmreuse.train.writers import read_metrics
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("preset,metric", [("bert", "mlm_loss"), ("gpt", "clm_loss"),
-                                           ("t5", "span_loss")])
+@pytest.mark.parametrize(
+    "preset,metric", [("bert", "mlm_loss"), ("gpt", "clm_loss"), ("t5", "span_loss")]
+)
 def test_pretraining_learns_and_writes_the_workdir(tiny_config, tmp_path, preset, metric):
-  config = tiny_config(preset, total_steps=40, log_every=5, eval_every=20, checkpoint_every=20,
-                       **{"optimizer.warmup_steps": 5, "optimizer.learning_rate": 3e-3})
+  config = tiny_config(
+      preset,
+      total_steps=40,
+      log_every=5,
+      eval_every=20,
+      checkpoint_every=20,
+      **{"optimizer.warmup_steps": 5, "optimizer.learning_rate": 3e-3},
+  )
   results = pretrain.run(config, str(tmp_path))
   records = read_metrics(str(tmp_path))
   losses = [r[f"train/{metric}"] for r in records if f"train/{metric}" in r]
@@ -29,7 +36,8 @@ def test_pretraining_learns_and_writes_the_workdir(tiny_config, tmp_path, preset
   assert saved["steps"] == 40 and saved["parameters"] > 0 and saved["devices"]["count"] >= 1
   assert {"git_sha", "packages", "wall_time_sec", "config"} <= set(saved)
   assert json.loads((tmp_path / "config.json").read_text())["objective"]["name"] == (
-      config.objective.name)
+      config.objective.name
+  )
 
 
 def test_a_different_config_in_an_existing_workdir_is_refused(tiny_config, tmp_path):
@@ -45,16 +53,21 @@ def test_a_different_config_in_an_existing_workdir_is_refused(tiny_config, tmp_p
   assert json.loads((tmp_path / "config.json").read_text())["optimizer"]["b2"] == 0.98
 
 
-@pytest.mark.parametrize("overrides,message", [
-    ({"model.num_heads": 3},
-     r"config\.model\.d_model=64 is not divisible by config\.model\.num_heads=3"),
-    ({"mesh.data": 3}, r"config\.mesh"),
-    ({"batch_size": 6, "grad_accum_steps": 4}, r"config\.batch_size=6 is not divisible"),
-    ({"objective.name": "clm"}, r"config\.objective\.name='clm' trains a decoder"),
-    ({"objective.name": "mlm_typo"}, r"config\.objective\.name='mlm_typo' is unknown"),
-    ({"optimizer.schedule": "step"}, r"config\.optimizer\.schedule='step'"),
-    ({"data.seq_len": 64}, r"config\.data\.seq_len=64 exceeds config\.model\.max_len=32"),
-])
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        (
+            {"model.num_heads": 3},
+            r"config\.model\.d_model=64 is not divisible by config\.model\.num_heads=3",
+        ),
+        ({"mesh.data": 3}, r"config\.mesh"),
+        ({"batch_size": 6, "grad_accum_steps": 4}, r"config\.batch_size=6 is not divisible"),
+        ({"objective.name": "clm"}, r"config\.objective\.name='clm' trains a decoder"),
+        ({"objective.name": "mlm_typo"}, r"config\.objective\.name='mlm_typo' is unknown"),
+        ({"optimizer.schedule": "step"}, r"config\.optimizer\.schedule='step'"),
+        ({"data.seq_len": 64}, r"config\.data\.seq_len=64 exceeds config\.model\.max_len=32"),
+    ],
+)
 def test_bad_configs_fail_before_anything_is_written(tiny_config, tmp_path, overrides, message):
   with pytest.raises(ValueError, match=message):
     pretrain.run(tiny_config("bert", **overrides), str(tmp_path / "w"))

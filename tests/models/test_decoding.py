@@ -15,20 +15,38 @@ from lmreuse.models.transformer import Decoder, EncoderDecoder
 
 V, MAX_LEN, NEVER = 50, 16, -1  # NEVER: an eos id no token matches
 SEARCH = ("beam_size", "eos_id", "length_penalty")
-generate_encoder_decoder = jax.jit(decoding.generate_encoder_decoder, static_argnums=0,
-                                   static_argnames=("max_len", "start_id") + SEARCH)
-generate_decoder = jax.jit(decoding.generate_decoder, static_argnums=0,
-                           static_argnames=("max_new_tokens",) + SEARCH)
+generate_encoder_decoder = jax.jit(
+    decoding.generate_encoder_decoder,
+    static_argnums=0,
+    static_argnames=("max_len", "start_id") + SEARCH,
+)
+generate_decoder = jax.jit(
+    decoding.generate_decoder, static_argnums=0, static_argnames=("max_new_tokens",) + SEARCH
+)
 
 
 def config(architecture: str, **overrides) -> TransformerConfig:
   # A large init makes next-token distributions peaked, as in a trained model.
-  base = dict(architecture=architecture, vocab_size=V, d_model=32, num_heads=4, d_ff=64,
-              num_layers=2, max_len=MAX_LEN, dropout_rate=0.0, norm_placement="pre",
-              init_std=0.3)
+  base = dict(
+      architecture=architecture,
+      vocab_size=V,
+      d_model=32,
+      num_heads=4,
+      d_ff=64,
+      num_layers=2,
+      max_len=MAX_LEN,
+      dropout_rate=0.0,
+      norm_placement="pre",
+      init_std=0.3,
+  )
   if architecture == "encoder_decoder":  # T5
-    base.update(position="relative_bias", norm="rmsnorm", activation="geglu", use_bias=False,
-                scale_attention=False)
+    base.update(
+        position="relative_bias",
+        norm="rmsnorm",
+        activation="geglu",
+        use_bias=False,
+        scale_attention=False,
+    )
   return TransformerConfig(**{**base, **overrides})
 
 
@@ -42,14 +60,15 @@ def prompts(seed: int, lengths=(6, 3)):
   """Real prompts, and the same LEFT-padded into one batch (random ids under the padding)."""
   p = max(lengths)
   ids = np.asarray(jax.random.randint(jax.random.key(seed), (len(lengths), p), 6, V))
-  alone = [ids[i, p - n:] for i, n in enumerate(lengths)]
+  alone = [ids[i, p - n :] for i, n in enumerate(lengths)]
   segments = (np.arange(p)[None, :] >= p - np.array(lengths)[:, None]).astype(np.int32)
   return alone, jnp.asarray(ids), jnp.asarray(segments)
 
 
 def enc_dec_params(cfg, seed):
-  return EncoderDecoder(cfg).init(jax.random.key(seed), jnp.ones((1, 4), jnp.int32),
-                                  jnp.ones((1, 2), jnp.int32))["params"]
+  return EncoderDecoder(cfg).init(
+      jax.random.key(seed), jnp.ones((1, 4), jnp.int32), jnp.ones((1, 2), jnp.int32)
+  )["params"]
 
 
 def decoder_params(cfg, seed):
@@ -91,6 +110,7 @@ def full_greedy_enc_dec(cfg, params, enc, enc_seg, length, eos_id):
   def logits_at(out_BxL, t):
     dec = np.concatenate([np.zeros((len(out_BxL), 1), np.int32), out_BxL[:, :-1]], axis=1)
     return enc_dec_logits(cfg, params, enc, enc_seg, dec)[:, t]
+
   return full_greedy(logits_at, enc.shape[0], length, eos_id)
 
 
@@ -98,6 +118,7 @@ def full_greedy_decoder(cfg, params, prompt_P, length, eos_id):
   def logits_at(out_1xL, t):
     ids = np.concatenate([prompt_P[None], out_1xL, np.zeros((1, MAX_LEN), np.int32)], axis=1)
     return decoder_logits(cfg, params, ids[:, :MAX_LEN])[:, len(prompt_P) - 1 + t]
+
   return full_greedy(logits_at, 1, length, eos_id)[0]
 
 
@@ -114,7 +135,7 @@ def score_decoder(cfg, params, prompts_alone, out_BxL, eos_id):
   for prompt, out in zip(prompts_alone, out_BxL):
     ids = np.concatenate([prompt, out])[None]
     logits = decoder_logits(cfg, params, ids)
-    logp = np.asarray(jax.nn.log_softmax(logits[0, len(prompt) - 1:-1]))
+    logp = np.asarray(jax.nn.log_softmax(logits[0, len(prompt) - 1 : -1]))
     scores.append((logp[np.arange(len(out)), out] * until_eos(out, eos_id)).sum())
   return np.array(scores)
 
@@ -123,7 +144,7 @@ def assert_pad_after_eos(out_BxL, eos_id):
   for row in np.asarray(out_BxL):
     hits = np.flatnonzero(row == eos_id)
     if hits.size:
-      assert (row[hits[0] + 1:] == 0).all(), row
+      assert (row[hits[0] + 1 :] == 0).all(), row
 
 
 def early_eos(out_BxL) -> tuple[int, int, int]:
@@ -143,12 +164,14 @@ def test_encoder_decoder_greedy_matches_full_forward(max_len):
   enc, enc_seg = encoder_inputs(1)
   first = generate_encoder_decoder(cfg, params, enc, enc_seg, max_len=max_len, eos_id=NEVER)
   eos_id, row, end = early_eos(first)
-  out = np.asarray(generate_encoder_decoder(cfg, params, enc, enc_seg, max_len=max_len,
-                                            eos_id=eos_id))
+  out = np.asarray(
+      generate_encoder_decoder(cfg, params, enc, enc_seg, max_len=max_len, eos_id=eos_id)
+  )
   assert out.shape == (3, max_len) and out.dtype == np.int32
-  np.testing.assert_array_equal(out, full_greedy_enc_dec(cfg, params, enc, enc_seg, max_len,
-                                                         eos_id))
-  assert (out[row, end + 1:] == 0).all()
+  np.testing.assert_array_equal(
+      out, full_greedy_enc_dec(cfg, params, enc, enc_seg, max_len, eos_id)
+  )
+  assert (out[row, end + 1 :] == 0).all()
   assert_pad_after_eos(out, eos_id)
 
 
@@ -160,12 +183,11 @@ def test_decoder_greedy_on_left_padded_prompts_matches_each_prompt_alone(positio
   new = MAX_LEN - ids.shape[1]
   first = generate_decoder(cfg, params, ids, segments, max_new_tokens=new, eos_id=NEVER)
   eos_id, row, end = early_eos(first)
-  out = np.asarray(generate_decoder(cfg, params, ids, segments, max_new_tokens=new,
-                                    eos_id=eos_id))
+  out = np.asarray(generate_decoder(cfg, params, ids, segments, max_new_tokens=new, eos_id=eos_id))
   assert out.shape == (2, new)
   for out_L, prompt in zip(out, alone):
     np.testing.assert_array_equal(out_L, full_greedy_decoder(cfg, params, prompt, new, eos_id))
-  assert (out[row, end + 1:] == 0).all()
+  assert (out[row, end + 1 :] == 0).all()
   assert_pad_after_eos(out, eos_id)
 
 
@@ -180,8 +202,10 @@ def test_beam_search_scores_at_least_greedy(seed):
   greedy = np.asarray(generate_encoder_decoder(cfg, params, enc, enc_seg, **kwargs))
   beam = np.asarray(generate_encoder_decoder(cfg, params, enc, enc_seg, beam_size=4, **kwargs))
   assert_pad_after_eos(beam, eos_id)
-  assert (score_enc_dec(cfg, params, enc, enc_seg, beam, eos_id)
-          >= score_enc_dec(cfg, params, enc, enc_seg, greedy, eos_id) - 1e-5).all()
+  assert (
+      score_enc_dec(cfg, params, enc, enc_seg, beam, eos_id)
+      >= score_enc_dec(cfg, params, enc, enc_seg, greedy, eos_id) - 1e-5
+  ).all()
   one_beam = generate_encoder_decoder(cfg, params, enc, enc_seg, beam_size=1, **kwargs)
   np.testing.assert_array_equal(one_beam, greedy)
 
@@ -192,10 +216,13 @@ def test_beam_search_scores_at_least_greedy(seed):
   greedy = np.asarray(generate_decoder(cfg, params, ids, segments, **kwargs))
   beam = np.asarray(generate_decoder(cfg, params, ids, segments, beam_size=4, **kwargs))
   assert_pad_after_eos(beam, eos_id)
-  assert (score_decoder(cfg, params, alone, beam, eos_id)
-          >= score_decoder(cfg, params, alone, greedy, eos_id) - 1e-5).all()
+  assert (
+      score_decoder(cfg, params, alone, beam, eos_id)
+      >= score_decoder(cfg, params, alone, greedy, eos_id) - 1e-5
+  ).all()
   np.testing.assert_array_equal(
-      generate_decoder(cfg, params, ids, segments, beam_size=1, **kwargs), greedy)
+      generate_decoder(cfg, params, ids, segments, beam_size=1, **kwargs), greedy
+  )
 
 
 def test_beam_search_with_length_penalty_ends_with_pad_after_eos():
@@ -204,8 +231,9 @@ def test_beam_search_with_length_penalty_ends_with_pad_after_eos():
   enc, enc_seg = encoder_inputs(4)
   first = generate_encoder_decoder(cfg, params, enc, enc_seg, max_len=10, eos_id=NEVER)
   eos_id, _, _ = early_eos(first)
-  beam = generate_encoder_decoder(cfg, params, enc, enc_seg, max_len=10, beam_size=3,
-                                  eos_id=eos_id, length_penalty=0.6)
+  beam = generate_encoder_decoder(
+      cfg, params, enc, enc_seg, max_len=10, beam_size=3, eos_id=eos_id, length_penalty=0.6
+  )
   assert beam.shape == (3, 10)
   assert (np.asarray(beam) == eos_id).any()
   assert_pad_after_eos(beam, eos_id)
@@ -218,15 +246,24 @@ def test_left_padded_prompt_in_cache_gives_the_logits_of_the_prompt_alone(positi
   alone, ids, segments = prompts(5, lengths=(6, 3))
   positions = jnp.maximum(jnp.arange(6)[None, :] - (6 - segments.sum(1))[:, None], 0)
   decoder = Decoder(cfg, decode=True)
-  cache = decoder.apply({"params": params}, jnp.zeros((2, 8), jnp.int32),
-                        mutable=["cache"])[1]["cache"]
-  (logits, _), mutated = decoder.apply({"params": params, "cache": cache}, ids,
-                                       segment_ids_BxL=segments, positions_BxL=positions,
-                                       mutable=["cache"])
+  cache = decoder.apply({"params": params}, jnp.zeros((2, 8), jnp.int32), mutable=["cache"])[1][
+      "cache"
+  ]
+  (logits, _), mutated = decoder.apply(
+      {"params": params, "cache": cache},
+      ids,
+      segment_ids_BxL=segments,
+      positions_BxL=positions,
+      mutable=["cache"],
+  )
   assert np.isfinite(np.asarray(logits)).all()  # padding queries included
   nxt = jnp.array([[7], [9]])
-  (step, _), _ = decoder.apply({"params": params, "cache": mutated["cache"]}, nxt,
-                               positions_BxL=positions[:, -1:] + 1, mutable=["cache"])
+  (step, _), _ = decoder.apply(
+      {"params": params, "cache": mutated["cache"]},
+      nxt,
+      positions_BxL=positions[:, -1:] + 1,
+      mutable=["cache"],
+  )
   for i, prompt in enumerate(alone):
     full, _ = Decoder(cfg).apply({"params": params}, np.concatenate([prompt, nxt[i]])[None])
     np.testing.assert_allclose(logits[i, -1], full[0, -2], atol=1e-5)
@@ -237,10 +274,10 @@ def test_outputs_beyond_the_position_table_are_an_error():
   cfg = config("decoder")
   _, ids, segments = prompts(0)
   with pytest.raises(ValueError, match="max_len"):
-    decoding.generate_decoder(cfg, decoder_params(cfg, 0), ids, segments,
-                              max_new_tokens=MAX_LEN)
+    decoding.generate_decoder(cfg, decoder_params(cfg, 0), ids, segments, max_new_tokens=MAX_LEN)
   cfg = config("encoder_decoder", position="learned")
   enc, enc_seg = encoder_inputs(0)
   with pytest.raises(ValueError, match="max_len"):
-    decoding.generate_encoder_decoder(cfg, enc_dec_params(cfg, 0), enc, enc_seg,
-                                      max_len=MAX_LEN + 1)
+    decoding.generate_encoder_decoder(
+        cfg, enc_dec_params(cfg, 0), enc, enc_seg, max_len=MAX_LEN + 1
+    )

@@ -63,10 +63,15 @@ def with_base(params: dict, base: dict) -> dict:
 def perturb_peft(params: dict, seed: int) -> dict:
   """Random PEFT parameters, as after training (adapters and (IA)^3 start as the identity)."""
   keys = iter(jax.random.split(jax.random.key(seed), len(flat(params))))
-  return traverse_util.unflatten_dict({
-      path: x + 0.3 * jax.random.normal(next(keys), x.shape) if any(
-          name in path for name in PEFT_NAMES) else x
-      for path, x in flat(params).items()}, sep="/")
+  return traverse_util.unflatten_dict(
+      {
+          path: x + 0.3 * jax.random.normal(next(keys), x.shape)
+          if any(name in path for name in PEFT_NAMES)
+          else x
+          for path, x in flat(params).items()
+      },
+      sep="/",
+  )
 
 
 def test_adapters_and_ia3_start_as_the_identity():
@@ -76,8 +81,9 @@ def test_adapters_and_ia3_start_as_the_identity():
   params = with_base(init_params(cfg, 1), base)
   new = set(flat(params)) - set(flat(base))
   assert new and all("adapter" in path or "ia3" in path for path in new)
-  np.testing.assert_allclose(forward(cfg, params, *inputs(cfg)),
-                             forward(base_cfg, base, *inputs(cfg)), atol=1e-6)
+  np.testing.assert_allclose(
+      forward(cfg, params, *inputs(cfg)), forward(base_cfg, base, *inputs(cfg)), atol=1e-6
+  )
 
 
 def test_parameter_names_and_logical_axes():
@@ -87,23 +93,35 @@ def test_parameter_names_and_logical_axes():
   base_cfg = config("encoder_decoder")
   base = jax.eval_shape(EncoderDecoder(base_cfg).init, jax.random.key(0), *inputs(base_cfg))
   new = set(specs) - set(flat(base["params"]))
-  layer = {"self_attention/ia3_key", "self_attention/ia3_value", "mlp/ia3_mlp",
-           "self_attention/prefix_key", "self_attention/prefix_value"}
-  layer |= {f"{sub}_adapter/{dense}/{p}" for sub in ("self_attention", "mlp")
-            for dense in ("down", "up") for p in ("kernel", "bias")}
+  layer = {
+      "self_attention/ia3_key",
+      "self_attention/ia3_value",
+      "mlp/ia3_mlp",
+      "self_attention/prefix_key",
+      "self_attention/prefix_value",
+  }
+  layer |= {
+      f"{sub}_adapter/{dense}/{p}"
+      for sub in ("self_attention", "mlp")
+      for dense in ("down", "up")
+      for p in ("kernel", "bias")
+  }
   cross = {"cross_attention/ia3_key", "cross_attention/ia3_value"}
-  cross |= {f"cross_attention_adapter/{dense}/{p}" for dense in ("down", "up")
-            for p in ("kernel", "bias")}
+  cross |= {
+      f"cross_attention_adapter/{dense}/{p}" for dense in ("down", "up") for p in ("kernel", "bias")
+  }
   expected = {"encoder/prompt"}  # the decoder stack of an encoder-decoder takes no prompt
   expected |= {f"encoder/layers_{i}/{path}" for i in range(2) for path in layer}
   expected |= {f"decoder/layers_{i}/{path}" for i in range(2) for path in layer | cross}
   assert new == expected
-  axes = {"encoder/prompt": (None, "embed"),
-          "encoder/layers_0/mlp_adapter/down/kernel": ("embed", "adapter"),
-          "encoder/layers_0/mlp_adapter/up/kernel": ("adapter", "embed"),
-          "decoder/layers_1/cross_attention/ia3_value": ("kv_heads", "kv"),
-          "decoder/layers_0/mlp/ia3_mlp": ("mlp",),
-          "encoder/layers_1/self_attention/prefix_key": (None, "kv_heads", "kv")}
+  axes = {
+      "encoder/prompt": (None, "embed"),
+      "encoder/layers_0/mlp_adapter/down/kernel": ("embed", "adapter"),
+      "encoder/layers_0/mlp_adapter/up/kernel": ("adapter", "embed"),
+      "decoder/layers_1/cross_attention/ia3_value": ("kv_heads", "kv"),
+      "decoder/layers_0/mlp/ia3_mlp": ("mlp",),
+      "encoder/layers_1/self_attention/prefix_key": (None, "kv_heads", "kv"),
+  }
   for path, names in axes.items():
     assert tuple(specs[path]) == names, path
 
@@ -117,16 +135,18 @@ def test_all_modules_together_train_and_the_prefix_is_read():
     if any(name in path for name in ("prefix", "prompt", "ia3", "up/")):  # `down` waits for `up`
       assert np.abs(np.asarray(grad)).max() > 0, path
   layer = dict(params["stack"]["layers_0"])
-  layer["self_attention"] = dict(layer["self_attention"],
-                                 prefix_value=-layer["self_attention"]["prefix_value"])
+  layer["self_attention"] = dict(
+      layer["self_attention"], prefix_value=-layer["self_attention"]["prefix_value"]
+  )
   other_prefix = dict(params, stack=dict(params["stack"], layers_0=layer))
   changed = forward(cfg, other_prefix, tokens_BxL)
   assert np.abs(np.asarray(forward(cfg, params, tokens_BxL) - changed)[:, 0]).max() > 1e-3
 
 
 # Everything but the prompt, which cannot decode on a cache; GQA for the prefix's kv heads.
-CACHED_DECODER = config("decoder", position="relative_bias", num_kv_heads=2,
-                        **dict(ALL_PEFT, prompt_length=0))
+CACHED_DECODER = config(
+    "decoder", position="relative_bias", num_kv_heads=2, **dict(ALL_PEFT, prompt_length=0)
+)
 
 
 def test_prefix_greedy_decoding_on_left_padded_prompts_matches_full_forward():
@@ -134,11 +154,13 @@ def test_prefix_greedy_decoding_on_left_padded_prompts_matches_full_forward():
   params = perturb_peft(init_params(cfg), 1)
   alone, ids, segments = dec.prompts(2)
   new = dec.MAX_LEN - ids.shape[1]
-  out = np.asarray(dec.generate_decoder(cfg, params, ids, segments, max_new_tokens=new,
-                                        eos_id=dec.NEVER))
+  out = np.asarray(
+      dec.generate_decoder(cfg, params, ids, segments, max_new_tokens=new, eos_id=dec.NEVER)
+  )
   for out_L, prompt in zip(out, alone):
-    np.testing.assert_array_equal(out_L, dec.full_greedy_decoder(cfg, params, prompt, new,
-                                                                 dec.NEVER))
+    np.testing.assert_array_equal(
+        out_L, dec.full_greedy_decoder(cfg, params, prompt, new, dec.NEVER)
+    )
 
 
 def test_prefix_kv_cache_logits_match_full_forward():
@@ -152,8 +174,9 @@ def test_prefix_kv_cache_logits_match_full_forward():
   prompt = 12  # a multi-token prompt first, then one token at a time
   for start, end in [(0, prompt)] + [(t, t + 1) for t in range(prompt, tokens_BxL.shape[1])]:
     positions = jnp.broadcast_to(jnp.arange(start, end), (2, end - start))
-    (logits, _), mutated = apply({"params": params, "cache": cache}, tokens_BxL[:, start:end],
-                                 positions_BxL=positions)
+    (logits, _), mutated = apply(
+        {"params": params, "cache": cache}, tokens_BxL[:, start:end], positions_BxL=positions
+    )
     cache = mutated["cache"]
     outputs.append(logits)
   np.testing.assert_allclose(jnp.concatenate(outputs, axis=1), full, atol=1e-5)
@@ -163,10 +186,12 @@ def test_encoder_decoder_greedy_decoding_with_all_modules_matches_full_forward()
   cfg = config("encoder_decoder", **ALL_PEFT)
   params = perturb_peft(init_params(cfg), 1)
   enc, enc_seg = dec.encoder_inputs(1)
-  out = np.asarray(dec.generate_encoder_decoder(cfg, params, enc, enc_seg, max_len=10,
-                                                eos_id=dec.NEVER))
+  out = np.asarray(
+      dec.generate_encoder_decoder(cfg, params, enc, enc_seg, max_len=10, eos_id=dec.NEVER)
+  )
   np.testing.assert_array_equal(
-      out, dec.full_greedy_enc_dec(cfg, params, enc, enc_seg, 10, dec.NEVER))
+      out, dec.full_greedy_enc_dec(cfg, params, enc, enc_seg, 10, dec.NEVER)
+  )
 
 
 def test_prompt_keeps_shapes_and_padding_stays_masked():
@@ -192,8 +217,13 @@ def test_prompt_and_prefix_are_seen_by_every_packed_segment():
   # Causal: the first half of a row is its sequence alone, whatever follows.
   alone_a = forward(cfg, params, a_then_b)[:, :8]
   alone_b = forward(cfg, params, jnp.concatenate([b_Bx8, a_Bx8], axis=1))[:, :8]
-  packed = forward(cfg, params, a_then_b, segment_ids_BxL=jnp.array([[1] * 8 + [2] * 8] * 2),
-                   positions_BxL=jnp.array([list(range(8)) * 2] * 2))
+  packed = forward(
+      cfg,
+      params,
+      a_then_b,
+      segment_ids_BxL=jnp.array([[1] * 8 + [2] * 8] * 2),
+      positions_BxL=jnp.array([list(range(8)) * 2] * 2),
+  )
   np.testing.assert_allclose(packed[:, :8], alone_a, atol=1e-5)
   np.testing.assert_allclose(packed[:, 8:], alone_b, atol=1e-5)
   other_prompt = dict(params, stack=dict(params["stack"], prompt=-params["stack"]["prompt"]))
@@ -203,7 +233,7 @@ def test_prompt_and_prefix_are_seen_by_every_packed_segment():
 
 def test_prompt_tuning_refuses_kv_cache_generation_on_a_decoder():
   cfg = config("decoder", prompt_length=2)
-  with pytest.raises(ValueError, match="config.model.prompt_length.*use prefix tuning"):
+  with pytest.raises(ValueError, match=r"config.model.prompt_length.*use prefix tuning"):
     Decoder(cfg, decode=True).init(jax.random.key(0), *inputs(cfg))
 
 

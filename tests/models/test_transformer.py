@@ -17,8 +17,9 @@ B, L, V = 2, 12, 97
 
 
 def tiny(**overrides) -> TransformerConfig:
-  base = dict(vocab_size=V, d_model=32, num_heads=4, d_ff=64, num_layers=2, max_len=L,
-              dropout_rate=0.0)
+  base = dict(
+      vocab_size=V, d_model=32, num_heads=4, d_ff=64, num_layers=2, max_len=L, dropout_rate=0.0
+  )
   return TransformerConfig(**{**base, **overrides})
 
 
@@ -60,8 +61,9 @@ def test_packed_segments_do_not_attend_to_each_other(position):
   packed = jnp.concatenate([a, b], axis=1)
   segments = jnp.array([[1] * 5 + [2] * 7])
   positions = jnp.array([list(range(5)) + list(range(7))])
-  variables, (logits, _) = init_apply(model, packed, segment_ids_BxL=segments,
-                                      positions_BxL=positions)
+  variables, (logits, _) = init_apply(
+      model, packed, segment_ids_BxL=segments, positions_BxL=positions
+  )
   alone_b, _ = model.apply(variables, b)
   alone_a, _ = model.apply(variables, a)
   np.testing.assert_allclose(logits[:, 5:], alone_b, atol=1e-5)
@@ -81,17 +83,27 @@ def test_kv_cache_decoding_matches_full_forward(position):
   outputs = []
   for start, end in steps:
     positions = jnp.broadcast_to(jnp.arange(start, end), (B, end - start))
-    (logits, _), mutated = decoder.apply({"params": params, "cache": cache},
-                                         tokens[:, start:end], positions_BxL=positions,
-                                         mutable=["cache"])
+    (logits, _), mutated = decoder.apply(
+        {"params": params, "cache": cache},
+        tokens[:, start:end],
+        positions_BxL=positions,
+        mutable=["cache"],
+    )
     cache = mutated["cache"]
     outputs.append(logits)
   np.testing.assert_allclose(jnp.concatenate(outputs, axis=1), full, atol=1e-5)
 
 
 def test_encoder_decoder_shapes_and_cross_attention_uses_encoder():
-  cfg = tiny(architecture="encoder_decoder", position="relative_bias", norm="rmsnorm",
-             norm_placement="pre", activation="geglu", use_bias=False, scale_attention=False)
+  cfg = tiny(
+      architecture="encoder_decoder",
+      position="relative_bias",
+      norm="rmsnorm",
+      norm_placement="pre",
+      activation="geglu",
+      use_bias=False,
+      scale_attention=False,
+  )
   model = EncoderDecoder(cfg)
   enc, dec = ids(0), ids(1, (B, 5))
   variables, (logits, encoded) = init_apply(model, enc, dec)
@@ -122,8 +134,9 @@ def test_parameters_carry_logical_axes():
 def test_bert_size_presets_are_the_published_architectures(size, count):
   """The presets are what papers call BERT-base and BERT-large: at BERT's vocabulary and
   length the encoder has exactly the published number of parameters."""
-  model = Encoder(components.model_config(common.model_config("bert", size, max_len=512),
-                                          vocab_size=30522))
+  model = Encoder(
+      components.model_config(common.model_config("bert", size, max_len=512), vocab_size=30522)
+  )
   shapes = jax.eval_shape(model.init, jax.random.key(0), ids())["params"]
   assert sum(p.size for p in jax.tree.leaves(nn.unbox(shapes))) == count
 
@@ -143,13 +156,16 @@ def test_remat_gives_same_gradients(remat):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("field,value,message", [
-    ("num_heads", 3, "num_heads"),
-    ("position", "alibi", "position"),
-    ("activation", "tanh", "activation"),
-    ("num_kv_heads", 3, "num_kv_heads"),
-    ("dropout_rate", 1.5, "dropout_rate"),
-])
+@pytest.mark.parametrize(
+    "field,value,message",
+    [
+        ("num_heads", 3, "num_heads"),
+        ("position", "alibi", "position"),
+        ("activation", "tanh", "activation"),
+        ("num_kv_heads", 3, "num_kv_heads"),
+        ("dropout_rate", 1.5, "dropout_rate"),
+    ],
+)
 def test_config_errors_name_the_key(field, value, message):
   cfg = dataclasses.replace(tiny(), **{field: value})
   with pytest.raises(ValueError, match=f"config.model.{message}"):

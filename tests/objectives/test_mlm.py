@@ -22,8 +22,14 @@ def _rows(rng, batch=512, length=64):
 
 
 def _mask(tokens, seed=0, **kw):
-  return mlm.mask_tokens(tokens, np.random.default_rng(seed), mask_id=MASK, vocab_size=VOCAB,
-                         special_ids=SPECIALS, **kw)
+  return mlm.mask_tokens(
+      tokens,
+      np.random.default_rng(seed),
+      mask_id=MASK,
+      vocab_size=VOCAB,
+      special_ids=SPECIALS,
+      **kw,
+  )
 
 
 def test_selection_rate_and_split():
@@ -72,9 +78,16 @@ def test_all_special_row_selects_nothing_and_seed_is_deterministic():
 def test_random_ids_skip_specials_scattered_in_vocab():
   specials = np.array([0, 1, 5, 6, 7, 9])
   tokens = np.full((64, 64), 8, np.int32)
-  out = mlm.mask_tokens(tokens, np.random.default_rng(0), mask_id=2, vocab_size=12,
-                        special_ids=specials, mask_prob=1.0, mask_token_prob=0.0,
-                        random_token_prob=1.0)
+  out = mlm.mask_tokens(
+      tokens,
+      np.random.default_rng(0),
+      mask_id=2,
+      vocab_size=12,
+      special_ids=specials,
+      mask_prob=1.0,
+      mask_token_prob=0.0,
+      random_token_prob=1.0,
+  )
   assert set(np.unique(out["inputs"])) == {3, 4, 8, 10, 11}
 
 
@@ -125,21 +138,26 @@ def test_gathered_mlm_loss_equals_the_dense_loss():
 
   config = pretrain.get_config("bert,size=tiny")
   config.data.seq_len, config.model.dropout_rate = 32, 0.0
-  program = mlm.program(components.model_config(config.model, synthetic.VOCAB),
-                        config.objective, config.data)
+  program = mlm.program(
+      components.model_config(config.model, synthetic.VOCAB), config.objective, config.data
+  )
   params = program.init_params(jax.random.PRNGKey(0))
   batch = {k: jnp.asarray(v) for k, v in synthetic.batch("mlm", batch_size=4, seq_len=32).items()}
-  gathered_loss, pairs = program.loss_fn(params, batch, jax.random.PRNGKey(1), False)
+  _gathered_loss, pairs = program.loss_fn(params, batch, jax.random.PRNGKey(1), False)
 
   model_cfg = components.model_config(config.model, synthetic.VOCAB)
   encoder = mlm.Encoder(model_cfg)
-  hidden = encoder.apply({"params": params["backbone"]}, batch["inputs"],
-                         segment_ids_BxL=batch["segment_ids"], positions_BxL=batch["positions"],
-                         token_types_BxL=batch["token_types"])
+  hidden = encoder.apply(
+      {"params": params["backbone"]},
+      batch["inputs"],
+      segment_ids_BxL=batch["segment_ids"],
+      positions_BxL=batch["positions"],
+      token_types_BxL=batch["token_types"],
+  )
   embed_params = {"params": params["backbone"]}
   dense_logits = MLMHead(model_cfg).apply(
-      {"params": params["mlm_head"]}, hidden,
-      encoder.bind(embed_params).stack.token_embed)
+      {"params": params["mlm_head"]}, hidden, encoder.bind(embed_params).stack.token_embed
+  )
   dense_loss, _ = mlm.loss(dense_logits, batch["mlm_targets"], batch["mlm_weights"])
   mlm_sum, mlm_count = pairs["mlm_loss"]
   assert float(mlm_count) == float(batch["mlm_weights"].sum())

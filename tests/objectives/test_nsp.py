@@ -22,6 +22,7 @@ def _random_segment_fn(docs):
     other += other >= doc_index
     start = int(rng.integers(len(docs[other])))
     return [t for s in docs[other][start:] for t in s]
+
   return fn
 
 
@@ -51,8 +52,9 @@ def test_truncation_fits_and_trims_the_longer_side():
   docs = [_doc(d, rng) for d in range(NUM_DOCS)]
   fn = _random_segment_fn(docs)
   for i in range(300):
-    a, b, _ = nsp.make_pair(docs[i % NUM_DOCS], i % NUM_DOCS, rng, random_segment_fn=fn,
-                            max_tokens=13)
+    a, b, _ = nsp.make_pair(
+        docs[i % NUM_DOCS], i % NUM_DOCS, rng, random_segment_fn=fn, max_tokens=13
+    )
     assert len(a) + len(b) <= 13 and a and b
   a, b = nsp.truncate_seq_pair(list(range(10)), [100, 101], 6, rng)
   assert len(a) == 4 and b == [100, 101]
@@ -63,8 +65,9 @@ def test_single_segment_document_can_be_positive():
   rng = np.random.default_rng(2)
   seen = set()
   for _ in range(50):
-    a, b, is_next = nsp.make_pair([[7, 8, 9, 10]], 0, rng, random_segment_fn=lambda r, d: [99],
-                                  max_tokens=10)
+    a, b, is_next = nsp.make_pair(
+        [[7, 8, 9, 10]], 0, rng, random_segment_fn=lambda r, d: [99], max_tokens=10
+    )
     seen.add(is_next)
     if is_next:
       assert a + b == [7, 8, 9, 10]

@@ -29,8 +29,9 @@ def _reconstruct(inputs, targets):
 def test_helper_matches_t5_and_fills_inputs_exactly(inputs_length):
   tokens_length, targets_length = sc.random_spans_helper(inputs_length, 0.15, 3.0)
   rng = np.random.default_rng(0)
-  out = sc.corrupt_spans(np.arange(200, 200 + tokens_length), rng, sentinel_ids=SENTINELS,
-                         eos_id=EOS)
+  out = sc.corrupt_spans(
+      np.arange(200, 200 + tokens_length), rng, sentinel_ids=SENTINELS, eos_id=EOS
+  )
   assert out["inputs"].size == inputs_length
   assert out["targets"].size == targets_length
 
@@ -71,16 +72,17 @@ def test_exact_reconstruction_and_sentinel_order():
 def test_example_from_docstring():
   tokens = np.array([10, 11, 12, 13, 14, 15, 16, 17])
   mask = np.array([0, 0, 1, 1, 0, 0, 0, 1], bool)
-  np.testing.assert_array_equal(sc.noise_span_to_unique_sentinel(tokens, mask, SENTINELS),
-                                [10, 11, 6, 14, 15, 16, 7])
-  np.testing.assert_array_equal(sc.nonnoise_span_to_unique_sentinel(tokens, mask, SENTINELS),
-                                [6, 12, 13, 7, 17])
+  np.testing.assert_array_equal(
+      sc.noise_span_to_unique_sentinel(tokens, mask, SENTINELS), [10, 11, 6, 14, 15, 16, 7]
+  )
+  np.testing.assert_array_equal(
+      sc.nonnoise_span_to_unique_sentinel(tokens, mask, SENTINELS), [6, 12, 13, 7, 17]
+  )
 
 
 def test_too_few_sentinels_is_an_error():
   with pytest.raises(ValueError, match="sentinel_ids"):
-    sc.corrupt_spans(np.arange(200, 400), np.random.default_rng(0), sentinel_ids=(6, 7),
-                     eos_id=EOS)
+    sc.corrupt_spans(np.arange(200, 400), np.random.default_rng(0), sentinel_ids=(6, 7), eos_id=EOS)
 
 
 def test_loss():

@@ -46,7 +46,7 @@ def record_writes(root: str) -> list[str]:
       relative = os.path.relpath(path, root)
       directory, name = os.path.split(relative)
       if name.startswith(".tmp-"):  # workdir.write_atomically's temporary file for `name`
-        relative = os.path.join(directory, name[len(".tmp-"):].rsplit("-", 1)[0])
+        relative = os.path.join(directory, name[len(".tmp-") :].rsplit("-", 1)[0])
       if relative.split(os.sep)[1:2] not in [[d] for d in COLLECTIVE_DIRS]:
         writes.append(relative)
 
@@ -105,14 +105,21 @@ def main(argv: list[str]) -> None:
         with sigterm_after(**job["sigterm"]):
           experiment.run(config, job["workdir"])
       except preemption.Preempted as stopped:
-        preempted = {"step": stopped.step,
-                     "checkpoints": sorted(os.listdir(os.path.join(job["workdir"], "checkpoints")))}
+        preempted = {
+            "step": stopped.step,
+            "checkpoints": sorted(os.listdir(os.path.join(job["workdir"], "checkpoints"))),
+        }
     out = experiment.run(config, job["workdir"])
-    results[job["name"]] = {k: out.get(k) for k in ("metrics", "steps", "best_step",
-                                                    "stopped_early")}
+    results[job["name"]] = {
+        k: out.get(k) for k in ("metrics", "steps", "best_step", "stopped_early")
+    }
     results[job["name"]]["preempted"] = preempted
-  report = {"results": results, "writes": sorted(set(writes)),
-            "processes": jax.process_count(), "devices": jax.device_count()}
+  report = {
+      "results": results,
+      "writes": sorted(set(writes)),
+      "processes": jax.process_count(),
+      "devices": jax.device_count(),
+  }
   with open(os.path.join(out_dir, f"process_{jax.process_index()}.json"), "w") as f:
     json.dump(report, f)
 

@@ -30,17 +30,20 @@ def one_step(preset: str, mesh_axes: dict, devices) -> dict[str, np.ndarray]:
   mesh = mesh_lib.make_mesh(mesh_cfg, devices)
   rules = sharding_lib.rules_from_config(config.mesh.rules)
   model_cfg = components.model_config(config.model, synthetic.VOCAB)
-  program = objectives.get(config.objective.name).program(model_cfg, config.objective,
-                                                          config.data)
+  program = objectives.get(config.objective.name).program(model_cfg, config.objective, config.data)
   tx, schedule = optim.make_optimizer(config.optimizer, config.total_steps)
   trainer = Trainer(program, tx, schedule, mesh, rules)
   state = trainer.init_state(seed=0)
   batch = synthetic.batch(config.objective.name, batch_size=16, seq_len=config.data.seq_len)
   device_batch = trainer.device_batch(split_microbatches(batch, 2), leading_axes=1)
   with sharding_lib.mesh_context(mesh, rules):
-    grads = jax.jit(jax.grad(lambda p: program.loss_fn(
-        p, jax.tree.map(lambda x: x[0], device_batch), jax.random.PRNGKey(3), True)[0]))(
-            state.params)
+    grads = jax.jit(
+        jax.grad(
+            lambda p: program.loss_fn(
+                p, jax.tree.map(lambda x: x[0], device_batch), jax.random.PRNGKey(3), True
+            )[0]
+        )
+    )(state.params)
   new_state, metrics = trainer.train_step(state, device_batch)
   flat = {"loss": np.asarray(metrics["train/loss"])}
   for path, leaf in jax.tree_util.tree_leaves_with_path(grads):
@@ -54,8 +57,10 @@ def worst_relative_error(reference: dict, other: dict) -> float:
   """Max |a - b| per leaf, relative to the leaf's scale; key biases have an analytically zero
   gradient (softmax is shift invariant), so scales are floored at 1e-3 × the largest leaf."""
   floor = 1e-3 * max(np.abs(v).max() for k, v in reference.items() if k.startswith("grad"))
-  return max(float(np.abs(reference[k] - other[k]).max() /
-                   max(np.abs(reference[k]).max(), floor)) for k in reference)
+  return max(
+      float(np.abs(reference[k] - other[k]).max() / max(np.abs(reference[k]).max(), floor))
+      for k in reference
+  )
 
 
 def main() -> None:

@@ -14,26 +14,43 @@ def exact_selection(rng: np.random.Generator, batch_size: int, length: int) -> n
   return weights
 
 
-def batch(objective: str, *, batch_size: int, seq_len: int, seed: int = 0,
-          vocab: int = VOCAB) -> dict:
+def batch(
+    objective: str, *, batch_size: int, seq_len: int, seed: int = 0, vocab: int = VOCAB
+) -> dict:
   rng = np.random.default_rng(seed)
   tokens = lambda length: rng.integers(6, vocab, (batch_size, length)).astype(np.int32)
   positions = lambda length: np.tile(np.arange(length, dtype=np.int32), (batch_size, 1))
-  segments = lambda length: np.where(np.arange(length) < length - 3, 1, 0).astype(
-      np.int32)[None].repeat(batch_size, 0)
+  segments = (
+      lambda length: np.where(np.arange(length) < length - 3, 1, 0)
+      .astype(np.int32)[None]
+      .repeat(batch_size, 0)
+  )
   if objective == "mlm":
-    return dict(inputs=tokens(seq_len), token_types=(positions(seq_len) >= seq_len // 2).astype(
-        np.int32), segment_ids=segments(seq_len), positions=positions(seq_len),
-                mlm_targets=tokens(seq_len),
-                mlm_weights=exact_selection(rng, batch_size, seq_len - 3),
-                nsp_labels=rng.integers(0, 2, (batch_size,)).astype(np.int32))
+    return dict(
+        inputs=tokens(seq_len),
+        token_types=(positions(seq_len) >= seq_len // 2).astype(np.int32),
+        segment_ids=segments(seq_len),
+        positions=positions(seq_len),
+        mlm_targets=tokens(seq_len),
+        mlm_weights=exact_selection(rng, batch_size, seq_len - 3),
+        nsp_labels=rng.integers(0, 2, (batch_size,)).astype(np.int32),
+    )
   if objective == "clm":
-    return dict(inputs=tokens(seq_len), targets=tokens(seq_len),
-                weights=segments(seq_len).astype(np.float32), segment_ids=segments(seq_len),
-                positions=positions(seq_len))
+    return dict(
+        inputs=tokens(seq_len),
+        targets=tokens(seq_len),
+        weights=segments(seq_len).astype(np.float32),
+        segment_ids=segments(seq_len),
+        positions=positions(seq_len),
+    )
   target_len = seq_len // 4
-  return dict(encoder_inputs=tokens(seq_len), encoder_segment_ids=segments(seq_len),
-              encoder_positions=positions(seq_len), decoder_inputs=tokens(target_len),
-              decoder_targets=tokens(target_len),
-              decoder_weights=segments(target_len).astype(np.float32),
-              decoder_segment_ids=segments(target_len), decoder_positions=positions(target_len))
+  return dict(
+      encoder_inputs=tokens(seq_len),
+      encoder_segment_ids=segments(seq_len),
+      encoder_positions=positions(seq_len),
+      decoder_inputs=tokens(target_len),
+      decoder_targets=tokens(target_len),
+      decoder_weights=segments(target_len).astype(np.float32),
+      decoder_segment_ids=segments(target_len),
+      decoder_positions=positions(target_len),
+  )

@@ -40,21 +40,46 @@ def launch(tmp_path, name: str, jobs: list[dict], num_processes: int) -> list[di
   plan.write_text(json.dumps({"root": str(tmp_path), "jobs": jobs}))
   # The tests' compilation cache (tests/conftest.py): a resumed copy compiles what the run it
   # copies compiled, under the same process count.
-  env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu",
-             XLA_FLAGS=f"--xla_force_host_platform_device_count={4 // num_processes}",
-             JAX_COMPILATION_CACHE_DIR=os.path.join(tempfile.gettempdir(),
-                                                    "lmreuse-test-jax-cache"),
-             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0.5")
+  env = dict(
+      os.environ,
+      PYTHONPATH=ROOT,
+      JAX_PLATFORMS="cpu",
+      XLA_FLAGS=f"--xla_force_host_platform_device_count={4 // num_processes}",
+      JAX_COMPILATION_CACHE_DIR=os.path.join(tempfile.gettempdir(), "lmreuse-test-jax-cache"),
+      JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0.5",
+  )
   port = free_port()
   procs = []
   for i in range(num_processes):
-    distributed = ([f"--coordinator_address=localhost:{port}",
-                    f"--num_processes={num_processes}", f"--process_id={i}"]
-                   if num_processes > 1 else [])
+    distributed = (
+        [
+            f"--coordinator_address=localhost:{port}",
+            f"--num_processes={num_processes}",
+            f"--process_id={i}",
+        ]
+        if num_processes > 1
+        else []
+    )
     log = open(out / f"log_{i}.txt", "w")
-    procs.append((subprocess.Popen(
-        [sys.executable, "-m", "tests.parallel.multiprocess_check", str(plan), str(out),
-         *distributed], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT), log))
+    procs.append(
+        (
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "tests.parallel.multiprocess_check",
+                    str(plan),
+                    str(out),
+                    *distributed,
+                ],
+                cwd=ROOT,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            ),
+            log,
+        )
+    )
   deadline = time.monotonic() + TIMEOUT_S
   try:
     for proc, log in procs:
@@ -94,8 +119,9 @@ def test_run_refuses_incomplete_distributed_flags():
   if not flags.FLAGS.is_parsed():
     flags.FLAGS.mark_as_parsed()
   with flagsaver.flagsaver(process_id=1, num_processes=None, coordinator_address=None):
-    with pytest.raises(app.UsageError, match="--process_id also needs --coordinator_address, "
-                                             "--num_processes"):
+    with pytest.raises(
+        app.UsageError, match="--process_id also needs --coordinator_address, " "--num_processes"
+    ):
       run._initialize_distributed()  # pylint: disable=protected-access
   with flagsaver.flagsaver(process_id=2, num_processes=2, coordinator_address="localhost:1"):
     with pytest.raises(app.UsageError, match=r"--process_id=2 must be in \[0, --num_processes"):
@@ -103,30 +129,63 @@ def test_run_refuses_incomplete_distributed_flags():
 
 
 @pytest.mark.slow
-def test_two_processes_equal_one_and_their_checkpoints_restore_across(tiny_config,
-                                                                     finetune_config, tmp_path):
-  pretrain = tiny_config("bert", total_steps=8, eval_every=4, checkpoint_every=4, eval_steps=2,
-                         **{"model.num_layers": 1, **MESH}).to_dict()
+def test_two_processes_equal_one_and_their_checkpoints_restore_across(
+    tiny_config, finetune_config, tmp_path
+):
+  pretrain = tiny_config(
+      "bert",
+      total_steps=8,
+      eval_every=4,
+      checkpoint_every=4,
+      eval_steps=2,
+      **{"model.num_layers": 1, **MESH},
+  ).to_dict()
 
   def finetune(init_from):
     return finetune_config(
-        "bert", init_from=str(init_from), eval_every=1, log_every=1, learning_rate=3e-3,
-        **{"strategy.name": "bitfit", "early_stopping.metric": "loss",
-           "early_stopping.mode": "max", "early_stopping.patience": 2, **MESH}).to_dict()
+        "bert",
+        init_from=str(init_from),
+        eval_every=1,
+        log_every=1,
+        learning_rate=3e-3,
+        **{
+            "strategy.name": "bitfit",
+            "early_stopping.metric": "loss",
+            "early_stopping.mode": "max",
+            "early_stopping.patience": 2,
+            **MESH,
+        },
+    ).to_dict()
 
-  w = {name: tmp_path / name for name in ("p1", "f1", "p2", "f2", "p2_in1", "f2_in1",
-                                          "p1_in2")}
+  w = {name: tmp_path / name for name in ("p1", "f1", "p2", "f2", "p2_in1", "f2_in1", "p1_in2")}
 
   def job(name, config, copy_from=None, **extra):
-    return {"name": name, "config": config, "workdir": str(w[name]),
-            "copy_from": str(w[copy_from]) if copy_from else None, **extra}
+    return {
+        "name": name,
+        "config": config,
+        "workdir": str(w[name]),
+        "copy_from": str(w[copy_from]) if copy_from else None,
+        **extra,
+    }
 
   # p2 gets a SIGTERM in process 1 after step 2, stops, and is re-run (resumed) to the end.
-  two = launch(tmp_path, "two", [job("p2", pretrain, sigterm={"step": 2, "process": 1}),
-                                 job("f2", finetune(w["p2"]))], 2)
-  one = launch(tmp_path, "one", [
-      job("p1", pretrain), job("f1", finetune(w["p1"])),
-      job("p2_in1", pretrain, "p2"), job("f2_in1", finetune(w["p2"]), "f2")], 1)
+  two = launch(
+      tmp_path,
+      "two",
+      [job("p2", pretrain, sigterm={"step": 2, "process": 1}), job("f2", finetune(w["p2"]))],
+      2,
+  )
+  one = launch(
+      tmp_path,
+      "one",
+      [
+          job("p1", pretrain),
+          job("f1", finetune(w["p1"])),
+          job("p2_in1", pretrain, "p2"),
+          job("f2_in1", finetune(w["p2"]), "f2"),
+      ],
+      1,
+  )
   back = launch(tmp_path, "back", [job("p1_in2", pretrain, "p1")], 2)
   assert [r["processes"] for r in two + one + back] == [2, 2, 1, 2, 2]
   assert {r["devices"] for r in two + one + back} == {4}
@@ -146,8 +205,9 @@ def test_two_processes_equal_one_and_their_checkpoints_restore_across(tiny_confi
     assert_same_metrics(one[0]["results"][a]["metrics"], two[0]["results"][b]["metrics"])
   f1, f2 = one[0]["results"]["f1"], two[0]["results"]["f2"]
   assert f1["stopped_early"] and (f1["best_step"], f1["steps"]) == (f2["best_step"], f2["steps"])
-  histories = [json.loads((w[n] / "early_stopping.json").read_text())["history"]
-               for n in ("f1", "f2")]
+  histories = [
+      json.loads((w[n] / "early_stopping.json").read_text())["history"] for n in ("f1", "f2")
+  ]
   assert [s for s, _ in histories[0]] == [s for s, _ in histories[1]]
   assert all(close(x, y) for (_, x), (_, y) in zip(*histories))
   assert read_jsonl(w["f1"] / "predictions.jsonl") == read_jsonl(w["f2"] / "predictions.jsonl")
@@ -156,8 +216,11 @@ def test_two_processes_equal_one_and_their_checkpoints_restore_across(tiny_confi
 
   # Checkpoints written by 2 processes restore in 1 (and a pretraining one the reverse),
   # evaluating the same.
-  for copy, original, report in (("p2_in1", "p2", one[0]), ("f2_in1", "f2", one[0]),
-                                 ("p1_in2", "p1", back[0])):
+  for copy, original, report in (
+      ("p2_in1", "p2", one[0]),
+      ("f2_in1", "f2", one[0]),
+      ("p1_in2", "p1", back[0]),
+  ):
     source = (two[0] if original.endswith("2") else one[0])["results"][original]
     assert report["results"][copy]["steps"] == source["steps"]
     assert_same_metrics(report["results"][copy]["metrics"], source["metrics"])
@@ -165,9 +228,16 @@ def test_two_processes_equal_one_and_their_checkpoints_restore_across(tiny_confi
 
   # Only process 0 writes run outputs; orbax writes the checkpoints collectively.
   assert two[1]["writes"] == [] and back[1]["writes"] == []
-  assert {"p2/metrics.jsonl", "p2/results.json", "p2/config.json", "f2/predictions.jsonl",
-          "f2/labels.json", "f2/init_report.json", "f2/results.json",
-          "f2/early_stopping.json"} <= set(two[0]["writes"])
+  assert {
+      "p2/metrics.jsonl",
+      "p2/results.json",
+      "p2/config.json",
+      "f2/predictions.jsonl",
+      "f2/labels.json",
+      "f2/init_report.json",
+      "f2/results.json",
+      "f2/early_stopping.json",
+  } <= set(two[0]["writes"])
   for name, sessions in (("p2", 2), ("f2", 1)):  # one events file per session (p2 resumed)
     assert len(os.listdir(w[name] / "tensorboard")) == sessions
     assert len(read_metrics(str(w[name]))) == len(read_metrics(str(w[name.replace("2", "1")])))

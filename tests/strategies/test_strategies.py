@@ -65,8 +65,9 @@ def train_steps(setup, batch_size, steps, by_phase=False):
   after = flat(state.params)
   # The logged parameter norm is that of what trains: a frozen backbone's would never move.
   trained = [np.asarray(v, np.float64) for p, v in after.items() if setup.plan.trainable(p)]
-  np.testing.assert_allclose(float(metrics["train/param_norm"]),
-                             np.sqrt(sum(np.sum(v * v) for v in trained)), rtol=1e-5)
+  np.testing.assert_allclose(
+      float(metrics["train/param_norm"]), np.sqrt(sum(np.sum(v * v) for v in trained)), rtol=1e-5
+  )
   return before, after, state
 
 
@@ -80,8 +81,13 @@ def check_only_trainables_change(setup, before, after, state, steps):
   for path in frozen:
     np.testing.assert_array_equal(after[path], before[path], err_msg=path)  # bitwise
   # Adam's moments exist for trainable parameters only.
-  mu = [s for s in jax.tree.leaves(state.opt_state, is_leaf=lambda x: isinstance(
-      x, optax.ScaleByAdamState)) if isinstance(s, optax.ScaleByAdamState)][0].mu
+  mu = next(
+      s
+      for s in jax.tree.leaves(
+          state.opt_state, is_leaf=lambda x: isinstance(x, optax.ScaleByAdamState)
+      )
+      if isinstance(s, optax.ScaleByAdamState)
+  ).mu
   mu = {p: v for p, v in flat(mu).items() if not isinstance(v, optax.MaskedNode)}
   assert sorted(mu) == sorted(trainable)
   assert setup.trainer.trainable_count() == sum(before[p].size for p in trainable)
@@ -104,8 +110,9 @@ def test_the_tests_cover_every_registered_strategy():
 @pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(STRATEGY_KEYS))
 def test_each_strategy_trains_an_encoder_task(name, finetune_config, tmp_path):
-  config = finetune_config("bert", **{"strategy.name": name, **STRATEGY_KEYS[name],
-                                      "task.pooling": "mean"})
+  config = finetune_config(
+      "bert", **{"strategy.name": name, **STRATEGY_KEYS[name], "task.pooling": "mean"}
+  )
   setup = finetune.build(config, str(tmp_path))
   before, after, state = train_steps(setup, config.batch_size, steps=2)
   check_only_trainables_change(setup, before, after, state, steps=2)
@@ -117,18 +124,28 @@ def test_each_strategy_trains_an_encoder_task(name, finetune_config, tmp_path):
 @pytest.mark.parametrize("name", sorted(set(STRATEGY_KEYS) - SEQ2SEQ_MISFITS))
 def test_each_strategy_trains_a_seq2seq_task(name, finetune_config, tmp_path):
   # One layer per stack and one step: compile time dominates, and is all these tests pay for.
-  config = finetune_config("t5", **{"strategy.name": name, **STRATEGY_KEYS[name],
-                                    "task.name": "wordnet_definition", "model.num_layers": 1,
-                                    "optimizer.warmup_steps": 0})
+  config = finetune_config(
+      "t5",
+      **{
+          "strategy.name": name,
+          **STRATEGY_KEYS[name],
+          "task.name": "wordnet_definition",
+          "model.num_layers": 1,
+          "optimizer.warmup_steps": 0,
+      },
+  )
   setup = finetune.build(config, str(tmp_path))
   before, after, state = train_steps(setup, config.batch_size, steps=1)
   check_only_trainables_change(setup, before, after, state, steps=1)
 
 
 def test_layer_depths_and_rates_follow_the_stack(finetune_config, tmp_path):
-  setup = finetune.build(finetune_config("bert", **{"strategy.name": "llrd,top_k",
-                                                     "strategy.decay": 0.5,
-                                                     "strategy.k": 1}), str(tmp_path))
+  setup = finetune.build(
+      finetune_config(
+          "bert", **{"strategy.name": "llrd,top_k", "strategy.decay": 0.5, "strategy.k": 1}
+      ),
+      str(tmp_path),
+  )
   plan, cfg = setup.plan, setup.model_cfg
   assert base.depth("backbone/stack/token_embed/embedding", cfg) == 0
   assert base.depth("backbone/stack/norm/scale", cfg) == 0  # BERT's embedding LayerNorm
@@ -142,17 +159,29 @@ def test_layer_depths_and_rates_follow_the_stack(finetune_config, tmp_path):
 
 
 def test_gradual_unfreezing_lp_ft_and_slanted_triangular_lr(finetune_config, tmp_path):
-  config = finetune_config("bert", **{"strategy.name": "gradual_unfreeze",
-                                      "strategy.unfreeze_every": 10})
+  config = finetune_config(
+      "bert", **{"strategy.name": "gradual_unfreeze", "strategy.unfreeze_every": 10}
+  )
   plan = finetune.build(config, str(tmp_path)).plan
-  assert [plan.start_step(p) for p in ("classifier/dense/kernel",
-                                       "backbone/stack/layers_1/mlp/wi/kernel",
-                                       "backbone/stack/layers_0/mlp/wi/kernel",
-                                       "backbone/stack/token_embed/embedding")] == [0, 10, 20, 30]
+  assert [
+      plan.start_step(p)
+      for p in (
+          "classifier/dense/kernel",
+          "backbone/stack/layers_1/mlp/wi/kernel",
+          "backbone/stack/layers_0/mlp/wi/kernel",
+          "backbone/stack/token_embed/embedding",
+      )
+  ] == [0, 10, 20, 30]
   opt = plan.optimizer(config.optimizer)
   assert opt.schedule == config.optimizer.schedule  # unchanged unless asked for
-  config = finetune_config("bert", **{"strategy.name": "gradual_unfreeze", "total_steps": 50,
-                                      "strategy.slanted_triangular": True})
+  config = finetune_config(
+      "bert",
+      **{
+          "strategy.name": "gradual_unfreeze",
+          "total_steps": 50,
+          "strategy.slanted_triangular": True,
+      },
+  )
   setup = finetune.build(config, str(tmp_path))
   opt = setup.plan.optimizer(config.optimizer)
   assert (opt.warmup_steps, opt.end_lr_factor, opt.schedule) == (5, 1 / 32, "linear")
@@ -160,7 +189,8 @@ def test_gradual_unfreezing_lp_ft_and_slanted_triangular_lr(finetune_config, tmp
   # the other 45 to peak / 32; at step 20, a third of the way down: 1 - (1/3)(31/32) = 65/96.
   peak = config.optimizer.learning_rate
   assert [float(setup.trainer.schedule(step)) for step in (0, 2, 5, 20, 50)] == pytest.approx(
-      [0.0, 0.4 * peak, peak, 65 / 96 * peak, peak / 32], rel=1e-5)
+      [0.0, 0.4 * peak, peak, 65 / 96 * peak, peak / 32], rel=1e-5
+  )
   config = finetune_config("bert", **{"strategy.name": "lp_ft", "strategy.probe_steps": 3})
   plan = finetune.build(config, str(tmp_path)).plan
   assert plan.start_step("classifier/dense/kernel") == 0
@@ -170,8 +200,9 @@ def test_gradual_unfreezing_lp_ft_and_slanted_triangular_lr(finetune_config, tmp
 def test_each_phase_differentiates_only_what_has_started(finetune_config, tmp_path):
   """LP-FT's probe phase computes the head's gradient alone, and stepping phase by phase trains
   as differentiating everything does while the gates hold unstarted parameters still."""
-  config = finetune_config("bert", **{"strategy.name": "lp_ft", "strategy.probe_steps": 2,
-                                      "dropout_rate": 0.0})
+  config = finetune_config(
+      "bert", **{"strategy.name": "lp_ft", "strategy.probe_steps": 2, "dropout_rate": 0.0}
+  )
   runs = []
   for by_phase in (True, False):
     setup = finetune.build(config, str(tmp_path))
@@ -189,17 +220,23 @@ def test_each_phase_differentiates_only_what_has_started(finetune_config, tmp_pa
 
 
 def test_lora_merge_and_unmerge_compute_the_same_function(finetune_config, tmp_path):
-  config = finetune_config("bert", **{"strategy.name": "lora", "strategy.rank": 4,
-                                      "strategy.targets": "all_linear"})
+  config = finetune_config(
+      "bert", **{"strategy.name": "lora", "strategy.rank": 4, "strategy.targets": "all_linear"}
+  )
   setup = finetune.build(config, str(tmp_path))
   params = flat(setup.state.params)
   rng = np.random.default_rng(0)
-  factors = {p: rng.normal(size=v.shape).astype(v.dtype) * 0.1 for p, v in params.items()
-             if p.endswith(("/lora_a", "/lora_b"))}
+  factors = {
+      p: rng.normal(size=v.shape).astype(v.dtype) * 0.1
+      for p, v in params.items()
+      if p.endswith(("/lora_a", "/lora_b"))
+  }
   params.update(factors)
   params = traverse_util.unflatten_dict(params, sep="/")
-  batch = {k: np.stack([f.arrays[k] for f in setup.eval_sets["test"].features[:4]])
-           for k in setup.eval_sets["test"].features[0].arrays}
+  batch = {
+      k: np.stack([f.arrays[k] for f in setup.eval_sets["test"].features[:4]])
+      for k in setup.eval_sets["test"].features[0].arrays
+  }
   with_lora = setup.module.apply({"params": params}, batch)
   merged = lora_strategy.merge(params, config.strategy.alpha)
   assert not any("lora" in p for p in flat(merged))
@@ -215,15 +252,27 @@ def test_lora_merge_and_unmerge_compute_the_same_function(finetune_config, tmp_p
 
 def test_misfits_fail_before_training(finetune_config, tmp_path):
   cases = [
-      ("bert", {"strategy.name": "lora", "strategy.targets": "nothing_like_this"},
-       "config.strategy.targets='nothing_like_this' matches no projection"),
+      (
+          "bert",
+          {"strategy.name": "lora", "strategy.targets": "nothing_like_this"},
+          "config.strategy.targets='nothing_like_this' matches no projection",
+      ),
       ("bert", {"strategy.name": "top_k", "strategy.k": 5}, r"config.strategy.k=5 must be in"),
-      ("gpt", {"strategy.name": "prompt_tuning", "task.name": "wordnet_definition"},
-       "use prefix_tuning"),
-      ("t5", {"strategy.name": "bitfit", "task.name": "wordnet_definition"},
-       "needs a backbone with biases"),
-      ("t5", {"strategy.name": "frozen", "task.name": "wordnet_definition"},
-       "leaves nothing to train"),
+      (
+          "gpt",
+          {"strategy.name": "prompt_tuning", "task.name": "wordnet_definition"},
+          "use prefix_tuning",
+      ),
+      (
+          "t5",
+          {"strategy.name": "bitfit", "task.name": "wordnet_definition"},
+          "needs a backbone with biases",
+      ),
+      (
+          "t5",
+          {"strategy.name": "frozen", "task.name": "wordnet_definition"},
+          "leaves nothing to train",
+      ),
       ("t5", {"strategy.name": "lp_ft", "task.name": "wordnet_definition"}, "no task head"),
       ("bert", {"strategy.name": "lora,nope"}, "unknown strategy"),
   ]
@@ -233,8 +282,9 @@ def test_misfits_fail_before_training(finetune_config, tmp_path):
 
 
 def test_combined_lora_and_trainable_norms(finetune_config, tmp_path):
-  config = finetune_config("bert", **{"strategy.name": "lora,modules",
-                                      "strategy.patterns": "_norm/"})
+  config = finetune_config(
+      "bert", **{"strategy.name": "lora,modules", "strategy.patterns": "_norm/"}
+  )
   plan = finetune.build(config, str(tmp_path)).plan
   assert plan.trainable("backbone/stack/layers_0/mlp_norm/scale")
   assert plan.trainable("backbone/stack/layers_0/self_attention/query_lora/lora_a")
@@ -243,8 +293,10 @@ def test_combined_lora_and_trainable_norms(finetune_config, tmp_path):
 
 def test_combined_adapters_and_llrd(finetune_config, tmp_path):
   """Adapters choose what trains, LLRD how fast: a layer's adapter learns at its depth's rate."""
-  config = finetune_config("bert", **{"strategy.name": "adapters,llrd", "strategy.decay": 0.5,
-                                      "strategy.adapter_size": 8})
+  config = finetune_config(
+      "bert",
+      **{"strategy.name": "adapters,llrd", "strategy.decay": 0.5, "strategy.adapter_size": 8},
+  )
   setup = finetune.build(config, str(tmp_path))
   plan, params = setup.plan, flat(setup.state.params)
   adapter = "backbone/stack/layers_{}/mlp_adapter/down/kernel"
@@ -260,12 +312,19 @@ PEFT = ("adapters", "bitfit", "ia3", "lora", "prefix_tuning", "prompt_tuning")
 @pytest.mark.slow
 @pytest.mark.parametrize("name", PEFT)
 def test_a_saved_peft_run_reloads_onto_its_base_with_identical_metrics(
-    name, bert_pretrained, finetune_config, tmp_path):
+    name, bert_pretrained, finetune_config, tmp_path
+):
   """trainable/ holds exactly the trainable parameters; a 0-step run that overlays them on the
   base evaluates as the trained run did, and saves them back unchanged."""
   base_dir, _ = bert_pretrained
-  keys = {"strategy.name": name, **STRATEGY_KEYS[name], "init_from": base_dir,
-          "task.pooling": "mean", "total_steps": 2, "checkpoint_every": 2}
+  keys = {
+      "strategy.name": name,
+      **STRATEGY_KEYS[name],
+      "init_from": base_dir,
+      "task.pooling": "mean",
+      "total_steps": 2,
+      "checkpoint_every": 2,
+  }
   config = finetune_config("bert", **keys)
   setup = finetune.build(config, str(tmp_path / "build"))
   trainable = sorted(p for p in flat(setup.state.params) if setup.plan.trainable(p))
@@ -277,9 +336,12 @@ def test_a_saved_peft_run_reloads_onto_its_base_with_identical_metrics(
   assert sum(v.size for v in saved.values()) == trained["parameters"]["trainable"]
   report = json.loads((tmp_path / "trained" / workdir_lib.INIT_REPORT).read_text())
   assert bool(report["strategy"]) == (name != "bitfit")  # BitFit adds no parameter
-  reloaded = finetune.run(finetune_config("bert", **{**keys, "total_steps": 0},
-                                          init_trainable_from=str(tmp_path / "trained")),
-                          str(tmp_path / "reloaded"))
+  reloaded = finetune.run(
+      finetune_config(
+          "bert", **{**keys, "total_steps": 0}, init_trainable_from=str(tmp_path / "trained")
+      ),
+      str(tmp_path / "reloaded"),
+  )
   test = {k: v for k, v in trained["metrics"].items() if k.startswith("test/")}
   assert test and test == {k: v for k, v in reloaded["metrics"].items() if k.startswith("test/")}
   resaved = flat(restore.load_tree(str(tmp_path / "reloaded" / workdir_lib.TRAINABLE)))

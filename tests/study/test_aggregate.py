@@ -32,17 +32,34 @@ def make_study(root, cells, twins=None, selection="all", seeds=(0, 1, 2)):
   outcome is a test score (results.json, metrics.jsonl and, for classification,
   predictions.jsonl right on the first round(outcome · N_TEST) examples), "failed" (error.txt)
   or None (missing). Validation defaults to outcome + 0.01."""
-  manifest = [{"index": 0, "name": "pretrain-bert", "kind": "pretrain",
-               "workdir": "runs/pretrain-bert", "depends_on": None,
-               "group": {"objective": "bert"}, "seed": 0, "hparams": {}}]
+  manifest = [
+      {
+          "index": 0,
+          "name": "pretrain-bert",
+          "kind": "pretrain",
+          "workdir": "runs/pretrain-bert",
+          "depends_on": None,
+          "group": {"objective": "bert"},
+          "seed": 0,
+          "hparams": {},
+      }
+  ]
   for task, task_type, init, strategy, fraction, seed, outcome, *rest in cells:
     hparams = rest[0] if rest else {}
     swept = "".join(f".{k}={v}" for k, v in hparams.items())
     name = f"{task}.{init}.{strategy}.data{fraction:g}{swept}.seed{seed}"
-    manifest.append({"index": len(manifest), "name": name, "kind": "finetune",
-                     "workdir": f"runs/{name}", "depends_on": "pretrain-bert", "seed": seed,
-                     "hparams": hparams, "group": {"task": task, "strategy": strategy,
-                                                   "init": init, "train_fraction": fraction}})
+    manifest.append(
+        {
+            "index": len(manifest),
+            "name": name,
+            "kind": "finetune",
+            "workdir": f"runs/{name}",
+            "depends_on": "pretrain-bert",
+            "seed": seed,
+            "hparams": hparams,
+            "group": {"task": task, "strategy": strategy, "init": init, "train_fraction": fraction},
+        }
+    )
     run_dir = os.path.join(root, "runs", name)
     os.makedirs(run_dir)
     if outcome == "failed":
@@ -53,49 +70,87 @@ def make_study(root, cells, twins=None, selection="all", seeds=(0, 1, 2)):
       trainable = 100 if strategy == "full" else 1
       metric = {"classification": "accuracy", "tagging": "f1"}[task_type]
       steps = 20
-      write_json(os.path.join(run_dir, "results.json"), {
-          "metrics": {f"test/{metric}": outcome, f"validation/{metric}": validation,
-                      "validation/loss": 2.0},
-          "parameters": {"total": 100, "trainable": trainable,
-                         "trainable_fraction": trainable / 100},
-          "compute": {"train_flops": 1e9 * trainable * steps, "train_flops_6nd": 6e9,
-                      "peak_memory_bytes": 2 ** 20 * trainable, "tokens": 640,
-                      "time_sec": {"compile": 1.0, "train": 5.0, "eval": 2.0,
-                                   "checkpoint": 0.5}},
-          "wall_time_sec": 10.0 + seed, "steps": steps, "best_step": steps,
-          "strategy": strategy, "task": {"name": task, "type": task_type},
-          "selection": {"metric": f"validation/{metric}", "mode": "max"}})
+      write_json(
+          os.path.join(run_dir, "results.json"),
+          {
+              "metrics": {
+                  f"test/{metric}": outcome,
+                  f"validation/{metric}": validation,
+                  "validation/loss": 2.0,
+              },
+              "parameters": {
+                  "total": 100,
+                  "trainable": trainable,
+                  "trainable_fraction": trainable / 100,
+              },
+              "compute": {
+                  "train_flops": 1e9 * trainable * steps,
+                  "train_flops_6nd": 6e9,
+                  "peak_memory_bytes": 2**20 * trainable,
+                  "tokens": 640,
+                  "time_sec": {"compile": 1.0, "train": 5.0, "eval": 2.0, "checkpoint": 0.5},
+              },
+              "wall_time_sec": 10.0 + seed,
+              "steps": steps,
+              "best_step": steps,
+              "strategy": strategy,
+              "task": {"name": task, "type": task_type},
+              "selection": {"metric": f"validation/{metric}", "mode": "max"},
+          },
+      )
       with open(os.path.join(run_dir, "metrics.jsonl"), "w") as f:
         for step in (5, 10, 15, 20):
           f.write(json.dumps({"step": step, "train/loss": 1.0 / step}) + "\n")
           if step % 10 == 0:
-            f.write(json.dumps({"step": step, f"validation/{metric}": validation * step / 20})
-                    + "\n")
+            f.write(
+                json.dumps({"step": step, f"validation/{metric}": validation * step / 20}) + "\n"
+            )
       if task_type == "classification":
         right = round(outcome * N_TEST)
         with open(os.path.join(run_dir, "predictions.jsonl"), "w") as f:
           for i, gold in enumerate(GOLD):
             wrong = "b" if gold == "a" else "a"
-            f.write(json.dumps({"text": f"example {i}", "label": gold,
-                                "prediction": gold if i < right else wrong}) + "\n")
-  write_json(os.path.join(root, "study.json"), {
-      "name": "test", "selection": selection, "seeds": list(seeds), "bootstrap_resamples": 2000,
-      "twins": twins if twins is not None else {"scratch": "bert"}, "cells": manifest})
+            f.write(
+                json.dumps(
+                    {
+                        "text": f"example {i}",
+                        "label": gold,
+                        "prediction": gold if i < right else wrong,
+                    }
+                )
+                + "\n"
+            )
+  write_json(
+      os.path.join(root, "study.json"),
+      {
+          "name": "test",
+          "selection": selection,
+          "seeds": list(seeds),
+          "bootstrap_resamples": 2000,
+          "twins": twins if twins is not None else {"scratch": "bert"},
+          "cells": manifest,
+      },
+  )
   return str(root)
 
 
 @pytest.fixture
 def study(tmp_path):
-  cls = [("sst_2", "classification", init, strategy, 1.0, seed, outcome)
-         for init, strategy, outcomes in [
-             ("bert", "full", (0.40, 0.42, 0.44)),
-             ("bert", "lora", (0.50, "failed", 0.60)),
-             ("scratch", "full", (0.30, 0.34, None)),
-             ("scratch", "lora", ("failed", "failed", "failed"))]
-         for seed, outcome in enumerate(outcomes)]
-  tag = [("ner", "tagging", "bert", "lora", fraction, seed, outcome)
-         for fraction, outcomes in [(0.1, (0.2, None)), (1.0, (0.7, 0.8))]
-         for seed, outcome in enumerate(outcomes)]
+  cls = [
+      ("sst_2", "classification", init, strategy, 1.0, seed, outcome)
+      for init, strategy, outcomes in [
+          ("bert", "full", (0.40, 0.42, 0.44)),
+          ("bert", "lora", (0.50, "failed", 0.60)),
+          ("scratch", "full", (0.30, 0.34, None)),
+          ("scratch", "lora", ("failed", "failed", "failed")),
+      ]
+      for seed, outcome in enumerate(outcomes)
+  ]
+  tag = [
+      ("ner", "tagging", "bert", "lora", fraction, seed, outcome)
+      for fraction, outcomes in [(0.1, (0.2, None)), (1.0, (0.7, 0.8))]
+      for seed, outcome in enumerate(outcomes)
+  ]
   tag += [("ner", "tagging", "bert", "full", 1.0, seed, None) for seed in range(2)]
   return make_study(tmp_path, cls + tag)
 
@@ -134,13 +189,13 @@ def test_summarize_intervals_equal_scipys_and_status(study):
   assert full["wall_time_sec.mean"] == pytest.approx(11.0)
   assert full["wall_time_sec.std"] == pytest.approx(1.0)
   assert full["trainable.mean"] == 100 and full["trainable_fraction.mean"] == 1.0
-  assert full["train_flops.mean"] == 2e12 and full["peak_memory_bytes.mean"] == 100 * 2 ** 20
+  assert full["train_flops.mean"] == 2e12 and full["peak_memory_bytes.mean"] == 100 * 2**20
   assert full["time_sec.compile.mean"] == 1.0 and full["selected_hparams"] == ""
 
   lora = groups["sst_2", "bert", "lora", 1.0]
   assert lora["status"] == "2/3 seeds (1 failed, 0 missing)"
   assert lora["test/accuracy.mean"] == pytest.approx(0.55)
-  assert lora["test/accuracy.std"] == pytest.approx(0.05 * 2 ** 0.5)  # ddof=1
+  assert lora["test/accuracy.std"] == pytest.approx(0.05 * 2**0.5)  # ddof=1
   assert lora["errors"] == "ValueError: loss is nan at step 12"
   assert groups["sst_2", "scratch", "full", 1.0]["status"] == "2/3 seeds (0 failed, 1 missing)"
 
@@ -209,10 +264,15 @@ def test_report_writes_tables_and_plots(study):
   assert r"\textbf{42.0" not in tex
 
   plot_names = sorted(os.path.basename(p) for p in result["plots"])
-  assert plot_names == ["learning_curves_ner.png", "learning_curves_sst_2.png",
-                        "score_vs_data_ner.png", "score_vs_flops_ner.png",
-                        "score_vs_flops_sst_2.png", "score_vs_trainable_ner.png",
-                        "score_vs_trainable_sst_2.png"]
+  assert plot_names == [
+      "learning_curves_ner.png",
+      "learning_curves_sst_2.png",
+      "score_vs_data_ner.png",
+      "score_vs_flops_ner.png",
+      "score_vs_flops_sst_2.png",
+      "score_vs_trainable_ner.png",
+      "score_vs_trainable_sst_2.png",
+  ]
   for path in result["plots"]:
     assert os.path.dirname(path) == os.path.join(study, "plots")
     with open(path, "rb") as f:
@@ -241,12 +301,17 @@ def test_plots_name_what_they_leave_out(study, monkeypatch):
 @pytest.fixture
 def swept(tmp_path):
   """lr 1e-2 has the best test score but the worst validation; 3e-3 fails on one seed."""
-  outcomes = {1e-3: ((0.40, 0.50), (0.44, 0.52)), 3e-3: ((0.90, 0.90), ("failed", None)),
-              1e-2: ((0.80, 0.20), (0.82, 0.22))}  # lr: ((test, validation) per seed)
-  cells = [("sst_2", "classification", init, "full", 1.0, seed, test, {"learning_rate": lr},
-            validation)
-           for init in ("bert", "scratch") for lr, seeds in outcomes.items()
-           for seed, (test, validation) in enumerate(seeds)]
+  outcomes = {
+      1e-3: ((0.40, 0.50), (0.44, 0.52)),
+      3e-3: ((0.90, 0.90), ("failed", None)),
+      1e-2: ((0.80, 0.20), (0.82, 0.22)),
+  }  # lr: ((test, validation) per seed)
+  cells = [
+      ("sst_2", "classification", init, "full", 1.0, seed, test, {"learning_rate": lr}, validation)
+      for init in ("bert", "scratch")
+      for lr, seeds in outcomes.items()
+      for seed, (test, validation) in enumerate(seeds)
+  ]
   return make_study(tmp_path, cells, seeds=(0, 1))
 
 
@@ -257,16 +322,24 @@ def test_test_scores_come_only_from_the_configuration_selected_on_validation(swe
   assert line["test/accuracy.mean"] == pytest.approx(0.42)  # not 1e-2's 0.81
   assert line["configurations"] == 3
   assert line["selection_note"] == "learning_rate at the edge of its range"  # widen it
-  children = [json.load(open(os.path.join(swept, "runs", name, "results.json")))
-              for name in ("sst_2.bert.full.data1.learning_rate=0.001.seed0",
-                           "sst_2.bert.full.data1.learning_rate=0.001.seed1")]
+  children = [
+      json.load(open(os.path.join(swept, "runs", name, "results.json")))
+      for name in (
+          "sst_2.bert.full.data1.learning_rate=0.001.seed0",
+          "sst_2.bert.full.data1.learning_rate=0.001.seed1",
+      )
+  ]
   assert line["validation/accuracy.mean"] == pytest.approx(
-      np.mean([c["metrics"]["validation/accuracy"] for c in children]))
+      np.mean([c["metrics"]["validation/accuracy"] for c in children])
+  )
 
   with open(result["tables"]["sweep"]) as f:
     sweep = [r for r in csv.DictReader(f) if r["init"] == "bert"]
-  assert [r["hparams"] for r in sweep] == ["learning_rate=0.001", "learning_rate=0.003",
-                                           "learning_rate=0.01"]
+  assert [r["hparams"] for r in sweep] == [
+      "learning_rate=0.001",
+      "learning_rate=0.003",
+      "learning_rate=0.01",
+  ]
   assert [r["selected"] for r in sweep] == ["selected", "", ""]
   assert sweep[1]["status"] == "1/2 seeds (1 failed, 0 missing)"  # reported, not dropped
   assert sweep[1]["eligible"] == "False"  # 0.90 on its surviving seed does not win
@@ -274,14 +347,17 @@ def test_test_scores_come_only_from_the_configuration_selected_on_validation(swe
 
   md = open(result["tables"]["md"]).read()
   assert "### sst_2: hyperparameter sweep" in md
-  assert ("| bert | full | learning_rate=0.001 | **42.0 ± 25.4** | 51.0 ± 12.7 | — | +0.0 n.s. |"
-          in md)
+  assert (
+      "| bert | full | learning_rate=0.001 | **42.0 ± 25.4** | 51.0 ± 12.7 | — | +0.0 n.s. |" in md
+  )
   assert "| bert | full | learning_rate=0.001 | **51.0 ± 1.4** | 0,1 | ok | selected |" in md
-  assert "| bert | full | learning_rate=0.003 | 90.0 ± 0.0 | 0,1 | 1/2 seeds (1 failed, 0 " \
-         "missing) |  |" in md
+  assert (
+      "| bert | full | learning_rate=0.003 | 90.0 ± 0.0 | 0,1 | 1/2 seeds (1 failed, 0 "
+      "missing) |  |" in md
+  )
   assert "sweep_sst_2.png" in {os.path.basename(p) for p in result["plots"]}
 
 
 def test_missing_manifest_names_it(tmp_path):
-  with pytest.raises(FileNotFoundError, match="study.json"):
+  with pytest.raises(FileNotFoundError, match=r"study.json"):
     aggregate.report(str(tmp_path))

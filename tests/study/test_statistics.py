@@ -25,15 +25,16 @@ def wrong(label: str) -> str:
 
 def records(labels: list[str], right: np.ndarray) -> list[dict]:
   """One seed's predictions.jsonl: right where `right` holds, a wrong label elsewhere."""
-  return [{"text": f"gloss {i}", "label": label, "prediction": label if ok else wrong(label)}
-          for i, (label, ok) in enumerate(zip(labels, right))]
+  return [
+      {"text": f"gloss {i}", "label": label, "prediction": label if ok else wrong(label)}
+      for i, (label, ok) in enumerate(zip(labels, right))
+  ]
 
 
 def test_interval_matches_scipy_t_interval():
   values = [0.71, 0.74, 0.69, 0.755]
   result = statistics.interval(values)
-  low, high = stats.t.interval(0.95, len(values) - 1, loc=np.mean(values),
-                               scale=stats.sem(values))
+  low, high = stats.t.interval(0.95, len(values) - 1, loc=np.mean(values), scale=stats.sem(values))
   assert result["mean"] == pytest.approx(np.mean(values))
   assert result["std"] == pytest.approx(np.std(values, ddof=1))
   assert result["ci95"] == pytest.approx((high - low) / 2)
@@ -64,8 +65,9 @@ def test_welch_matches_scipy():
     assert statistics.welch([0.7, 0.7], b)["p_value"] == pytest.approx(expected)
 
 
-@pytest.mark.parametrize("a, b", [([0.7], [0.6, 0.65]), ([0.7, 0.8], [0.6]),
-                                  ([0.7, 0.7], [0.6, 0.6])])
+@pytest.mark.parametrize(
+    "a, b", [([0.7], [0.6, 0.65]), ([0.7, 0.8], [0.6]), ([0.7, 0.7], [0.6, 0.6])]
+)
 def test_welch_is_nan_without_two_values_or_any_variance(a, b):
   result = statistics.welch(a, b)
   assert math.isnan(result["p_value"])
@@ -112,8 +114,9 @@ def test_a_handful_of_different_examples_is_not_significant():
   changed = np.flatnonzero(~right)[:3]  # a is right on 3 more examples and wrong on 2 others
   better[changed] = True
   better[np.flatnonzero(right)[:2]] = False
-  result = statistics.compare_predictions("classification", "accuracy", [records(labels, better)],
-                                          [records(labels, right)])
+  result = statistics.compare_predictions(
+      "classification", "accuracy", [records(labels, better)], [records(labels, right)]
+  )
   assert result["mean_diff"] == pytest.approx(0.001)
   assert result["p_value"] > 0.5
   assert result["ci95_low"] < 0 < result["ci95_high"]
@@ -140,12 +143,16 @@ def test_per_example_and_rescoring_paths_agree(monkeypatch):
   cls = tasks.get("classification")
   calls = []
   score = cls.score.__func__
-  monkeypatch.setattr(cls, "score", classmethod(
-      lambda c, *args, **kwargs: calls.append(1) or score(c, *args, **kwargs)))
+  monkeypatch.setattr(
+      cls,
+      "score",
+      classmethod(lambda c, *args, **kwargs: calls.append(1) or score(c, *args, **kwargs)),
+  )
   averaged = statistics.compare_predictions("classification", "accuracy", a, b, n_resamples=300)
   assert len(calls) == 6  # each seed on the full test set: the resamples need no score
-  rescored = statistics.compare_predictions("classification", "accuracy", a, b, n_resamples=300,
-                                            rescore=True)
+  rescored = statistics.compare_predictions(
+      "classification", "accuracy", a, b, n_resamples=300, rescore=True
+  )
   assert len(calls) > 6 * 300
   assert rescored["p_value"] == averaged["p_value"]
   assert rescored["mean_diff"] == averaged["mean_diff"]
@@ -163,23 +170,27 @@ def test_pairing_finds_a_difference_an_unpaired_test_misses():
   right_a[np.flatnonzero(~right_b)[:30]] = True
   unpaired = statistics.welch(right_a.astype(float), right_b.astype(float))
   assert unpaired["p_value"] > 0.1
-  paired = statistics.compare_predictions("classification", "accuracy",
-                                          [records(labels, right_a)], [records(labels, right_b)])
+  paired = statistics.compare_predictions(
+      "classification", "accuracy", [records(labels, right_a)], [records(labels, right_b)]
+  )
   assert paired["mean_diff"] == pytest.approx(0.03)
   assert paired["p_value"] < 0.01 and paired["ci95_low"] > 0
 
 
 def tagging_records(gold_tags: list[list[str]], right: np.ndarray) -> list[dict]:
   """Right tag sequences where `right` holds; elsewhere every entity is missed."""
-  return [{"tokens": ["w"] * len(tags), "tags": tags,
-           "prediction": tags if ok else ["O"] * len(tags)}
-          for tags, ok in zip(gold_tags, right)]
+  return [
+      {"tokens": ["w"] * len(tags), "tags": tags, "prediction": tags if ok else ["O"] * len(tags)}
+      for tags, ok in zip(gold_tags, right)
+  ]
 
 
 def test_entity_f1_on_json_records():
   rng = np.random.default_rng(7)
-  gold_tags = [["B-PER", "I-PER", "O", "B-LOC"] if rng.random() < 0.5 else ["O", "B-LOC", "O"]
-               for _ in range(60)]
+  gold_tags = [
+      ["B-PER", "I-PER", "O", "B-LOC"] if rng.random() < 0.5 else ["O", "B-LOC", "O"]
+      for _ in range(60)
+  ]
   a = [tagging_records(gold_tags, rng.random(60) < 0.9) for _ in range(2)]
   b = [tagging_records(gold_tags, rng.random(60) < 0.3) for _ in range(2)]
   result = statistics.compare_predictions("tagging", "f1", a, b, n_resamples=200)
@@ -209,8 +220,7 @@ def tagged_sentences(n: int, rng: np.random.Generator) -> list[list[str]]:
   return sentences
 
 
-def noisy_tagging(gold_tags: list[list[str]], noise: float, rng: np.random.Generator
-                  ) -> list[dict]:
+def noisy_tagging(gold_tags: list[list[str]], noise: float, rng: np.random.Generator) -> list[dict]:
   """One seed's records: tags dropped to O, retyped or started with I- at rate `noise`."""
   out = []
   for tags in gold_tags:
@@ -225,9 +235,15 @@ def noisy_tagging(gold_tags: list[list[str]], noise: float, rng: np.random.Gener
   return out
 
 
-GLOSSES = ("a domestic animal that barks", "a small domestic cat", "the act of running fast",
-           "a large body of salt water", "to move through water by moving the limbs",
-           "a building where books are kept for reading", "feeling or showing pleasure")
+GLOSSES = (
+    "a domestic animal that barks",
+    "a small domestic cat",
+    "the act of running fast",
+    "a large body of salt water",
+    "to move through water by moving the limbs",
+    "a building where books are kept for reading",
+    "feeling or showing pleasure",
+)
 
 
 def noisy_seq2seq(targets: list[str], noise: float, rng: np.random.Generator) -> list[dict]:
@@ -235,8 +251,13 @@ def noisy_seq2seq(targets: list[str], noise: float, rng: np.random.Generator) ->
   out = []
   for i, target in enumerate(targets):
     words = [w for w in target.split() if rng.random() > noise]
-    out.append({"source": f"word {i}", "target": target,
-                "prediction": "" if rng.random() < 0.05 else " ".join(words)})
+    out.append(
+        {
+            "source": f"word {i}",
+            "target": target,
+            "prediction": "" if rng.random() < 0.05 else " ".join(words),
+        }
+    )
   return out
 
 
@@ -245,8 +266,11 @@ def count_scores(monkeypatch, task_type: str) -> list:
   cls = tasks.get(task_type)
   calls = []
   score = cls.score.__func__
-  monkeypatch.setattr(cls, "score", classmethod(
-      lambda c, *args, **kwargs: calls.append(1) or score(c, *args, **kwargs)))
+  monkeypatch.setattr(
+      cls,
+      "score",
+      classmethod(lambda c, *args, **kwargs: calls.append(1) or score(c, *args, **kwargs)),
+  )
   return calls
 
 
@@ -255,23 +279,35 @@ def close_rows(task_type: str, n: int, seed: int) -> tuple[list, list]:
   rng = np.random.default_rng(seed)
   if task_type == "tagging":
     gold_tags = tagged_sentences(n, rng)
-    return ([noisy_tagging(gold_tags, 0.2, rng) for _ in range(3)],
-            [noisy_tagging(gold_tags, 0.22, rng) for _ in range(2)])
+    return (
+        [noisy_tagging(gold_tags, 0.2, rng) for _ in range(3)],
+        [noisy_tagging(gold_tags, 0.22, rng) for _ in range(2)],
+    )
   targets = [GLOSSES[i] for i in rng.integers(0, len(GLOSSES), n)]
-  return ([noisy_seq2seq(targets, 0.3, rng) for _ in range(3)],
-          [noisy_seq2seq(targets, 0.32, rng) for _ in range(2)])
+  return (
+      [noisy_seq2seq(targets, 0.3, rng) for _ in range(3)],
+      [noisy_seq2seq(targets, 0.32, rng) for _ in range(2)],
+  )
 
 
-@pytest.mark.parametrize("task_type, metric", [
-    ("tagging", "f1"), ("tagging", "precision"), ("tagging", "recall"), ("tagging", "accuracy"),
-    ("seq2seq", "bleu")])
+@pytest.mark.parametrize(
+    "task_type, metric",
+    [
+        ("tagging", "f1"),
+        ("tagging", "precision"),
+        ("tagging", "recall"),
+        ("tagging", "accuracy"),
+        ("seq2seq", "bleu"),
+    ],
+)
 def test_counts_and_rescoring_paths_agree(monkeypatch, task_type, metric):
   a, b = close_rows(task_type, 40, seed=0)
   calls = count_scores(monkeypatch, task_type)
   summed = statistics.compare_predictions(task_type, metric, a, b, n_resamples=50, seed=3)
   assert len(calls) == 5  # each seed on the full test set: the resamples need no score
-  rescored = statistics.compare_predictions(task_type, metric, a, b, n_resamples=50, seed=3,
-                                            rescore=True)
+  rescored = statistics.compare_predictions(
+      task_type, metric, a, b, n_resamples=50, seed=3, rescore=True
+  )
   # Each seed on the full set for the means and for paired_bootstrap's Δ, then per resample.
   assert len(calls) == 5 + 5 * (2 + 50)
   assert summed == rescored  # p-value and interval included, exactly
@@ -310,8 +346,10 @@ def test_time_of_a_study_sized_comparison(task_type, metric):
   start = time.perf_counter()
   result = statistics.compare_predictions(task_type, metric, a, b, n_resamples=1000)
   seconds = time.perf_counter() - start
-  print(f"\ncompare_predictions({task_type!r}, {metric!r}), 1000 examples x 3 seeds x 1000 "
-        f"resamples: {seconds:.2f} s (p={result['p_value']:.3f})")
+  print(
+      f"\ncompare_predictions({task_type!r}, {metric!r}), 1000 examples x 3 seeds x 1000 "
+      f"resamples: {seconds:.2f} s (p={result['p_value']:.3f})"
+  )
   assert result["n_resamples"] == 1000 and not math.isnan(result["p_value"])
 
 
@@ -322,13 +360,15 @@ def test_rows_over_different_test_examples_are_refused():
   changed = records(labels, right)
   changed[3]["label"] = wrong(changed[3]["label"])
   with pytest.raises(ValueError, match=r"row b seed 1: example 3 has label=.* row a seed 0"):
-    statistics.compare_predictions("classification", "accuracy", a,
-                                   [records(labels, right), changed])
+    statistics.compare_predictions(
+        "classification", "accuracy", a, [records(labels, right), changed]
+    )
   with pytest.raises(ValueError, match="row b seed 0 has 19 test examples but row a seed 0 has 20"):
     statistics.compare_predictions("classification", "accuracy", a, [records(labels, right)[:19]])
   with pytest.raises(ValueError, match=r"lacks \['label'\]"):
-    statistics.compare_predictions("classification", "accuracy", a,
-                                   [[{"text": "x", "prediction": "y"}] * 20])
+    statistics.compare_predictions(
+        "classification", "accuracy", a, [[{"text": "x", "prediction": "y"}] * 20]
+    )
   with pytest.raises(ValueError, match="row b: no seeds"):
     statistics.compare_predictions("classification", "accuracy", a, [])
   with pytest.raises(ValueError, match="'bleu'"):

@@ -17,44 +17,84 @@ TAGS = ["B-LOC", "B-PER", "I-LOC", "I-PER", "O"]
 # values worked out by hand, and metrics that have sufficient statistics.
 CASES = {
     "classification": (
-        "classification", dict(labels=["a", "b", "c"]),
-        [{"text": "x", "label": label} for label in "abcabca"], list("abbaccc"), {"accuracy"},
-        {"accuracy": 4 / 7}, set()),
+        "classification",
+        dict(labels=["a", "b", "c"]),
+        [{"text": "x", "label": label} for label in "abcabca"],
+        list("abbaccc"),
+        {"accuracy"},
+        {"accuracy": 4 / 7},
+        set(),
+    ),
     "classification_int_labels": (  # JSON keeps ints; the configured positive label is text
-        "classification", dict(labels=[0, 1], positive_label="1"),
+        "classification",
+        dict(labels=[0, 1], positive_label="1"),
         [{"text": "x", "text_pair": "y", "label": label} for label in (0, 1, 1, 0, 1)],
-        [0, 1, 0, 0, 0], {"accuracy"},
-        {"accuracy": 3 / 5, "f1": 2 / 4}, set()),  # class 1: TP=1 FP=0 FN=2
+        [0, 1, 0, 0, 0],
+        {"accuracy"},
+        {"accuracy": 3 / 5, "f1": 2 / 4},
+        set(),
+    ),  # class 1: TP=1 FP=0 FN=2
     "regression": (
-        "regression", {},
+        "regression",
+        {},
         [{"text": "x", "label": label} for label in (0.5, 2.0, 3.25, 4.0)],
-        [1.0, 1.5, 3.5, 5.0], {"mse"},
-        {"mse": (0.25 + 0.25 + 0.0625 + 1) / 4}, set()),
+        [1.0, 1.5, 3.5, 5.0],
+        {"mse"},
+        {"mse": (0.25 + 0.25 + 0.0625 + 1) / 4},
+        set(),
+    ),
     "tagging": (
-        "tagging", dict(labels=TAGS),
-        [{"tokens": ["Ann", "met", "Bob", "in", "New", "York"],
-          "tags": ["B-PER", "O", "B-PER", "O", "B-LOC", "I-LOC"]},
-         {"tokens": ["Paris", "sleeps"], "tags": ["B-LOC", "O"]}],
-        [["B-PER", "O", "O", "O", "B-LOC", "I-LOC"], ["B-PER", "O"]], set(),
+        "tagging",
+        dict(labels=TAGS),
+        [
+            {
+                "tokens": ["Ann", "met", "Bob", "in", "New", "York"],
+                "tags": ["B-PER", "O", "B-PER", "O", "B-LOC", "I-LOC"],
+            },
+            {"tokens": ["Paris", "sleeps"], "tags": ["B-LOC", "O"]},
+        ],
+        [["B-PER", "O", "O", "O", "B-LOC", "I-LOC"], ["B-PER", "O"]],
+        set(),
         # Entities: 2 of 3 predicted are right, 2 of 4 gold are found; tokens right 6 of 8.
         {"precision": 2 / 3, "recall": 1 / 2, "f1": 4 / 7, "accuracy": 6 / 8},
-        {"f1", "precision", "recall", "accuracy"}),
+        {"f1", "precision", "recall", "accuracy"},
+    ),
     "extractive_qa": (
-        "extractive_qa", dict(max_len=24, max_query_len=6),
-        [{"id": "1", "question": "who?", "context": "the tall dog barked",
-          "answers": [{"text": "the tall dog", "start": 0}, {"text": "dog", "start": 9}]},
-         {"id": "2", "question": "what?", "context": "it barked loudly",
-          "answers": [{"text": "barked", "start": 3}]}],
-        ["tall dog", "barked loudly"], {"exact_match", "f1"},
+        "extractive_qa",
+        dict(max_len=24, max_query_len=6),
+        [
+            {
+                "id": "1",
+                "question": "who?",
+                "context": "the tall dog barked",
+                "answers": [{"text": "the tall dog", "start": 0}, {"text": "dog", "start": 9}],
+            },
+            {
+                "id": "2",
+                "question": "what?",
+                "context": "it barked loudly",
+                "answers": [{"text": "barked", "start": 3}],
+            },
+        ],
+        ["tall dog", "barked loudly"],
+        {"exact_match", "f1"},
         # "tall dog" = "the tall dog" normalized; "barked loudly" vs "barked": P=1/2 R=1.
-        {"exact_match": 50.0, "f1": (100 + 200 / 3) / 2}, set()),
+        {"exact_match": 50.0, "f1": (100 + 200 / 3) / 2},
+        set(),
+    ),
     "seq2seq": (
-        "seq2seq", dict(architecture="decoder", max_len=8, max_target_len=6),
-        [{"source": "dog", "target": "a domestic animal that barks"},
-         {"source": "cat", "target": "a small domestic animal"}],
-        ["a domestic animal that barks", "a small animal"], {"rouge1", "rouge2", "rougeL"},
+        "seq2seq",
+        dict(architecture="decoder", max_len=8, max_target_len=6),
+        [
+            {"source": "dog", "target": "a domestic animal that barks"},
+            {"source": "cat", "target": "a small domestic animal"},
+        ],
+        ["a domestic animal that barks", "a small animal"],
+        {"rouge1", "rouge2", "rougeL"},
         # 2: unigrams P=3/3 R=3/4 -> F=6/7; bigrams "a small" of 3: P=1/2 R=1/3 -> F=2/5.
-        {"rouge1": (100 + 600 / 7) / 2, "rouge2": (100 + 40) / 2}, {"bleu"}),
+        {"rouge1": (100 + 600 / 7) / 2, "rouge2": (100 + 40) / 2},
+        {"bleu"},
+    ),
 }
 
 
@@ -144,8 +184,11 @@ def tagging_examples(n: int, rng: np.random.Generator) -> tuple[list[dict], list
         tags[i] = f"B-{kind}"
         if i + 1 < len(tags) and rng.random() < 0.5:
           tags[i + 1] = f"I-{kind}"
-    guess = ["O"] * len(tags) if rng.random() < 0.2 else [
-        t if rng.random() > 0.15 else str(rng.choice(TAGS)) for t in tags]
+    guess = (
+        ["O"] * len(tags)
+        if rng.random() < 0.2
+        else [t if rng.random() > 0.15 else str(rng.choice(TAGS)) for t in tags]
+    )
     examples.append({"tokens": [f"w{i}" for i in range(len(tags))], "tags": tags})
     predictions.append(guess)
   return examples, predictions
@@ -153,21 +196,35 @@ def tagging_examples(n: int, rng: np.random.Generator) -> tuple[list[dict], list
 
 def seq2seq_examples(n: int, rng: np.random.Generator) -> tuple[list[dict], list[str]]:
   """Definitions and generated glosses that are exact, empty, cut short or reordered."""
-  targets = ["a domestic animal that barks", "a small domestic cat", "the act of running fast",
-             "a large body of salt water", "to move through water by moving the limbs",
-             "a building where books are kept", "Feeling or showing pleasure!", "a, b, and c."]
+  targets = [
+      "a domestic animal that barks",
+      "a small domestic cat",
+      "the act of running fast",
+      "a large body of salt water",
+      "to move through water by moving the limbs",
+      "a building where books are kept",
+      "Feeling or showing pleasure!",
+      "a, b, and c.",
+  ]
   examples, predictions = [], []
   for i in range(n):
     target = targets[i % len(targets)]
     words = target.split()
     examples.append({"source": f"word {i}", "target": target})
-    predictions.append([target, "", " ".join(words[:int(rng.integers(1, len(words)))]),
-                        " ".join(rng.permutation(words))][i % 4])
+    predictions.append(
+        [
+            target,
+            "",
+            " ".join(words[: int(rng.integers(1, len(words)))]),
+            " ".join(rng.permutation(words)),
+        ][i % 4]
+    )
   return examples, predictions
 
 
-@pytest.mark.parametrize("task_type, make", [("tagging", tagging_examples),
-                                             ("seq2seq", seq2seq_examples)])
+@pytest.mark.parametrize(
+    "task_type, make", [("tagging", tagging_examples), ("seq2seq", seq2seq_examples)]
+)
 def test_sufficient_statistics_on_the_full_set_equal_score(task_type, make):
   examples, predictions = make(36, np.random.default_rng(0))
   cls = tasks.get(task_type)
@@ -178,5 +235,7 @@ def test_sufficient_statistics_on_the_full_set_equal_score(task_type, make):
     assert float(to_score(counts.sum(axis=0))) == expected[metric], metric
     # Leading axes are resamples: each row's value is that of its own sum.
     halves = np.stack([counts[:18].sum(axis=0), counts[18:].sum(axis=0)])
-    assert to_score(halves).tolist() == [cls.score(examples[:18], predictions[:18])[metric],
-                                         cls.score(examples[18:], predictions[18:])[metric]]
+    assert to_score(halves).tolist() == [
+        cls.score(examples[:18], predictions[:18])[metric],
+        cls.score(examples[18:], predictions[18:])[metric],
+    ]

@@ -40,7 +40,7 @@ def test_pooling_last_takes_the_last_real_token():
   segments = np.array([[1, 1, 0, 0], [1, 1, 1, 1]])
   assert encoding.pool(hidden, segments, "last")[:, 0].tolist() == [1.0, 7.0]
   assert encoding.pool(hidden, segments, "mean")[:, 0].tolist() == [0.5, 5.5]
-  with pytest.raises(ValueError, match="config.task.pooling='cls'"):
+  with pytest.raises(ValueError, match=r"config.task.pooling='cls'"):
     encoding.resolve_pooling("cls", "decoder")
 
 
@@ -53,11 +53,10 @@ def test_tagging_labels_the_first_subword_and_pads_cut_words_with_o(tok):
   pieces = [len(p) for p in tok.encode_batch(words)]
   assert first[0] == 1 and first[1] == 1 + pieces[0]  # after [CLS], then after word 0's pieces
   assert feature.arrays["label_weights"].sum() == len(first) < len(words)  # the row is full
-  assert feature.arrays["labels"][first].tolist() == [task.tag_ids[t] for t in tags[:len(first)]]
+  assert feature.arrays["labels"][first].tolist() == [task.tag_ids[t] for t in tags[: len(first)]]
   outputs = {"tag_ids": feature.arrays["labels"][None]}
-  (prediction,) = task.postprocess([{"tokens": words, "tags": tags}], np.zeros(1), [first],
-                                   outputs)
-  assert prediction == tags[:len(first)] + ["O"] * (len(words) - len(first))
+  (prediction,) = task.postprocess([{"tokens": words, "tags": tags}], np.zeros(1), [first], outputs)
+  assert prediction == tags[: len(first)] + ["O"] * (len(words) - len(first))
 
 
 def test_windows_cover_the_context():
@@ -69,23 +68,30 @@ def test_qa_windows_target_the_answer_and_decoding_returns_its_exact_text(tok):
   task = build("extractive_qa", context(tok, max_len=24, max_query_len=6, doc_stride=4))
   sentence = "they are presently attempting to gain a foothold in the Russian market today"
   start = sentence.index("foothold")
-  example = {"id": "x", "question": "an initial accomplishment", "context": sentence,
-             "answers": [{"text": "foothold", "start": start}]}
+  example = {
+      "id": "x",
+      "question": "an initial accomplishment",
+      "context": sentence,
+      "answers": [{"text": "foothold", "start": start}],
+  }
   features = task.features(example, None)
   assert len(features) > 1  # the context needs several windows
   inside = [i for i, f in enumerate(features) if f.arrays["start"] > 0]
   assert inside
   for f in (features[i] for i in inside):
     s, e = int(f.arrays["start"]), int(f.arrays["end"])
-    assert sentence[f.meta[s][0]:f.meta[e][1]].strip() == "foothold"
+    assert sentence[f.meta[s][0] : f.meta[e][1]].strip() == "foothold"
   # Logits that point at the answer in one window and at padding elsewhere decode to it.
-  outputs = {"start_logits": np.full((len(features), 24), -5.0),
-             "end_logits": np.full((len(features), 24), -5.0)}
+  outputs = {
+      "start_logits": np.full((len(features), 24), -5.0),
+      "end_logits": np.full((len(features), 24), -5.0),
+  }
   best = inside[0]
   outputs["start_logits"][best, features[best].arrays["start"]] = 5.0
   outputs["end_logits"][best, features[best].arrays["end"]] = 5.0
-  (answer,) = task.postprocess([example], np.zeros(len(features), int),
-                               [f.meta for f in features], outputs)
+  (answer,) = task.postprocess(
+      [example], np.zeros(len(features), int), [f.meta for f in features], outputs
+  )
   assert answer == "foothold"
 
 
@@ -98,7 +104,7 @@ def test_seq2seq_trains_only_on_the_target(tok, architecture):
   scored = arrays["targets"][arrays["target_weights"] > 0].tolist()
   assert scored == target
   if architecture == "encoder_decoder":
-    assert arrays["decoder_inputs"][:len(target)].tolist() == [tok.pad_id] + target[:-1]
+    assert arrays["decoder_inputs"][: len(target)].tolist() == [tok.pad_id] + target[:-1]
   else:  # the prompt is left-padded for generation and ends with [SEP]
     assert arrays["prompt"][-1] == tok.sep_id and arrays["prompt_segment_ids"][0] == 0
 

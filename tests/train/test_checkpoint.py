@@ -31,9 +31,13 @@ def truncate_arrays(step_dir: str) -> None:
 
 def test_kill_9_during_an_async_save_leaves_the_previous_step(tmp_path):
   directory = str(tmp_path / "checkpoints")
-  proc = subprocess.Popen([sys.executable, "-m", "tests.train.async_save_target", directory],
-                          cwd=ROOT, env=dict(os.environ, JAX_PLATFORMS="cpu"),
-                          stdout=subprocess.PIPE, text=True)
+  proc = subprocess.Popen(
+      [sys.executable, "-m", "tests.train.async_save_target", directory],
+      cwd=ROOT,
+      env=dict(os.environ, JAX_PLATFORMS="cpu"),
+      stdout=subprocess.PIPE,
+      text=True,
+  )
   try:
     assert proc.stdout.readline().strip() == "SAVING"
     os.kill(proc.pid, signal.SIGKILL)
@@ -50,7 +54,8 @@ def test_kill_9_during_an_async_save_leaves_the_previous_step(tmp_path):
     assert checkpointer.latest_step() == 1
     iterator = async_save_target.data_iterator()
     step, state = checkpointer.restore_latest(
-        abstract_like(async_save_target.small_state()), iterator)
+        abstract_like(async_save_target.small_state()), iterator
+    )
     assert step == 1
     jax.tree.map(np.testing.assert_array_equal, state, async_save_target.small_state())
     assert next(iterator) == 3  # the iterator is where step 1 left it
@@ -79,8 +84,10 @@ def test_a_failed_restore_leaves_the_data_iterator_where_it_was(tmp_path):
   with pytest.raises(Exception, match="OUT_OF_RANGE"):
     checkpointer.restore(1, abstract_like(state), iterator)
   assert next(iterator) == 1
-  with pytest.raises(RuntimeError, match=r"no checkpoint in .* restores \(.*\); tried step 1: "
-                                         r"ValueError: OUT_OF_RANGE"):
+  with pytest.raises(
+      RuntimeError,
+      match=r"no checkpoint in .* restores \(.*\); tried step 1: " r"ValueError: OUT_OF_RANGE",
+  ):
     checkpointer.restore_latest(abstract_like(state), iterator)
   assert os.listdir(tmp_path) == ["1"]  # nothing moved or deleted when nothing restores
   checkpointer.close()
@@ -98,18 +105,29 @@ def test_a_truncated_latest_checkpoint_is_skipped_quietly(tiny_config, tmp_path)
   checkpoints = os.path.join(workdir, "checkpoints")
   truncate_arrays(os.path.join(checkpoints, "4"))
 
-  env = dict(os.environ, JAX_PLATFORMS="cpu",
-             JAX_COMPILATION_CACHE_DIR=jax.config.jax_compilation_cache_dir or "")
-  proc = subprocess.run([sys.executable, "-m", "tests.train.resume_target", workdir], cwd=ROOT,
-                        env=env, capture_output=True, text=True, timeout=300)
+  env = dict(
+      os.environ,
+      JAX_PLATFORMS="cpu",
+      JAX_COMPILATION_CACHE_DIR=jax.config.jax_compilation_cache_dir or "",
+  )
+  proc = subprocess.run(
+      [sys.executable, "-m", "tests.train.resume_target", workdir],
+      cwd=ROOT,
+      env=env,
+      capture_output=True,
+      text=True,
+      timeout=300,
+  )
   assert proc.returncode == 0, proc.stderr[-4000:]
-  assert "Traceback" not in proc.stderr and "Event loop is closed" not in proc.stderr, (
-      proc.stderr[-4000:])
+  assert "Traceback" not in proc.stderr and "Event loop is closed" not in proc.stderr, proc.stderr[
+      -4000:
+  ]
   bad, aside = os.path.join(checkpoints, "4"), os.path.join(checkpoints, UNRESTORABLE, "4")
   warnings = re.findall(r"^WARNING:absl:(.*checkpoint.*)$", proc.stderr, re.MULTILINE)
   assert len(warnings) == 2, warnings
-  assert warnings[0].startswith(f"checkpoint step 4 in {bad} does not restore (ValueError: "
-                                "OUT_OF_RANGE") and warnings[0].endswith("trying the previous one")
+  assert warnings[0].startswith(
+      f"checkpoint step 4 in {bad} does not restore (ValueError: " "OUT_OF_RANGE"
+  ) and warnings[0].endswith("trying the previous one")
   assert warnings[1] == f"moved unrestorable checkpoint step 4 to {aside}"
 
   # Resumed from step 2: steps 3-4 again, bitwise as the first time.

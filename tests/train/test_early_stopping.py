@@ -28,7 +28,7 @@ def test_restore_drops_evaluations_after_the_resumed_step(tmp_path):
 
 
 def test_unknown_metric_and_bad_mode_are_named():
-  with pytest.raises(ValueError, match="config.early_stopping.mode='up'"):
+  with pytest.raises(ValueError, match=r"config.early_stopping.mode='up'"):
     EarlyStopping("loss", "up", 0)
-  with pytest.raises(ValueError, match="config.early_stopping.metric='f1'"):
+  with pytest.raises(ValueError, match=r"config.early_stopping.metric='f1'"):
     EarlyStopping("f1", "max", 0).update(1, {"accuracy": 1.0})

@@ -25,38 +25,69 @@ def linear_trainer(skip_nonfinite: bool) -> Trainer:
 
   def loss_fn(params, batch, rng, train):
     error = batch["x"] @ params["w"] - batch["y"]
-    loss = jnp.mean(error ** 2) * jnp.where(jnp.any(batch["poison"] > 0), jnp.nan, 1.0)
+    loss = jnp.mean(error**2) * jnp.where(jnp.any(batch["poison"] > 0), jnp.nan, 1.0)
     return loss, {}
 
-  program = Program(init_params=lambda rng: {"w": jax.random.normal(rng, (4,))},
-                    loss_fn=loss_fn, tokens_per_example=1)
-  mesh = mesh_lib.make_mesh(ml_collections.ConfigDict(dict(data=1, fsdp=1, tensor=1)),
-                            jax.devices()[:1])
+  program = Program(
+      init_params=lambda rng: {"w": jax.random.normal(rng, (4,))},
+      loss_fn=loss_fn,
+      tokens_per_example=1,
+  )
+  mesh = mesh_lib.make_mesh(
+      ml_collections.ConfigDict(dict(data=1, fsdp=1, tensor=1)), jax.devices()[:1]
+  )
   tx = optax.adam(0.1)
-  return Trainer(program, tx, optax.constant_schedule(0.1), mesh, sharding_lib.DEFAULT_RULES,
-                 skip_nonfinite=skip_nonfinite)
+  return Trainer(
+      program,
+      tx,
+      optax.constant_schedule(0.1),
+      mesh,
+      sharding_lib.DEFAULT_RULES,
+      skip_nonfinite=skip_nonfinite,
+  )
 
 
 def batches(count: int, poisoned: set[int]):
   """A checkpointable grain iterator of `count` batches; step s (1-based) gets batch s - 1."""
   rng = np.random.default_rng(0)
   x = rng.normal(size=(count, 4, 4)).astype(np.float32)
-  data = [dict(x=x[i], y=x[i] @ np.arange(4, dtype=np.float32),
-               poison=np.full((4,), float(i + 1 in poisoned), np.float32)) for i in range(count)]
+  data = [
+      dict(
+          x=x[i],
+          y=x[i] @ np.arange(4, dtype=np.float32),
+          poison=np.full((4,), float(i + 1 in poisoned), np.float32),
+      )
+      for i in range(count)
+  ]
   return iter(grain.MapDataset.source(data).to_iter_dataset())
 
 
-def train(tmp_path, *, nonfinite: str, poisoned: set[int], total_steps: int = 6,
-          max_skips: int = 3):
+def train(
+    tmp_path, *, nonfinite: str, poisoned: set[int], total_steps: int = 6, max_skips: int = 3
+):
   trainer = linear_trainer(nonfinite == "skip")
-  loop = LoopConfig(total_steps=total_steps, log_every=4, eval_every=0, checkpoint_every=2,
-                    grad_accum_steps=1, nonfinite=nonfinite, max_nonfinite_skips=max_skips)
+  loop = LoopConfig(
+      total_steps=total_steps,
+      log_every=4,
+      eval_every=0,
+      checkpoint_every=2,
+      grad_accum_steps=1,
+      nonfinite=nonfinite,
+      max_nonfinite_skips=max_skips,
+  )
   checkpointer = Checkpointer(str(tmp_path / "checkpoints"), max_to_keep=5)
   writer = MetricWriter(str(tmp_path))
   evaluate = lambda params: {"eval/w0": float(params["w"][0])}
   try:
-    state, _ = run_loop(trainer, trainer.init_state(0), batches(total_steps, poisoned), evaluate,
-                        loop, checkpointer, writer)
+    state, _ = run_loop(
+        trainer,
+        trainer.init_state(0),
+        batches(total_steps, poisoned),
+        evaluate,
+        loop,
+        checkpointer,
+        writer,
+    )
   finally:
     checkpointer.close()
     writer.close()
@@ -80,8 +111,9 @@ def test_skip_drops_the_update_and_counts_it(tmp_path):
   after, metrics = trainer.train_step(state, bad)
   assert int(metrics["train/nonfinite"]) == 1
   np.testing.assert_array_equal(jax.device_get(after.params["w"]), before.params["w"])
-  for a, b in zip(jax.tree.leaves(jax.device_get(after.opt_state)),
-                  jax.tree.leaves(before.opt_state)):
+  for a, b in zip(
+      jax.tree.leaves(jax.device_get(after.opt_state)), jax.tree.leaves(before.opt_state)
+  ):
     np.testing.assert_array_equal(a, b)
 
   state, _ = train(tmp_path, nonfinite="skip", poisoned={3})

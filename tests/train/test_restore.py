@@ -21,31 +21,34 @@ def test_backbone_loads_bitwise_and_heads_are_reported(bert_pretrained, tokenize
   config = config.copy_and_resolve_references()
   config.objective.nsp = False
   vocab = tokenizer_lib.load_tokenizer(tokenizer_path).vocab_size
-  program = objectives.get("mlm").program(components.model_config(config.model, vocab),
-                                          config.objective, config.data)
+  program = objectives.get("mlm").program(
+      components.model_config(config.model, vocab), config.objective, config.data
+  )
   fresh = jax.device_get(nn.meta.unbox(program.init_params(jax.random.PRNGKey(7))))
   merged, report = restore.merge_params(fresh, pretrained)
 
   flat_old = traverse_util.flatten_dict(pretrained, sep="/")
   flat_new = traverse_util.flatten_dict(merged, sep="/")
-  assert report["loaded"] and all(p.startswith(("backbone/", "mlm_head/"))
-                                  for p in report["loaded"])
+  assert report["loaded"] and all(
+      p.startswith(("backbone/", "mlm_head/")) for p in report["loaded"]
+  )
   for path in report["loaded"]:
     np.testing.assert_array_equal(flat_new[path], flat_old[path])  # bitwise
   assert report["new"] == []
-  assert report["dropped"] and all(p.startswith(("pooler/", "nsp_head/"))
-                                   for p in report["dropped"])
+  assert report["dropped"] and all(
+      p.startswith(("pooler/", "nsp_head/")) for p in report["dropped"]
+  )
   # A step directory works as well as a workdir.
   step_dir = f"{workdir}/checkpoints/2"
   assert traverse_util.flatten_dict(restore.load_params(step_dir), sep="/").keys() == (
-      flat_old.keys())
+      flat_old.keys()
+  )
 
 
 def test_shape_mismatch_lists_the_paths(bert_pretrained):
   workdir, _ = bert_pretrained
   pretrained = restore.load_params(workdir)
-  wrong = jax.tree.map(lambda x: np.zeros(x.shape[:-1] + (x.shape[-1] + 1,), x.dtype),
-                       pretrained)
+  wrong = jax.tree.map(lambda x: np.zeros(x.shape[:-1] + (x.shape[-1] + 1,), x.dtype), pretrained)
   with pytest.raises(ValueError, match=r"backbone/stack/token_embed/embedding: checkpoint"):
     restore.merge_params(wrong, pretrained)
 
@@ -55,8 +58,9 @@ def test_missing_checkpoint_is_a_clear_error(tmp_path):
     restore.load_params(str(tmp_path))
 
 
-def test_a_damaged_newest_checkpoint_falls_back_to_the_previous_step(bert_pretrained, tmp_path,
-                                                                      caplog):
+def test_a_damaged_newest_checkpoint_falls_back_to_the_previous_step(
+    bert_pretrained, tmp_path, caplog
+):
   from tests.train.test_checkpoint import truncate_arrays
 
   workdir, _ = bert_pretrained

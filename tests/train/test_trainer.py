@@ -8,12 +8,11 @@ import jax
 import ml_collections
 import numpy as np
 import pytest
+from flax import traverse_util
 
 from configs import common, pretrain
 from lmreuse import components, objectives
 from lmreuse.parallel import mesh as mesh_lib, sharding as sharding_lib
-from flax import traverse_util
-
 from lmreuse.train import compute, optim
 from lmreuse.train.trainer import Trainer, split_microbatches
 from tests.parallel import synthetic
@@ -26,11 +25,11 @@ def make_trainer(preset="gpt", optimizer="adamw", learning_rate=1e-3):
   config.data.seq_len = 16
   config.optimizer.name = optimizer
   model_cfg = components.model_config(config.model, synthetic.VOCAB)
-  program = objectives.get(config.objective.name).program(model_cfg, config.objective,
-                                                          config.data)
+  program = objectives.get(config.objective.name).program(model_cfg, config.objective, config.data)
   tx, schedule = optim.make_optimizer(config.optimizer, config.total_steps)
-  mesh = mesh_lib.make_mesh(ml_collections.ConfigDict(dict(data=1, fsdp=1, tensor=1)),
-                            jax.devices()[:1])
+  mesh = mesh_lib.make_mesh(
+      ml_collections.ConfigDict(dict(data=1, fsdp=1, tensor=1)), jax.devices()[:1]
+  )
   return Trainer(program, tx, schedule, mesh, sharding_lib.DEFAULT_RULES), config
 
 
@@ -42,7 +41,8 @@ def test_gradient_accumulation_equals_the_full_batch_step():
   for accum in (1, 4):
     state = trainer.init_state(seed=0)
     state, metrics = trainer.train_step(
-        state, trainer.device_batch(split_microbatches(batch, accum), leading_axes=1))
+        state, trainer.device_batch(split_microbatches(batch, accum), leading_axes=1)
+    )
     results.append((float(metrics["train/loss"]), jax.device_get(state.params)))
   (loss1, params1), (loss4, params4) = results
   assert loss1 == pytest.approx(loss4, rel=1e-6)
@@ -55,8 +55,10 @@ def test_gradient_accumulation_equals_the_full_batch_step():
 def test_adafactor_trains():
   trainer, config = make_trainer(optimizer="adafactor", learning_rate=1e-2)
   state = trainer.init_state(seed=0)
-  batch = trainer.device_batch(split_microbatches(
-      synthetic.batch("clm", batch_size=4, seq_len=config.data.seq_len), 1), leading_axes=1)
+  batch = trainer.device_batch(
+      split_microbatches(synthetic.batch("clm", batch_size=4, seq_len=config.data.seq_len), 1),
+      leading_axes=1,
+  )
   losses = []
   for _ in range(30):
     state, metrics = trainer.train_step(state, batch)
@@ -77,16 +79,14 @@ def test_schedule_warms_up_linearly_then_decays(schedule):
   assert float(fn(110)) == pytest.approx(expected_end, rel=1e-5)
   # A quarter into the 100 decay steps (step 35), from the peak 1e-3 towards the end 1e-4:
   # linear 1e-3 - 0.25 * 9e-4; cosine 1e-4 + 9e-4 * (1 + cos(pi/4)) / 2; constant stays.
-  quarter = {"linear": 7.75e-4, "cosine": 1e-4 + 9e-4 * (1 + math.sqrt(0.5)) / 2,
-             "constant": 1e-3}
+  quarter = {"linear": 7.75e-4, "cosine": 1e-4 + 9e-4 * (1 + math.sqrt(0.5)) / 2, "constant": 1e-3}
   assert float(fn(35)) == pytest.approx(quarter[schedule], rel=1e-5)
   if schedule == "linear":
     assert float(fn(60)) == pytest.approx(5.5e-4)
 
 
 def test_weight_decay_skips_biases_and_norms():
-  params = {"dense": {"kernel": np.ones((3, 3)), "bias": np.ones(3)},
-            "norm": {"scale": np.ones(3)}}
+  params = {"dense": {"kernel": np.ones((3, 3)), "bias": np.ones(3)}, "norm": {"scale": np.ones(3)}}
   mask = optim.decay_mask(params)
   assert mask == {"dense": {"kernel": True, "bias": False}, "norm": {"scale": False}}
   opt = common.optimizer_config(learning_rate=0.0, warmup_steps=0)
@@ -111,7 +111,8 @@ def test_train_flops_count_every_micro_batch_of_gradient_accumulation():
     assert raw_two == pytest.approx(raw_one, rel=0.02)
   # The same global batch is the same work, however it is split.
   assert trainer.train_step_flops(state, two) == pytest.approx(
-      trainer.train_step_flops(state, one), rel=0.02)
+      trainer.train_step_flops(state, one), rel=0.02
+  )
   assert trainer.train_step_flops(state, one) == raw_one  # one device, no loop to correct
 
 
@@ -126,10 +127,10 @@ def test_six_nd_leaves_out_exactly_the_embedding_tables():
   trainer, _ = make_trainer("bert")
   flat = traverse_util.flatten_dict(trainer.abstract_params, sep="/")
   tables = {p for p in flat if p.endswith("/embedding")}
-  assert {p.split("/")[-2] for p in tables} == {"token_embed", "position_embed",
-                                                "token_type_embed"}
+  assert {p.split("/")[-2] for p in tables} == {"token_embed", "position_embed", "token_type_embed"}
   assert compute.non_embedding_param_count(trainer.abstract_params) == (
-      trainer.param_count() - sum(int(np.prod(flat[p].shape)) for p in tables))
+      trainer.param_count() - sum(int(np.prod(flat[p].shape)) for p in tables)
+  )
 
 
 def test_timers_charge_nested_time_to_the_inner_part_only():

@@ -21,8 +21,9 @@ REAL = 5  # row 1 has REAL tokens, then padding
 
 
 def tiny(**overrides) -> TransformerConfig:
-  base = dict(vocab_size=97, d_model=D, num_heads=4, d_ff=64, num_layers=1, max_len=T,
-              dropout_rate=0.0)
+  base = dict(
+      vocab_size=97, d_model=D, num_heads=4, d_ff=64, num_layers=1, max_len=T, dropout_rate=0.0
+  )
   return TransformerConfig(**{**base, **overrides})
 
 
@@ -31,8 +32,10 @@ def inputs(cfg: TransformerConfig) -> tuple[jax.Array, dict]:
   segments_BxT = jnp.ones((B, T), jnp.int32).at[1, REAL:].set(0)
   positions_BxT = jnp.broadcast_to(jnp.arange(T), (B, T))
   bias_BxNxTxT = jax.random.normal(jax.random.key(1), (B, cfg.num_heads, T, T))
-  kwargs = dict(mask=attention_mask(segments_BxT, segments_BxT, True, positions_BxT,
-                                    positions_BxT), bias_BxNxTxS=bias_BxNxTxT)
+  kwargs = dict(
+      mask=attention_mask(segments_BxT, segments_BxT, True, positions_BxT, positions_BxT),
+      bias_BxNxTxS=bias_BxNxTxT,
+  )
   return x_BxTxD, kwargs
 
 
@@ -41,17 +44,16 @@ def output_from_probs(params: dict, x_BxTxD: jax.Array, probs_BxNxTxS: jax.Array
   v_BxSxKxH = jnp.einsum("bsd,dkh->bskh", x_BxTxD, params["value"]["kernel"])
   v_BxSxKxH = v_BxSxKxH + params["value"]["bias"]
   if "prefix_value" in params:
-    prefix_BxPxKxH = jnp.broadcast_to(params["prefix_value"],
-                                      (B,) + params["prefix_value"].shape)
+    prefix_BxPxKxH = jnp.broadcast_to(params["prefix_value"], (B,) + params["prefix_value"].shape)
     v_BxSxKxH = jnp.concatenate([prefix_BxPxKxH, v_BxSxKxH], axis=1)
   groups = probs_BxNxTxS.shape[1] // v_BxSxKxH.shape[2]
-  out_BxTxNxH = jnp.einsum("bnts,bsnh->btnh", probs_BxNxTxS,
-                           jnp.repeat(v_BxSxKxH, groups, axis=2))
+  out_BxTxNxH = jnp.einsum("bnts,bsnh->btnh", probs_BxNxTxS, jnp.repeat(v_BxSxKxH, groups, axis=2))
   return jnp.einsum("btnh,nhd->btd", out_BxTxNxH, params["out"]["kernel"]) + params["out"]["bias"]
 
 
-@pytest.mark.parametrize("overrides", [dict(num_kv_heads=2), dict(prefix_length=3)],
-                         ids=["gqa", "prefix"])
+@pytest.mark.parametrize(
+    "overrides", [dict(num_kv_heads=2), dict(prefix_length=3)], ids=["gqa", "prefix"]
+)
 def test_sown_probabilities_are_the_ones_attention_used(overrides):
   cfg = tiny(**overrides)
   layer = Attention(cfg, causal=True)
@@ -65,8 +67,9 @@ def test_sown_probabilities_are_the_ones_attention_used(overrides):
   tokens_BxNxTxT = np.asarray(probs_BxNxTxS[..., p:])
   assert np.all(np.triu(tokens_BxNxTxT[0], k=1) == 0)  # causal
   assert np.all(tokens_BxNxTxT[1, :, :REAL, REAL:] == 0)  # padding keys, seen from real queries
-  np.testing.assert_allclose(output_from_probs(variables["params"], x_BxTxD, probs_BxNxTxS),
-                             out_BxTxD, atol=1e-5)
+  np.testing.assert_allclose(
+      output_from_probs(variables["params"], x_BxTxD, probs_BxNxTxS), out_BxTxD, atol=1e-5
+  )
 
 
 def test_a_plain_call_computes_no_probabilities():
@@ -75,8 +78,9 @@ def test_a_plain_call_computes_no_probabilities():
   x_BxTxD, kwargs = inputs(cfg)
   variables = layer.init(jax.random.key(2), x_BxTxD, **kwargs)
   plain = jax.make_jaxpr(lambda v: layer.apply(v, x_BxTxD, **kwargs))(variables)
-  sown = jax.make_jaxpr(
-      lambda v: layer.apply(v, x_BxTxD, **kwargs, mutable=["intermediates"]))(variables)
+  sown = jax.make_jaxpr(lambda v: layer.apply(v, x_BxTxD, **kwargs, mutable=["intermediates"]))(
+      variables
+  )
   assert str(plain).count("exp") < str(sown).count("exp")
   out_BxTxD, _ = layer.apply(variables, x_BxTxD, **kwargs, mutable=["intermediates"])
   np.testing.assert_array_equal(layer.apply(variables, x_BxTxD, **kwargs), out_BxTxD)
@@ -110,15 +114,23 @@ def test_representation_plots_and_silhouettes(setup, tmp_path):
   params = setup.state.params
   moved = jax.tree.map(lambda x: 1.5 * x, params)  # stands in for fine-tuned parameters
   paths, silhouette = representations.write_representation_plots(
-      str(tmp_path), setup.module, params, moved, eval_set,
-      representations.feature_labels(eval_set), seed=0)
+      str(tmp_path),
+      setup.module,
+      params,
+      moved,
+      eval_set,
+      representations.feature_labels(eval_set),
+      seed=0,
+  )
   names = sorted(os.path.basename(p) for p in paths)
   assert names == ["pca_after.png", "pca_before.png", "tsne_after.png", "tsne_before.png"]
   assert all(os.path.getsize(p) > 0 for p in paths)
   labels = np.asarray([str(x) for x in representations.feature_labels(eval_set)])
   assert 2 <= len(set(labels)) < len(labels)
-  expected = {stage: mean_silhouette(representations.pooled_features(setup.module, p, eval_set),
-                                     labels) for stage, p in (("before", params), ("after", moved))}
+  expected = {
+      stage: mean_silhouette(representations.pooled_features(setup.module, p, eval_set), labels)
+      for stage, p in (("before", params), ("after", moved))
+  }
   assert silhouette == pytest.approx(expected, rel=1e-4, abs=1e-6)
 
 
@@ -131,12 +143,16 @@ def test_silhouettes_of_features_built_to_separate(setup, tmp_path):
   eval_set = setup.eval_sets["validation"]
   params = setup.state.params
   moved = jax.tree.map(lambda x: 1.5 * x, params)
-  for index, labels, expected in (([0, 0, 0, 1, 1, 1], list("xxxyyy"), 1.0),
-                                  ([0, 0, 1, 1], list("xyxy"), -0.5)):
-    built = dataclasses.replace(eval_set, features=[eval_set.features[i] for i in index],
-                                example_index=np.asarray(index))
+  for index, labels, expected in (
+      ([0, 0, 0, 1, 1, 1], list("xxxyyy"), 1.0),
+      ([0, 0, 1, 1], list("xyxy"), -0.5),
+  ):
+    built = dataclasses.replace(
+        eval_set, features=[eval_set.features[i] for i in index], example_index=np.asarray(index)
+    )
     _, silhouette = representations.write_representation_plots(
-        str(tmp_path), setup.module, params, moved, built, labels, seed=0)
+        str(tmp_path), setup.module, params, moved, built, labels, seed=0
+    )
     assert silhouette == pytest.approx({"before": expected, "after": expected}, abs=1e-5)
 
 
@@ -145,8 +161,7 @@ def test_attention_maps_of_the_task_model(setup, tmp_path):
   batch_1 = {k: np.asarray(v)[None] for k, v in row.items()}
   maps = attention.attention_maps(setup.module, setup.state.params, batch_1)
   cfg, length = setup.model_cfg, row["inputs"].shape[0]
-  assert list(maps) == [f"backbone/stack/layers_{i}/self_attention"
-                        for i in range(cfg.num_layers)]
+  assert list(maps) == [f"backbone/stack/layers_{i}/self_attention" for i in range(cfg.num_layers)]
   real = int(row["segment_ids"].sum())
   for probs_NxTxS in maps.values():
     assert probs_NxTxS.shape == (cfg.num_heads, length, length)

@@ -29,7 +29,7 @@ import io
 import json
 import os
 import re
-from typing import Iterator
+from collections.abc import Iterator
 
 SPLIT_SALT = "lmreuse-wordnet-split-v1"
 BLOCK_SIZE = 8
@@ -38,15 +38,50 @@ POS_FILES = ("noun", "verb", "adj", "adv")  # Output order.
 # lexnames(5WN): lex_filenum -> lexicographer file name. Hardcoded because the `lexnames`
 # file is not shipped by every WordNet package.
 LEXNAMES = (
-    "adj.all", "adj.pert", "adv.all", "noun.Tops", "noun.act", "noun.animal",
-    "noun.artifact", "noun.attribute", "noun.body", "noun.cognition",
-    "noun.communication", "noun.event", "noun.feeling", "noun.food", "noun.group",
-    "noun.location", "noun.motive", "noun.object", "noun.person", "noun.phenomenon",
-    "noun.plant", "noun.possession", "noun.process", "noun.quantity", "noun.relation",
-    "noun.shape", "noun.state", "noun.substance", "noun.time", "verb.body",
-    "verb.change", "verb.cognition", "verb.communication", "verb.competition",
-    "verb.consumption", "verb.contact", "verb.creation", "verb.emotion", "verb.motion",
-    "verb.perception", "verb.possession", "verb.social", "verb.stative", "verb.weather",
+    "adj.all",
+    "adj.pert",
+    "adv.all",
+    "noun.Tops",
+    "noun.act",
+    "noun.animal",
+    "noun.artifact",
+    "noun.attribute",
+    "noun.body",
+    "noun.cognition",
+    "noun.communication",
+    "noun.event",
+    "noun.feeling",
+    "noun.food",
+    "noun.group",
+    "noun.location",
+    "noun.motive",
+    "noun.object",
+    "noun.person",
+    "noun.phenomenon",
+    "noun.plant",
+    "noun.possession",
+    "noun.process",
+    "noun.quantity",
+    "noun.relation",
+    "noun.shape",
+    "noun.state",
+    "noun.substance",
+    "noun.time",
+    "verb.body",
+    "verb.change",
+    "verb.cognition",
+    "verb.communication",
+    "verb.competition",
+    "verb.consumption",
+    "verb.contact",
+    "verb.creation",
+    "verb.emotion",
+    "verb.motion",
+    "verb.perception",
+    "verb.possession",
+    "verb.social",
+    "verb.stative",
+    "verb.weather",
     "adj.ppl",
 )
 assert len(LEXNAMES) == 45
@@ -85,14 +120,18 @@ def parse_line(line: str, path: str = "<data>") -> dict:
   try:
     offset, lex_filenum, ss_type = fields[0], int(fields[1]), fields[2]
     w_cnt = int(fields[3], 16)
-    words = fields[4:4 + 2 * w_cnt:2]
+    words = fields[4 : 4 + 2 * w_cnt : 2]
     i = 4 + 2 * w_cnt
     p_cnt = int(fields[i])
-    pointers = [fields[i + 1 + 4 * k:i + 5 + 4 * k] for k in range(p_cnt)]
+    pointers = [fields[i + 1 + 4 * k : i + 5 + 4 * k] for k in range(p_cnt)]
   except (IndexError, ValueError) as e:
     raise ValueError(f"{path}: malformed synset line {line[:80]!r}: {e}") from e
-  if (ss_type not in ("n", "v", "a", "s", "r") or not 0 <= lex_filenum < len(LEXNAMES)
-      or len(words) != w_cnt or any(len(p) != 4 for p in pointers)):
+  if (
+      ss_type not in ("n", "v", "a", "s", "r")
+      or not 0 <= lex_filenum < len(LEXNAMES)
+      or len(words) != w_cnt
+      or any(len(p) != 4 for p in pointers)
+  ):
     raise ValueError(f"{path}: malformed synset line {line[:80]!r}")
   definition, examples = split_gloss(gloss)
   return {

@@ -17,7 +17,8 @@ import gzip
 import itertools
 import json
 import os
-from typing import Any, Iterable, Iterator
+from collections.abc import Iterable, Iterator
+from typing import Any
 
 DEFAULT_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "wordnet.jsonl.gz")
 SPLITS = ("train", "validation", "test")
@@ -52,9 +53,9 @@ def synset_segments(record: dict) -> list[str]:
 
 
 def segments(split: str | None = None, path: str = DEFAULT_PATH) -> Iterator[str]:
-    """Every text segment of a split, in corpus order: what tokenizers are trained on."""
-    for record in read_records(split, path):
-        yield from synset_segments(record)
+  """Every text segment of a split, in corpus order: what tokenizers are trained on."""
+  for record in read_records(split, path):
+    yield from synset_segments(record)
 
 
 def documents(records: Iterable[dict], max_synsets: int = MAX_DOCUMENT_SYNSETS) -> Iterator[dict]:
@@ -91,8 +92,9 @@ def _build_lock(data_dir: str) -> Iterator[None]:
       fcntl.flock(lock, fcntl.LOCK_UN)
 
 
-def build_tfds(data_dir: str | None = None, configs: Iterable[str] = CONFIG_NAMES,
-               **builder_kwargs: Any) -> str:
+def build_tfds(
+    data_dir: str | None = None, configs: Iterable[str] = CONFIG_NAMES, **builder_kwargs: Any
+) -> str:
   """Prepares the TFDS builds (ArrayRecord) of `configs` unless present; returns data_dir.
 
   builder_kwargs (source_path, max_records) exist for tests; see wordnet_tfds.WordnetCorpus.
@@ -106,7 +108,8 @@ def build_tfds(data_dir: str | None = None, configs: Iterable[str] = CONFIG_NAME
         raise ValueError(f"config {config!r} is not one of {CONFIG_NAMES}")
       with wordnet_tfds.quiet_tfds():
         builder = wordnet_tfds.WordnetCorpus(
-            config=config, data_dir=data_dir, file_format="array_record", **builder_kwargs)
+            config=config, data_dir=data_dir, file_format="array_record", **builder_kwargs
+        )
         if not builder.is_prepared():
           builder.download_and_prepare()
   return data_dir
@@ -126,5 +129,6 @@ def data_source(config_name: str, split: str, data_dir: str | None = None):
   if split not in splits:
     raise ValueError(f"split={split!r} not in wordnet_corpus/{config_name}: splits are {splits}")
   with wordnet_tfds.quiet_tfds():
-    return tfds.data_source(f"wordnet_corpus/{config_name}", split=split, data_dir=data_dir,
-                            download=False)
+    return tfds.data_source(
+        f"wordnet_corpus/{config_name}", split=split, data_dir=data_dir, download=False
+    )

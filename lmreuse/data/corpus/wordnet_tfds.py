@@ -16,7 +16,7 @@ import contextlib
 import functools
 import hashlib
 import itertools
-from typing import Iterator
+from collections.abc import Iterator
 
 import tensorflow_datasets as tfds
 from absl import logging as absl_logging
@@ -57,12 +57,20 @@ def _features(config_name: str) -> tfds.features.FeaturesDict:
   text_list = tfds.features.Sequence(tfds.features.Text())
   if config_name == "documents":
     return tfds.features.FeaturesDict(
-        {"id": tfds.features.Text(), "lexname": tfds.features.Text(), "segments": text_list})
-  return tfds.features.FeaturesDict({
-      "id": tfds.features.Text(), "pos": tfds.features.Text(), "lexname": tfds.features.Text(),
-      "lemmas": text_list, "gloss": tfds.features.Text(), "examples": text_list,
-      "hypernyms": text_list, "split": tfds.features.Text(),
-  })
+        {"id": tfds.features.Text(), "lexname": tfds.features.Text(), "segments": text_list}
+    )
+  return tfds.features.FeaturesDict(
+      {
+          "id": tfds.features.Text(),
+          "pos": tfds.features.Text(),
+          "lexname": tfds.features.Text(),
+          "lemmas": text_list,
+          "gloss": tfds.features.Text(),
+          "examples": text_list,
+          "hypernyms": text_list,
+          "split": tfds.features.Text(),
+      }
+  )
 
 
 class WordnetCorpus(tfds.core.GeneratorBasedBuilder):
@@ -79,15 +87,17 @@ class WordnetCorpus(tfds.core.GeneratorBasedBuilder):
   # Python >= 3.9 (ModuleNotFoundError in download_and_prepare); this file is the answer.
   code_path = epath.Path(__file__)
 
-  def __init__(self, *, source_path: str = wordnet.DEFAULT_PATH,
-               max_records: int | None = None, **kwargs):
+  def __init__(
+      self, *, source_path: str = wordnet.DEFAULT_PATH, max_records: int | None = None, **kwargs
+  ):
     """source_path/max_records override the corpus (tests only: VERSION no longer pins it)."""
     if source_path == wordnet.DEFAULT_PATH and max_records is None:
       sha = file_sha256(source_path)
       if sha != DATA_SHA256:
         raise ValueError(
             f"{source_path} has sha256 {sha}, but wordnet_tfds.DATA_SHA256 is {DATA_SHA256}: "
-            f"the corpus changed, so bump WordnetCorpus.VERSION and set DATA_SHA256")
+            f"the corpus changed, so bump WordnetCorpus.VERSION and set DATA_SHA256"
+        )
     self._source_path, self._max_records = source_path, max_records
     super().__init__(**kwargs)
     self._original_state.update(source_path=source_path, max_records=max_records)
@@ -95,9 +105,12 @@ class WordnetCorpus(tfds.core.GeneratorBasedBuilder):
   def _info(self) -> tfds.core.DatasetInfo:
     # Not self.dataset_info_from_configs: it looks for metadata files beside this module.
     return tfds.core.DatasetInfo(
-        builder=self, features=_features(self.builder_config.name), disable_shuffling=True,
+        builder=self,
+        features=_features(self.builder_config.name),
+        disable_shuffling=True,
         homepage="https://wordnet.princeton.edu/",
-        description="WordNet 3.0 (Princeton University), see LICENSE.WordNet.")
+        description="WordNet 3.0 (Princeton University), see LICENSE.WordNet.",
+    )
 
   # TFDS prints these banners (with "Unknown size") to stdout; a log line is enough.
   def _log_download_bytes(self) -> None:
@@ -108,8 +121,10 @@ class WordnetCorpus(tfds.core.GeneratorBasedBuilder):
 
   def _split_generators(self, dl_manager):
     del dl_manager  # The corpus ships with the repository.
-    return {split: self._generate_examples(split)
-            for split in SPLITS_BY_CONFIG[self.builder_config.name]}
+    return {
+        split: self._generate_examples(split)
+        for split in SPLITS_BY_CONFIG[self.builder_config.name]
+    }
 
   def _generate_examples(self, split: str):
     records = wordnet.read_records(split, path=self._source_path)
@@ -119,4 +134,3 @@ class WordnetCorpus(tfds.core.GeneratorBasedBuilder):
       records = wordnet.documents(records)
     # Integer keys in corpus order: with disable_shuffling, TFDS keeps that order.
     yield from enumerate(records)
-

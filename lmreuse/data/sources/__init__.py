@@ -15,32 +15,48 @@ LOCAL = "local"
 
 def names() -> tuple[str, ...]:
   from lmreuse.data.sources import catalog, wordnet_tasks
+
   return (*wordnet_tasks.NAMES, *catalog.NAMES, LOCAL)
 
 
 def load(task: Any, seed: int) -> TaskData:
   """The dataset `task.name` names, checked against `task.type` when that is set."""
   from lmreuse.data.sources import catalog, local, wordnet_tasks
+
   if task.name == LOCAL:
     if not task.type:
-      raise ValueError("config.task.name='local' needs config.task.type (one of "
-                       "classification, regression, tagging, extractive_qa, seq2seq)")
+      raise ValueError(
+          "config.task.name='local' needs config.task.type (one of "
+          "classification, regression, tagging, extractive_qa, seq2seq)"
+      )
     data = local.load(task, seed)
   elif task.name in wordnet_tasks.NAMES:
     data = wordnet_tasks.load(task.name)
   elif task.name in catalog.NAMES:
-    data = catalog.load(task.name, data_dir=task.tfds_dir or None, seed=seed,
-                        validation_fraction=task.validation_fraction)
+    data = catalog.load(
+        task.name,
+        data_dir=task.tfds_dir or None,
+        seed=seed,
+        validation_fraction=task.validation_fraction,
+    )
   else:
     raise ValueError(f"config.task.name={task.name!r} is unknown; choose one of {names()}")
   if task.type and task.type != data.task_type:
-    raise ValueError(f"config.task.type={task.type!r}, but {task.name} is a {data.task_type} "
-                     "dataset; leave config.task.type empty for named datasets")
+    raise ValueError(
+        f"config.task.type={task.type!r}, but {task.name} is a {data.task_type} "
+        "dataset; leave config.task.type empty for named datasets"
+    )
   return data
 
 
-def subsample(data: TaskData, *, train_fraction: float, max_train_examples: int,
-              max_eval_examples: int, seed: int) -> TaskData:
+def subsample(
+    data: TaskData,
+    *,
+    train_fraction: float,
+    max_train_examples: int,
+    max_eval_examples: int,
+    seed: int,
+) -> TaskData:
   """A seeded fraction of train (low-resource studies) and capped eval splits (smoke runs)."""
   if not 0.0 < train_fraction <= 1.0:
     raise ValueError(f"config.task.train_fraction={train_fraction} must be in (0, 1]")
@@ -48,7 +64,7 @@ def subsample(data: TaskData, *, train_fraction: float, max_train_examples: int,
   train = splits["train"]
   keep = len(train)
   if train_fraction < 1.0:
-    keep = max(1, int(round(train_fraction * keep)))
+    keep = max(1, round(train_fraction * keep))
   if max_train_examples:
     keep = min(keep, max_train_examples)
   if keep < len(train):

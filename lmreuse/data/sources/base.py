@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import collections.abc
 import dataclasses
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -44,8 +45,9 @@ class View(collections.abc.Sequence):
   """Some records of a random-access source, in order, converted on access when `convert` is
   given: subsets and TFDS splits stay lazy instead of being copied into memory."""
 
-  def __init__(self, items: Sequence, indices: Sequence[int],
-               convert: Callable[[Any], dict] | None = None):
+  def __init__(
+      self, items: Sequence, indices: Sequence[int], convert: Callable[[Any], dict] | None = None
+  ):
     self._items, self._indices, self._convert = items, indices, convert
 
   def __len__(self) -> int:
@@ -56,16 +58,16 @@ class View(collections.abc.Sequence):
     return self._convert(item) if self._convert else item
 
 
-def split_off(examples: Sequence, fraction: float, seed: int
-              ) -> tuple[list[dict], list[dict]]:
+def split_off(examples: Sequence, fraction: float, seed: int) -> tuple[list[dict], list[dict]]:
   """A seeded (rest, held_out) split taking round(fraction × n) examples, at least one."""
   if not 0.0 < fraction < 1.0:
     raise ValueError(f"validation_fraction={fraction} must be in (0, 1)")
   order = np.random.default_rng(seed).permutation(len(examples))
-  n_held = max(1, int(round(fraction * len(examples))))
+  n_held = max(1, round(fraction * len(examples)))
   if n_held >= len(examples):
-    raise ValueError(f"validation_fraction={fraction} of {len(examples)} examples leaves no "
-                     "training examples")
+    raise ValueError(
+        f"validation_fraction={fraction} of {len(examples)} examples leaves no " "training examples"
+    )
   held = set(order[:n_held].tolist())
   rest = [examples[i] for i in range(len(examples)) if i not in held]
   return rest, [examples[i] for i in sorted(held)]

@@ -17,7 +17,8 @@ import json
 import math
 import os
 import re
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from lmreuse.data.sources import base
 
@@ -26,8 +27,13 @@ _COLUMN_KEYS = {  # The config keys naming each task type's columns; '' leaves o
     "classification": ("text_column", "text_pair_column", "label_column"),
     "regression": ("text_column", "text_pair_column", "label_column"),
     "tagging": ("tokens_column", "tags_column"),
-    "extractive_qa": ("question_column", "context_column", "answer_column",
-                      "answer_start_column", "id_column"),
+    "extractive_qa": (
+        "question_column",
+        "context_column",
+        "answer_column",
+        "answer_start_column",
+        "id_column",
+    ),
     "seq2seq": ("source_column", "target_column"),
 }
 _INTEGER = re.compile(r"[+-]?[0-9]+")
@@ -37,11 +43,23 @@ _MAX_LISTED = 20
 def config_defaults() -> dict:
   """The config.task keys `load` reads besides `type`, with defaults, for the finetune config."""
   return dict(
-      train_path="", validation_path="", test_path="", validation_fraction=0.1,
-      text_column="text", text_pair_column="", label_column="label", tokens_column="tokens",
-      tags_column="tags", question_column="question", context_column="context",
-      answer_column="answer", answer_start_column="", source_column="source",
-      target_column="target", id_column="")
+      train_path="",
+      validation_path="",
+      test_path="",
+      validation_fraction=0.1,
+      text_column="text",
+      text_pair_column="",
+      label_column="label",
+      tokens_column="tokens",
+      tags_column="tags",
+      question_column="question",
+      context_column="context",
+      answer_column="answer",
+      answer_start_column="",
+      source_column="source",
+      target_column="target",
+      id_column="",
+  )
 
 
 @dataclasses.dataclass
@@ -77,8 +95,10 @@ class _Row:
       return value.split()
     if self.from_json and isinstance(value, list) and all(isinstance(w, str) for w in value):
       return value
-    raise self.error(f"{self.what(key)} is neither whitespace-separated text nor a list of "
-                     f"strings: {value!r}")
+    raise self.error(
+        f"{self.what(key)} is neither whitespace-separated text nor a list of "
+        f"strings: {value!r}"
+    )
 
 
 def _texts(row: _Row) -> dict:
@@ -146,9 +166,11 @@ def _extractive_qa(row: _Row) -> dict:
         raise row.error(f"answer {text!r} does not occur in the context")
     else:
       start = _answer_start(row, start)
-      if start < 0 or context[start:start + len(text)] != text:
-        raise row.error(f"answer {text!r} is not at answer_start={start} in the context, which "
-                        f"has {context[max(0, start):][:len(text)]!r} there")
+      if start < 0 or context[start : start + len(text)] != text:
+        raise row.error(
+            f"answer {text!r} is not at answer_start={start} in the context, which "
+            f"has {context[max(0, start):][:len(text)]!r} there"
+        )
     answers.append({"text": text, "start": start})
   row_id = str(row.raw("id_column")) if "id_column" in row.columns else str(row.line)
   return {"id": row_id, "question": question, "context": context, "answers": answers}
@@ -159,15 +181,21 @@ def _seq2seq(row: _Row) -> dict:
 
 
 _CONVERTERS: dict[str, Callable[[_Row], dict]] = {
-    "classification": _classification, "regression": _regression, "tagging": _tagging,
-    "extractive_qa": _extractive_qa, "seq2seq": _seq2seq}
+    "classification": _classification,
+    "regression": _regression,
+    "tagging": _tagging,
+    "extractive_qa": _extractive_qa,
+    "seq2seq": _seq2seq,
+}
 
 
 def _check_columns(columns: dict[str, str], available: Any, where: str) -> None:
   for key, column in columns.items():
     if column not in available:
-      raise ValueError(f"{where}: no column {column!r} (config.task.{key}); available columns: "
-                       f"{', '.join(map(repr, available))}")
+      raise ValueError(
+          f"{where}: no column {column!r} (config.task.{key}); available columns: "
+          f"{', '.join(map(repr, available))}"
+      )
 
 
 def _decode(path: str) -> str:
@@ -178,12 +206,15 @@ def _decode(path: str) -> str:
   except UnicodeDecodeError as e:
     offset = e.start + (len(codecs.BOM_UTF8) if data.startswith(codecs.BOM_UTF8) else 0)
     line = data[:offset].count(b"\n") + 1
-    raise ValueError(f"{path}:{line}: not UTF-8 text (byte offset {offset}: {e.reason}); "
-                     "save the file as UTF-8") from e
+    raise ValueError(
+        f"{path}:{line}: not UTF-8 text (byte offset {offset}: {e.reason}); "
+        "save the file as UTF-8"
+    ) from e
 
 
-def _read_csv(path: str, text: str, delimiter: str, columns: dict[str, str]
-              ) -> list[tuple[int, dict]]:
+def _read_csv(
+    path: str, text: str, delimiter: str, columns: dict[str, str]
+) -> list[tuple[int, dict]]:
   reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
   rows = []
   try:
@@ -223,23 +254,30 @@ def _read_jsonl(path: str, text: str, columns: dict[str, str]) -> list[tuple[int
   return rows
 
 
-def _load_file(task: Any, key: str, columns: dict[str, str]
-               ) -> tuple[str, bool, list[tuple[int, dict]]]:
+def _load_file(
+    task: Any, key: str, columns: dict[str, str]
+) -> tuple[str, bool, list[tuple[int, dict]]]:
   """(path, whether JSONL, [(line, example)]) of the file that config.task.<key> names."""
   path = getattr(task, key)
   extension = os.path.splitext(path)[1].lower()
   if not os.path.isfile(path):
     raise FileNotFoundError(f"config.task.{key}={path!r}: no such file")
   if extension not in _DELIMITERS:
-    raise ValueError(f"config.task.{key}={path!r}: unknown extension {extension!r}; expected "
-                     f"one of {', '.join(_DELIMITERS)}")
+    raise ValueError(
+        f"config.task.{key}={path!r}: unknown extension {extension!r}; expected "
+        f"one of {', '.join(_DELIMITERS)}"
+    )
   text, delimiter = _decode(path), _DELIMITERS[extension]
   from_json = delimiter is None
-  rows = (_read_jsonl(path, text, columns) if from_json
-          else _read_csv(path, text, delimiter, columns))
+  rows = (
+      _read_jsonl(path, text, columns) if from_json else _read_csv(path, text, delimiter, columns)
+  )
   convert = _CONVERTERS[task.type]
-  return path, from_json, [(line, convert(_Row(path, line, values, columns, from_json)))
-                           for line, values in rows]
+  return (
+      path,
+      from_json,
+      [(line, convert(_Row(path, line, values, columns, from_json))) for line, values in rows],
+  )
 
 
 def _listing(values: list) -> str:
@@ -257,14 +295,18 @@ def _label_set(files: dict, values_of: Callable[[dict], list], what: str) -> lis
       first.setdefault(type(value), (line, value))
   if len(first) > 1:
     (first_line, first_value), (line, value) = sorted(first.values(), key=lambda lv: lv[0])
-    raise ValueError(f"{path}:{line}: {what}s mix integers and strings: {what} {value!r} here, "
-                     f"{what} {first_value!r} on line {first_line}")
+    raise ValueError(
+        f"{path}:{line}: {what}s mix integers and strings: {what} {value!r} here, "
+        f"{what} {first_value!r} on line {first_line}"
+    )
   for split_path, _, examples in (files[s] for s in ("validation", "test") if s in files):
     for line, example in examples:
       for value in values_of(example):
         if value not in known:
-          raise ValueError(f"{split_path}:{line}: {what} {value!r} is not among the train "
-                           f"{what}s ({_listing(sorted(known))})")
+          raise ValueError(
+              f"{split_path}:{line}: {what} {value!r} is not among the train "
+              f"{what}s ({_listing(sorted(known))})"
+          )
   return sorted(known)
 
 
@@ -285,8 +327,11 @@ def load(task: Any, seed: int) -> base.TaskData:
   if task_type not in base.TASK_TYPES:
     raise ValueError(f"config.task.type={task_type!r} is not one of {base.TASK_TYPES}")
   columns = {key: getattr(task, key) for key in _COLUMN_KEYS[task_type] if getattr(task, key)}
-  files = {split: _load_file(task, f"{split}_path", columns)
-           for split in base.SPLITS if split == "train" or getattr(task, f"{split}_path")}
+  files = {
+      split: _load_file(task, f"{split}_path", columns)
+      for split in base.SPLITS
+      if split == "train" or getattr(task, f"{split}_path")
+  }
   labels = None
   if task_type == "classification":
     _integer_labels(files)

@@ -75,33 +75,50 @@ def _headword_qa(records: list[dict], by_id: dict) -> list[dict]:
     if not r["gloss"]:
       continue
     lemmas = sorted({lemma.replace("_", " ") for lemma in r["lemmas"]}, key=len, reverse=True)
-    pattern = re.compile(r"\b(" + "|".join(re.escape(lemma) for lemma in lemmas) + r")\b",
-                         re.IGNORECASE)
+    pattern = re.compile(
+        r"\b(" + "|".join(re.escape(lemma) for lemma in lemmas) + r")\b", re.IGNORECASE
+    )
     for sentence in r["examples"]:
       match = pattern.search(sentence)
       if match:
-        out.append({"id": r["id"], "question": r["gloss"], "context": sentence,
-                    "answers": [{"text": match.group(0), "start": match.start()}]})
+        out.append(
+            {
+                "id": r["id"],
+                "question": r["gloss"],
+                "context": sentence,
+                "answers": [{"text": match.group(0), "start": match.start()}],
+            }
+        )
         break
   return out
 
 
 def _definition(records: list[dict], by_id: dict) -> list[dict]:
-  return [{"source": r["lemmas"][0].replace("_", " "), "target": r["gloss"]}
-          for r in records if r["gloss"]]
+  return [
+      {"source": r["lemmas"][0].replace("_", " "), "target": r["gloss"]}
+      for r in records
+      if r["gloss"]
+  ]
 
 
-_BUILDERS = {"wordnet_supersense": _supersense, "wordnet_relation": _relation,
-             "wordnet_headword_qa": _headword_qa, "wordnet_definition": _definition}
+_BUILDERS = {
+    "wordnet_supersense": _supersense,
+    "wordnet_relation": _relation,
+    "wordnet_headword_qa": _headword_qa,
+    "wordnet_definition": _definition,
+}
 
 
 def load(name: str) -> TaskData:
   if name not in TASK_TYPES:
-    raise ValueError(f"config.task.name={name!r} is not a bundled WordNet task; choose one of "
-                     f"{NAMES}")
+    raise ValueError(
+        f"config.task.name={name!r} is not a bundled WordNet task; choose one of " f"{NAMES}"
+    )
   by_id = {r["id"]: r for r in _records()}
-  splits = {split: _BUILDERS[name]([r for r in _records() if r["split"] == split], by_id)
-            for split in SPLITS}
+  splits = {
+      split: _BUILDERS[name]([r for r in _records() if r["split"] == split], by_id)
+      for split in SPLITS
+  }
   task_type = TASK_TYPES[name]
   labels = None
   if task_type == "classification":
