@@ -33,7 +33,7 @@ import optax
 from absl import app, flags, logging
 
 from configs import pretrain
-from lmreuse import components, objectives
+from lmreuse import objectives
 from lmreuse.models.config import TransformerConfig
 from lmreuse.parallel import mesh as mesh_lib, sharding as sharding_lib
 from lmreuse.train import optim, trainer as trainer_lib
@@ -142,7 +142,7 @@ def build_ours(batch: Batch, lr: float):
   config.objective.nsp = False
   # A constant LR so both models take identical optimizer steps (clipping, decay mask included).
   config.optimizer.update(learning_rate=lr, warmup_steps=0, schedule="constant")
-  model_cfg = components.model_config(config.model, VOCAB)
+  model_cfg = TransformerConfig.from_config(config.model, VOCAB)
   model_cfg.validate()
   program = objectives.get("mlm").program(model_cfg, config.objective, config.data)
   tx, schedule = optim.make_optimizer(config.optimizer, config.total_steps)

@@ -22,8 +22,8 @@ import ml_collections
 
 from configs import common
 from lmreuse import strategies
-from lmreuse.data import augment
 from lmreuse.data.sources import local
+from lmreuse.tasks import types as task_types
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -48,7 +48,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.nonfinite = "abort"  # NaN/Inf loss: 'abort' (naming the step and last good checkpoint)
   # or 'skip' the update (counted in train/skipped_updates)
   config.max_nonfinite_skips = 10  # 'skip': this many skipped updates in a row abort the run
-  config.max_len = 128  # input tokens (the source, for seq2seq)
+  # Input tokens (the source, for seq2seq); 0 = all the model embeds (init_from's model, else
+  # config.model), less config.task.max_target_len where a decoder-only model writes the target
+  # after the source in one row.
+  config.max_len = 0
   config.dropout_rate = -1.0  # -1 = the pretrained model's own dropout rate
   config.label_smoothing = 0.0
   config.early_stopping = ml_collections.ConfigDict(
@@ -67,17 +70,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
           train_fraction=1.0,  # seeded fraction of the training examples (low-resource runs)
           max_train_examples=0,  # 0 = all
           max_eval_examples=0,  # cap validation/test examples (smoke runs); 0 = all
-          pooling="auto",  # auto | cls | mean | last (classification, regression)
-          positive_label="",  # binary F1 for this label (e.g. MRPC's '1')
-          augment=augment.config_defaults(),  # text classification, training only
-          max_query_len=64,  # extractive_qa
-          doc_stride=64,  # extractive_qa: tokens between context windows
-          n_best=20,  # extractive_qa
-          max_answer_len=30,  # extractive_qa, in tokens
-          max_target_len=64,  # seq2seq, in tokens
-          beam_size=1,  # seq2seq: 1 = greedy
-          length_penalty=0.6,  # seq2seq beam search (GNMT alpha)
-          **local.config_defaults(),
+          **task_types.config_defaults(),  # keys single task types read: lmreuse/tasks/types.py
+          **local.config_defaults(),  # name=local: files and their columns
       )
   )
   # How the pretrained model is reused: one of `strategies.names()` or a comma-separated
@@ -87,7 +81,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # features before and after fine-tuning, and the attention maps of one validation example.
   config.viz = ml_collections.ConfigDict(dict(enabled=False, example=0))
   config.tokenizer = common.tokenizer_config(vocab_size=8000)  # only without init_from
-  config.model = common.model_config(args["preset"], args["size"], max_len=512)  # likewise
+  config.model = common.model_config(args["preset"], args["size"], max_len=128)  # likewise
   config.optimizer = common.optimizer_config(
       learning_rate=config.get_ref("learning_rate"), warmup_steps=30
   )

@@ -11,7 +11,8 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
-from typing import Any
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
 
 import flax.linen as nn
 import jax
@@ -19,28 +20,40 @@ import ml_collections
 import numpy as np
 from absl import logging
 from flax import traverse_util
+from jax.sharding import Mesh
 
 from lmreuse import (
-    components,
     pretrained as pretrained_lib,
     strategies,
     tasks,
     workdir as workdir_lib,
 )
-from lmreuse.data import pipeline, sources
+from lmreuse.data import pipeline, sources, tokenizer as tokenizer_lib
 from lmreuse.eval import metrics as metrics_lib
+from lmreuse.models.config import TransformerConfig
 from lmreuse.objectives.base import apply_rngs, init_rngs
 from lmreuse.parallel import mesh as mesh_lib, sharding as sharding_lib
 from lmreuse.tasks.evaluation import EvalSet, Evaluator, featurize
 from lmreuse.train import compute as compute_lib, optim, restore
 from lmreuse.train.checkpoint import Checkpointer, abstract_like
 from lmreuse.train.early_stopping import EarlyStopping, default_mode
-from lmreuse.train.trainer import LoopConfig, Program, Trainer, run_loop
+from lmreuse.train.trainer import (
+    LoopConfig,
+    Program,
+    Trainer,
+    TrainState,
+    check_batch,
+    run_loop,
+    validate_loop,
+)
 from lmreuse.train.writers import MetricWriter
+
+if TYPE_CHECKING:
+  from lmreuse.data.hf_tokenizer import HFTokenizer
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
-  components.validate_loop(
+  validate_loop(
       config,
       (
           "batch_size",
@@ -48,9 +61,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
           "log_every",
           "checkpoint_every",
           "keep_checkpoints",
-          "max_len",
       ),
   )
+  if config.max_len < 0:
+    raise ValueError(f"config.max_len={config.max_len} must be >= 0 (0 = the model's max_len)")
   if config.total_steps < 0:
     raise ValueError(
         f"config.total_steps={config.total_steps} must be >= 0 (0 = evaluate "
@@ -62,7 +76,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     raise ValueError(f"config.dropout_rate={config.dropout_rate} must be in [0, 1) or -1")
   if config.from_scratch and not config.init_from:
     raise ValueError(
-        "config.from_scratch=True takes the architecture from config.init_from, " "which is empty"
+        "config.from_scratch=True takes the architecture from config.init_from, which is empty"
     )
   if config.task.type:
     tasks.get(config.task.type)
@@ -70,18 +84,18 @@ def validate(config: ml_collections.ConfigDict) -> None:
 
 def model_and_tokenizer(
     config: ml_collections.ConfigDict, workdir: str, source: pretrained_lib.Pretrained | None
-):
+) -> tuple[TransformerConfig, tokenizer_lib.Tokenizer | HFTokenizer]:
   """(TransformerConfig, Tokenizer): from what init_from points at, else from this config."""
   if source is not None:
     model, tokenizer = source.model, source.tokenizer
     vocab_size = model.get("vocab_size") or tokenizer.vocab_size  # HF models pad their vocab
   else:
     model = config.model
-    tokenizer = components.tokenizer(  # an overwrite must not reuse the old run's tokenizer
+    tokenizer = tokenizer_lib.from_config(  # an overwrite must not reuse the old run's tokenizer
         config.tokenizer, workdir, reuse_trained=not workdir_lib.discards_run(workdir, config)
     )
     vocab_size = tokenizer.vocab_size
-  model_cfg = components.model_config(model, vocab_size)
+  model_cfg = TransformerConfig.from_config(model, vocab_size)
   if tokenizer.vocab_size > model_cfg.vocab_size:  # out-of-range ids would be clamped silently
     raise ValueError(
         f"config.init_from={config.init_from!r}: the tokenizer "
@@ -93,7 +107,7 @@ def model_and_tokenizer(
   model_cfg.validate()
   if config.max_len > model_cfg.max_len:
     raise ValueError(
-        f"config.max_len={config.max_len} exceeds the model's max_len=" f"{model_cfg.max_len}"
+        f"config.max_len={config.max_len} exceeds the model's max_len={model_cfg.max_len}"
     )
   return model_cfg, tokenizer
 
@@ -105,8 +119,10 @@ def _some(paths: list[str], limit: int = 6) -> str:
 
 
 def make_program(
-    task: tasks.TaskType, module, example: dict[str, np.ndarray], tokens_per_example: int
+    task: tasks.TaskType, module: nn.Module, example: dict[str, np.ndarray]
 ) -> Program:
+  """The task model's init and loss; `example` (one feature) fixes the input shapes."""
+  tokens = sum(v.size for k, v in example.items() if k in ("inputs", "decoder_inputs"))
   example = {k: np.asarray(v)[None] for k, v in example.items()}
 
   def loss_fn(params, batch, rng, train):
@@ -118,7 +134,7 @@ def make_program(
   return Program(
       init_params=lambda rng: module.init(init_rngs(rng), example)["params"],
       loss_fn=loss_fn,
-      tokens_per_example=tokens_per_example,
+      tokens_per_example=tokens,
   )
 
 
@@ -126,16 +142,16 @@ def make_program(
 class Setup:
   """Everything built from the config before the workdir is written to."""
 
-  data: Any
+  data: sources.TaskData
   task: tasks.TaskType
-  module: Any
+  module: nn.Module
   trainer: Trainer
-  state: Any  # initial train state, pretrained params swapped in when init_from is given
+  state: TrainState  # initial, pretrained params swapped in when init_from is given
   report: dict | None  # loaded / new / dropped parameter paths
   eval_sets: dict[str, EvalSet]
   stopper: EarlyStopping
-  tokenizer: Any
-  model_cfg: Any
+  tokenizer: tokenizer_lib.Tokenizer | HFTokenizer
+  model_cfg: TransformerConfig
   plan: strategies.Plan
 
   def first_train_batch(self, batch_size: int) -> dict[str, np.ndarray]:
@@ -151,46 +167,66 @@ class Setup:
     return {k: np.stack([f[k] for f in features]) for k in features[0]}
 
 
-def build(config: ml_collections.ConfigDict, workdir: str) -> Setup:
-  """Validates and builds the run; raises on any bad input without writing run outputs."""
-  validate(config)
-  mesh = mesh_lib.make_mesh(config.mesh)
-  rules = sharding_lib.rules_from_config(config.mesh.rules)
-  components.check_batch(config, mesh, rules)
-  source = pretrained_lib.load(config.init_from) if config.init_from else None
-  model_cfg, tokenizer = model_and_tokenizer(config, workdir, source)
-
-  data = sources.subsample(
+def load_data(config: ml_collections.ConfigDict) -> sources.TaskData:
+  """The task's splits, subsampled as config.task asks."""
+  return sources.subsample(
       sources.load(config.task, config.seed),
       train_fraction=config.task.train_fraction,
       max_train_examples=config.task.max_train_examples,
       max_eval_examples=config.task.max_eval_examples,
       seed=config.seed,
   )
-  plan = strategies.Plan(
-      config.strategy,
-      strategies.Context(
-          model_cfg=model_cfg, task_type=data.task_type, total_steps=config.total_steps
-      ),
-  )
-  model_cfg = plan.model(model_cfg)
-  model_cfg.validate()
-  task = tasks.build(
+
+
+def input_len(
+    config: ml_collections.ConfigDict, model_cfg: TransformerConfig, task_type: str
+) -> int:
+  """config.max_len, else all the model embeds, less the target's room where a decoder-only
+  model writes it after the source in the same row (seq2seq)."""
+  if config.max_len:
+    return config.max_len  # model_and_tokenizer checked that the model embeds it
+  if task_type == "seq2seq" and model_cfg.architecture == "decoder":
+    room = model_cfg.max_len - config.task.max_target_len
+    if room <= 0:
+      raise ValueError(
+          f"config.task.max_target_len={config.task.max_target_len} leaves no room for the "
+          f"source in the model's max_len={model_cfg.max_len}"
+      )
+    return room
+  return model_cfg.max_len
+
+
+def build_task(
+    config: ml_collections.ConfigDict,
+    data: sources.TaskData,
+    model_cfg: TransformerConfig,
+    tokenizer: tokenizer_lib.Tokenizer | HFTokenizer,
+) -> tasks.TaskType:
+  return tasks.build(
       data.task_type,
-      tasks.Context(
+      tasks.TaskContext(
           model_cfg=model_cfg,
           tokenizer=tokenizer,
           task=config.task,
           labels=data.labels,
-          max_len=config.max_len,
+          max_len=input_len(config, model_cfg, data.task_type),
           label_smoothing=config.label_smoothing,
           positive_label=data.positive_label,
       ),
   )
-  metric = config.early_stopping.metric or metrics_lib.HEADLINE[data.task_type][0]
-  stopper = EarlyStopping(
+
+
+def early_stopping(config: ml_collections.ConfigDict, task_type: str) -> EarlyStopping:
+  """The selection rule: config.early_stopping, else the task type's headline metric."""
+  metric = config.early_stopping.metric or metrics_lib.HEADLINE[task_type][0]
+  return EarlyStopping(
       metric, config.early_stopping.mode or default_mode(metric), config.early_stopping.patience
   )
+
+
+def eval_sets_of(
+    config: ml_collections.ConfigDict, task: tasks.TaskType, data: sources.TaskData
+) -> dict[str, EvalSet]:
   eval_sets = {
       name: featurize(task, name, data.splits[name], data.origin.get(name, ""))
       for name in ("validation", "test")
@@ -198,21 +234,26 @@ def build(config: ml_collections.ConfigDict, workdir: str) -> Setup:
   }
   if "validation" not in eval_sets:
     raise ValueError(f"{config.task.name}: no validation split to select the best checkpoint")
-  module = task.model()
-  example = task.features(data.splits["train"][0], None)[0].arrays
-  tokens = sum(v.size for k, v in example.items() if k in ("inputs", "decoder_inputs"))
-  program = make_program(task, module, example, tokens)
+  return eval_sets
+
+
+def make_trainer(
+    config: ml_collections.ConfigDict,
+    plan: strategies.Plan,
+    program: Program,
+    mesh: Mesh,
+    rules: sharding_lib.Rules,
+) -> Trainer:
+  """The trainer of `program` under the strategy: what trains, at which rate, from which step."""
   abstract = nn.meta.unbox(jax.eval_shape(program.init_params, jax.random.PRNGKey(0)))
-  paths = list(traverse_util.flatten_dict(abstract, sep="/"))
-  plan.check(paths)
+  plan.check(list(traverse_util.flatten_dict(abstract, sep="/")))
   opt = plan.optimizer(config.optimizer)
   optim.validate(opt)
   tx, schedule = optim.make_optimizer(opt, max(config.total_steps, 1))
   mask = plan.by_path(abstract, plan.trainable)
-  tx = plan.wrap_optimizer(tx, abstract, mask)
-  trainer = Trainer(
+  return Trainer(
       program,
-      tx,
+      plan.wrap_optimizer(tx, abstract, mask),
       schedule,
       mesh,
       rules,
@@ -220,16 +261,34 @@ def build(config: ml_collections.ConfigDict, workdir: str) -> Setup:
       start_steps=plan.by_path(abstract, plan.start_step),
       skip_nonfinite=config.nonfinite == "skip",
   )
+
+
+def load_pretrained(
+    config: ml_collections.ConfigDict, params: dict, source: pretrained_lib.Pretrained
+) -> tuple[dict, dict]:
+  """`params` with init_from's weights in, and the report of loaded / new / dropped paths."""
+  params, report = restore.merge_params(params, source.load_params())
+  if not report["loaded"]:
+    raise ValueError(
+        f"config.init_from={config.init_from!r}: no parameter path matches the "
+        f"task model; checkpoint has e.g. {report['dropped'][:5]}"
+    )
+  report["strategy"] = [p for p in report["new"] if strategies.is_strategy_param(p)]
+  return params, report
+
+
+def initial_state(
+    config: ml_collections.ConfigDict,
+    trainer: Trainer,
+    plan: strategies.Plan,
+    source: pretrained_lib.Pretrained | None,
+) -> tuple[TrainState, dict | None]:
+  """The initial train state: random, then init_from's weights unless from_scratch, then the
+  strategy's own init, then init_trainable_from's trained parameters; and the init report."""
   state = trainer.init_state(config.seed)
   params, report = trainer.to_host(state.params), None
   if config.init_from and not config.from_scratch:
-    params, report = restore.merge_params(params, source.load_params())
-    if not report["loaded"]:
-      raise ValueError(
-          f"config.init_from={config.init_from!r}: no parameter path matches the "
-          f"task model; checkpoint has e.g. {report['dropped'][:5]}"
-      )
-    report["strategy"] = [p for p in report["new"] if strategies.is_strategy_param(p)]
+    params, report = load_pretrained(config, params, source)
   params = plan.init_pretrained(params, config.seed)
   if config.init_trainable_from:  # after init_pretrained, which would overwrite a saved prompt
     params = restore.overlay(
@@ -237,46 +296,121 @@ def build(config: ml_collections.ConfigDict, workdir: str) -> Setup:
         restore.load_tree(os.path.join(config.init_trainable_from, workdir_lib.TRAINABLE)),
         "config.init_trainable_from",
     )
-  state = trainer.state_with_params(state, params)
+  return trainer.state_with_params(state, params), report
+
+
+def build(config: ml_collections.ConfigDict, workdir: str) -> Setup:
+  """Validates and builds the run; raises on any bad input without writing run outputs."""
+  validate(config)
+  mesh = mesh_lib.make_mesh(config.mesh)
+  rules = sharding_lib.rules_from_config(config.mesh.rules)
+  check_batch(config, mesh, rules)
+  source = pretrained_lib.load(config.init_from) if config.init_from else None
+  model_cfg, tokenizer = model_and_tokenizer(config, workdir, source)
+  data = load_data(config)
+  plan = strategies.Plan(
+      config.strategy,
+      strategies.StrategyContext(
+          model_cfg=model_cfg, task_type=data.task_type, total_steps=config.total_steps
+      ),
+  )
+  model_cfg = plan.model(model_cfg)
+  model_cfg.validate()
+  task = build_task(config, data, model_cfg, tokenizer)
+  stopper = early_stopping(config, data.task_type)
+  eval_sets = eval_sets_of(config, task, data)
+  module = task.model()
+  program = make_program(task, module, task.features(data.splits["train"][0], None)[0].arrays)
+  trainer = make_trainer(config, plan, program, mesh, rules)
+  state, report = initial_state(config, trainer, plan, source)
   return Setup(
       data, task, module, trainer, state, report, eval_sets, stopper, tokenizer, model_cfg, plan
   )
 
 
-def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  start_time = time.time()
-  setup = build(config, workdir)
-  data, task, trainer, state, report = (
-      setup.data,
-      setup.task,
-      setup.trainer,
-      setup.state,
-      setup.report,
-  )
-  eval_sets, stopper = setup.eval_sets, setup.stopper
-  workdir_lib.prepare(workdir, config)  # the first write: every check above has passed
-  if not config.init_from:
-    components.save_tokenizer(setup.tokenizer, config.tokenizer, workdir)
-  is_main = jax.process_index() == 0
-  checkpointer = Checkpointer(
-      os.path.join(workdir, workdir_lib.CHECKPOINTS), max_to_keep=config.keep_checkpoints
-  )
-  best_checkpointer = Checkpointer(os.path.join(workdir, workdir_lib.BEST), max_to_keep=1)
-  best_json = os.path.join(workdir, workdir_lib.EARLY_STOPPING)
-  train_iter = iter(
+class Selection:
+  """Picks the best step by validation score: early stopping's record and the best step's
+  parameters, kept beside the resumable checkpoints and rewound to the step a run resumes from
+  (the steps run again save their best anew)."""
+
+  def __init__(
+      self, config: ml_collections.ConfigDict, workdir: str, setup: Setup, resume_step: int
+  ):
+    self.evaluator = Evaluator(setup.trainer, setup.task, setup.module, config.batch_size)
+    self.validation = setup.eval_sets["validation"]
+    self.timers = setup.trainer.timers
+    self.is_main = jax.process_index() == 0
+    self.checkpointer = Checkpointer(os.path.join(workdir, workdir_lib.BEST), max_to_keep=1)
+    self.checkpointer.discard_after(resume_step)
+    self.path = os.path.join(workdir, workdir_lib.EARLY_STOPPING)
+    rule = setup.stopper
+    self.stopper = EarlyStopping.restore(
+        self.path, rule.metric, rule.mode, rule.patience, resume_step
+    )
+
+  def scores(self, params: Any) -> dict[str, float]:
+    return self.evaluator(params, self.validation)[0]
+
+  def evaluate(self, params: Any) -> dict[str, float]:
+    """The training loop's evaluation."""
+    return {f"validation/{k}": v for k, v in self.scores(params).items()}
+
+  def after_eval(self, step: int, state: TrainState, scores: dict[str, float]) -> bool:
+    """Saves an improved step's parameters; True when early stopping ends the run."""
+    improved, stop = self.stopper.update(step, {k.split("/", 1)[1]: v for k, v in scores.items()})
+    if improved:
+      with self.timers("checkpoint"):
+        self.checkpointer.save(step, state.params, None, force=True)
+        self.checkpointer.wait()
+    if self.is_main:
+      self.stopper.save(self.path)
+    return stop
+
+  def best(self, state: TrainState) -> tuple[int, Any]:
+    """(step, params) of the best evaluation; with none (total_steps=0), the initial model's."""
+    step = self.checkpointer.latest_step()
+    if step is not None:
+      return step, self.checkpointer.restore(step, abstract_like(state.params), None)
+    with self.timers("eval"):
+      self.stopper.best_metrics = self.scores(state.params)
+    return 0, state.params
+
+
+@dataclasses.dataclass
+class Trained:
+  """What training leaves for the outputs: the final state and the best step's parameters."""
+
+  state: TrainState
+  best_step: int
+  best_params: Any
+  selection: Selection
+  train_iter: Iterator[dict[str, np.ndarray]]
+  params_before: Any  # the initial params on the host, for the "before" plots (viz only)
+
+
+def train_batches(
+    config: ml_collections.ConfigDict, setup: Setup
+) -> Iterator[dict[str, np.ndarray]]:
+  """The shuffled training batches, this process's rows of each."""
+  task = setup.task
+  return iter(
       pipeline.make_task_dataset(
-          data.splits["train"],
+          setup.data.splits["train"],
           lambda ex, rng: [f.arrays for f in task.features(ex, rng)],
           batch_size=config.batch_size,
           seed=config.seed,
-          rows=trainer.host_rows(config.batch_size, config.grad_accum_steps),
+          rows=setup.trainer.host_rows(config.batch_size, config.grad_accum_steps),
           random_features=task.random_features,
       )
   )
-  latest, restored = checkpointer.restore_latest(abstract_like(state), train_iter)
-  if latest is not None:
-    state = restored
-  elif report is not None:
+
+
+def write_inputs(
+    config: ml_collections.ConfigDict, workdir: str, setup: Setup, resumed: bool
+) -> None:
+  """init_report.json (for a run starting afresh from init_from) and labels.json."""
+  report, is_main = setup.report, jax.process_index() == 0
+  if report is not None and not resumed:
     logging.info(
         "init_from %s: %d parameter arrays loaded, %d new (%s), %d dropped (%s); "
         "all paths in init_report.json",
@@ -289,84 +423,88 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     )
     if is_main:
       restore.write_report(os.path.join(workdir, workdir_lib.INIT_REPORT), report)
-  if is_main and data.labels is not None:
-    workdir_lib.write_json(os.path.join(workdir, workdir_lib.LABELS), {"labels": data.labels})
-  best_checkpointer.discard_after(latest or 0)  # the steps run again save their best anew
-  stopper = EarlyStopping.restore(
-      best_json, stopper.metric, stopper.mode, stopper.patience, latest or 0
+  if is_main and setup.data.labels is not None:
+    workdir_lib.write_json(os.path.join(workdir, workdir_lib.LABELS), {"labels": setup.data.labels})
+
+
+def train(config: ml_collections.ConfigDict, workdir: str, setup: Setup) -> Trained:
+  """Trains from the latest checkpoint (or the start), selecting the best step on validation."""
+  checkpointer = Checkpointer(
+      os.path.join(workdir, workdir_lib.CHECKPOINTS), max_to_keep=config.keep_checkpoints
   )
-  evaluator = Evaluator(trainer, task, setup.module, config.batch_size)
-  timers = trainer.timers
-  # The representation "before" fine-tuning: the initial (pretrained) params, on the host.
-  params_before = trainer.to_host(setup.state.params) if config.viz.enabled else None
-
-  def validation_scores(params):
-    return evaluator(params, eval_sets["validation"])[0]
-
-  def evaluate(params):
-    return {f"validation/{k}": v for k, v in validation_scores(params).items()}
-
-  def after_eval(step, state, scores):
-    improved, stop = stopper.update(step, {k.split("/", 1)[1]: v for k, v in scores.items()})
-    if improved:
-      with timers("checkpoint"):
-        best_checkpointer.save(step, state.params, None, force=True)
-        best_checkpointer.wait()
-    if is_main:
-      stopper.save(best_json)
-    return stop
-
+  train_iter = train_batches(config, setup)
+  latest, restored = checkpointer.restore_latest(abstract_like(setup.state), train_iter)
+  state = setup.state if latest is None else restored
+  write_inputs(config, workdir, setup, resumed=latest is not None)
+  selection = Selection(config, workdir, setup, latest or 0)
+  # Fetched before training, which donates the initial state's buffers.
+  params_before = setup.trainer.to_host(setup.state.params) if config.viz.enabled else None
   writer = MetricWriter(workdir, resume_step=latest or 0)
-  loop = LoopConfig.from_config(config)
   try:
-    if not stopper.stopped_at:
+    if not selection.stopper.stopped_at:
       state, _ = run_loop(
-          trainer, state, train_iter, evaluate, loop, checkpointer, writer, after_eval
+          setup.trainer,
+          state,
+          train_iter,
+          selection.evaluate,
+          LoopConfig.from_config(config),
+          checkpointer,
+          writer,
+          selection.after_eval,
       )
-    best_step = best_checkpointer.latest_step()
-    if best_step is None:  # total_steps=0: evaluate the initial (e.g. loaded) model only
-      best_step, best_params = 0, state.params
-      with timers("eval"):
-        stopper.best_metrics = validation_scores(state.params)
-    else:
-      best_params = best_checkpointer.restore(best_step, abstract_like(state.params), None)
+    best_step, best_params = selection.best(state)
   finally:
     checkpointer.close()
-    best_checkpointer.close()
+    selection.checkpointer.close()
     writer.close()
+  return Trained(state, best_step, best_params, selection, train_iter, params_before)
 
-  results = {f"validation/{k}": v for k, v in stopper.best_metrics.items()}
-  predictions_split = "test" if "test" in eval_sets else "validation"
-  with timers("eval"):
-    scores, predictions = evaluator(best_params, eval_sets[predictions_split])
-  if predictions_split == "test":
+
+def best_metrics(workdir: str, setup: Setup, trained: Trained) -> dict[str, float]:
+  """The best step's validation and test metrics; predictions.jsonl for the test split (the
+  validation split where there is no test split)."""
+  selection = trained.selection
+  results = {f"validation/{k}": v for k, v in selection.stopper.best_metrics.items()}
+  split = "test" if "test" in setup.eval_sets else "validation"
+  with selection.timers("eval"):
+    scores, predictions = selection.evaluator(trained.best_params, setup.eval_sets[split])
+  if split == "test":
     results.update({f"test/{k}": v for k, v in scores.items()})
-  if is_main:
-    examples = eval_sets[predictions_split].examples
+  if jax.process_index() == 0:
+    examples = setup.eval_sets[split].examples
     workdir_lib.write_jsonl(
         os.path.join(workdir, workdir_lib.PREDICTIONS),
-        [task.record(examples[i], p) for i, p in enumerate(predictions)],
+        [setup.task.record(examples[i], p) for i, p in enumerate(predictions)],
     )
-  logging.info("best step %d: %s", best_step, results)
+  logging.info("best step %d: %s", trained.best_step, results)
+  return results
+
+
+def write_reusables(
+    config: ml_collections.ConfigDict, workdir: str, setup: Setup, trained: Trained
+) -> dict:
+  """The representation plots (config.viz) and, when only part of the model trains, that part
+  alone in trainable/ (shareable without the backbone); the plots' record for results.json."""
   extra = {}
-  total, trainable = trainer.param_count(), trainer.trainable_count()
+  trainer = setup.trainer
+  partial = trainer.trainable_count() < trainer.param_count()
   # A collective: every process takes part, process 0 writes the plots and trainable/.
-  host_best = trainer.to_host(best_params) if config.viz.enabled or trainable < total else None
-  if config.viz.enabled and is_main:
+  host_best = trainer.to_host(trained.best_params) if config.viz.enabled or partial else None
+  if config.viz.enabled and jax.process_index() == 0:
     from lmreuse.viz import finetune_plots
 
     extra["viz"] = finetune_plots.write(
         workdir,
         setup.module,
-        params_before,
+        trained.params_before,
         host_best,
-        eval_sets["validation"],
+        setup.eval_sets["validation"],
         setup.tokenizer,
         example=config.viz.example,
         seed=config.seed,
-        step=int(best_step),
+        step=int(trained.best_step),
     )
-  if trainable < total:  # parameter-efficient: the trained part alone is shareable
+  if partial:
     flat = traverse_util.flatten_dict(host_best, sep="/")
     restore.save_tree(
         os.path.join(workdir, workdir_lib.TRAINABLE),
@@ -374,6 +512,20 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
             {p: v for p, v in flat.items() if setup.plan.trainable(p)}, sep="/"
         ),
     )
+  return extra
+
+
+def write_results(
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    setup: Setup,
+    trained: Trained,
+    metrics: dict[str, float],
+    extra: dict,
+    start_time: float,
+) -> dict:
+  """results.json: the metrics, what trained and for how long, the task, model and compute."""
+  total, trainable = setup.trainer.param_count(), setup.trainer.trainable_count()
   logging.info(
       "strategy %s: %s of %s parameters train (%.3f%%)",
       setup.plan.name,
@@ -381,26 +533,46 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
       f"{total:,}",
       100 * trainable / total,
   )
-  compute = compute_lib.summary(trainer, state, lambda: next(train_iter), config.grad_accum_steps)
   return workdir_lib.write_results(
       workdir,
       config,
-      results,
+      metrics,
       start_time=start_time,
-      steps=int(state.step),
-      best_step=int(best_step),
-      stopped_early=bool(stopper.stopped_at),
-      selection={"metric": f"validation/{stopper.metric}", "mode": stopper.mode},
+      steps=int(trained.state.step),
+      best_step=int(trained.best_step),
+      stopped_early=bool(trained.selection.stopper.stopped_at),
+      selection={
+          "metric": f"validation/{trained.selection.stopper.metric}",
+          "mode": trained.selection.stopper.mode,
+      },
       strategy=setup.plan.name,
       parameters={"total": total, "trainable": trainable, "trainable_fraction": trainable / total},
       task={
           "name": config.task.name,
-          "type": data.task_type,
-          "examples": {k: len(v) for k, v in data.splits.items()},
-          "origin": data.origin,
+          "type": setup.data.task_type,
+          "examples": {k: len(v) for k, v in setup.data.splits.items()},
+          "origin": setup.data.origin,
       },
       model=dataclasses.asdict(setup.model_cfg),
       tokenizer=setup.tokenizer.model_path,
-      compute=compute,
+      compute=compute_lib.summary(
+          setup.trainer,
+          trained.state,
+          lambda: next(trained.train_iter),
+          config.grad_accum_steps,
+      ),
       **extra,
   )
+
+
+def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Builds (every check), then trains, evaluates the best step and writes the run's outputs."""
+  start_time = time.time()
+  setup = build(config, workdir)
+  workdir_lib.prepare(workdir, config)  # the first write: every check above has passed
+  if not config.init_from:
+    tokenizer_lib.save_trained(setup.tokenizer, config.tokenizer, workdir)
+  trained = train(config, workdir, setup)
+  metrics = best_metrics(workdir, setup, trained)
+  extra = write_reusables(config, workdir, setup, trained)
+  return write_results(config, workdir, setup, trained, metrics, extra, start_time)

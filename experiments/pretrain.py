@@ -9,19 +9,20 @@ import time
 import ml_collections
 from absl import logging
 
-from lmreuse import components, objectives, workdir as workdir_lib
-from lmreuse.data import pipeline
+from lmreuse import objectives, workdir as workdir_lib
+from lmreuse.data import pipeline, tokenizer as tokenizer_lib
 from lmreuse.data.corpus import wordnet
+from lmreuse.models.config import TransformerConfig
 from lmreuse.parallel import mesh as mesh_lib, sharding as sharding_lib
 from lmreuse.train import compute as compute_lib, optim
 from lmreuse.train.checkpoint import Checkpointer, abstract_like
-from lmreuse.train.trainer import LoopConfig, Trainer, run_loop
+from lmreuse.train.trainer import LoopConfig, Trainer, check_batch, run_loop, validate_loop
 from lmreuse.train.writers import MetricWriter
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
   """Every check that needs no compilation, so bad configs fail in seconds."""
-  components.validate_loop(
+  validate_loop(
       config,
       (
           "total_steps",
@@ -41,12 +42,13 @@ def validate(config: ml_collections.ConfigDict) -> None:
         f"config.objective.name={config.objective.name!r} trains a {objective.architecture}, "
         f"but config.model.architecture={config.model.architecture!r}"
     )
+  objectives.check_flags(config.objective)
   if config.data.seq_len > config.model.max_len:
     raise ValueError(
         f"config.data.seq_len={config.data.seq_len} exceeds "
         f"config.model.max_len={config.model.max_len}"
     )
-  components.model_config(config.model, config.tokenizer.vocab_size).validate()
+  TransformerConfig.from_config(config.model, config.tokenizer.vocab_size).validate()
   optim.validate(config.optimizer)
 
 
@@ -55,12 +57,12 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   validate(config)
   mesh = mesh_lib.make_mesh(config.mesh)
   rules = sharding_lib.rules_from_config(config.mesh.rules)
-  components.check_batch(config, mesh, rules)
+  check_batch(config, mesh, rules)
   workdir_lib.prepare(workdir, config)
 
-  tokenizer = components.tokenizer(config.tokenizer, workdir)
-  components.save_tokenizer(tokenizer, config.tokenizer, workdir)
-  model_cfg = components.model_config(config.model, tokenizer.vocab_size)
+  tokenizer = tokenizer_lib.from_config(config.tokenizer, workdir)
+  tokenizer_lib.save_trained(tokenizer, config.tokenizer, workdir)
+  model_cfg = TransformerConfig.from_config(config.model, tokenizer.vocab_size)
   objective = objectives.get(config.objective.name)
   program = objective.program(model_cfg, config.objective, config.data)
   tx, schedule = optim.make_optimizer(config.optimizer, config.total_steps)
@@ -70,18 +72,13 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   def dataset(split: str, train: bool):
     source = wordnet.data_source("documents", split, config.data.tfds_dir or None)
     return pipeline.make_pretrain_dataset(
-        config.objective.name,
+        config.objective,
+        config.data,
         source,
         tokenizer,
-        seq_len=config.data.seq_len,
         batch_size=config.batch_size,
         seed=config.seed,
-        train=train,
-        nsp=config.objective.nsp,
-        mask_prob=config.objective.mask_prob,
-        noise_density=config.objective.noise_density,
-        mean_noise_span_length=config.objective.mean_noise_span_length,
-        target_len=config.data.target_len or None,  # this process's rows of each global batch:
+        train=train,  # this process's rows of each global batch:
         rows=trainer.host_rows(config.batch_size, config.grad_accum_steps if train else 1),
     )
 

@@ -11,7 +11,7 @@ import dataclasses
 import json
 import os
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING
 
 import ml_collections
 
@@ -20,13 +20,16 @@ from lmreuse.data import tokenizer as tokenizer_lib
 from lmreuse.interop import hf
 from lmreuse.train import restore
 
+if TYPE_CHECKING:
+  from lmreuse.data.hf_tokenizer import HFTokenizer
+
 HF_PREFIX = "hf:"
 
 
 @dataclasses.dataclass
 class Pretrained:
   model: ml_collections.ConfigDict  # TransformerConfig fields; vocab_size where it is fixed
-  tokenizer: Any
+  tokenizer: tokenizer_lib.Tokenizer | HFTokenizer
   load_params: Callable[[], dict]
 
 

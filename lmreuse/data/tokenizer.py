@@ -11,13 +11,18 @@ one (typing "[MASK]" in a document gives ordinary pieces). Objectives add specia
 import io
 import itertools
 import os
+import tempfile
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING
 
+import jax
+import ml_collections
 import numpy as np
 import sentencepiece as spm
+from jax.experimental import multihost_utils
 
 from lmreuse import workdir as workdir_lib
+from lmreuse.data.corpus import wordnet
 
 if TYPE_CHECKING:
   from lmreuse.data.hf_tokenizer import HFTokenizer
@@ -195,3 +200,49 @@ def get_or_train(
   if os.path.exists(model_path):
     return load_tokenizer(model_path)
   return train_tokenizer(texts_fn(), model_path, **train_kwargs)
+
+
+def from_config(
+    tok: ml_collections.ConfigDict, workdir: str, *, reuse_trained: bool = True
+) -> "Tokenizer | HFTokenizer":
+  """Loads `tok.path` (config.tokenizer), else the SentencePiece model this workdir's run
+  trained (unless `reuse_trained` is False: an overwrite discards it), else trains one on the
+  pretraining split.
+
+  A newly trained model is not written yet (it is trained in a temporary directory): the run
+  writes it with `save_trained` once it may write to the workdir, so that a run refused by a
+  later check leaves the workdir as it was, and an overwrite never reads the old run's model.
+  """
+  if tok.path:
+    if not os.path.exists(tok.path):
+      raise FileNotFoundError(f"config.tokenizer.path={tok.path!r} does not exist")
+    return load_tokenizer(tok.path)
+  path = workdir_lib.trained_tokenizer_path(workdir)
+  if reuse_trained and os.path.exists(path):
+    return load_tokenizer(path)
+  proto = b""
+  if jax.process_index() == 0:  # one model for every process: they must tokenize alike
+    with tempfile.TemporaryDirectory() as staging:
+      proto = train_tokenizer(
+          wordnet.segments("train"),
+          os.path.join(staging, "spm.model"),
+          vocab_size=tok.vocab_size,
+          model_type=tok.model_type,
+          num_sentinels=tok.num_sentinels,
+          max_sentences=tok.max_sentences,
+      ).model_proto
+  if jax.process_count() > 1:
+    size = int(multihost_utils.broadcast_one_to_all(np.int64(len(proto))))
+    data = np.frombuffer(proto, np.uint8) if proto else np.zeros(size, np.uint8)
+    proto = np.asarray(multihost_utils.broadcast_one_to_all(data)).tobytes()
+  return Tokenizer(proto, model_path=path)
+
+
+def save_trained(
+    trained: "Tokenizer | HFTokenizer", tok: ml_collections.ConfigDict, workdir: str
+) -> None:
+  """Writes the model `from_config` trained for this workdir (process 0; nothing when
+  `tok.path` names one)."""
+  path = workdir_lib.trained_tokenizer_path(workdir)
+  if not tok.path and jax.process_index() == 0 and not os.path.exists(path):
+    workdir_lib.write_atomically(path, trained.model_proto)

@@ -27,13 +27,12 @@ from seqeval import metrics as seqeval_metrics
 from seqeval.metrics import sequence_labeling
 from sklearn import metrics as sk_metrics
 
-# Task type -> (headline metric, mode) that early stopping and model selection follow.
+from lmreuse.tasks import types
+
+# Task type -> (headline metric, mode), from the task-type table (lmreuse/tasks/types.py), for
+# the callers that do not read `types.get(task_type).headline` there yet.
 HEADLINE: dict[str, tuple[str, str]] = {
-    "classification": ("accuracy", "max"),
-    "regression": ("pearson", "max"),
-    "tagging": ("f1", "max"),
-    "extractive_qa": ("f1", "max"),
-    "seq2seq": ("bleu", "max"),
+    name: (spec.headline, spec.mode) for name, spec in types.TASK_TYPES.items()
 }
 
 # A metric's per-example counts [n_examples, k] and the function mapping their sum over examples

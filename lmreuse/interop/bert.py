@@ -17,40 +17,36 @@ class Bert(Family):
     heads = groups & {"mlm", "nsp"}
     return f"bert.{name}" if heads and not name.startswith("cls.") else name
 
+  requirements = dict(
+      architecture="encoder",
+      position="learned",
+      norm="layernorm",
+      norm_placement="post",
+      use_bias=True,
+      tie_embeddings=True,
+      scale_attention=True,
+  )
+  hf_names = dict(
+      vocab_size="vocab_size",
+      d_model="hidden_size",
+      num_heads="num_attention_heads",
+      d_ff="intermediate_size",
+      num_layers="num_hidden_layers",
+      max_len="max_position_embeddings",
+      dropout_rate="hidden_dropout_prob",
+      norm_eps="layer_norm_eps",
+      num_token_types="type_vocab_size",
+      init_std="initializer_range",
+  )
+  hf_defaults = dict(
+      hidden_dropout_prob=0.1, layer_norm_eps=1e-12, type_vocab_size=2, initializer_range=0.02
+  )
+
   def model_fields(self, hf):
     expect(hf, "position_embedding_type", ("absolute",), "absolute")
     expect(hf, "is_decoder", (False,), False)
-    return dict(
-        architecture="encoder",
-        vocab_size=hf["vocab_size"],
-        d_model=hf["hidden_size"],
-        num_heads=hf["num_attention_heads"],
-        d_ff=hf["intermediate_size"],
-        num_layers=hf["num_hidden_layers"],
-        max_len=hf["max_position_embeddings"],
-        dropout_rate=hf.get("hidden_dropout_prob", 0.1),
-        position="learned",
-        norm="layernorm",
-        norm_placement="post",
-        norm_eps=hf.get("layer_norm_eps", 1e-12),
-        activation=activation(hf.get("hidden_act", "gelu"), "hidden_act"),
-        use_bias=True,
-        num_token_types=hf.get("type_vocab_size", 2),
-        tie_embeddings=True,
-        scale_attention=True,
-        init_std=hf.get("initializer_range", 0.02),
-    )
-
-  def requirements(self):
-    return dict(
-        architecture="encoder",
-        position="learned",
-        norm="layernorm",
-        norm_placement="post",
-        use_bias=True,
-        tie_embeddings=True,
-        scale_attention=True,
-    )
+    activation_name = activation(hf.get("hidden_act", "gelu"), "hidden_act")
+    return {**super().model_fields(hf), "activation": activation_name}
 
   def hf_config(self, cfg, groups):
     heads = (
@@ -61,20 +57,10 @@ class Bert(Family):
         else "BertModel"
     )
     return dict(
+        super().hf_config(cfg, groups),
         architectures=[heads],
-        model_type="bert",
-        vocab_size=cfg.vocab_size,
-        hidden_size=cfg.d_model,
-        num_attention_heads=cfg.num_heads,
-        intermediate_size=cfg.d_ff,
-        num_hidden_layers=cfg.num_layers,
-        max_position_embeddings=cfg.max_len,
-        hidden_dropout_prob=cfg.dropout_rate,
         attention_probs_dropout_prob=0.0,
-        layer_norm_eps=cfg.norm_eps,
         hidden_act=self.exported_activations[cfg.activation],
-        type_vocab_size=cfg.num_token_types,
-        initializer_range=cfg.init_std,
         position_embedding_type="absolute",
         pad_token_id=0,
     )

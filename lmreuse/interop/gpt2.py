@@ -12,60 +12,46 @@ class GPT2(Family):
   def ignored(self, cfg):
     return (r"lm_head\.weight", r"h\.\d+\.attn\.(bias|masked_bias)")
 
+  requirements = dict(
+      architecture="decoder",
+      position="learned",
+      norm="layernorm",
+      norm_placement="pre",
+      use_bias=True,
+      tie_embeddings=True,
+      scale_attention=True,
+      num_token_types=0,
+  )
+  hf_names = dict(
+      vocab_size="vocab_size",
+      d_model="n_embd",
+      num_heads="n_head",
+      num_layers="n_layer",
+      max_len="n_positions",
+      dropout_rate="resid_pdrop",
+      norm_eps="layer_norm_epsilon",
+      init_std="initializer_range",
+  )
+  hf_defaults = dict(resid_pdrop=0.1, layer_norm_epsilon=1e-5, initializer_range=0.02)
+
   def model_fields(self, hf):
     expect(hf, "scale_attn_by_inverse_layer_idx", (False,), False)
     expect(hf, "add_cross_attention", (False,), False)
     expect(hf, "scale_attn_weights", (True,), True)
-    d = hf["n_embd"]
     return dict(
-        architecture="decoder",
-        vocab_size=hf["vocab_size"],
-        d_model=d,
-        num_heads=hf["n_head"],
-        d_ff=hf.get("n_inner") or 4 * d,
-        num_layers=hf["n_layer"],
-        max_len=hf["n_positions"],
-        dropout_rate=hf.get("resid_pdrop", 0.1),
-        position="learned",
-        norm="layernorm",
-        norm_placement="pre",
-        norm_eps=hf.get("layer_norm_epsilon", 1e-5),
+        super().model_fields(hf),
+        d_ff=hf.get("n_inner") or 4 * hf["n_embd"],
         activation=activation(hf.get("activation_function", "gelu_new"), "activation_function"),
-        use_bias=True,
-        num_token_types=0,
-        tie_embeddings=True,
-        scale_attention=True,
-        init_std=hf.get("initializer_range", 0.02),
-    )
-
-  def requirements(self):
-    return dict(
-        architecture="decoder",
-        position="learned",
-        norm="layernorm",
-        norm_placement="pre",
-        use_bias=True,
-        tie_embeddings=True,
-        scale_attention=True,
-        num_token_types=0,
     )
 
   def hf_config(self, cfg, groups):
     return dict(
+        super().hf_config(cfg, groups),
         architectures=["GPT2LMHeadModel"],
-        model_type="gpt2",
-        vocab_size=cfg.vocab_size,
-        n_embd=cfg.d_model,
-        n_head=cfg.num_heads,
         n_inner=cfg.d_ff,
-        n_layer=cfg.num_layers,
-        n_positions=cfg.max_len,
-        resid_pdrop=cfg.dropout_rate,
         embd_pdrop=cfg.dropout_rate,
         attn_pdrop=0.0,
-        layer_norm_epsilon=cfg.norm_eps,
         activation_function=self.exported_activations[cfg.activation],
-        initializer_range=cfg.init_std,
         tie_word_embeddings=True,
     )
 

@@ -279,9 +279,7 @@ def export(
   Raises, naming the fields, when the config uses something the HF family cannot express
   (RoPE in a BERT, strategy modules that were not merged away, ...).
   """
-  family = next(
-      f for f in FAMILIES.values() if f.requirements()["architecture"] == cfg.architecture
-  )
+  family = next(f for f in FAMILIES.values() if f.requirements["architecture"] == cfg.architecture)
   problems = family.export_problems(cfg)
   if problems:
     raise ValueError(

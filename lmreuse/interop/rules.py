@@ -15,11 +15,9 @@ from typing import Any
 
 import numpy as np
 
-from lmreuse.models.config import TransformerConfig
+from lmreuse.models.config import STRATEGY_MODULES, TransformerConfig
 
 Arrays = list[np.ndarray]
-# Only these are models; a strategy's inserted modules (adapters, LoRA, ...) have no HF form.
-PEFT_FIELDS = ("adapter_size", "ia3", "prefix_length", "prompt_length", "lora_rank")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -149,15 +147,27 @@ class Family:
   exported_activations: dict[str, str] = OUR_ACTIVATIONS  # lmreuse activation -> HF name
   free_head_dim = False  # whether heads * head_dim may differ from d_model (T5's d_kv)
 
+  # TransformerConfig values this family's HF form cannot express otherwise.
+  requirements: dict[str, Any] = {}
+  # TransformerConfig field -> the HF config key that holds it unchanged, both ways.
+  hf_names: dict[str, str] = {}
+  # HF config key -> the value `transformers` assumes where a config omits it.
+  hf_defaults: dict[str, Any] = {}
+
   def model_fields(self, hf: dict) -> dict:
-    raise NotImplementedError
+    """TransformerConfig fields of an HF config: the required values and the renamed keys;
+    a family adds what it must convert."""
+    renamed = {
+        ours: hf.get(key, self.hf_defaults[key]) if key in self.hf_defaults else hf[key]
+        for ours, key in self.hf_names.items()
+    }
+    return {**self.requirements, **renamed}
 
   def hf_config(self, cfg: TransformerConfig, groups: set[str]) -> dict:
-    raise NotImplementedError
-
-  def requirements(self) -> dict:
-    """TransformerConfig values this family's HF form cannot express otherwise."""
-    raise NotImplementedError
+    """The HF config of `cfg`: its model type and the renamed fields; a family adds the rest."""
+    del groups
+    renamed = {key: getattr(cfg, ours) for ours, key in self.hf_names.items()}
+    return {"model_type": self.model_type, **renamed}
 
   def rules(self, cfg: TransformerConfig) -> list[Rule]:
     raise NotImplementedError
@@ -175,12 +185,12 @@ class Family:
     """What in `cfg` this family's HF form cannot express, one line per field."""
     problems = [
         f"{k}={getattr(cfg, k)!r} (HF {self.model_type} needs {v!r})"
-        for k, v in self.requirements().items()
+        for k, v in self.requirements.items()
         if getattr(cfg, k) != v
     ]
     problems += [
         f"{k}={getattr(cfg, k)!r} (strategy modules have no HF form; merge LoRA first)"
-        for k in PEFT_FIELDS
+        for k in STRATEGY_MODULES
         if getattr(cfg, k)
     ]
     if cfg.kv_heads != cfg.num_heads:

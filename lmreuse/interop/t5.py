@@ -18,6 +18,37 @@ class T5(Family):
     tied = (r"lm_head\.weight",) if cfg.tie_embeddings else ()
     return (r"(encoder|decoder)\.embed_tokens\.weight",) + tied
 
+  requirements = dict(
+      architecture="encoder_decoder",
+      position="relative_bias",
+      norm="rmsnorm",
+      norm_placement="pre",
+      use_bias=False,
+      scale_attention=False,
+      num_token_types=0,
+  )
+  hf_names = dict(
+      vocab_size="vocab_size",
+      d_model="d_model",
+      num_heads="num_heads",
+      d_ff="d_ff",
+      num_layers="num_layers",
+      max_len="n_positions",
+      dropout_rate="dropout_rate",
+      relative_num_buckets="relative_attention_num_buckets",
+      relative_max_distance="relative_attention_max_distance",
+      norm_eps="layer_norm_epsilon",
+      tie_embeddings="tie_word_embeddings",
+  )
+  hf_defaults = dict(
+      n_positions=512,
+      dropout_rate=0.1,
+      relative_attention_num_buckets=32,
+      relative_attention_max_distance=128,
+      layer_norm_epsilon=1e-6,
+      tie_word_embeddings=True,
+  )
+
   def model_fields(self, hf):
     proj = hf.get("feed_forward_proj", "relu")
     if proj not in T5_FEED_FORWARD:
@@ -26,60 +57,20 @@ class T5(Family):
           f"{sorted(T5_FEED_FORWARD)}"
       )
     return dict(
-        architecture="encoder_decoder",
-        vocab_size=hf["vocab_size"],
-        d_model=hf["d_model"],
-        num_heads=hf["num_heads"],
+        super().model_fields(hf),
         head_dim=hf["d_kv"],
-        d_ff=hf["d_ff"],
-        num_layers=hf["num_layers"],
         num_decoder_layers=hf.get("num_decoder_layers") or hf["num_layers"],
-        max_len=hf.get("n_positions", 512),
-        dropout_rate=hf.get("dropout_rate", 0.1),
         mlp_hidden_dropout=True,
-        position="relative_bias",
-        relative_num_buckets=hf.get("relative_attention_num_buckets", 32),
-        relative_max_distance=hf.get("relative_attention_max_distance", 128),
-        norm="rmsnorm",
-        norm_placement="pre",
-        norm_eps=hf.get("layer_norm_epsilon", 1e-6),
         activation=T5_FEED_FORWARD[proj],
-        use_bias=False,
-        num_token_types=0,
-        tie_embeddings=hf.get("tie_word_embeddings", True),
-        scale_attention=False,
-    )
-
-  def requirements(self):
-    return dict(
-        architecture="encoder_decoder",
-        position="relative_bias",
-        norm="rmsnorm",
-        norm_placement="pre",
-        use_bias=False,
-        scale_attention=False,
-        num_token_types=0,
     )
 
   def hf_config(self, cfg, groups):
-    proj = self.exported_activations[cfg.activation]
     return dict(
+        super().hf_config(cfg, groups),
         architectures=["T5ForConditionalGeneration"],
-        model_type="t5",
-        vocab_size=cfg.vocab_size,
-        d_model=cfg.d_model,
         d_kv=cfg.dim_per_head,
-        d_ff=cfg.d_ff,
-        num_heads=cfg.num_heads,
-        num_layers=cfg.num_layers,
         num_decoder_layers=cfg.decoder_layers,
-        n_positions=cfg.max_len,
-        dropout_rate=cfg.dropout_rate,
-        relative_attention_num_buckets=cfg.relative_num_buckets,
-        relative_attention_max_distance=cfg.relative_max_distance,
-        layer_norm_epsilon=cfg.norm_eps,
-        feed_forward_proj=proj,
-        tie_word_embeddings=cfg.tie_embeddings,
+        feed_forward_proj=self.exported_activations[cfg.activation],
         is_encoder_decoder=True,
         pad_token_id=0,
         eos_token_id=1,

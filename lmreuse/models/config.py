@@ -7,6 +7,7 @@ encoder-decoder) picks the module, the rest picks positions, norms, activations 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from typing import Any
 
 import jax.numpy as jnp
@@ -17,9 +18,19 @@ NORMS = ("layernorm", "rmsnorm")
 NORM_PLACEMENTS = ("pre", "post")
 # 'geglu' is T5 v1.1's gated GELU (tanh approximation); 'gelu' is BERT's exact erf GELU.
 ACTIVATIONS = ("gelu", "gelu_tanh", "relu", "swiglu", "geglu")
-GATED_ACTIVATIONS = ("swiglu", "geglu")
 REMAT_POLICIES = ("none", "full", "dots")
 ATTENTION_IMPLEMENTATIONS = ("auto", "xla", "cudnn")
+# The modules fine-tuning strategies insert: the field that switches each on (a size, or ia3's
+# True) and a regex of the parameter names it adds. The one list of them: such parameters train
+# under every parameter-efficient strategy and are new in every init report, and a model with
+# any of them on has no Hugging Face form.
+STRATEGY_MODULES = {
+    "adapter_size": r"adapter",
+    "ia3": r"(^|/)ia3_",
+    "prefix_length": r"(^|/)prefix_(key|value)$",
+    "prompt_length": r"(^|/)prompt$",
+    "lora_rank": r"(^|/)lora_[ab]$",
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,6 +75,15 @@ class TransformerConfig:
   lora_dropout: float = 0.0
   lora_targets: str = "attention/(query|value)/kernel"  # regexes over kernel paths | all_linear
 
+  @classmethod
+  def from_config(cls, model: Mapping[str, Any], vocab_size: int) -> TransformerConfig:
+    """A config's model section (config.model, a saved one); the tokenizer fixes the vocabulary."""
+    fields = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(model.keys()) - fields)
+    if unknown:
+      raise ValueError(f"config.model has unknown keys {unknown}; known: {sorted(fields)}")
+    return cls(**{**dict(model.items()), "vocab_size": vocab_size})
+
   @property
   def kv_heads(self) -> int:
     return self.num_kv_heads or self.num_heads
@@ -75,6 +95,12 @@ class TransformerConfig:
   @property
   def decoder_layers(self) -> int:
     return self.num_decoder_layers or self.num_layers
+
+  @property
+  def stack_depth(self) -> int:
+    """Layers in the deepest stack; layer-wise strategies give encoder and decoder layers of one
+    index one depth."""
+    return max(self.num_layers, self.decoder_layers)
 
   @property
   def compute_dtype(self) -> Any:
@@ -104,7 +130,7 @@ class TransformerConfig:
       if getattr(self, key) <= 0:
         raise ValueError(f"{prefix}.{key}={getattr(self, key)} must be positive")
     # Prompt slots read no position table, so prompt_length needs no room within max_len.
-    for key in ("adapter_size", "prefix_length", "prompt_length", "lora_rank"):
+    for key in STRATEGY_MODULES:  # sizes, and ia3's switch (a bool, never negative)
       if getattr(self, key) < 0:
         raise ValueError(f"{prefix}.{key}={getattr(self, key)} must be >= 0 (0 = off)")
     if not self.head_dim and self.d_model % self.num_heads:

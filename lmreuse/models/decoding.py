@@ -227,66 +227,54 @@ def beam_search(
   Hypotheses that reach `length` without EOS count as finished there (truncated), so the search
   always returns a scored, finished hypothesis.
   """
-  b, k = first_ids_B.shape[0], beam_size
 
-  def penalty(num_tokens):
-    return ((5.0 + num_tokens) / 6.0) ** alpha
-
-  def take(x_BxKx, index_BxM):  # [B, K, ...] -> [B, M, ...]
-    return x_BxKx[jnp.arange(b)[:, None], index_BxM]
-
-  def cond(s: BeamState):
-    # Log-probs only fall, so a live beam can at best keep its score at the longest length.
-    best_live_B = s.live_logprobs_BxK[:, 0] / penalty(length)
-    settled_B = jnp.all(s.finished_flags_BxK, axis=1) & (
-        jnp.min(s.finished_scores_BxK, axis=1) > best_live_B
-    )
-    return (s.index < length) & ~jnp.all(settled_B)
-
-  def body(s: BeamState):
-    ids_Nx1 = jax.lax.dynamic_slice_in_dim(s.live_seqs_BxKxL1, s.index, 1, axis=2)
-    logits_NxV, cache = step(ids_Nx1.reshape(b * k, 1), s.index, s.cache)
-    log_probs_BxKxV = (
-        jax.nn.log_softmax(logits_NxV.astype(jnp.float32)).reshape(b, k, -1)
-        + s.live_logprobs_BxK[:, :, None]
-    )
-    v = log_probs_BxKxV.shape[-1]
-    # 2K candidates: even if K of them end here, K others carry on.
-    cand_logprobs_Bx2K, flat_Bx2K = jax.lax.top_k(log_probs_BxKxV.reshape(b, k * v), 2 * k)
-    parents_Bx2K = flat_Bx2K // v
-    tokens_Bx2K = (flat_Bx2K % v).astype(jnp.int32)
-    cand_seqs_Bx2KxL1 = jax.lax.dynamic_update_slice_in_dim(
-        take(s.live_seqs_BxKxL1, parents_Bx2K), tokens_Bx2K[:, :, None], s.index + 1, axis=2
-    )
-    ends_Bx2K = (tokens_Bx2K == eos_id) | (s.index + 1 == length)
-
-    live_logprobs_BxK, keep_BxK = jax.lax.top_k(
-        jnp.where(ends_Bx2K, NEG_INF, cand_logprobs_Bx2K), k
-    )
-    rows_N = (jnp.arange(b)[:, None] * k + take(parents_Bx2K, keep_BxK)).reshape(-1)
-
-    cand_scores_Bx2K = jnp.where(ends_Bx2K, cand_logprobs_Bx2K / penalty(s.index + 1), NEG_INF)
-    finished_scores_BxK, best_BxK = jax.lax.top_k(
-        jnp.concatenate([s.finished_scores_BxK, cand_scores_Bx2K], axis=1), k
-    )
+  def body(s: BeamState) -> BeamState:
+    c = _expand(step, s, length=length, eos_id=eos_id)
+    live_logprobs_BxK, live_seqs_BxKxL1, rows_N = _next_live(c, beam_size)
+    scores_BxK, seqs_BxKxL1, flags_BxK = _next_finished(s, c, _length_penalty(s.index + 1, alpha))
     return BeamState(
         index=s.index + 1,
         live_logprobs_BxK=live_logprobs_BxK,
-        live_seqs_BxKxL1=take(cand_seqs_Bx2KxL1, keep_BxK),
-        finished_scores_BxK=finished_scores_BxK,
-        finished_seqs_BxKxL1=take(
-            jnp.concatenate([s.finished_seqs_BxKxL1, cand_seqs_Bx2KxL1], axis=1), best_BxK
-        ),
-        finished_flags_BxK=take(
-            jnp.concatenate([s.finished_flags_BxK, ends_Bx2K], axis=1), best_BxK
-        ),
-        cache=jax.tree.map(lambda x: x if x.ndim == 0 else x[rows_N], cache),
+        live_seqs_BxKxL1=live_seqs_BxKxL1,
+        finished_scores_BxK=scores_BxK,
+        finished_seqs_BxKxL1=seqs_BxKxL1,
+        finished_flags_BxK=flags_BxK,
+        cache=jax.tree.map(lambda x: x if x.ndim == 0 else x[rows_N], c.cache),
     )
 
+  return jax.lax.while_loop(
+      lambda s: _searching(s, length=length, alpha=alpha),
+      body,
+      _initial_state(first_ids_B, cache, length=length, beam_size=beam_size),
+  ).finished_seqs_BxKxL1[:, 0, 1:]
+
+
+class _Candidates(NamedTuple):
+  """One step's 2K best extensions of the live beams of each row."""
+
+  logprobs_Bx2K: Array
+  parents_Bx2K: Array  # the live beam each extends
+  seqs_Bx2KxL1: Array
+  ends_Bx2K: Array  # EOS, or the last position: finished here
+  cache: Any  # after the step, still in the parents' [B*K] order
+
+
+def _length_penalty(num_tokens: Array | int, alpha: float) -> Array:
+  """GNMT's ((5 + len) / 6)^alpha."""
+  return ((5.0 + num_tokens) / 6.0) ** alpha
+
+
+def _take(x_BxKx: Array, index_BxM: Array) -> Array:
+  """[B, K, ...] -> [B, M, ...]: each row's entries at its own indices."""
+  return x_BxKx[jnp.arange(x_BxKx.shape[0])[:, None], index_BxM]
+
+
+def _initial_state(first_ids_B: Array, cache: Any, *, length: int, beam_size: int) -> BeamState:
+  b, k = first_ids_B.shape[0], beam_size
   seqs_BxKxL1 = jnp.zeros((b, k, length + 1), jnp.int32).at[:, :, 0].set(first_ids_B[:, None])
   # Identical beams at the start: only the first may expand, or it would fill the beam K times.
   live_logprobs_BxK = jnp.tile(jnp.array([0.0] + [NEG_INF] * (k - 1), jnp.float32), (b, 1))
-  init = BeamState(
+  return BeamState(
       index=jnp.array(0, jnp.int32),
       live_logprobs_BxK=live_logprobs_BxK,
       live_seqs_BxKxL1=seqs_BxKxL1,
@@ -295,4 +283,57 @@ def beam_search(
       finished_flags_BxK=jnp.zeros((b, k), jnp.bool_),
       cache=cache,
   )
-  return jax.lax.while_loop(cond, body, init).finished_seqs_BxKxL1[:, 0, 1:]
+
+
+def _searching(s: BeamState, *, length: int, alpha: float) -> Array:
+  """False once every row has K finished hypotheses that no live beam can beat."""
+  # Log-probs only fall, so a live beam can at best keep its score at the longest length.
+  best_live_B = s.live_logprobs_BxK[:, 0] / _length_penalty(length, alpha)
+  settled_B = jnp.all(s.finished_flags_BxK, axis=1) & (
+      jnp.min(s.finished_scores_BxK, axis=1) > best_live_B
+  )
+  return (s.index < length) & ~jnp.all(settled_B)
+
+
+def _expand(step: StepFn, s: BeamState, *, length: int, eos_id: int) -> _Candidates:
+  """Runs the model one token on every live beam; the 2K best (beam, token) extensions."""
+  b, k = s.live_logprobs_BxK.shape
+  ids_Nx1 = jax.lax.dynamic_slice_in_dim(s.live_seqs_BxKxL1, s.index, 1, axis=2)
+  logits_NxV, cache = step(ids_Nx1.reshape(b * k, 1), s.index, s.cache)
+  log_probs_BxKxV = (
+      jax.nn.log_softmax(logits_NxV.astype(jnp.float32)).reshape(b, k, -1)
+      + s.live_logprobs_BxK[:, :, None]
+  )
+  v = log_probs_BxKxV.shape[-1]
+  # 2K candidates: even if K of them end here, K others carry on.
+  logprobs_Bx2K, flat_Bx2K = jax.lax.top_k(log_probs_BxKxV.reshape(b, k * v), 2 * k)
+  parents_Bx2K = flat_Bx2K // v
+  tokens_Bx2K = (flat_Bx2K % v).astype(jnp.int32)
+  seqs_Bx2KxL1 = jax.lax.dynamic_update_slice_in_dim(
+      _take(s.live_seqs_BxKxL1, parents_Bx2K), tokens_Bx2K[:, :, None], s.index + 1, axis=2
+  )
+  ends_Bx2K = (tokens_Bx2K == eos_id) | (s.index + 1 == length)
+  return _Candidates(logprobs_Bx2K, parents_Bx2K, seqs_Bx2KxL1, ends_Bx2K, cache)
+
+
+def _next_live(c: _Candidates, beam_size: int) -> tuple[Array, Array, Array]:
+  """The K best candidates that did not end: log-probs, sequences, and their cache rows [B*K]."""
+  live_logprobs_BxK, keep_BxK = jax.lax.top_k(
+      jnp.where(c.ends_Bx2K, NEG_INF, c.logprobs_Bx2K), beam_size
+  )
+  b = keep_BxK.shape[0]
+  rows_N = (jnp.arange(b)[:, None] * beam_size + _take(c.parents_Bx2K, keep_BxK)).reshape(-1)
+  return live_logprobs_BxK, _take(c.seqs_Bx2KxL1, keep_BxK), rows_N
+
+
+def _next_finished(s: BeamState, c: _Candidates, penalty: Array) -> tuple[Array, Array, Array]:
+  """The K best of the finished hypotheses and the candidates that end here (length-penalised):
+  scores, sequences, flags."""
+  k = s.finished_scores_BxK.shape[1]
+  cand_scores_Bx2K = jnp.where(c.ends_Bx2K, c.logprobs_Bx2K / penalty, NEG_INF)
+  finished_scores_BxK, best_BxK = jax.lax.top_k(
+      jnp.concatenate([s.finished_scores_BxK, cand_scores_Bx2K], axis=1), k
+  )
+  seqs_BxKxL1 = _take(jnp.concatenate([s.finished_seqs_BxKxL1, c.seqs_Bx2KxL1], axis=1), best_BxK)
+  flags_BxK = _take(jnp.concatenate([s.finished_flags_BxK, c.ends_Bx2K], axis=1), best_BxK)
+  return finished_scores_BxK, seqs_BxKxL1, flags_BxK

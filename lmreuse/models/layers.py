@@ -58,7 +58,7 @@ class Projection(nn.Module):
     )
     # One 2-D matmul on row-major reshapes (free bitcasts): contracting several kernel axes made
     # XLA:CPU write a transposed copy of every attention kernel on every step for the backward
-    # pass (measured: 5% off a BitFit step and 2% off a full one on bert-base).
+    # pass (benchmarks/README.md, "Layout choices", has the measured cost).
     batch_shape = x.shape[: x.ndim - self.num_in]
     size_in, size_out = math.prod(in_shape), math.prod(self.features)
     y = jnp.dot(
@@ -96,7 +96,8 @@ class Adapter(nn.Module):
     cfg = self.cfg
     kwargs = dict(dtype=cfg.compute_dtype, param_dtype=cfg.params_dtype)
     # On [tokens, d]: kernel gradients then contract one axis, which XLA:CPU does without
-    # transposed copies of the activation gradients ([batch, length] cost ~10% of a step).
+    # transposed copies of the activation gradients, as it made over [batch, length]
+    # (benchmarks/README.md, "Layout choices").
     h_TxD = h_BxLxD.reshape((-1, h_BxLxD.shape[-1]))
     z_TxA = nn.Dense(
         cfg.adapter_size,
@@ -160,7 +161,10 @@ class Embed(nn.Module):
     )
 
   def __call__(self, ids_BxL: Array) -> Array:
-    table_VxD = jnp.asarray(self.embedding, self.cfg.compute_dtype)
+    # Rows are looked up whole: the table's `embed` axis is gathered first (FSDP's all-gather),
+    # else XLA yields rows split over embed and cannot move them to the batch sharding without
+    # replicating them. A split `vocab` axis stays split (local lookup, then a sum over it).
+    table_VxD = constrain(jnp.asarray(self.embedding, self.cfg.compute_dtype), (self.axes[0], None))
     return constrain(jnp.take(table_VxD, ids_BxL, axis=0), ("batch", "length", "act_embed"))
 
   def attend(self, x_BxLxD: Array) -> Array:
@@ -321,12 +325,7 @@ class Attention(nn.Module):
       is_causal = False  # now part of the mask: the prefix shifts the key slots
 
     scale = 1.0 / math.sqrt(h) if cfg.scale_attention else 1.0
-    if self.is_mutable_collection("intermediates"):  # fused kernels never materialise them
-      self.sow(
-          "intermediates",
-          "attention_probs",
-          attention_probs(q_BxTxNxH, k_BxSxKxH, bias_BxNxTxS, mask, scale, is_causal),
-      )
+    self._sow_probs(q_BxTxNxH, k_BxSxKxH, bias_BxNxTxS, mask, scale, is_causal)
     out_BxTxNxH = dot_product_attention(
         q_BxTxNxH,
         k_BxSxKxH,
@@ -342,6 +341,16 @@ class Attention(nn.Module):
     )
     out_BxTxD = out_BxTxD + lora.branch(self, "out", out_BxTxNxH, 2, (cfg.d_model,))
     return constrain(out_BxTxD, ("batch", "length", "act_embed"))
+
+  def _sow_probs(self, q_BxTxNxH, k_BxSxKxH, bias_BxNxTxS, mask, scale, is_causal) -> None:
+    """The attention probabilities for the viz maps, only when asked for: fused attention
+    kernels never materialise them."""
+    if self.is_mutable_collection("intermediates"):
+      self.sow(
+          "intermediates",
+          "attention_probs",
+          attention_probs(q_BxTxNxH, k_BxSxKxH, bias_BxNxTxS, mask, scale, is_causal),
+      )
 
   def _prepend_prefix(
       self,

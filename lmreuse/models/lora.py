@@ -60,8 +60,8 @@ class LoRA(nn.Module):
         cfg.params_dtype,
     )
     # Tokens flattened to one axis: B's gradient then contracts one axis of the output gradient,
-    # which XLA:CPU reads in place; over [batch, length] it wrote a transposed copy first (with
-    # the MLP's GELU backward recomputed into it, the step took 1.6x full's on bert-mini).
+    # which XLA:CPU reads in place; over [batch, length] it wrote a transposed copy first, with
+    # the MLP's GELU backward recomputed into it (benchmarks/README.md, "Layout choices").
     # The scale multiplies B, not the [tokens, outputs] product: no pass over activations.
     lead = x.shape[: x.ndim - self.num_in]
     x = x.reshape((-1, fan_in)).astype(cfg.compute_dtype)

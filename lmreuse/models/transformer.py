@@ -182,16 +182,7 @@ class Stack(nn.Module):
       )
     if positions_BxL is None:
       positions_BxL = _default_positions(ids_BxL)
-    x_BxLxD = self.token_embed(ids_BxL)
-    if cfg.position == "learned":
-      x_BxLxD = x_BxLxD + self.position_embed(positions_BxL)
-    elif cfg.position == "sinusoidal":
-      table_LxD = jnp.asarray(sinusoidal_table(cfg.max_len, cfg.d_model), cfg.compute_dtype)
-      x_BxLxD = x_BxLxD + jnp.take(table_LxD, positions_BxL, axis=0)
-    if cfg.num_token_types and not self.causal:
-      if token_types_BxL is None:
-        token_types_BxL = jnp.zeros_like(ids_BxL)
-      x_BxLxD = x_BxLxD + self.token_type_embed(token_types_BxL)
+    x_BxLxD = self._embed(ids_BxL, positions_BxL, token_types_BxL)
     if self.num_prompt:
       x_BxLxD, segment_ids_BxL, positions_BxL = self._prepend_prompt(
           x_BxLxD, segment_ids_BxL, positions_BxL
@@ -231,6 +222,21 @@ class Stack(nn.Module):
       x_BxLxD = self.norm(x_BxLxD)
       x_BxLxD = self.embed_dropout(x_BxLxD, deterministic=deterministic)
     return x_BxLxD[:, self.num_prompt :]
+
+  def _embed(self, ids_BxL: Array, positions_BxL: Array, token_types_BxL: Array | None) -> Array:
+    """Token embeddings plus the absolute position and token-type embeddings the model has."""
+    cfg = self.cfg
+    x_BxLxD = self.token_embed(ids_BxL)
+    if cfg.position == "learned":
+      x_BxLxD = x_BxLxD + self.position_embed(positions_BxL)
+    elif cfg.position == "sinusoidal":
+      table_LxD = jnp.asarray(sinusoidal_table(cfg.max_len, cfg.d_model), cfg.compute_dtype)
+      x_BxLxD = x_BxLxD + jnp.take(table_LxD, positions_BxL, axis=0)
+    if cfg.num_token_types and not self.causal:
+      if token_types_BxL is None:
+        token_types_BxL = jnp.zeros_like(ids_BxL)
+      x_BxLxD = x_BxLxD + self.token_type_embed(token_types_BxL)
+    return x_BxLxD
 
   def _prepend_prompt(
       self, x_BxLxD: Array, segment_ids_BxL: Array | None, positions_BxL: Array

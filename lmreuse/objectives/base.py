@@ -1,47 +1,89 @@
-"""What a pretraining objective provides to the trainer, and the metric plumbing it shares."""
+"""What a pretraining objective provides: its batches (to the input pipeline), its model and loss
+(to the trainer), and the Program plumbing the objectives share."""
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import ml_collections
+import numpy as np
 
 from lmreuse.models.config import TransformerConfig
-from lmreuse.train.trainer import MetricPairs, Program
+from lmreuse.train.trainer import Program
+
+if TYPE_CHECKING:
+  import grain
+
+Example = dict[str, np.ndarray]
+
+
+class Documents(Protocol):
+  """One split's tokenized documents in their global order, and the ways to batch them.
+
+  lmreuse/data/pipeline.py implements it: an objective says how documents become examples and
+  the pipeline owns reading, shuffling, global batching and each process's rows. Each way
+  returns this process's rows of every global batch, as a checkpointable grain dataset.
+  """
+
+  tokenizer: Any
+
+  def __len__(self) -> int:
+    """The number of documents in the split."""
+
+  def segments(self, index: int) -> list[list[int]]:
+    """Document `index` as token ids, one list per segment (sentence)."""
+
+  def tokens(self, index: int) -> list[int]:
+    """Document `index` as one list of token ids."""
+
+  def examples(self, make: Callable[[int, np.random.Generator], Example]) -> grain.IterDataset:
+    """One example per document, `make(doc_index, rng)`; a process builds only its rows'."""
+
+  def example_lists(
+      self, make: Callable[[int, np.random.Generator], list[Example]]
+  ) -> grain.IterDataset:
+    """Any number of examples per document, `make(doc_index, rng)`, in stream order."""
+
+  def packed(
+      self,
+      chunks: Callable[[int], list[np.ndarray]],
+      *,
+      length: int,
+      pad_id: int,
+      finish: Callable[[Example], Example],
+  ) -> grain.IterDataset:
+    """Token chunks per document, `chunks(doc_index)`, first-fit packed into rows of `length`.
+
+    `finish` maps each batch of int32 `tokens`, `segment_ids` (1, 2, ... per chunk, 0 padding)
+    and `positions` (from 0 in each chunk) to the objective's batch.
+    """
+
+
+DatasetFn = Callable[
+    [Documents, ml_collections.ConfigDict, ml_collections.ConfigDict], "grain.IterDataset"
+]
 
 
 @dataclasses.dataclass(frozen=True)
 class Objective:
-  """An objective trains one architecture; `program` builds its model and loss from configs."""
+  """An objective trains one architecture: `program` builds its model and loss and `dataset` its
+  batches, both from (config.objective, config.data).
+
+  `flags` are the boolean config.objective options only this objective can turn on (mlm: nsp);
+  `lmreuse.objectives.check_flags` refuses them set for any other objective.
+  """
 
   name: str
   architecture: str
   program: Callable[
       [TransformerConfig, ml_collections.ConfigDict, ml_collections.ConfigDict], Program
   ]
-
-
-def as_pairs(metrics: dict[str, jax.Array], prefix: str) -> MetricPairs:
-  """Token-weighted means → (sum, count) pairs that add up exactly across batches."""
-  tokens = metrics[f"{prefix}_tokens"]
-  return {
-      f"{prefix}_loss": (metrics[f"{prefix}_loss"] * tokens, tokens),
-      f"{prefix}_accuracy": (metrics[f"{prefix}_accuracy"] * tokens, tokens),
-  }
-
-
-def example_pairs(metrics: dict[str, jax.Array], prefix: str, batch_size: int) -> MetricPairs:
-  """Per-example means (e.g. NSP) → pairs weighted by the number of examples."""
-  n = jnp.asarray(batch_size, jnp.float32)
-  return {
-      f"{prefix}_loss": (metrics[f"{prefix}_loss"] * n, n),
-      f"{prefix}_accuracy": (metrics[f"{prefix}_accuracy"] * n, n),
-  }
+  dataset: DatasetFn
+  flags: tuple[str, ...] = ()
 
 
 def init_params_fn(model: nn.Module, example: dict[str, jax.Array]) -> Callable:
@@ -55,7 +97,6 @@ def token_loss_program(
     loss: Callable,
     targets: str,
     weights: str,
-    prefix: str,
     tokens_per_example: int,
 ) -> Program:
   """A Program for models that return vocabulary logits scored against batch[targets]."""
@@ -64,8 +105,7 @@ def token_loss_program(
     logits = model.apply(
         {"params": params}, batch, deterministic=not train, rngs=apply_rngs(rng, train)
     )
-    total, metrics = loss(logits, batch[targets], batch[weights])
-    return total, as_pairs(metrics, prefix)
+    return loss(logits, batch[targets], batch[weights])
 
   return Program(
       init_params=init_params_fn(model, example),

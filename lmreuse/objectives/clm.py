@@ -1,4 +1,4 @@
-"""Causal language modelling on packed rows: next-token targets and loss.
+"""Causal language modelling on packed rows: packed batches, next-token targets and loss.
 
 Rows hold several documents (segment ids 1, 2, ... and 0 for padding). A
 position predicts the next token only when that token belongs to the same
@@ -7,7 +7,7 @@ document, so no loss crosses a document boundary, padding, or the row end.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import flax.linen as nn
 import jax
@@ -16,8 +16,12 @@ import numpy as np
 
 from lmreuse.models.config import TransformerConfig
 from lmreuse.models.transformer import Decoder
-from lmreuse.objectives import base, mlm
-from lmreuse.train.trainer import Program
+from lmreuse.objectives import base
+from lmreuse.train import losses
+from lmreuse.train.trainer import MetricPairs, Program
+
+if TYPE_CHECKING:
+  import grain
 
 
 def shift_targets(tokens_BxL: np.ndarray, segment_ids_BxL: np.ndarray) -> dict[str, np.ndarray]:
@@ -42,11 +46,33 @@ def shift_targets(tokens_BxL: np.ndarray, segment_ids_BxL: np.ndarray) -> dict[s
   }
 
 
+def dataset(docs: base.Documents, objective: Any, data: Any) -> grain.IterDataset:
+  """Documents (+ EOS) first-fit packed into rows; one longer than seq_len is cut into chunks."""
+  del objective  # clm has no options of its own
+  tok, seq_len = docs.tokenizer, data.seq_len
+
+  def chunks(doc_index: int) -> list[np.ndarray]:
+    tokens = docs.tokens(doc_index)
+    if not tokens:
+      return []
+    tokens = np.asarray(tokens + [tok.eos_id], np.int32)
+    return [tokens[i : i + seq_len] for i in range(0, tokens.size, seq_len)]
+
+  return docs.packed(chunks, length=seq_len, pad_id=tok.pad_id, finish=_batch)
+
+
+def _batch(packed: base.Example) -> base.Example:
+  batch = shift_targets(packed["tokens"], packed["segment_ids"])
+  batch["segment_ids"] = packed["segment_ids"]
+  batch["positions"] = packed["positions"]
+  return batch
+
+
 def loss(
     logits_BxLxV: jax.Array, targets_BxL: jax.Array, weights_BxL: jax.Array
-) -> tuple[jax.Array, dict[str, jax.Array]]:
+) -> tuple[jax.Array, MetricPairs]:
   """Next-token cross-entropy, token-weighted mean in fp32."""
-  return mlm.weighted_cross_entropy(logits_BxLxV, targets_BxL, weights_BxL, prefix="clm")
+  return losses.weighted_cross_entropy(logits_BxLxV, targets_BxL, weights_BxL, prefix="clm")
 
 
 class GptPretrainer(nn.Module):
@@ -80,9 +106,8 @@ def program(model_cfg: TransformerConfig, objective: Any, data: Any) -> Program:
       loss=loss,
       targets="targets",
       weights="weights",
-      prefix="clm",
       tokens_per_example=data.seq_len,
   )
 
 
-OBJECTIVE = base.Objective(name="clm", architecture="decoder", program=program)
+OBJECTIVE = base.Objective(name="clm", architecture="decoder", program=program, dataset=dataset)

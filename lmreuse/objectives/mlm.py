@@ -1,4 +1,4 @@
-"""Masked language modelling (BERT): host-side masking and the on-device loss.
+"""Masked language modelling (BERT): host-side batches (NSP pairs, masking), the model, the loss.
 
 Selection is exactly proportional per row, as in BERT's
 `create_masked_lm_predictions`: a row with `n` maskable tokens gets
@@ -10,19 +10,22 @@ which Bernoulli selection would not.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from lmreuse.models.config import TransformerConfig
 from lmreuse.models.heads import Classifier, MLMHead, Pooler
 from lmreuse.models.transformer import Encoder
 from lmreuse.objectives import base, nsp
-from lmreuse.train.trainer import Program
+from lmreuse.train import losses
+from lmreuse.train.trainer import MetricPairs, Program
+
+if TYPE_CHECKING:
+  import grain
 
 
 def _sorted_specials(special_ids: np.ndarray, mask_id: int, vocab_size: int) -> np.ndarray:
@@ -66,6 +69,29 @@ def mask_tokens(
   are drawn uniformly from the non-special ids.
   """
   tokens_BxL = np.asarray(tokens_BxL)
+  _check_mask_args(tokens_BxL, mask_prob, mask_token_prob, random_token_prob)
+  specials = _sorted_specials(special_ids, mask_id, vocab_size)
+  selected_BxL = _select(~np.isin(tokens_BxL, specials), mask_prob, rng)
+  inputs_BxL = _corrupt(
+      tokens_BxL,
+      selected_BxL,
+      rng,
+      mask_id=mask_id,
+      vocab_size=vocab_size,
+      specials=specials,
+      mask_token_prob=mask_token_prob,
+      random_token_prob=random_token_prob,
+  )
+  return {
+      "inputs": inputs_BxL.astype(np.int32),
+      "mlm_targets": tokens_BxL.astype(np.int32),
+      "mlm_weights": selected_BxL.astype(np.float32),
+  }
+
+
+def _check_mask_args(
+    tokens_BxL: np.ndarray, mask_prob: float, mask_token_prob: float, random_token_prob: float
+) -> None:
   if tokens_BxL.ndim != 2:
     raise ValueError(f"tokens_BxL must be 2-D, got shape {tokens_BxL.shape}")
   if not 0.0 <= mask_prob <= 1.0:
@@ -75,15 +101,15 @@ def mask_tokens(
         f"mask_token_prob={mask_token_prob} and random_token_prob={random_token_prob}"
         " must be non-negative and sum to at most 1"
     )
-  specials = _sorted_specials(special_ids, mask_id, vocab_size)
-  batch, length = tokens_BxL.shape
 
-  maskable_BxL = ~np.isin(tokens_BxL, specials)
+
+def _select(maskable_BxL: np.ndarray, mask_prob: float, rng: np.random.Generator) -> np.ndarray:
+  """Exactly max(1, round(n * mask_prob)) of each row's n maskable positions, uniformly."""
+  batch, length = maskable_BxL.shape
   num_maskable_B = maskable_BxL.sum(axis=1)
   num_select_B = np.where(
       (num_maskable_B > 0) & (mask_prob > 0), np.maximum(1, np.round(num_maskable_B * mask_prob)), 0
   ).astype(np.int64)
-
   # Rank maskable positions by a random score; the lowest `num_select` win.
   scores_BxL = np.where(maskable_BxL, rng.random((batch, length)), 2.0)
   order_BxL = np.argsort(scores_BxL, axis=1, kind="stable")
@@ -91,7 +117,22 @@ def mask_tokens(
   np.put_along_axis(
       selected_BxL, order_BxL, np.arange(length)[None, :] < num_select_B[:, None], axis=1
   )
+  return selected_BxL
 
+
+def _corrupt(
+    tokens_BxL: np.ndarray,
+    selected_BxL: np.ndarray,
+    rng: np.random.Generator,
+    *,
+    mask_id: int,
+    vocab_size: int,
+    specials: np.ndarray,
+    mask_token_prob: float,
+    random_token_prob: float,
+) -> np.ndarray:
+  """The inputs: each selected token becomes [MASK], a random non-special id, or stays."""
+  batch, length = tokens_BxL.shape
   action_BxL = rng.random((batch, length))
   use_mask_BxL = selected_BxL & (action_BxL < mask_token_prob)
   use_random_BxL = (
@@ -103,42 +144,14 @@ def mask_tokens(
       rng.integers(0, vocab_size - specials.size, size=(batch, length)), specials
   )
   inputs_BxL = np.where(use_mask_BxL, mask_id, tokens_BxL)
-  inputs_BxL = np.where(use_random_BxL, random_ids_BxL, inputs_BxL)
-  return {
-      "inputs": inputs_BxL.astype(np.int32),
-      "mlm_targets": tokens_BxL.astype(np.int32),
-      "mlm_weights": selected_BxL.astype(np.float32),
-  }
-
-
-def weighted_cross_entropy(
-    logits_BxLxV: jax.Array, targets_BxL: jax.Array, weights_BxL: jax.Array, *, prefix: str
-) -> tuple[jax.Array, dict[str, jax.Array]]:
-  """Token-weighted mean cross-entropy in fp32, shared by the token-level objectives.
-
-  Metrics carry the weight sum (`{prefix}_tokens`) so callers can re-weight
-  means across batches or devices; an all-zero weight row gives loss 0, not NaN.
-  """
-  logits_BxLxV = logits_BxLxV.astype(jnp.float32)
-  weights_BxL = weights_BxL.astype(jnp.float32)
-  ce_BxL = optax.softmax_cross_entropy_with_integer_labels(logits_BxLxV, targets_BxL)
-  total_weight = jnp.sum(weights_BxL)
-  denom = jnp.maximum(total_weight, 1e-8)
-  loss = jnp.sum(ce_BxL * weights_BxL) / denom
-  correct_BxL = (jnp.argmax(logits_BxLxV, axis=-1) == targets_BxL).astype(jnp.float32)
-  accuracy = jnp.sum(correct_BxL * weights_BxL) / denom
-  return loss, {
-      f"{prefix}_loss": loss,
-      f"{prefix}_accuracy": accuracy,
-      f"{prefix}_tokens": total_weight,
-  }
+  return np.where(use_random_BxL, random_ids_BxL, inputs_BxL)
 
 
 def loss(
     logits_BxLxV: jax.Array, targets_BxL: jax.Array, weights_BxL: jax.Array
-) -> tuple[jax.Array, dict[str, jax.Array]]:
+) -> tuple[jax.Array, MetricPairs]:
   """MLM loss: cross-entropy averaged over the selected (weighted) positions."""
-  return weighted_cross_entropy(logits_BxLxV, targets_BxL, weights_BxL, prefix="mlm")
+  return losses.weighted_cross_entropy(logits_BxLxV, targets_BxL, weights_BxL, prefix="mlm")
 
 
 def max_predictions(seq_len: int, mask_prob: float) -> int:
@@ -193,6 +206,85 @@ class BertPretrainer(nn.Module):
     return out
 
 
+def _fill_greedily(
+    segments: list[list[int]], max_tokens: int, rng: np.random.Generator
+) -> list[int]:
+  """Whole document if it fits; else max_tokens consecutive tokens from a random segment start.
+
+  Starts are limited to segments with at least max_tokens tokens after them, so
+  every row of a long document is full (the last segment may be cut).
+  """
+  tokens = [t for segment in segments for t in segment]
+  if len(tokens) <= max_tokens:
+    return tokens
+  starts = np.cumsum([0] + [len(s) for s in segments[:-1]])
+  valid = starts[len(tokens) - starts >= max_tokens]
+  start = int(valid[rng.integers(valid.size)])
+  return tokens[start : start + max_tokens]
+
+
+def _random_segments_fn(docs: base.Documents, max_tokens: int) -> nsp.RandomSegmentFn:
+  """NSP negatives: consecutive segments, from a random start, of a random other document."""
+
+  def random_segments(rng: np.random.Generator, doc_index: int) -> list[int]:
+    other = int(rng.integers(len(docs) - 1))
+    other += other >= doc_index
+    segments = [s for s in docs.segments(other) if s]
+    if not segments:
+      return []
+    start, out = int(rng.integers(len(segments))), []
+    for segment in segments[start:]:
+      out.extend(segment)
+      if len(out) >= max_tokens:
+        break
+    return out
+
+  return random_segments
+
+
+def dataset(docs: base.Documents, objective: Any, data: Any) -> grain.IterDataset:
+  """One masked row per document: `[CLS] A [SEP] B [SEP]` pairs with nsp, else `[CLS] A [SEP]`."""
+  tok, seq_len = docs.tokenizer, data.seq_len
+  if objective.nsp and len(docs) < 2:
+    raise ValueError(f"nsp=True needs a source with >= 2 documents, got {len(docs)}")
+  special_ids = np.asarray(tok.special_ids)
+  max_pair_tokens = seq_len - 3
+  random_segments = _random_segments_fn(docs, max_pair_tokens)
+
+  def make_example(doc_index: int, rng: np.random.Generator) -> base.Example:
+    segments = docs.segments(doc_index)
+    if objective.nsp:
+      a, b, is_next = nsp.make_pair(
+          segments, doc_index, rng, random_segment_fn=random_segments, max_tokens=max_pair_tokens
+      )
+    else:
+      a, b = _fill_greedily(segments, seq_len - 2, rng), []
+    row = nsp.pack_pair(
+        a, b, cls_id=tok.cls_id, sep_id=tok.sep_id, pad_id=tok.pad_id, seq_len=seq_len
+    )
+    masked = mask_tokens(
+        row["tokens"][None],
+        rng,
+        mask_id=tok.mask_id,
+        vocab_size=tok.vocab_size,
+        special_ids=special_ids,
+        mask_prob=objective.mask_prob,
+    )
+    example = {
+        "inputs": masked["inputs"][0],
+        "token_types": row["token_types"],
+        "segment_ids": row["segment_ids"],
+        "positions": row["positions"],
+        "mlm_targets": masked["mlm_targets"][0],
+        "mlm_weights": masked["mlm_weights"][0],
+    }
+    if objective.nsp:
+      example["nsp_labels"] = np.int32(is_next)
+    return example
+
+  return docs.examples(make_example)
+
+
 def program(model_cfg: TransformerConfig, objective: Any, data: Any) -> Program:
   model = BertPretrainer(
       model_cfg,
@@ -210,16 +302,15 @@ def program(model_cfg: TransformerConfig, objective: Any, data: Any) -> Program:
         {"params": params}, batch, deterministic=not train, rngs=base.apply_rngs(rng, train)
     )
     positions = out["mlm_positions"]
-    total, metrics = loss(
+    total, pairs = loss(
         out["mlm_logits"],
         gather_predictions(batch["mlm_targets"], positions),
         gather_predictions(batch["mlm_weights"], positions),
     )
-    pairs = base.as_pairs(metrics, "mlm")
     if objective.nsp:
-      nsp_loss, nsp_metrics = nsp.loss(out["nsp_logits"], batch["nsp_labels"])
+      nsp_loss, nsp_pairs = nsp.loss(out["nsp_logits"], batch["nsp_labels"])
       total = total + nsp_loss
-      pairs.update(base.example_pairs(nsp_metrics, "nsp", batch["nsp_labels"].shape[0]))
+      pairs.update(nsp_pairs)
     return total, pairs
 
   return Program(
@@ -229,4 +320,6 @@ def program(model_cfg: TransformerConfig, objective: Any, data: Any) -> Program:
   )
 
 
-OBJECTIVE = base.Objective(name="mlm", architecture="encoder", program=program)
+OBJECTIVE = base.Objective(
+    name="mlm", architecture="encoder", program=program, dataset=dataset, flags=("nsp",)
+)

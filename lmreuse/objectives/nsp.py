@@ -16,7 +16,9 @@ from collections.abc import Callable, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
+
+from lmreuse.train import losses
+from lmreuse.train.trainer import MetricPairs
 
 RandomSegmentFn = Callable[[np.random.Generator, int], list[int]]
 
@@ -115,10 +117,8 @@ def pack_pair(
   }
 
 
-def loss(nsp_logits_Bx2: jax.Array, labels_B: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
-  """Mean 2-way cross-entropy in fp32 over the batch, plus accuracy."""
-  nsp_logits_Bx2 = nsp_logits_Bx2.astype(jnp.float32)
-  ce_B = optax.softmax_cross_entropy_with_integer_labels(nsp_logits_Bx2, labels_B)
-  value = jnp.mean(ce_B)
-  accuracy = jnp.mean((jnp.argmax(nsp_logits_Bx2, axis=-1) == labels_B).astype(jnp.float32))
-  return value, {"nsp_loss": value, "nsp_accuracy": accuracy}
+def loss(nsp_logits_Bx2: jax.Array, labels_B: jax.Array) -> tuple[jax.Array, MetricPairs]:
+  """Mean 2-way cross-entropy in fp32 over the batch, plus accuracy, each example weighing 1."""
+  return losses.weighted_cross_entropy(
+      nsp_logits_Bx2, labels_B, jnp.ones(labels_B.shape, jnp.float32), prefix="nsp"
+  )

@@ -15,7 +15,7 @@ from `tok.sentinel_ids` in order (span k -> sentinel_ids[k]) instead of T5's
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import flax.linen as nn
 import jax
@@ -24,8 +24,12 @@ import numpy as np
 
 from lmreuse.models.config import TransformerConfig
 from lmreuse.models.transformer import EncoderDecoder
-from lmreuse.objectives import base, mlm
-from lmreuse.train.trainer import Program
+from lmreuse.objectives import base
+from lmreuse.train import losses
+from lmreuse.train.trainer import MetricPairs, Program
+
+if TYPE_CHECKING:
+  import grain
 
 
 def random_spans_helper(
@@ -151,11 +155,88 @@ def corrupt_spans(
   return {"inputs": np.concatenate([inputs, eos]), "targets": np.concatenate([targets, eos])}
 
 
+def _pad(values: np.ndarray, length: int, pad_id: int) -> tuple[np.ndarray, ...]:
+  """Returns (padded values, segment ids 1/0, positions) as int32 [length] arrays."""
+  n = values.size
+  padded = np.full(length, pad_id, np.int32)
+  padded[:n] = values
+  segment_ids = (np.arange(length) < n).astype(np.int32)
+  positions = np.where(segment_ids, np.arange(length), 0).astype(np.int32)
+  return padded, segment_ids, positions
+
+
+def target_length(objective: Any, data: Any) -> int:
+  """The decoder length: config.data.target_len, else the longest targets seq_len can give."""
+  if data.target_len:
+    return data.target_len
+  return random_spans_helper(
+      data.seq_len, objective.noise_density, objective.mean_noise_span_length
+  )[1]
+
+
+def _check_lengths(
+    data: Any, target_len: int, min_target_len: int, spans: int, sentinels: int
+) -> None:
+  if target_len < min_target_len:
+    raise ValueError(
+        f"config.data.target_len={target_len} is shorter than the {min_target_len} tokens"
+        f" span corruption can produce for seq_len={data.seq_len}"
+    )
+  if spans > sentinels:
+    raise ValueError(
+        f"config.data.seq_len={data.seq_len} gives {spans} noise spans but the tokenizer has"
+        f" only {sentinels} sentinel_ids"
+    )
+
+
+def dataset(docs: base.Documents, objective: Any, data: Any) -> grain.IterDataset:
+  """Raw chunks of each document (several for a long one, as T5's split_tokens), corrupted."""
+  tok, seq_len = docs.tokenizer, data.seq_len
+  density, mean = objective.noise_density, objective.mean_noise_span_length
+  tokens_length, min_target_len = random_spans_helper(seq_len, density, mean)
+  target_len = target_length(objective, data)
+  spans = num_noise_spans(tokens_length, density, mean)
+  _check_lengths(data, target_len, min_target_len, spans, len(tok.sentinel_ids))
+  sentinel_ids: Sequence[int] = tuple(tok.sentinel_ids)
+
+  def example(tokens: np.ndarray, rng: np.random.Generator) -> base.Example:
+    pair = corrupt_spans(
+        tokens,
+        rng,
+        sentinel_ids=sentinel_ids,
+        eos_id=tok.eos_id,
+        noise_density=density,
+        mean_noise_span_length=mean,
+    )
+    enc, enc_seg, enc_pos = _pad(pair["inputs"], seq_len, tok.pad_id)
+    dec_targets, dec_seg, dec_pos = _pad(pair["targets"], target_len, tok.pad_id)
+    dec_inputs = np.concatenate([[tok.pad_id], dec_targets[:-1]]).astype(np.int32)
+    dec_inputs[dec_seg == 0] = tok.pad_id
+    return {
+        "encoder_inputs": enc,
+        "encoder_segment_ids": enc_seg,
+        "encoder_positions": enc_pos,
+        "decoder_inputs": dec_inputs,
+        "decoder_targets": dec_targets,
+        "decoder_weights": dec_seg.astype(np.float32),
+        "decoder_segment_ids": dec_seg,
+        "decoder_positions": dec_pos,
+    }
+
+  def make_examples(doc_index: int, rng: np.random.Generator) -> list[base.Example]:
+    tokens = np.asarray(docs.tokens(doc_index), np.int32)
+    return [
+        example(tokens[i : i + tokens_length], rng) for i in range(0, tokens.size, tokens_length)
+    ]
+
+  return docs.example_lists(make_examples)
+
+
 def loss(
     logits_BxLxV: jax.Array, targets_BxL: jax.Array, weights_BxL: jax.Array
-) -> tuple[jax.Array, dict[str, jax.Array]]:
+) -> tuple[jax.Array, MetricPairs]:
   """Decoder cross-entropy over real target tokens, token-weighted mean in fp32."""
-  return mlm.weighted_cross_entropy(logits_BxLxV, targets_BxL, weights_BxL, prefix="span")
+  return losses.weighted_cross_entropy(logits_BxLxV, targets_BxL, weights_BxL, prefix="span")
 
 
 class T5Pretrainer(nn.Module):
@@ -179,14 +260,6 @@ class T5Pretrainer(nn.Module):
     return logits_BxTxV
 
 
-def target_length(objective: Any, data: Any) -> int:
-  if data.target_len:
-    return data.target_len
-  return random_spans_helper(
-      data.seq_len, objective.noise_density, objective.mean_noise_span_length
-  )[1]
-
-
 def program(model_cfg: TransformerConfig, objective: Any, data: Any) -> Program:
   model = T5Pretrainer(model_cfg)
   target_len = target_length(objective, data)
@@ -207,9 +280,10 @@ def program(model_cfg: TransformerConfig, objective: Any, data: Any) -> Program:
       loss=loss,
       targets="decoder_targets",
       weights="decoder_weights",
-      prefix="span",
       tokens_per_example=data.seq_len + target_len,
   )
 
 
-OBJECTIVE = base.Objective(name="span_corruption", architecture="encoder_decoder", program=program)
+OBJECTIVE = base.Objective(
+    name="span_corruption", architecture="encoder_decoder", program=program, dataset=dataset
+)

@@ -18,6 +18,10 @@ Rules = Sequence[tuple[str, Any]]
 
 # Parameters: embed → fsdp (ZeRO-3 style), heads/mlp/vocab → tensor (Megatron style).
 # Activations: batch over data × fsdp, hidden sizes over tensor where the weights are.
+# `fsdp` splits both a weight's embed axis and the batch, so an op must never leave a result
+# split over embed by fsdp: XLA can move it to the batch split only by replicating it whole (an
+# "involuntary full rematerialization"). Matmuls all-gather such weights by themselves; lookups
+# do not, so layers.Embed gathers its table's embed axis first (tests/parallel checks all meshes).
 DEFAULT_RULES: tuple[tuple[str, Any], ...] = (
     ("batch", ("data", "fsdp")),
     ("length", None),

@@ -14,12 +14,12 @@ import optax
 from flax import traverse_util
 
 from lmreuse.strategies import base, gates
-from lmreuse.strategies.base import Context, is_strategy_param
+from lmreuse.strategies.base import StrategyContext, is_strategy_param
 from lmreuse.train.trainer import select_trainable
 
 __all__ = [
-    "Context",
     "Plan",
+    "StrategyContext",
     "config_defaults",
     "is_strategy_param",
     "learning_rate_scale",
@@ -105,7 +105,7 @@ def config_defaults() -> dict[str, Any]:
 class Plan:
   """The combination of strategies a run uses, answering per parameter path."""
 
-  def __init__(self, cfg: Any, ctx: Context):
+  def __init__(self, cfg: Any, ctx: StrategyContext):
     classes = _components(cfg.name)
     self.name = ",".join(cls.name for cls in classes)
     self.strategies = [cls(cfg, ctx) for cls in classes]

@@ -16,19 +16,17 @@ from typing import Any
 
 import ml_collections
 
-from lmreuse.models.config import TransformerConfig
+from lmreuse.models.config import STRATEGY_MODULES, TransformerConfig
 
 # Parameters that strategies add to the model: adapters, IA3 vectors, prefixes, soft prompts,
-# LoRA factors. They are new in every init report and train under every PEFT strategy.
-STRATEGY_PARAM = re.compile(
-    r"(adapter|(^|/)lora_[ab]$|(^|/)ia3_|(^|/)prefix_(key|value)$|" r"(^|/)prompt$)"
-)
+# LoRA factors.
+STRATEGY_PARAM = re.compile("|".join(STRATEGY_MODULES.values()))
 _LAYER = re.compile(r"/layers_(\d+)/")
 _EMBEDDING = re.compile(r"(token_embed|position_embed|token_type_embed|relative_bias)/")
 
 
 @dataclasses.dataclass(frozen=True)
-class Context:
+class StrategyContext:
   """What strategies see of the run."""
 
   model_cfg: TransformerConfig
@@ -45,11 +43,15 @@ def is_head(path: str) -> bool:
   return not path.startswith("backbone/")
 
 
+def top_depth(cfg: TransformerConfig) -> int:
+  """The depth above the top layer: final norms, LM head, task heads."""
+  return cfg.stack_depth + 1
+
+
 def depth(path: str, cfg: TransformerConfig) -> int:
-  """0 for embeddings, i + 1 for layer i of any stack, L + 1 above the top layer (final norms,
-  LM head, task heads), with L the deepest stack's layer count. Encoder and decoder layers of
-  the same index share a depth."""
-  top = max(cfg.num_layers, cfg.decoder_layers) + 1
+  """0 for embeddings, i + 1 for layer i of any stack, `top_depth` above the top layer. Encoder
+  and decoder layers of the same index share a depth."""
+  top = top_depth(cfg)
   if is_head(path):
     return top
   layer = _LAYER.search(path)
@@ -73,7 +75,7 @@ class Strategy:
   # learning-rate sweep on the full fine-tuning range times this factor.
   learning_rate_scale: float = 1.0
 
-  def __init__(self, cfg: ml_collections.ConfigDict, ctx: Context):
+  def __init__(self, cfg: ml_collections.ConfigDict, ctx: StrategyContext):
     self.cfg, self.ctx = cfg, ctx
 
   def model(self, model_cfg: TransformerConfig) -> TransformerConfig:

@@ -1,5 +1,6 @@
 """Feature extraction: the pretrained Transformer is frozen; the task head (plus any modules
-named by `train_modules`) trains. `linear_probe` trains the final linear layer alone."""
+named by `train_modules`) trains. `linear_probe` trains the head's final linear layer alone
+(plus `train_modules`)."""
 
 from __future__ import annotations
 
@@ -31,14 +32,9 @@ class LinearProbe(Frozen):
   """Only the last linear layer of the head: the classic probe of representation quality."""
 
   name = "linear_probe"
-  defaults = {}
-
-  def __init__(self, cfg, ctx):
-    base.Strategy.__init__(self, cfg, ctx)
-    self.also = None
 
   def trainable(self, path: str) -> bool:
-    return path.startswith("classifier/")
+    return path.startswith("classifier/") or bool(self.also and self.also.search(path))
 
 
 STRATEGY = Frozen

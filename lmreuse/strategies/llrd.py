@@ -13,8 +13,7 @@ class LLRD(base.Strategy):
 
   def lr_scale(self, path: str) -> float:
     cfg = self.ctx.model_cfg
-    top = max(cfg.num_layers, cfg.decoder_layers) + 1
-    return float(self.cfg.decay) ** (top - base.depth(path, cfg))
+    return float(self.cfg.decay) ** (base.top_depth(cfg) - base.depth(path, cfg))
 
   def check(self, paths: list[str]) -> None:
     if not 0.0 < self.cfg.decay <= 1.0:

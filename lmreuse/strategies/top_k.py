@@ -11,12 +11,10 @@ class TopK(base.Strategy):
 
   def trainable(self, path: str) -> bool:
     cfg = self.ctx.model_cfg
-    top = max(cfg.num_layers, cfg.decoder_layers)
-    return base.is_strategy_param(path) or base.depth(path, cfg) > top - self.cfg.k
+    return base.is_strategy_param(path) or base.depth(path, cfg) > cfg.stack_depth - self.cfg.k
 
   def check(self, paths: list[str]) -> None:
-    cfg = self.ctx.model_cfg
-    depth = max(cfg.num_layers, cfg.decoder_layers)
+    depth = self.ctx.model_cfg.stack_depth
     if not 0 <= self.cfg.k <= depth:
       raise ValueError(
           f"config.strategy.k={self.cfg.k} must be in [0, {depth}]: the model "

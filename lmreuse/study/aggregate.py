@@ -14,8 +14,9 @@ from typing import Any
 
 from absl import logging
 
-from lmreuse.study import comparisons, plots, results, selection, statistics, tables
+from lmreuse.study import comparisons, results, selection, statistics, tables
 from lmreuse.study.results import GROUP
+from lmreuse.viz import study_plots
 
 # results.json's compute section, flattened into summary columns (see lmreuse/train/).
 COMPUTE = (
@@ -175,7 +176,7 @@ def report(workdir: str, bootstrap_resamples: int | None = None) -> dict:
     logging.warning("%s", warning)
   return {
       "tables": tables.write(workdir, summary, sweep, compared, warnings),
-      "plots": plots.write(workdir, rows, summary, choices),
+      "plots": study_plots.write(workdir, rows, summary, choices),
       "summary": summary,
       "sweep": sweep,
       "comparisons": compared,

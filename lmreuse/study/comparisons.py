@@ -12,9 +12,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from lmreuse.eval.metrics import HEADLINE
 from lmreuse.study import results, selection, statistics
 from lmreuse.study.results import GROUP
+from lmreuse.tasks import types as task_types
 
 ALPHA = 0.05
 TESTS = ("welch", "paired_bootstrap")
@@ -48,7 +48,7 @@ def headline_metric(lines: Sequence[dict]) -> tuple[str, str] | None:
   task_type = next((line["task_type"] for line in lines if line["task_type"]), None)
   if task_type is None:
     return None
-  metric = HEADLINE[task_type][0]
+  metric = task_types.get(task_type).headline
   split = "test" if any(f"test/{metric}.mean" in line for line in lines) else "validation"
   return metric, f"{split}/{metric}"
 
@@ -72,82 +72,115 @@ def compare(
 ) -> list[dict]:
   """comparisons.csv's rows: one per compared pair and test, with Benjamini-Hochberg adjusted
   p-values over each task's comparisons of one test (`p_adjusted`)."""
-  groups = results.by_group(rows)
-  finished = {
-      key: [r for r in selection.reported(choices[key], members) if r["status"] == "ok"]
-      for key, members in groups.items()
-  }
+  finished = _finished(rows, choices)
   lines_of: dict[str, list[dict]] = {}
   for line in summary:
     lines_of.setdefault(line["task"], []).append(line)
   out = []
   for a, b, kind in pairs(summary, twins):
-    headline = headline_metric(lines_of[a[0]])
-    if headline is None:
-      continue
-    metric, key = headline
-    values = {
-        k: [float(r["metrics"][key]) for r in finished[k] if key in r["metrics"]] for k in (a, b)
-    }
-    base = {
-        "task": a[0],
-        "train_fraction": a[3],
-        "a": label(a),
-        "b": label(b),
-        "kind": kind,
-        "metric": key,
-        "n_a": len(values[a]),
-        "n_b": len(values[b]),
-    }
-    if not values[a] or not values[b]:
-      for test in TESTS:
-        out.append({**base, "test": test, "note": "a side has no finished seed"})
-      continue
-    base.update(
-        mean_a=statistics.interval(values[a])["mean"], mean_b=statistics.interval(values[b])["mean"]
+    out.extend(_pair_rows(a, b, kind, lines_of[a[0]], finished, n_resamples=n_resamples, seed=seed))
+  _adjust(out, lines_of)
+  for r in out:
+    r["significant"] = bool("p_value" in r and r["p_value"] < ALPHA)
+  return out
+
+
+def _finished(rows: Sequence[dict], choices: dict[tuple, selection.Choice]) -> dict:
+  """Per group, its reported runs that finished: only they carry scores to compare."""
+  return {
+      key: [r for r in selection.reported(choices[key], members) if r["status"] == "ok"]
+      for key, members in results.by_group(rows).items()
+  }
+
+
+def _pair_rows(
+    a: tuple,
+    b: tuple,
+    kind: str,
+    lines: Sequence[dict],
+    finished: dict[tuple, list[dict]],
+    *,
+    n_resamples: int,
+    seed: int,
+) -> list[dict]:
+  """One pair's rows, one per test; a note stands in for a p-value where a test cannot run."""
+  headline = headline_metric(lines)
+  if headline is None:
+    return []
+  metric, key = headline
+  values = {
+      k: [float(r["metrics"][key]) for r in finished[k] if key in r["metrics"]] for k in (a, b)
+  }
+  base = {
+      "task": a[0],
+      "train_fraction": a[3],
+      "a": label(a),
+      "b": label(b),
+      "kind": kind,
+      "metric": key,
+      "n_a": len(values[a]),
+      "n_b": len(values[b]),
+  }
+  if not values[a] or not values[b]:
+    return [{**base, "test": test, "note": "a side has no finished seed"} for test in TESTS]
+  base.update(
+      mean_a=statistics.interval(values[a])["mean"], mean_b=statistics.interval(values[b])["mean"]
+  )
+  welch = statistics.welch(values[a], values[b])
+  welch_row = {
+      **base,
+      "test": "welch",
+      "mean_diff": welch["mean_diff"],
+      "p_value": welch["p_value"],
+      "note": "" if min(len(values[a]), len(values[b])) >= 2 else "needs 2+ seeds per side",
+  }
+  boot_row = _bootstrap_row(
+      base, metric, finished[a], finished[b], n_resamples=n_resamples, seed=seed
+  )
+  return [welch_row, boot_row]
+
+
+def _bootstrap_row(
+    base: dict,
+    metric: str,
+    finished_a: list[dict],
+    finished_b: list[dict],
+    *,
+    n_resamples: int,
+    seed: int,
+) -> dict:
+  """The paired bootstrap's row, or a note when the runs' predictions can't be paired."""
+  try:
+    boot = statistics.compare_predictions(
+        finished_a[0]["task_type"],
+        metric,
+        _records(finished_a),
+        _records(finished_b),
+        n_resamples=n_resamples,
+        seed=seed,
     )
-    welch = statistics.welch(values[a], values[b])
-    out.append(
-        {
-            **base,
-            "test": "welch",
-            "mean_diff": welch["mean_diff"],
-            "p_value": welch["p_value"],
-            "note": "" if min(len(values[a]), len(values[b])) >= 2 else "needs 2+ seeds per side",
-        }
-    )
-    try:
-      boot = statistics.compare_predictions(
-          finished[a][0]["task_type"],
-          metric,
-          _records(finished[a]),
-          _records(finished[b]),
-          n_resamples=n_resamples,
-          seed=seed,
-      )
-      out.append(
-          {
-              **base,
-              "test": "paired_bootstrap",
-              "mean_diff": boot["mean_diff"],
-              "p_value": boot["p_value"],
-              "ci95_low": boot["ci95_low"],
-              "ci95_high": boot["ci95_high"],
-              "n_examples": boot["n_examples"],
-              "n_resamples": boot["n_resamples"],
-              "note": "" if key.startswith("test/") else "on validation: no test split",
-          }
-      )
-    except (OSError, ValueError) as e:  # no predictions.jsonl, or different examples
-      out.append({**base, "test": "paired_bootstrap", "note": f"not compared: {e}"})
-  for task in lines_of:
+  except (OSError, ValueError) as e:  # no predictions.jsonl, or different examples
+    return {**base, "test": "paired_bootstrap", "note": f"not compared: {e}"}
+  return {
+      **base,
+      "test": "paired_bootstrap",
+      "mean_diff": boot["mean_diff"],
+      "p_value": boot["p_value"],
+      "ci95_low": boot["ci95_low"],
+      "ci95_high": boot["ci95_high"],
+      "n_examples": boot["n_examples"],
+      "n_resamples": boot["n_resamples"],
+      "note": "" if base["metric"].startswith("test/") else "on validation: no test split",
+  }
+
+
+def _adjust(out: list[dict], tasks: dict[str, list[dict]]) -> None:
+  """Adds p_adjusted per task and test: each task's family of comparisons is corrected alone."""
+  for task in tasks:
     for test in TESTS:
       chosen = [r for r in out if r["task"] == task and r["test"] == test and "p_value" in r]
       for r, adjusted in zip(chosen, statistics.adjust([r["p_value"] for r in chosen])):
         r["p_adjusted"] = adjusted
-  for r in out:
-    r["significant"] = bool("p_value" in r and r["p_value"] < ALPHA)
-  return out
 
 
 def verdicts(compared: Sequence[dict]) -> dict[tuple[str, float, str, str], dict]:

@@ -16,9 +16,9 @@ import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
-from lmreuse.eval.metrics import HEADLINE
 from lmreuse.study import statistics
 from lmreuse.study.results import by_group
+from lmreuse.tasks import types as task_types
 
 
 @dataclasses.dataclass
@@ -118,7 +118,8 @@ def choose(
     key: tuple, rows: Sequence[dict], task_type: str | None, first_seed: int | None = None
 ) -> Choice:
   """The choice for one group's rows; `first_seed` set: selection reads that seed only."""
-  metric, mode = (None, "max") if task_type is None else HEADLINE[task_type]
+  spec = None if task_type is None else task_types.get(task_type)
+  metric, mode = (None, "max") if spec is None else (spec.headline, spec.mode)
   metric = metric and f"validation/{metric}"
   multiple = len({repr(sorted(r["hparams"].items())) for r in rows}) > 1
   seeds = {first_seed} if first_seed is not None and multiple else None

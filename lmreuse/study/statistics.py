@@ -18,13 +18,16 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from scipy import stats
 
 from lmreuse import tasks
 from lmreuse.eval import metrics
+
+if TYPE_CHECKING:
+  from lmreuse.tasks.base import TaskType
 
 N_RESAMPLES = 1000
 # Differences closer to 0 than this are ties: the per-example mean and re-scoring sum the same
@@ -244,6 +247,31 @@ def compare_predictions(
       row: [[r["prediction"] for r in records] for records in seeds]
       for row, seeds in (("a", a), ("b", b))
   }
+  row_score = _row_scorer(task, examples, predictions, metric, positive_label)
+  full = np.arange(len(examples))
+  means = {row: row_score(row, full) for row in ROWS}  # also checks the metric's name
+  statistic = _statistic(task, examples, predictions, metric, row_score, rescore=rescore)
+  result = paired_bootstrap(statistic, len(examples), n_resamples=n_resamples, seed=seed)
+  # The full-set difference from `score`, so it matches results.json on every path.
+  result["mean_diff"] = means["a"] - means["b"]
+  return {
+      **result,
+      "mean_a": means["a"],
+      "mean_b": means["b"],
+      "n_seeds_a": len(a),
+      "n_seeds_b": len(b),
+  }
+
+
+def _row_scorer(
+    task: type[TaskType],
+    examples: Sequence[dict],
+    predictions: dict[str, list[list]],
+    metric: str,
+    positive_label: Any,
+) -> Callable[[str, np.ndarray], float]:
+  """Scores a row on the examples at `idx` with `TaskType.score`: the reference every faster
+  path must match."""
 
   def row_score(row: str, idx: np.ndarray) -> float:
     picked = [examples[i] for i in idx]
@@ -256,8 +284,20 @@ def compare_predictions(
         )
     )
 
-  full = np.arange(len(examples))
-  means = {row: row_score(row, full) for row in ROWS}  # also checks the metric's name
+  return row_score
+
+
+def _statistic(
+    task: type[TaskType],
+    examples: Sequence[dict],
+    predictions: dict[str, list[list]],
+    metric: str,
+    row_score: Callable[[str, np.ndarray], float],
+    *,
+    rescore: bool,
+) -> Statistic:
+  """Δ* over a batch of resamples by the cheapest exact path `metric` allows: per-example
+  values, else summed counts, else re-scoring every resample."""
   # Which metrics have per-example values, from one example (the names, not the values).
   per_example = {} if rescore else task.per_example(examples[:1], predictions["a"][0][:1])
   # Counts come from the whole test set: whether they add up can depend on every example.
@@ -279,20 +319,11 @@ def compare_predictions(
     def statistic(idx_BxN: np.ndarray) -> np.ndarray:
       return np.mean(diff_N[idx_BxN], axis=-1)
 
-  elif counts and all(c is not None for seeds in counts.values() for c in seeds):
-    statistic = _counts_statistic(counts)
-  else:
+    return statistic
+  if counts and all(c is not None for seeds in counts.values() for c in seeds):
+    return _counts_statistic(counts)
 
-    def statistic(idx_BxN: np.ndarray) -> np.ndarray:
-      return np.asarray([row_score("a", idx) - row_score("b", idx) for idx in idx_BxN])
+  def rescored(idx_BxN: np.ndarray) -> np.ndarray:
+    return np.asarray([row_score("a", idx) - row_score("b", idx) for idx in idx_BxN])
 
-  result = paired_bootstrap(statistic, len(examples), n_resamples=n_resamples, seed=seed)
-  # The full-set difference from `score`, so it matches results.json on every path.
-  result["mean_diff"] = means["a"] - means["b"]
-  return {
-      **result,
-      "mean_a": means["a"],
-      "mean_b": means["b"],
-      "n_seeds_a": len(a),
-      "n_seeds_b": len(b),
-  }
+  return rescored

@@ -16,12 +16,10 @@ import re
 from collections.abc import Callable, Sequence
 
 from lmreuse import workdir as workdir_lib
-from lmreuse.eval.metrics import HEADLINE
 from lmreuse.study import comparisons
 from lmreuse.study.results import GROUP
+from lmreuse.tasks import types
 
-# Their metrics are fractions, shown ×100; SQuAD F1, BLEU and ROUGE are already on 0-100.
-FRACTION_TYPES = ("classification", "regression", "tagging")
 _HEAD = (
     *GROUP,
     "task_type",
@@ -87,7 +85,8 @@ def headline(lines: Sequence[dict]) -> tuple[str, str, str, float] | None:
     return None
   task_type = next(line["task_type"] for line in lines if line["task_type"])
   metric, score = found
-  return metric, HEADLINE[task_type][1], score, 100.0 if task_type in FRACTION_TYPES else 1.0
+  spec = types.get(task_type)  # fractions are shown ×100; SQuAD F1, BLEU, ROUGE are 0-100
+  return metric, spec.mode, score, 100.0 if spec.fraction_scores else 1.0
 
 
 def _best(lines: Sequence[dict], key: str, mode: str) -> set[int]:
@@ -131,88 +130,94 @@ def results_table(
   fractions = len({line["train_fraction"] for line in lines}) > 1
   swept = any(line["configurations"] > 1 for line in lines)
   best = _best(lines, score, mode) if found else set()
-
-  def interval(line: dict, key: str) -> str:
-    if f"{key}.mean" not in line:
-      return fmt.none
-    ci = line[f"{key}.ci95"]
-    spread = f"{fmt.pm}{ci * scale:.1f}" if not math.isnan(ci) else ""
-    return f"{line[f'{key}.mean'] * scale:.1f}{spread}"
-
-  def delta(line: dict, kind: str) -> str:
-    return _delta(
-        next(
-            (
-                p
-                for (task, fraction, a, _), p in verdicts.items()
-                if p["kind"] == kind
-                and task == line["task"]
-                and fraction == line["train_fraction"]
-                and a == f"{line['init']}/{line['strategy']}"
-            ),
-            None,
-        ),
-        scale,
-        fmt,
-    )
-
-  header = [
-      "init",
-      "strategy",
-      *(["data fraction"] if fractions else []),
-      *(["selected"] if swept else []),
-      f"test {metric}",
-      f"validation {metric}",
-      "Δ vs full",
-      "Δ vs scratch",
-      "trainable %",
-      "train FLOPs",
-      "peak memory (MB)",
-      "wall time (s)",
-      "seeds",
-  ]
-  numeric = [
-      False,
-      False,
-      *([True] if fractions else []),
-      *([False] if swept else []),
-      True,
-      True,
-      True,
-      True,
-      True,
-      True,
-      True,
-      True,
-      False,
-  ]
+  header, numeric = _results_columns(metric, fractions=fractions, swept=swept)
   cells = []
   for i, line in enumerate(lines):
-    scores = {key: interval(line, key) for key in (f"test/{metric}", f"validation/{metric}")}
+    scores = {
+        key: _interval(line, key, scale, fmt) for key in (f"test/{metric}", f"validation/{metric}")
+    }
     if i in best:
       scores[score] = fmt.bold(scores[score])
-    number = functools.partial(_mean_or_none, line, fmt)
-
-    status = f"{line['n_ok']}/{line['n_total']}" if line["status"] == "ok" else line["status"]
-    if line["selection_note"]:
-      status += f" ({line['selection_note']})"
-    cells.append(
-        [
-            fmt.esc(line["init"]),
-            fmt.esc(line["strategy"]),
-            *([f"{line['train_fraction']:g}"] if fractions else []),
-            *([fmt.esc(line["selected_hparams"]) or fmt.none] if swept else []),
-            *scores.values(),
-            delta(line, "strategy vs full"),
-            delta(line, "pretrained vs scratch"),
-            number("trainable_fraction", percent),
-            number("train_flops", _scientific),
-            number("peak_memory_bytes", lambda b: f"{b / 2 ** 20:.1f}"),
-            number("wall_time_sec", lambda s: f"{s:.0f}"),
-            fmt.esc(status),
-        ]
-    )
+    deltas = [
+        _delta(_verdict(verdicts, line, kind), scale, fmt)
+        for kind in ("strategy vs full", "pretrained vs scratch")
+    ]
+    cells.append(_results_row(line, scores, deltas, fmt, fractions=fractions, swept=swept))
   return [fmt.esc(h) for h in header], cells, numeric
+
+
+def _results_columns(metric: str, *, fractions: bool, swept: bool) -> tuple[list[str], list[bool]]:
+  """The header and which columns are numeric; the data fraction and selected hparams only
+  show where they vary, so a single-run table stays narrow."""
+  columns = [
+      ("init", False),
+      ("strategy", False),
+      *([("data fraction", True)] if fractions else []),
+      *([("selected", False)] if swept else []),
+      (f"test {metric}", True),
+      (f"validation {metric}", True),
+      ("Δ vs full", True),
+      ("Δ vs scratch", True),
+      ("trainable %", True),
+      ("train FLOPs", True),
+      ("peak memory (MB)", True),
+      ("wall time (s)", True),
+      ("seeds", False),
+  ]
+  return [name for name, _ in columns], [is_numeric for _, is_numeric in columns]
+
+
+def _interval(line: dict, key: str, scale: float, fmt: Format) -> str:
+  """Mean ± 95% interval of `key`, without the ± where one seed leaves the interval nan."""
+  if f"{key}.mean" not in line:
+    return fmt.none
+  ci = line[f"{key}.ci95"]
+  spread = f"{fmt.pm}{ci * scale:.1f}" if not math.isnan(ci) else ""
+  return f"{line[f'{key}.mean'] * scale:.1f}{spread}"
+
+
+def _verdict(verdicts: dict, line: dict, kind: str) -> dict | None:
+  """The verdict of the `kind` comparison whose first side is this line's row, if any."""
+  return next(
+      (
+          p
+          for (task, fraction, a, _), p in verdicts.items()
+          if p["kind"] == kind
+          and task == line["task"]
+          and fraction == line["train_fraction"]
+          and a == f"{line['init']}/{line['strategy']}"
+      ),
+      None,
+  )
+
+
+def _results_row(
+    line: dict,
+    scores: dict[str, str],
+    deltas: list[str],
+    fmt: Format,
+    *,
+    fractions: bool,
+    swept: bool,
+) -> list[str]:
+  """One row's cells, in `_results_columns` order."""
+  number = functools.partial(_mean_or_none, line, fmt)
+  status = f"{line['n_ok']}/{line['n_total']}" if line["status"] == "ok" else line["status"]
+  if line["selection_note"]:
+    status += f" ({line['selection_note']})"
+  return [
+      fmt.esc(line["init"]),
+      fmt.esc(line["strategy"]),
+      *([f"{line['train_fraction']:g}"] if fractions else []),
+      *([fmt.esc(line["selected_hparams"]) or fmt.none] if swept else []),
+      *scores.values(),
+      *deltas,
+      number("trainable_fraction", percent),
+      number("train_flops", _scientific),
+      number("peak_memory_bytes", lambda b: f"{b / 2 ** 20:.1f}"),
+      number("wall_time_sec", lambda s: f"{s:.0f}"),
+      fmt.esc(status),
+  ]
 
 
 def _mean_or_none(line: dict, fmt: Format, key: str, render: Callable[[float], str]) -> str:

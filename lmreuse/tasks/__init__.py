@@ -1,23 +1,36 @@
-"""Downstream task types by name: one file each, one registry line each."""
+"""Downstream task types by name: one file each, registered by its row in types.py.
+
+Importing the package loads no model code, so data sources can read the task-type table
+(lmreuse/tasks/types.py); `get` imports a task type's file when it is asked for.
+"""
 
 from __future__ import annotations
 
-from lmreuse.tasks.base import Context, TaskType
+import importlib
+from typing import TYPE_CHECKING, Any
 
+from lmreuse.tasks import types
 
-def _registry() -> dict[str, type[TaskType]]:
-  from lmreuse.tasks import classification, extractive_qa, regression, seq2seq, tagging
-
-  modules = (classification, regression, tagging, extractive_qa, seq2seq)
-  return {m.TASK_TYPE.name: m.TASK_TYPE for m in modules}
+if TYPE_CHECKING:
+  from lmreuse.tasks.base import TaskContext, TaskType
 
 
 def get(name: str) -> type[TaskType]:
-  registry = _registry()
-  if name not in registry:
-    raise ValueError(f"config.task.type={name!r} is unknown; choose one of {sorted(registry)}")
-  return registry[name]
+  spec = types.get(name)
+  task_type = importlib.import_module(spec.module).TASK_TYPE
+  if task_type.name != name:
+    raise ValueError(f"{spec.module}.TASK_TYPE is {task_type.name!r}, but its row says {name!r}")
+  return task_type
 
 
-def build(name: str, ctx: Context) -> TaskType:
+def build(name: str, ctx: TaskContext) -> TaskType:
   return get(name)(ctx)
+
+
+def __getattr__(name: str) -> Any:
+  """`tasks.TaskType` and `tasks.TaskContext` without importing the models with the package."""
+  if name in ("TaskType", "TaskContext"):
+    from lmreuse.tasks import base
+
+    return getattr(base, name)
+  raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

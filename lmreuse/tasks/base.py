@@ -6,7 +6,7 @@ pretraining models keep it, so a pretraining checkpoint loads into it by path (s
 lmreuse/train/restore.py). Heads are new parameters.
 
 Data flow for one task:
-  canonical example (lmreuse/data/sources/base.py)
+  canonical example (its fields: the task type's row in lmreuse/tasks/types.py)
     → `features(example, rng)`: fixed-shape numpy arrays per feature + host-side `meta`
     → batches → model (`loss` in training; `predict` at evaluation, jitted)
     → `postprocess(examples, metas, outputs)` → one prediction per example → `metrics`.
@@ -46,7 +46,7 @@ class Feature:
 
 
 @dataclasses.dataclass(frozen=True)
-class Context:
+class TaskContext:
   """Everything a task type is built from."""
 
   model_cfg: TransformerConfig
@@ -66,7 +66,7 @@ class TaskType(abc.ABC):
   architectures: tuple[str, ...] = ("encoder", "decoder", "encoder_decoder")
   gold_fields: tuple[str, ...] = ()  # the example fields `score` reads the answers from
 
-  def __init__(self, ctx: Context):
+  def __init__(self, ctx: TaskContext):
     self.ctx = ctx
     arch = ctx.model_cfg.architecture
     if arch not in self.architectures:
@@ -114,7 +114,6 @@ class TaskType(abc.ABC):
     from examples[example_index[i]] (one feature per example except in windowed QA)."""
 
   @classmethod
-  @abc.abstractmethod
   def score(
       cls,
       examples: Sequence[dict],
@@ -126,6 +125,24 @@ class TaskType(abc.ABC):
     """Task metrics from maintained libraries (lmreuse/eval/metrics.py), from the gold answers in
     `examples` alone (examples or predictions.jsonl records). With `metric`, only that entry:
     a bootstrap re-scores thousands of resamples and should not pay for the other metrics."""
+    result = cls._metrics(examples, predictions, positive_label, metric)
+    if metric is None:
+      return result
+    if metric not in result:
+      raise ValueError(f"metric {metric!r} is not one of the {cls.name} metrics {sorted(result)}")
+    return {metric: result[metric]}
+
+  @classmethod
+  @abc.abstractmethod
+  def _metrics(
+      cls,
+      examples: Sequence[dict],
+      predictions: Sequence[Any],
+      positive_label: Any,
+      metric: str | None,
+  ) -> dict[str, float]:
+    """The metrics `score` selects from: all of them, or with `metric` given at least that one
+    (a type may skip the others' cost)."""
 
   @classmethod
   def per_example(
@@ -152,27 +169,6 @@ class TaskType(abc.ABC):
   def record(self, example: dict, prediction: Any) -> dict:
     """One line of predictions.jsonl: the example's inputs, its gold answer, the prediction."""
     return {**example, "prediction": prediction}
-
-
-def select(result: dict[str, float], metric: str | None, task: str) -> dict[str, float]:
-  """All of `result`, or just `metric`'s entry; an unknown name fails listing the known ones."""
-  if metric is None:
-    return result
-  if metric not in result:
-    raise ValueError(f"metric {metric!r} is not one of the {task} metrics {sorted(result)}")
-  return {metric: result[metric]}
-
-
-def weighted_loss(
-    loss: jax.Array, weights: jax.Array, **metrics: jax.Array
-) -> tuple[jax.Array, MetricPairs]:
-  """The weighted mean of per-row (or per-token) `loss` values, and (sum, count) pairs for it
-  and for each of `metrics` under the same weights; padding weighs 0, so it never counts."""
-  total = jnp.sum(weights)
-  pairs = {
-      name: (jnp.sum(values * weights), total) for name, values in {"loss": loss, **metrics}.items()
-  }
-  return pairs["loss"][0] / jnp.maximum(total, 1e-8), pairs
 
 
 def cross_entropy(logits_BxC: jax.Array, labels_B: jax.Array, smoothing: float) -> jax.Array:

@@ -15,6 +15,7 @@ from lmreuse.eval import metrics
 from lmreuse.models.config import TransformerConfig
 from lmreuse.models.heads import Classifier, Pooler
 from lmreuse.tasks import base, encoding
+from lmreuse.train import losses
 
 
 class PooledModel(nn.Module):
@@ -30,13 +31,13 @@ class PooledModel(nn.Module):
     self.head_dropout = nn.Dropout(self.cfg.dropout_rate)
     self.classifier = Classifier(self.cfg, num_classes=self.num_outputs)
 
-  def features(self, batch: dict[str, jax.Array], deterministic: bool = True) -> jax.Array:
+  def pooled(self, batch: dict[str, jax.Array], deterministic: bool = True) -> jax.Array:
     """[B, D] pooled vector the head reads; its own method so analyses can look at it."""
     hidden_BxLxD = encoding.hidden_states(self.backbone, self.cfg, batch, deterministic)
     return encoding.pool(hidden_BxLxD, batch["segment_ids"], self.pooling, self.pooler)
 
   def __call__(self, batch: dict[str, jax.Array], deterministic: bool = True) -> jax.Array:
-    pooled_BxD = self.features(batch, deterministic)
+    pooled_BxD = self.pooled(batch, deterministic)
     return self.classifier(self.head_dropout(pooled_BxD, deterministic=deterministic))
 
 
@@ -44,7 +45,7 @@ class TextTask(base.TaskType):
   """Shared by classification and regression: (pair of) text(s) → one row, training-time
   augmentation of the words (off by default)."""
 
-  def __init__(self, ctx: base.Context):
+  def __init__(self, ctx: base.TaskContext):
     super().__init__(ctx)
     self.pooling = encoding.resolve_pooling(ctx.task.pooling, ctx.model_cfg.architecture)
     self.augmenter = augment.from_config(ctx.task.augment)
@@ -67,7 +68,7 @@ class Classification(TextTask):
   name = "classification"
   gold_fields = ("label",)
 
-  def __init__(self, ctx: base.Context):
+  def __init__(self, ctx: base.TaskContext):
     super().__init__(ctx)
     if not ctx.labels or len(ctx.labels) < 2:
       raise ValueError(
@@ -99,7 +100,7 @@ class Classification(TextTask):
     weight_B = batch["weight"]
     ce_B = base.cross_entropy(logits_BxC, batch["label"], self.ctx.label_smoothing)
     correct_B = (jnp.argmax(logits_BxC, -1) == batch["label"]).astype(jnp.float32)
-    return base.weighted_loss(ce_B, weight_B, accuracy=correct_B)
+    return losses.weighted_loss(ce_B, weight_B, accuracy=correct_B)
 
   def outputs_for_decoding(self, logits_BxC):
     probs_BxC = jax.nn.softmax(logits_BxC.astype(jnp.float32))
@@ -119,14 +120,7 @@ class Classification(TextTask):
     return labels, predictions
 
   @classmethod
-  def score(
-      cls,
-      examples: Sequence[dict],
-      predictions: Sequence[Any],
-      positive_label: Any = None,
-      *,
-      metric: str | None = None,
-  ) -> dict[str, float]:
+  def _metrics(cls, examples, predictions, positive_label, metric):
     labels, predictions = cls._labels(examples, predictions)
     if positive_label is not None and positive_label != "":
       # Matched as text, as `config.task.positive_label` is matched to the training labels.
@@ -137,9 +131,7 @@ class Classification(TextTask):
     return metrics.classification(labels, predictions, positive_label=positive_label, only=metric)
 
   @classmethod
-  def per_example(
-      cls, examples: Sequence[dict], predictions: Sequence[Any]
-  ) -> dict[str, np.ndarray]:
+  def per_example(cls, examples, predictions):
     return metrics.classification_per_example(*cls._labels(examples, predictions))
 
   def metrics(self, examples: Sequence[dict], predictions: Sequence[Any]) -> dict[str, float]:

@@ -19,6 +19,9 @@ import numpy as np
 from lmreuse.eval import metrics
 from lmreuse.tasks import base, encoding
 from lmreuse.tasks.tagging import TokenModel
+from lmreuse.train import losses
+
+QUERY_FRACTION = 0.5  # of max_len: the question's cap when config.task.max_query_len is 0
 
 
 def windows(num_tokens: int, window: int, stride: int) -> list[int]:
@@ -35,10 +38,11 @@ class ExtractiveQA(base.TaskType):
   name = "extractive_qa"
   gold_fields = ("answers",)
 
-  def __init__(self, ctx: base.Context):
+  def __init__(self, ctx: base.TaskContext):
     super().__init__(ctx)
     task = ctx.task
-    self.max_query_len, self.doc_stride = task.max_query_len, task.doc_stride
+    self.max_query_len = task.max_query_len or int(QUERY_FRACTION * ctx.max_len)
+    self.doc_stride = task.doc_stride
     self.n_best, self.max_answer_len = task.n_best, task.max_answer_len
     if self.max_query_len + 8 > ctx.max_len:
       raise ValueError(
@@ -96,7 +100,7 @@ class ExtractiveQA(base.TaskType):
     exact_B = (
         (jnp.argmax(start_BxL, -1) == batch["start"]) & (jnp.argmax(end_BxL, -1) == batch["end"])
     ).astype(jnp.float32)
-    return base.weighted_loss(ce_B, weight_B, span_accuracy=exact_B)
+    return losses.weighted_loss(ce_B, weight_B, span_accuracy=exact_B)
 
   def predict(self, module, params, batch):
     start_BxL, end_BxL = self._logits(module.apply({"params": params}, batch), batch)
@@ -129,24 +133,12 @@ class ExtractiveQA(base.TaskType):
     return [[a["text"] for a in e["answers"]] for e in examples]
 
   @classmethod
-  def score(
-      cls,
-      examples: Sequence[dict],
-      predictions: Sequence[Any],
-      positive_label: Any = None,
-      *,
-      metric: str | None = None,
-  ) -> dict[str, float]:
-    return base.select(metrics.squad(predictions, cls._answers(examples)), metric, cls.name)
+  def _metrics(cls, examples, predictions, positive_label, metric):
+    return metrics.squad(predictions, cls._answers(examples))
 
   @classmethod
-  def per_example(
-      cls, examples: Sequence[dict], predictions: Sequence[Any]
-  ) -> dict[str, np.ndarray]:
+  def per_example(cls, examples, predictions):
     return metrics.squad_per_example(predictions, cls._answers(examples))
-
-  def record(self, example: dict, prediction: Any) -> dict:
-    return {**example, "prediction": prediction}
 
 
 TASK_TYPE = ExtractiveQA

@@ -12,6 +12,7 @@ import numpy as np
 from lmreuse.eval import metrics
 from lmreuse.tasks import base
 from lmreuse.tasks.classification import PooledModel, TextTask
+from lmreuse.train import losses
 
 
 class Regression(TextTask):
@@ -27,7 +28,7 @@ class Regression(TextTask):
   def loss(self, outputs_Bx1, batch):
     weight_B = batch["weight"]
     se_B = jnp.square(outputs_Bx1[:, 0].astype(jnp.float32) - batch["label"])
-    return base.weighted_loss(se_B, weight_B)
+    return losses.weighted_loss(se_B, weight_B)
 
   def outputs_for_decoding(self, outputs_Bx1):
     return {"score": outputs_Bx1[:, 0].astype(jnp.float32)}
@@ -35,24 +36,17 @@ class Regression(TextTask):
   def postprocess(self, examples, example_index, metas, outputs) -> list[Any]:
     return [float(s) for s in outputs["score"]]
 
-  @classmethod
-  def score(
-      cls,
-      examples: Sequence[dict],
-      predictions: Sequence[Any],
-      positive_label: Any = None,
-      *,
-      metric: str | None = None,
-  ) -> dict[str, float]:
-    return base.select(
-        metrics.regression([float(e["label"]) for e in examples], predictions), metric, cls.name
-    )
+  @staticmethod
+  def _targets(examples: Sequence[dict]) -> list[float]:
+    return [float(e["label"]) for e in examples]
 
   @classmethod
-  def per_example(
-      cls, examples: Sequence[dict], predictions: Sequence[Any]
-  ) -> dict[str, np.ndarray]:
-    return metrics.regression_per_example([float(e["label"]) for e in examples], predictions)
+  def _metrics(cls, examples, predictions, positive_label, metric):
+    return metrics.regression(cls._targets(examples), predictions)
+
+  @classmethod
+  def per_example(cls, examples, predictions):
+    return metrics.regression_per_example(cls._targets(examples), predictions)
 
 
 TASK_TYPE = Regression

@@ -21,6 +21,7 @@ from lmreuse.eval import metrics
 from lmreuse.models import decoding
 from lmreuse.models.config import TransformerConfig
 from lmreuse.tasks import base, encoding
+from lmreuse.train import losses
 
 
 class Seq2SeqModel(nn.Module):
@@ -55,7 +56,7 @@ class Seq2Seq(base.TaskType):
   gold_fields = ("target",)
   architectures = ("decoder", "encoder_decoder")
 
-  def __init__(self, ctx: base.Context):
+  def __init__(self, ctx: base.TaskContext):
     super().__init__(ctx)
     self.target_len = ctx.task.max_target_len
     self.beam_size = ctx.task.beam_size
@@ -122,10 +123,11 @@ class Seq2Seq(base.TaskType):
         logits_BxTxV.reshape(-1, vocab), batch["targets"].reshape(-1), self.ctx.label_smoothing
     ).reshape(weights_BxT.shape)
     correct_BxT = (jnp.argmax(logits_BxTxV, -1) == batch["targets"]).astype(jnp.float32)
-    return base.weighted_loss(ce_BxT, weights_BxT, token_accuracy=correct_BxT)
+    return losses.weighted_loss(ce_BxT, weights_BxT, token_accuracy=correct_BxT)
 
   def predict(self, module, params, batch):
     cfg, tok = self.ctx.model_cfg, self.ctx.tokenizer
+    search = dict(beam_size=self.beam_size, eos_id=tok.eos_id, length_penalty=self.length_penalty)
     if self.decoder_only:
       tokens = decoding.generate_decoder(
           cfg,
@@ -133,9 +135,7 @@ class Seq2Seq(base.TaskType):
           batch["prompt"],
           batch["prompt_segment_ids"],
           max_new_tokens=self.target_len,
-          beam_size=self.beam_size,
-          eos_id=tok.eos_id,
-          length_penalty=self.length_penalty,
+          **search,
       )
     else:
       tokens = decoding.generate_encoder_decoder(
@@ -144,10 +144,8 @@ class Seq2Seq(base.TaskType):
           batch["inputs"],
           batch["segment_ids"],
           max_len=self.target_len,
-          beam_size=self.beam_size,
-          eos_id=tok.eos_id,
           start_id=tok.pad_id,
-          length_penalty=self.length_penalty,
+          **search,
       )
     return {"tokens": tokens}
 
@@ -159,36 +157,29 @@ class Seq2Seq(base.TaskType):
       texts.append(self.ctx.tokenizer.decode(row[: row.index(eos)] if eos in row else row))
     return texts
 
+  @staticmethod
+  def _references(examples: Sequence[dict]) -> list[str]:
+    return [e["target"] for e in examples]
+
   @classmethod
-  def score(
-      cls,
-      examples: Sequence[dict],
-      predictions: Sequence[Any],
-      positive_label: Any = None,
-      *,
-      metric: str | None = None,
-  ) -> dict[str, float]:
-    references = [e["target"] for e in examples]
+  def _metrics(cls, examples, predictions, positive_label, metric):
+    references = cls._references(examples)
     result = {}
     if metric != "bleu":  # re-scoring BLEU on resamples should not pay for ROUGE too
       result.update(metrics.rouge(predictions, references))
     if metric is None or metric not in result:
       result = {**metrics.bleu(predictions, references), **result}
-    return base.select(result, metric, cls.name)
+    return result
 
   @classmethod
-  def per_example(
-      cls, examples: Sequence[dict], predictions: Sequence[Any]
-  ) -> dict[str, np.ndarray]:
+  def per_example(cls, examples, predictions):
     """ROUGE is a mean over examples; corpus BLEU is not (its n-gram counts pool first)."""
-    return metrics.rouge_per_example(predictions, [e["target"] for e in examples])
+    return metrics.rouge_per_example(predictions, cls._references(examples))
 
   @classmethod
-  def sufficient_statistics(
-      cls, examples: Sequence[dict], predictions: Sequence[Any]
-  ) -> dict[str, metrics.SufficientStatistics]:
+  def sufficient_statistics(cls, examples, predictions):
     """Corpus BLEU pools each sentence's n-gram counts: a resample's BLEU is that of their sum."""
-    return metrics.bleu_statistics(predictions, [e["target"] for e in examples])
+    return metrics.bleu_statistics(predictions, cls._references(examples))
 
 
 TASK_TYPE = Seq2Seq

@@ -19,6 +19,7 @@ from lmreuse.eval import metrics
 from lmreuse.models.config import TransformerConfig
 from lmreuse.models.heads import Classifier
 from lmreuse.tasks import base, encoding
+from lmreuse.train import losses
 
 OUTSIDE = "O"
 
@@ -43,7 +44,7 @@ class Tagging(base.TaskType):
   name = "tagging"
   gold_fields = ("tags",)
 
-  def __init__(self, ctx: base.Context):
+  def __init__(self, ctx: base.TaskContext):
     super().__init__(ctx)
     if not ctx.labels:
       raise ValueError("tagging needs the tag set of the training data")
@@ -79,7 +80,7 @@ class Tagging(base.TaskType):
     weights_BxL = batch["label_weights"] * batch["weight"][:, None]
     ce_BxL = base.cross_entropy(logits_BxLxC, batch["labels"], self.ctx.label_smoothing)
     correct_BxL = (jnp.argmax(logits_BxLxC, -1) == batch["labels"]).astype(jnp.float32)
-    return base.weighted_loss(ce_BxL, weights_BxL, token_accuracy=correct_BxL)
+    return losses.weighted_loss(ce_BxL, weights_BxL, token_accuracy=correct_BxL)
 
   def outputs_for_decoding(self, logits_BxLxC):
     return {"tag_ids": jnp.argmax(logits_BxLxC, -1)}
@@ -91,29 +92,22 @@ class Tagging(base.TaskType):
       predictions.append(tags + [OUTSIDE] * (len(example["tokens"]) - len(tags)))
     return predictions
 
+  @staticmethod
+  def _tags(examples: Sequence[dict]) -> list[list[str]]:
+    return [list(e["tags"]) for e in examples]
+
   # Entity F1/precision/recall are ratios of corpus counts and `accuracy` is a mean over tokens,
   # not over examples: none has per-example values (the default `per_example`), but all are
   # functions of per-sentence counts (`sufficient_statistics`).
   @classmethod
-  def score(
-      cls,
-      examples: Sequence[dict],
-      predictions: Sequence[Any],
-      positive_label: Any = None,
-      *,
-      metric: str | None = None,
-  ) -> dict[str, float]:
-    return base.select(
-        metrics.tagging([list(e["tags"]) for e in examples], predictions), metric, cls.name
-    )
+  def _metrics(cls, examples, predictions, positive_label, metric):
+    return metrics.tagging(cls._tags(examples), predictions)
 
   @classmethod
-  def sufficient_statistics(
-      cls, examples: Sequence[dict], predictions: Sequence[Any]
-  ) -> dict[str, metrics.SufficientStatistics]:
+  def sufficient_statistics(cls, examples, predictions):
     """Token and entity counts per sentence (entities only where seqeval reads each sentence
     the same wherever it sits; see `metrics.tagging_statistics`)."""
-    return metrics.tagging_statistics([list(e["tags"]) for e in examples], predictions)
+    return metrics.tagging_statistics(cls._tags(examples), predictions)
 
 
 TASK_TYPE = Tagging

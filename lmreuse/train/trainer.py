@@ -121,7 +121,26 @@ def train_step(
   rng = jax.random.fold_in(state.rng, state.step)
   trainable = select_trainable(state.params, trainable_mask)
   active = trainable if active_mask is None else select_trainable(state.params, active_mask)
-  grad_fn = _value_and_grad(state.params, loss_fn)
+  loss, pairs, grads = _mean_gradients(_value_and_grad(state.params, loss_fn), active, batch, rng)
+  grads = _zeros_for_inactive(trainable, grads)
+  updates, opt_state = tx.update(grads, state.opt_state, trainable)
+  trained = optax.apply_updates(trainable, updates)
+  params = merge_trainable(state.params, trained)
+  grad_norm = optax.tree.norm(grads)
+  finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+  if skip_nonfinite:
+    keep_old_if_bad = lambda new, old: jnp.where(finite, new, old)
+    params = jax.tree.map(keep_old_if_bad, params, state.params)
+    opt_state = jax.tree.map(keep_old_if_bad, opt_state, state.opt_state)
+  metrics = _step_metrics(pairs, loss, finite, grad_norm, updates, trained, schedule, state.step)
+  return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+
+def _mean_gradients(
+    grad_fn: Callable, active: Any, batch: Batch, rng: jax.Array
+) -> tuple[jax.Array, MetricPairs, Any]:
+  """Mean loss and gradients over the micro-batches (summed pairs): one scan, so the compiled
+  step holds one micro-batch's activations however many are accumulated."""
 
   def micro_step(carry, xs):
     index, micro_batch = xs
@@ -135,8 +154,12 @@ def train_step(
   )
   accum = jax.tree.leaves(batch)[0].shape[0]
   (loss, pairs, grads), _ = jax.lax.scan(micro_step, zeros, (jnp.arange(accum), batch))
-  loss, grads = loss / accum, jax.tree.map(lambda g: g / accum, grads)
-  grads = jax.tree.map(  # inactive trainables: zeros, so the optimizer sees every trainable
+  return loss / accum, pairs, jax.tree.map(lambda g: g / accum, grads)
+
+
+def _zeros_for_inactive(trainable: Any, grads: Any) -> Any:
+  """Zero gradients for trainables not yet active, so the optimizer sees every trainable."""
+  return jax.tree.map(
       lambda t, g: jnp.zeros_like(t)
       if isinstance(g, optax.MaskedNode) and not isinstance(t, optax.MaskedNode)
       else g,
@@ -145,15 +168,18 @@ def train_step(
       is_leaf=lambda x: isinstance(x, optax.MaskedNode),
   )
 
-  updates, opt_state = tx.update(grads, state.opt_state, trainable)
-  trained = optax.apply_updates(trainable, updates)
-  params = merge_trainable(state.params, trained)
-  grad_norm = optax.tree.norm(grads)
-  finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-  if skip_nonfinite:
-    keep_old_if_bad = lambda new, old: jnp.where(finite, new, old)
-    params = jax.tree.map(keep_old_if_bad, params, state.params)
-    opt_state = jax.tree.map(keep_old_if_bad, opt_state, state.opt_state)
+
+def _step_metrics(
+    pairs: MetricPairs,
+    loss: jax.Array,
+    finite: jax.Array,
+    grad_norm: jax.Array,
+    updates: Any,
+    trained: Any,
+    schedule: optax.Schedule,
+    step: jax.Array,
+) -> dict[str, jax.Array]:
+  """The step's scalars, computed on device so the host fetches them only when it logs."""
   metrics = {f"train/{k}": s / jnp.maximum(c, 1e-12) for k, (s, c) in pairs.items()}
   metrics.update(
       {
@@ -164,10 +190,10 @@ def train_step(
           # Of the trainable parameters: a frozen backbone's norm never moves, and reading it all
           # every step would cost parameter-efficient runs a pass over the whole model.
           "train/param_norm": optax.tree.norm(trained),
-          "train/learning_rate": schedule(state.step),
+          "train/learning_rate": schedule(step),
       }
   )
-  return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+  return metrics
 
 
 def eval_step(params: Any, batch: Batch, *, loss_fn: LossFn) -> MetricPairs:
@@ -427,8 +453,38 @@ class LoopConfig:
 
   @classmethod
   def from_config(cls, config: Any) -> LoopConfig:
-    """The loop keys every experiment config shares (see components.validate_loop)."""
+    """The loop keys every experiment config shares (checked by validate_loop)."""
     return cls(**{f.name: config[f.name] for f in dataclasses.fields(cls)})
+
+
+def validate_loop(config: Any, positive_keys: tuple[str, ...]) -> None:
+  """The training-loop keys every experiment shares: positive counts, eval cadence, batching."""
+  for key in positive_keys:
+    if config[key] <= 0:
+      raise ValueError(f"config.{key}={config[key]} must be positive")
+  if config.eval_every < 0:
+    raise ValueError(f"config.eval_every={config.eval_every} must be >= 0 (0 = only at the end)")
+  if config.nonfinite not in ("abort", "skip"):
+    raise ValueError(f"config.nonfinite={config.nonfinite!r} must be 'abort' or 'skip'")
+  if config.max_nonfinite_skips <= 0:
+    raise ValueError(f"config.max_nonfinite_skips={config.max_nonfinite_skips} must be positive")
+  if config.batch_size % config.grad_accum_steps:
+    raise ValueError(
+        f"config.batch_size={config.batch_size} is not divisible by "
+        f"config.grad_accum_steps={config.grad_accum_steps}"
+    )
+
+
+def check_batch(config: Any, mesh: Mesh, rules: sharding_lib.Rules) -> None:
+  """The per-step micro-batch must split evenly over the mesh's batch axes."""
+  divisor = sharding_lib.batch_divisor(mesh, rules)
+  micro = config.batch_size // config.grad_accum_steps
+  if micro % divisor:
+    raise ValueError(
+        f"config.batch_size={config.batch_size} / config.grad_accum_steps="
+        f"{config.grad_accum_steps} = {micro} examples per micro-batch, which does not divide "
+        f"over the {divisor} batch shards of mesh {dict(mesh.shape)}"
+    )
 
 
 class StepMetrics:
@@ -519,22 +575,11 @@ def run_loop(
   start = int(state.step)
   eval_metrics: dict[str, float] = {}
   steps = StepMetrics(loop, checkpointer)
-  tokens_per_step = 0
-  last_time, last_step = time.perf_counter(), start
-  bar = tqdm.tqdm(
-      total=loop.total_steps,
-      initial=start,
-      desc="train",
-      unit="step",
-      dynamic_ncols=True,
-      disable=jax.process_index() != 0,
-  )
+  clock = _Throughput(start, time.perf_counter())
+  bar = _progress_bar(loop.total_steps, start)
   with timers("train"), preemption.Watcher() as watcher:
     for step in range(start + 1, loop.total_steps + 1):
-      host_batch = next(train_iter)
-      tokens_per_step = trainer.program.tokens_per_example * len(next(iter(host_batch.values())))
-      batch = trainer.train_batch(host_batch, loop.grad_accum_steps)
-      state, metrics = trainer.train_step(state, batch, step - 1)  # a phase's first compiles
+      state, metrics, tokens_per_step = _train_once(trainer, state, train_iter, loop, step)
       steps.add(step, metrics)
       bar.update(1)
 
@@ -545,25 +590,13 @@ def run_loop(
       # stopping must see the same evaluations as an uninterrupted run.
       evaluating = final or (loop.eval_every and step % loop.eval_every == 0)
       checkpointing = step % loop.checkpoint_every == 0 or final or preempted
-      record: dict[str, float] = {}
-      if log:
-        record = steps.row()
-        now = time.perf_counter()
-        record["train/tokens_per_sec"] = tokens_per_step * (step - last_step) / (now - last_time)
-        record["train/steps_per_sec"] = (step - last_step) / (now - last_time)
-        last_time, last_step = now, step
-        if "train/loss" in record:
-          bar.set_postfix(loss=f"{record['train/loss']:.4f}")
-      elif evaluating or checkpointing:
-        steps.fetch()
+      record = _log_row(steps, clock, bar, step, tokens_per_step) if log else {}
+      if not log and (evaluating or checkpointing):
+        steps.fetch()  # an eval or checkpoint must not follow a NaN/Inf update unnoticed
       stop = False
       if evaluating:
-        jax.block_until_ready(state)  # the steps dispatched so far are training time
-        with timers("eval"):
-          eval_metrics = evaluate(state.params)
-          record.update(eval_metrics)
-          stop = after_eval is not None and after_eval(step, state, eval_metrics)
-        last_time = time.perf_counter()  # evaluation time is not training throughput
+        eval_metrics, stop = _evaluate(trainer, state, step, evaluate, after_eval, record)
+        clock.restart()  # evaluation time is not training throughput
       if record:
         writer.write(step, record)
       if checkpointing or stop:
@@ -571,15 +604,110 @@ def run_loop(
         with timers("checkpoint"):
           checkpointer.save(step, state, train_iter, force=True)
       if preempted:
-        with timers("checkpoint"):
-          checkpointer.wait()  # on disk before the process may be killed
-        writer.flush()
-        bar.close()
-        raise preemption.Preempted(step, watcher.reason)
+        _stop_for_preemption(timers, checkpointer, writer, bar, step, watcher.reason)
       if stop:
         logging.info("stopping early at step %d", step)
         break
     bar.close()
+  return state, _finish(timers, state, evaluate, checkpointer, writer, eval_metrics)
+
+
+@dataclasses.dataclass
+class _Throughput:
+  """Steps and tokens per second of training alone, between log rows."""
+
+  last_step: int
+  last_time: float
+
+  def rates(self, step: int, tokens_per_step: int) -> dict[str, float]:
+    now = time.perf_counter()
+    record = {
+        "train/tokens_per_sec": tokens_per_step * (step - self.last_step) / (now - self.last_time),
+        "train/steps_per_sec": (step - self.last_step) / (now - self.last_time),
+    }
+    self.last_time, self.last_step = now, step
+    return record
+
+  def restart(self) -> None:
+    self.last_time = time.perf_counter()
+
+
+def _progress_bar(total_steps: int, start: int) -> tqdm.tqdm:
+  """One bar, on the first process only, so multi-host runs don't print one per host."""
+  return tqdm.tqdm(
+      total=total_steps,
+      initial=start,
+      desc="train",
+      unit="step",
+      dynamic_ncols=True,
+      disable=jax.process_index() != 0,
+  )
+
+
+def _train_once(
+    trainer: Trainer, state: TrainState, train_iter: Iterator[Batch], loop: LoopConfig, step: int
+) -> tuple[TrainState, dict[str, jax.Array], int]:
+  """Dispatches step `step`'s update (a phase's first compiles); also its tokens, for throughput."""
+  host_batch = next(train_iter)
+  tokens_per_step = trainer.program.tokens_per_example * len(next(iter(host_batch.values())))
+  batch = trainer.train_batch(host_batch, loop.grad_accum_steps)
+  state, metrics = trainer.train_step(state, batch, step - 1)
+  return state, metrics, tokens_per_step
+
+
+def _log_row(
+    steps: StepMetrics, clock: _Throughput, bar: tqdm.tqdm, step: int, tokens_per_step: int
+) -> dict[str, float]:
+  """The log row of the steps since the last one; the loss goes to the bar, not to the log."""
+  record = steps.row()
+  record.update(clock.rates(step, tokens_per_step))
+  if "train/loss" in record:
+    bar.set_postfix(loss=f"{record['train/loss']:.4f}")
+  return record
+
+
+def _evaluate(
+    trainer: Trainer,
+    state: TrainState,
+    step: int,
+    evaluate: Callable[[Any], dict[str, float]],
+    after_eval: Callable[[int, TrainState, dict[str, float]], bool] | None,
+    record: dict[str, float],
+) -> tuple[dict[str, float], bool]:
+  """Eval metrics (added to `record`), timed apart from training; True if `after_eval` stops."""
+  jax.block_until_ready(state)  # the steps dispatched so far are training time
+  with trainer.timers("eval"):
+    eval_metrics = evaluate(state.params)
+    record.update(eval_metrics)
+    stop = after_eval is not None and after_eval(step, state, eval_metrics)
+  return eval_metrics, stop
+
+
+def _stop_for_preemption(
+    timers: compute.Timers,
+    checkpointer: Checkpointer,
+    writer: MetricWriter,
+    bar: tqdm.tqdm,
+    step: int,
+    reason: str,
+) -> None:
+  """Raises `Preempted` once the step's checkpoint and logs are on disk, before a kill."""
+  with timers("checkpoint"):
+    checkpointer.wait()  # on disk before the process may be killed
+  writer.flush()
+  bar.close()
+  raise preemption.Preempted(step, reason)
+
+
+def _finish(
+    timers: compute.Timers,
+    state: TrainState,
+    evaluate: Callable[[Any], dict[str, float]],
+    checkpointer: Checkpointer,
+    writer: MetricWriter,
+    eval_metrics: dict[str, float],
+) -> dict[str, float]:
+  """Waits for the last checkpoint and returns the final eval metrics."""
   with timers("checkpoint"):
     checkpointer.wait()
   writer.flush()
@@ -587,4 +715,4 @@ def run_loop(
     with timers("eval"):
       eval_metrics = evaluate(state.params)
   logging.info("final eval: %s", eval_metrics)
-  return state, eval_metrics
+  return eval_metrics

@@ -30,12 +30,7 @@ def write(
   """Writes the plots; returns their paths and the silhouette scores (before/after)."""
   out_dir = os.path.join(workdir, workdir_lib.PLOTS)
   os.makedirs(out_dir, exist_ok=True)
-  label_key = "label" if "label" in eval_set.examples[0] else None
-  labels = (
-      representations.feature_labels(eval_set, label_key)
-      if label_key
-      else [0] * len(eval_set.features)
-  )
+  labels = representations.feature_labels(eval_set)  # None: one colour (QA, seq2seq)
   paths, silhouette = representations.write_representation_plots(
       out_dir, module, params_before, params_after, eval_set, labels, seed=seed
   )

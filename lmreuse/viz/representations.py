@@ -1,8 +1,8 @@
 """How fine-tuning reshapes the representation the task head reads.
 
 PCA and t-SNE projections of the pooled features before fine-tuning (initial or pretrained
-parameters) and after, coloured by label, plus the silhouette score of the labels in the full
-feature space: a number to cite, where the pictures only suggest.
+parameters) and after, coloured by label where the examples have one, plus the silhouette score
+of the labels in the full feature space: a number to cite, where the pictures only suggest.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ PROJECTIONS = ("pca", "tsne")
 def _pooled_BxD(module: nn.Module, batch: dict[str, jax.Array]) -> jax.Array:
   """The head's input on pooled tasks; elsewhere a padding-aware mean of the hidden states."""
   if isinstance(module, PooledModel):
-    return module.features(batch)
+    return module.pooled(batch)
   hidden_BxLxD = encoding.hidden_states(module.backbone, module.cfg, batch, deterministic=True)
   return encoding.pool(hidden_BxLxD, batch["segment_ids"], "mean")
 
@@ -53,8 +53,11 @@ def pooled_features(
   return np.concatenate(chunks)
 
 
-def feature_labels(eval_set: EvalSet, key: str = "label") -> list:
-  """The label of each feature's example (windowed QA has several features per example)."""
+def feature_labels(eval_set: EvalSet, key: str = "label") -> list | None:
+  """The label of each feature's example (windowed QA has several features per example); None
+  where the examples have no `key` (extractive QA, seq2seq, tagging's per-token tags)."""
+  if not eval_set.examples or key not in eval_set.examples[0]:
+    return None
   return [eval_set.examples[i][key] for i in eval_set.example_index]
 
 
@@ -70,26 +73,37 @@ def project(features_NxD: np.ndarray, method: str = "pca", seed: int = 0) -> np.
   raise ValueError(f"projection method {method!r} is not one of {PROJECTIONS}")
 
 
-def plot_projection(
-    points_Nx2: np.ndarray, labels: Sequence[Hashable], title: str, path: str, max_labels: int = 10
-) -> str:
-  """Scatter PNG coloured by the `max_labels` most frequent labels, the rest grey as 'other'."""
+def projection_figure(
+    points_Nx2: np.ndarray, labels: Sequence[Hashable] | None, title: str, max_labels: int = 10
+) -> Figure:
+  """Scatter coloured by the `max_labels` most frequent labels, the rest grey as 'other'; one
+  colour and no legend without labels."""
+  fig = Figure(figsize=(7, 5))
+  ax = fig.add_subplot()
+  ax.set_title(title)
+  ax.set_xticks([])
+  ax.set_yticks([])
+  if labels is None:
+    ax.scatter(*points_Nx2.T, s=12, color="C0")
+    return fig
   names = [str(label) for label in labels]
   top = [name for name, _ in collections.Counter(names).most_common(max_labels)]
   colours = matplotlib.colormaps["tab10" if max_labels <= 10 else "tab20"]
-  fig = Figure(figsize=(7, 5))
-  ax = fig.add_subplot()
   names_N = np.asarray(names)
   for i, name in enumerate(top):
     ax.scatter(*points_Nx2[names_N == name].T, s=12, color=colours(i), label=name, zorder=2)
   other_N = ~np.isin(names_N, top)
   if other_N.any():  # beneath the named labels, last in the legend
     ax.scatter(*points_Nx2[other_N].T, s=12, color="lightgrey", label="other", zorder=1)
-  ax.set_title(title)
-  ax.set_xticks([])
-  ax.set_yticks([])
   ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=8, frameon=False)
-  fig.savefig(path, dpi=120, bbox_inches="tight")
+  return fig
+
+
+def plot_projection(
+    points_Nx2: np.ndarray, labels: Sequence[Hashable] | None, title: str, path: str
+) -> str:
+  """`projection_figure` as a PNG at `path`."""
+  projection_figure(points_Nx2, labels, title).savefig(path, dpi=120, bbox_inches="tight")
   return path
 
 
@@ -99,17 +113,18 @@ def write_representation_plots(
     params_before: Any,
     params_after: Any,
     eval_set: EvalSet,
-    labels: Sequence[Hashable],
+    labels: Sequence[Hashable] | None,
     seed: int = 0,
     batch_size: int = 32,
 ) -> tuple[list[str], dict[str, float]]:
   """Writes {pca,tsne}_{before,after}.png; returns their paths and the silhouette scores.
 
-  `labels` has one entry per feature (see `feature_labels`). Silhouettes (Euclidean, in [-1, 1],
-  higher = labels better separated) are keyed 'before' / 'after' and left out when the labels
-  cannot define clusters (fewer than 2 distinct labels, or every point its own label).
+  `labels` has one entry per feature (see `feature_labels`), or is None: one colour, no
+  silhouettes. Silhouettes (Euclidean, in [-1, 1], higher = labels better separated) are keyed
+  'before' / 'after' and left out when the labels cannot define clusters (fewer than 2 distinct
+  labels, or every point its own label).
   """
-  if len(labels) != len(eval_set.features):
+  if labels is not None and len(labels) != len(eval_set.features):
     raise ValueError(
         f"{len(labels)} labels for the {len(eval_set.features)} features of "
         f"{eval_set.name}: give one label per feature"
@@ -118,7 +133,7 @@ def write_representation_plots(
   paths, silhouette = [], {}
   for stage, params in (("before", params_before), ("after", params_after)):
     features_NxD = pooled_features(module, params, eval_set, batch_size)
-    if 2 <= len(set(labels)) < len(labels):
+    if labels is not None and 2 <= len(set(labels)) < len(labels):
       silhouette[stage] = float(silhouette_score(features_NxD, [str(x) for x in labels]))
     for method in PROJECTIONS:
       path = os.path.join(out_dir, f"{method}_{stage}.png")

@@ -1,10 +1,12 @@
 import itertools
 
 import grain
+import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
+from lmreuse import objectives
 from lmreuse.data import pipeline
 from lmreuse.objectives import span_corruption
 
@@ -50,9 +52,18 @@ def _doc_tokens(doc):
   return TOK.encode(" ".join(s.decode() if isinstance(s, bytes) else s for s in doc["segments"]))
 
 
-def _ds(objective, *, docs=DOCS, train=True, seed=0, batch_size=BATCH, **kw):
+def _ds(objective, *, docs=DOCS, train=True, seed=0, batch_size=BATCH, rows=None, **kw):
+  """make_pretrain_dataset with configs/pretrain.py's config.objective defaults, except `kw`."""
+  target_len = kw.pop("target_len", 0)
+  objective_cfg = ml_collections.ConfigDict(
+      dict(
+          name=objective, nsp=False, mask_prob=0.15, noise_density=0.15, mean_noise_span_length=3.0
+      )
+  )
+  objective_cfg.update(kw)
+  data = ml_collections.ConfigDict(dict(seq_len=SEQ_LEN, target_len=target_len))
   return pipeline.make_pretrain_dataset(
-      objective, docs, TOK, seq_len=SEQ_LEN, batch_size=batch_size, seed=seed, train=train, **kw
+      objective_cfg, data, docs, TOK, batch_size=batch_size, seed=seed, train=train, rows=rows
   )
 
 
@@ -70,6 +81,10 @@ def _assert_same(batches_a, batches_b):
 
 
 CASES = [("mlm", {}), ("mlm", {"nsp": True}), ("clm", {}), ("span_corruption", {})]
+
+
+def test_every_registered_objective_is_a_case():
+  assert sorted({name for name, _ in CASES}) == objectives.names()
 
 
 def test_mlm_batch_layout_and_statistics():
@@ -180,7 +195,7 @@ def test_explicit_target_len_and_errors():
     _ds("span_corruption", target_len=3)
   with pytest.raises(ValueError, match="objective"):
     _ds("electra")
-  with pytest.raises(ValueError, match="nsp"):
+  with pytest.raises(ValueError, match=r"objective\.nsp=True only applies to objective='mlm'"):
     _ds("clm", nsp=True)
   with pytest.raises(ValueError, match="rows"):
     _ds("mlm", rows=[BATCH])

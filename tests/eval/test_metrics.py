@@ -252,19 +252,6 @@ def test_per_example_values():
   assert rouge["rouge2"].tolist() == pytest.approx([60.0, 200 / 3])
 
 
-def test_headline_metrics_are_returned():
-  outputs = {
-      "classification": metrics.classification([0, 1], [0, 1]),
-      "regression": metrics.regression([1, 2], [1, 2]),
-      "tagging": metrics.tagging([["B-X"]], [["B-X"]]),
-      "extractive_qa": metrics.squad(["a"], [["a"]]),
-      "seq2seq": metrics.bleu(["a"], ["a"]),
-  }
-  assert set(metrics.HEADLINE) == set(outputs)
-  for task, (metric, mode) in metrics.HEADLINE.items():
-    assert metric in outputs[task] and mode in ("min", "max")
-
-
 # Sufficient statistics: a resample's value from summed per-example counts must be the library's
 # value on that resample, bit for bit, or a study's fast bootstrap would not be the re-scored one.
 

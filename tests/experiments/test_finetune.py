@@ -16,7 +16,10 @@ from scipy import stats
 from seqeval import metrics as seqeval_metrics
 
 from experiments import finetune
+from lmreuse import tasks
+from lmreuse.data import tokenizer as tokenizer_lib
 from lmreuse.eval import metrics as metrics_lib
+from lmreuse.models.config import TransformerConfig
 from lmreuse.train import restore
 from lmreuse.train.writers import read_metrics
 
@@ -358,3 +361,61 @@ def test_config_errors_name_the_key(finetune_config, tmp_path):
     finetune.run(finetune_config(init_from=str(tmp_path / "missing")), str(tmp_path))
   with pytest.raises(ValueError, match=r"seq2seq.* cannot run on the encoder architecture"):
     finetune.run(finetune_config(**{"task.name": "wordnet_definition"}), str(tmp_path))
+
+
+def test_defaults_follow_the_pretrained_model_and_the_run(
+    bert_pretrained, finetune_config, tmp_path
+):
+  """QA from a short-row pretrained model with LP-FT over a short run, every adapting default
+  left as it is: the input length is the model's, the question cap half of it, and the probe a
+  third of the run; an explicit length the model cannot embed still fails, naming the key."""
+  pretrained_dir, pretrained_config = bert_pretrained
+  keys = {
+      "init_from": pretrained_dir,
+      "max_len": 0,
+      "task.name": "wordnet_headword_qa",
+      "task.max_query_len": 0,
+      "strategy.name": "lp_ft",
+      "strategy.probe_steps": 0,
+  }
+  setup = finetune.build(finetune_config(**keys), str(tmp_path))
+  assert setup.task.ctx.max_len == setup.model_cfg.max_len == pretrained_config.model.max_len
+  assert setup.task.max_query_len == pretrained_config.model.max_len // 2
+  assert setup.trainer.phases == (0, 1)  # a third of total_steps=4, at least 1
+  with pytest.raises(ValueError, match=r"config.max_len=64 exceeds the model's max_len=32"):
+    finetune.build(finetune_config(**{**keys, "max_len": 64}), str(tmp_path))
+
+
+def test_a_decoder_keeps_room_for_the_target_by_default(finetune_config):
+  config = finetune_config("gpt", max_len=0, **{"task.max_target_len": 16})
+  decoder = TransformerConfig(architecture="decoder", max_len=64)
+  assert finetune.input_len(config, decoder, "seq2seq") == 48  # the source, then the target
+  assert finetune.input_len(config, decoder, "classification") == 64
+  encoder_decoder = TransformerConfig(architecture="encoder_decoder", max_len=64)
+  assert finetune.input_len(config, encoder_decoder, "seq2seq") == 64
+  config.max_len = 20
+  assert finetune.input_len(config, decoder, "seq2seq") == 20
+  config.max_len, config.task.max_target_len = 0, 64
+  with pytest.raises(ValueError, match=r"config.task.max_target_len=64 leaves no room"):
+    finetune.input_len(config, decoder, "seq2seq")
+
+
+def test_the_question_cap_is_half_of_max_len_unless_set(finetune_config, tokenizer_path):
+  config = finetune_config()
+
+  def question_cap(max_query_len, max_len=40):
+    config.task.max_query_len = max_query_len
+    context = tasks.TaskContext(
+        model_cfg=TransformerConfig(max_len=64),
+        tokenizer=tokenizer_lib.load_tokenizer(tokenizer_path),
+        task=config.task,
+        labels=None,
+        max_len=max_len,
+    )
+    return tasks.build("extractive_qa", context).max_query_len
+
+  assert question_cap(0) == 20
+  assert question_cap(0, max_len=64) == 32
+  assert question_cap(12) == 12
+  with pytest.raises(ValueError, match=r"config.task.max_query_len=36 leaves no room"):
+    question_cap(36)

@@ -72,3 +72,11 @@ def test_bad_configs_fail_before_anything_is_written(tiny_config, tmp_path, over
   with pytest.raises(ValueError, match=message):
     pretrain.run(tiny_config("bert", **overrides), str(tmp_path / "w"))
   assert not (tmp_path / "w").exists()
+
+
+def test_another_objectives_flag_fails_before_anything_is_written(tiny_config, tmp_path):
+  with pytest.raises(
+      ValueError, match=r"config\.objective\.nsp=True only applies to objective='mlm'"
+  ):
+    pretrain.run(tiny_config("gpt", **{"objective.nsp": True}), str(tmp_path / "w"))
+  assert not (tmp_path / "w").exists()

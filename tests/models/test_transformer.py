@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 
 from configs import common
-from lmreuse import components
 from lmreuse.models.config import TransformerConfig
 from lmreuse.models.transformer import Decoder, Encoder, EncoderDecoder
 
@@ -135,7 +134,9 @@ def test_bert_size_presets_are_the_published_architectures(size, count):
   """The presets are what papers call BERT-base and BERT-large: at BERT's vocabulary and
   length the encoder has exactly the published number of parameters."""
   model = Encoder(
-      components.model_config(common.model_config("bert", size, max_len=512), vocab_size=30522)
+      TransformerConfig.from_config(
+          common.model_config("bert", size, max_len=512), vocab_size=30522
+      )
   )
   shapes = jax.eval_shape(model.init, jax.random.key(0), ids())["params"]
   assert sum(p.size for p in jax.tree.leaves(nn.unbox(shapes))) == count

@@ -26,8 +26,9 @@ def test_loss_uniform_and_confident():
   vocab = 16
   targets = jnp.array([[3, 4, 5]], jnp.int32)
   weights = jnp.array([[1.0, 1.0, 0.0]])
-  value, metrics = clm.loss(jnp.zeros((1, 3, vocab)), targets, weights)
+  value, pairs = clm.loss(jnp.zeros((1, 3, vocab)), targets, weights)
   np.testing.assert_allclose(value, np.log(vocab), rtol=1e-6)
-  assert set(metrics) == {"clm_loss", "clm_accuracy", "clm_tokens"}
+  assert set(pairs) == {"clm_loss", "clm_accuracy"}
+  np.testing.assert_allclose(pairs["clm_loss"], (2 * np.log(vocab), 2.0), rtol=1e-6)
   value, _ = clm.loss(jax.nn.one_hot(targets, vocab) * 50.0, targets, weights)
   assert value < 1e-6

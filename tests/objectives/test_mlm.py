@@ -102,12 +102,12 @@ def test_loss_uniform_confident_and_weights():
   vocab = 32
   targets = jnp.array([[1, 2, 3, 4]], jnp.int32)
   weights = jnp.array([[1.0, 1.0, 0.0, 0.0]], jnp.float32)
-  uniform, metrics = mlm.loss(jnp.zeros((1, 4, vocab), jnp.bfloat16), targets, weights)
+  uniform, pairs = mlm.loss(jnp.zeros((1, 4, vocab), jnp.bfloat16), targets, weights)
   np.testing.assert_allclose(uniform, np.log(vocab), rtol=1e-6)
-  assert metrics["mlm_tokens"] == 2.0
+  assert pairs["mlm_loss"][1] == pairs["mlm_accuracy"][1] == 2.0
   confident = jax.nn.one_hot(targets, vocab) * 100.0
-  value, metrics = mlm.loss(confident, targets, weights)
-  assert value < 1e-6 and metrics["mlm_accuracy"] == 1.0
+  value, pairs = mlm.loss(confident, targets, weights)
+  assert value < 1e-6 and pairs["mlm_accuracy"] == (2.0, 2.0)
   # Wrong predictions at zero-weight positions do not count.
   wrong = confident.at[0, 2:].set(jax.nn.one_hot(0, vocab) * 100.0)
   np.testing.assert_allclose(mlm.loss(wrong, targets, weights)[0], value, atol=1e-6)
@@ -132,20 +132,20 @@ def test_gathered_mlm_loss_equals_the_dense_loss():
   import jax.numpy as jnp
 
   from configs import pretrain
-  from lmreuse import components
+  from lmreuse.models.config import TransformerConfig
   from lmreuse.models.heads import MLMHead
   from tests.parallel import synthetic
 
   config = pretrain.get_config("bert,size=tiny")
   config.data.seq_len, config.model.dropout_rate = 32, 0.0
   program = mlm.program(
-      components.model_config(config.model, synthetic.VOCAB), config.objective, config.data
+      TransformerConfig.from_config(config.model, synthetic.VOCAB), config.objective, config.data
   )
   params = program.init_params(jax.random.PRNGKey(0))
   batch = {k: jnp.asarray(v) for k, v in synthetic.batch("mlm", batch_size=4, seq_len=32).items()}
   _gathered_loss, pairs = program.loss_fn(params, batch, jax.random.PRNGKey(1), False)
 
-  model_cfg = components.model_config(config.model, synthetic.VOCAB)
+  model_cfg = TransformerConfig.from_config(config.model, synthetic.VOCAB)
   encoder = mlm.Encoder(model_cfg)
   hidden = encoder.apply(
       {"params": params["backbone"]},

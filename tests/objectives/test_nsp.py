@@ -91,7 +91,8 @@ def test_pack_pair_layout():
 
 def test_loss():
   labels = jnp.array([1, 0, 1, 1], jnp.int32)
-  value, metrics = nsp.loss(jnp.zeros((4, 2), jnp.bfloat16), labels)
+  value, pairs = nsp.loss(jnp.zeros((4, 2), jnp.bfloat16), labels)
   np.testing.assert_allclose(value, np.log(2), rtol=1e-6)
-  value, metrics = jax.jit(nsp.loss)(jax.nn.one_hot(labels, 2) * 50.0, labels)
-  assert value < 1e-6 and metrics["nsp_accuracy"] == 1.0
+  np.testing.assert_allclose(pairs["nsp_loss"], (4 * np.log(2), 4.0), rtol=1e-6)
+  value, pairs = jax.jit(nsp.loss)(jax.nn.one_hot(labels, 2) * 50.0, labels)
+  assert value < 1e-6 and pairs["nsp_accuracy"] == (4.0, 4.0)

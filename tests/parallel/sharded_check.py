@@ -1,79 +1,131 @@
-"""Runs one train step of each architecture on 1 device and on 8-device meshes; prints JSON.
+"""One train step of each architecture on every 8-device mesh of `steps.MESHES` and on 1 device;
+prints a JSON report.
+
+Per case: XLA's involuntary full rematerializations while compiling the step, whether every
+state leaf the rules shard is really split over the devices, and (pretraining) how far the
+trainer's own step outputs (loss, grad_norm, updated params, optimizer state) are from the
+1-device step's, with 2 micro-batches of gradient accumulation and no warm-up, so that the update
+moves the parameters. Each step is compiled once and serves every check; fine-tuning steps
+(built as a run builds them) are checked for rematerialization and sharding only.
 
 Launched by test_sharded_equivalence.py in a subprocess with 8 fake CPU devices, because the
-device count is fixed when JAX starts.
+device count is fixed when JAX starts:
+
+  python -m tests.parallel.sharded_check --tokenizer=SPM_MODEL
 """
+
+from __future__ import annotations
 
 import json
 import sys
 
 import jax
-import ml_collections
 import numpy as np
 
-from configs import pretrain
-from lmreuse import components, objectives
-from lmreuse.parallel import mesh as mesh_lib, sharding as sharding_lib
-from lmreuse.train import optim
-from lmreuse.train.trainer import Trainer, split_microbatches
-from tests.parallel import synthetic
+from tests.parallel import remat_check, steps
 
-# data×fsdp×tensor at once: each axis shards something, so one mesh exercises all three.
-MESHES = {"data2_fsdp2_tensor2": dict(data=2, fsdp=2, tensor=2)}
-
-
-def one_step(preset: str, mesh_axes: dict, devices) -> dict[str, np.ndarray]:
-  config = pretrain.get_config(f"{preset},size=tiny")
-  config.data.seq_len = 32
-  config.model.num_layers = 1  # compile time dominates; one layer exercises every sharded weight
-  mesh_cfg = ml_collections.ConfigDict({**dict(data=1, fsdp=1, tensor=1), **mesh_axes})
-  mesh = mesh_lib.make_mesh(mesh_cfg, devices)
-  rules = sharding_lib.rules_from_config(config.mesh.rules)
-  model_cfg = components.model_config(config.model, synthetic.VOCAB)
-  program = objectives.get(config.objective.name).program(model_cfg, config.objective, config.data)
-  tx, schedule = optim.make_optimizer(config.optimizer, config.total_steps)
-  trainer = Trainer(program, tx, schedule, mesh, rules)
-  state = trainer.init_state(seed=0)
-  batch = synthetic.batch(config.objective.name, batch_size=16, seq_len=config.data.seq_len)
-  device_batch = trainer.device_batch(split_microbatches(batch, 2), leading_axes=1)
-  with sharding_lib.mesh_context(mesh, rules):
-    grads = jax.jit(
-        jax.grad(
-            lambda p: program.loss_fn(
-                p, jax.tree.map(lambda x: x[0], device_batch), jax.random.PRNGKey(3), True
-            )[0]
-        )
-    )(state.params)
-  new_state, metrics = trainer.train_step(state, device_batch)
-  flat = {"loss": np.asarray(metrics["train/loss"])}
-  for path, leaf in jax.tree_util.tree_leaves_with_path(grads):
-    flat["grad" + jax.tree_util.keystr(path)] = np.asarray(leaf)
-  for path, leaf in jax.tree_util.tree_leaves_with_path(new_state.params):
-    flat["param" + jax.tree_util.keystr(path)] = np.asarray(leaf)
-  return flat
+# One fine-tuning step per mesh, so that every architecture and every strategy the issue names
+# is compiled on some mesh; "lora,adapters,prefix_tuning" puts all three modules in one model.
+PEFT = "lora,adapters,prefix_tuning"
+FINETUNE_CASES = {
+    "data2_fsdp2_tensor2": [("bert", PEFT), ("gpt", "full")],
+    "data4_fsdp2": [("t5", PEFT)],
+    "fsdp8": [("gpt", PEFT)],
+    "data4_tensor2": [("t5", "full")],
+    "data8": [("bert", "full")],
+}
+LAYERS = 1  # compile time dominates; one layer holds every kind of sharded weight
+ACCUM_STEPS = 2
 
 
-def worst_relative_error(reference: dict, other: dict) -> float:
-  """Max |a - b| per leaf, relative to the leaf's scale; key biases have an analytically zero
-  gradient (softmax is shift invariant), so scales are floored at 1e-3 × the largest leaf."""
-  floor = 1e-3 * max(np.abs(v).max() for k, v in reference.items() if k.startswith("grad"))
-  return max(
-      float(np.abs(reference[k] - other[k]).max() / max(np.abs(reference[k]).max(), floor))
-      for k in reference
+def step(setup: steps.Setup) -> tuple[dict[str, np.ndarray], float, list[str], dict]:
+  """(the step's outputs on the host, the largest change of a parameter, the rematerialization
+  warnings, the sharding report)."""
+  trainer, state, batch = setup
+  initial = steps.flat(state.params, "params")  # before the step: the state is donated
+  messages, _ = remat_check.remat_messages(lambda: trainer.compiled_train_step(state, batch))
+  new_state, metrics = trainer.train_step(state, batch)
+  sharding = remat_check.sharding_report(trainer, new_state)
+  outputs = {"loss": np.asarray(metrics["train/loss"])}
+  outputs["grad_norm"] = np.asarray(metrics["train/grad_norm"])
+  outputs.update(steps.flat(new_state.params, "params"))
+  outputs.update(steps.flat(new_state.opt_state, "opt_state"))
+  moved = max(float(np.abs(outputs[k] - v).max()) for k, v in initial.items())
+  return outputs, moved, messages, sharding
+
+
+def group(key: str) -> str:
+  """Leaves compared against one scale: loss, grad_norm, params, and each optimizer statistic
+  (Adam's second moment is orders of magnitude smaller than its first)."""
+  return key.split("['", 1)[0]
+
+
+def relative_errors(reference: dict, other: dict, moved: float) -> dict[str, float]:
+  """Worst |a - b| per group, relative to each leaf's scale floored at 1e-3 x the group's largest
+  (key biases have an analytically zero gradient, softmax being shift invariant, so their leaves
+  hold rounding noise only); for the updated params, relative to the largest update: Adam's first
+  step is about lr · sign(gradient), so noise in near-zero gradients moves weights by a little
+  of lr, while a wrong gradient moves them by about lr."""
+  largest: dict[str, float] = {}
+  for key, value in reference.items():
+    largest[group(key)] = max(largest.get(group(key), 0.0), float(np.abs(value).max()))
+  worst: dict[str, float] = {}
+  for key, value in reference.items():
+    scale = max(float(np.abs(value).max()), 1e-3 * largest[group(key)], 1e-30)
+    if group(key) == "params":
+      scale = max(moved, 1e-30)  # a step that moved nothing fails the test apart
+    error = float(np.abs(value - other[key]).max()) / scale
+    worst[group(key)] = max(worst.get(group(key), 0.0), error)
+  return worst
+
+
+def case_report(messages: list[str], sharding: dict) -> dict:
+  return {
+      "remat": len(messages),
+      "remat_ops": [m.split("efficiently for HLO operation")[-1][:300] for m in messages[:3]],
+      **sharding,
+  }
+
+
+def pretrain_cases(preset: str, devices: list) -> dict:
+  """The pretraining step on 1 device, then on each mesh from the same initial state."""
+  setup = lambda axes, devs, initial=None: steps.pretrain_setup(
+      preset,
+      axes,
+      devs,
+      num_layers=LAYERS,
+      accum_steps=ACCUM_STEPS,
+      warmup_steps=0,
+      initial=initial,
   )
+  trainer, state, batch = setup({}, devices[:1])
+  initial = jax.device_get(state)
+  reference, moved, _, _ = step((trainer, state, batch))
+  report = {f"{preset}/reference": {"moved": moved}}
+  for name, axes in steps.MESHES.items():
+    outputs, _, messages, sharding = step(setup(axes, devices, initial))
+    report[f"{preset}/{name}/pretrain"] = {
+        **case_report(messages, sharding),
+        "errors": relative_errors(reference, outputs, moved),
+    }
+  return report
 
 
-def main() -> None:
+def main(argv: list[str]) -> None:
+  jax.config.update("jax_enable_compilation_cache", False)  # a cache hit would log nothing
   devices = jax.devices()
   assert len(devices) == 8, f"needs 8 devices, got {len(devices)}"
-  report = {}
+  tokenizer = next(a.split("=", 1)[1] for a in argv if a.startswith("--tokenizer="))
+  report = {"control": remat_check.control_case()}
   for preset in ("bert", "gpt", "t5"):
-    reference = one_step(preset, {}, devices[:1])
-    for name, axes in MESHES.items():
-      other = one_step(preset, axes, devices)
-      report[f"{preset}/{name}"] = worst_relative_error(reference, other)
-  json.dump(report, sys.stdout)
+    report.update(pretrain_cases(preset, devices))
+  for name, cases in FINETUNE_CASES.items():
+    for preset, strategy in cases:
+      ft = steps.finetune_setup(preset, steps.MESHES[name], strategy, tokenizer, LAYERS)
+      _, _, messages, sharding = step(ft)
+      report[f"{preset}/{name}/{strategy}"] = case_report(messages, sharding)
+  sys.stdout.write(json.dumps(report) + "\n")
 
 
 if __name__ == "__main__":
-  main()
+  main(sys.argv[1:])

@@ -6,7 +6,9 @@ import dataclasses
 import json
 import re
 
+import flax.linen as nn
 import jax
+import ml_collections
 import numpy as np
 import optax
 import pytest
@@ -14,6 +16,8 @@ from flax import traverse_util
 
 from experiments import finetune
 from lmreuse import strategies, workdir as workdir_lib
+from lmreuse.models.config import STRATEGY_MODULES, TransformerConfig
+from lmreuse.models.transformer import EncoderDecoder
 from lmreuse.strategies import base, lora as lora_strategy
 from lmreuse.train import restore
 from lmreuse.train.trainer import split_microbatches
@@ -34,8 +38,39 @@ STRATEGY_KEYS = {
     "prompt_tuning": {"strategy.prompt_length": 4},
     "prefix_tuning": {"strategy.prefix_length": 4},
 }
-# Strategies that cannot serve a task, and why (checked in test_misfits_fail_before_training).
+# Strategies that cannot serve T5 on a seq2seq task: MISFITS checks why.
 SEQ2SEQ_MISFITS = {"frozen", "linear_probe", "bitfit", "lp_ft"}
+# (preset, config overrides, the error) of strategies that do not fit the model or task.
+MISFITS = [
+    (
+        "bert",
+        {"strategy.name": "lora", "strategy.targets": "nothing_like_this"},
+        "config.strategy.targets='nothing_like_this' matches no projection",
+    ),
+    ("bert", {"strategy.name": "top_k", "strategy.k": 5}, r"config.strategy.k=5 must be in"),
+    (
+        "gpt",
+        {"strategy.name": "prompt_tuning", "task.name": "wordnet_definition"},
+        "use prefix_tuning",
+    ),
+    (
+        "t5",
+        {"strategy.name": "bitfit", "task.name": "wordnet_definition"},
+        "needs a backbone with biases",
+    ),
+    (
+        "t5",
+        {"strategy.name": "frozen", "task.name": "wordnet_definition"},
+        "leaves nothing to train",
+    ),
+    (
+        "t5",
+        {"strategy.name": "linear_probe", "task.name": "wordnet_definition"},
+        "leaves nothing to train",
+    ),
+    ("t5", {"strategy.name": "lp_ft", "task.name": "wordnet_definition"}, "no task head"),
+    ("bert", {"strategy.name": "lora,nope"}, "unknown strategy"),
+]
 # Factors with no gradient in these tests' single effective update (one step; or two where the
 # warmup's first learning rate is 0): whatever they feed is multiplied by a zero-initialised
 # partner, so nothing depends on them until that partner has moved. LoRA's A, whose product
@@ -104,7 +139,103 @@ def check_only_trainables_change(setup, before, after, state, steps):
 
 
 def test_the_tests_cover_every_registered_strategy():
+  """A new strategy fails here until STRATEGY_KEYS names it, which trains it on an encoder task
+  and on a seq2seq task, or checks that it refuses the latter (SEQ2SEQ_MISFITS)."""
   assert sorted(STRATEGY_KEYS) == strategies.names()
+  seq2seq_misfits = {
+      overrides["strategy.name"]
+      for preset, overrides, _ in MISFITS
+      if preset == "t5" and overrides.get("task.name") == "wordnet_definition"
+  }
+  assert seq2seq_misfits == SEQ2SEQ_MISFITS
+
+
+def plan_for(model_cfg, total_steps=300, **keys):
+  cfg = ml_collections.ConfigDict(strategies.config_defaults())
+  cfg.update(keys)
+  return strategies.Plan(cfg, strategies.StrategyContext(model_cfg, "classification", total_steps))
+
+
+PHASE_PATHS = (
+    "classifier/dense/kernel",
+    "backbone/stack/layers_1/mlp/wi/kernel",
+    "backbone/stack/layers_0/mlp/wi/kernel",
+    "backbone/stack/token_embed/embedding",
+)
+
+
+def test_phase_lengths_follow_total_steps_unless_set():
+  two_layers = TransformerConfig(num_layers=2)
+
+  def starts(total_steps, **keys):
+    plan = plan_for(two_layers, total_steps, **keys)
+    plan.check(list(PHASE_PATHS))
+    return [plan.start_step(p) for p in PHASE_PATHS]
+
+  # Gradual unfreezing: the embeddings (the third join) have joined half-way through the run.
+  assert starts(300, name="gradual_unfreeze") == [0, 50, 100, 150]
+  assert starts(40, name="gradual_unfreeze") == [0, 6, 12, 18]
+  assert starts(2, name="gradual_unfreeze") == [0, 1, 2, 3]  # at least a step apart
+  assert starts(40, name="gradual_unfreeze", unfreeze_every=10) == [0, 10, 20, 30]
+  # LP-FT probes for a third of the run.
+  assert starts(300, name="lp_ft") == [0, 100, 100, 100]
+  assert starts(30, name="lp_ft") == [0, 10, 10, 10]
+  assert starts(2, name="lp_ft") == [0, 1, 1, 1]
+  assert starts(30, name="lp_ft", probe_steps=3) == [0, 3, 3, 3]
+  # Explicit values keep their errors; a run too short for two phases says so.
+  with pytest.raises(ValueError, match=r"config.strategy.probe_steps=300 must lie in \(0, "):
+    starts(300, name="lp_ft", probe_steps=300)
+  with pytest.raises(ValueError, match=r"'lp_ft' needs config.total_steps >= 2.*got 1"):
+    starts(1, name="lp_ft")
+  with pytest.raises(ValueError, match=r"config.strategy.unfreeze_every=-1 must be >= 0"):
+    starts(40, name="gradual_unfreeze", unfreeze_every=-1)
+
+
+def test_layer_strategies_count_the_deepest_stack():
+  """An encoder-decoder with a deeper decoder: depths, rates and k count its decoder layers."""
+  cfg = TransformerConfig(architecture="encoder_decoder", num_layers=1, num_decoder_layers=3)
+  assert cfg.stack_depth == 3 and base.top_depth(cfg) == 4
+  plan = plan_for(cfg, name="gradual_unfreeze,llrd,top_k", unfreeze_every=10, decay=0.5, k=3)
+  layer = "backbone/decoder/layers_{}/mlp/wi/kernel"
+  assert [plan.start_step(layer.format(i)) for i in range(3)] == [30, 20, 10]
+  assert [plan.lr_scale(layer.format(i)) for i in range(3)] == [0.125, 0.25, 0.5]
+  assert plan.trainable("backbone/encoder/layers_0/mlp/wi/kernel")  # depth 1 > 3 - 3
+  with pytest.raises(ValueError, match=r"config.strategy.k=4 must be in \[0, 3\]"):
+    plan_for(cfg, name="top_k", k=4).check([layer.format(0)])
+
+
+def test_linear_probe_is_frozen_with_a_narrower_head():
+  """linear_probe runs Frozen's set-up: it reads train_modules, and names a bad regex."""
+  plan = plan_for(TransformerConfig(), name="linear_probe", train_modules="_norm/")
+  assert plan.trainable("classifier/dense/kernel")
+  assert plan.trainable("backbone/stack/layers_0/mlp_norm/scale")
+  assert not plan.trainable("pooler/dense/kernel")
+  assert not plan.trainable("backbone/stack/layers_0/mlp/wi/kernel")
+  with pytest.raises(ValueError, match=r"config.strategy.train_modules: '\(' is not a regex"):
+    plan_for(TransformerConfig(), name="linear_probe", train_modules="(")
+
+
+def test_strategy_modules_name_every_parameter_they_add():
+  """models/config.STRATEGY_MODULES is the one list of what strategies insert (strategies train
+  it, init reports list it, HF export refuses it): each field switched on adds parameters that
+  its own pattern names, and a plain model has none of them."""
+  switched_on = {"adapter_size": 4, "ia3": True, "prefix_length": 2, "prompt_length": 2}
+  switched_on["lora_rank"] = 2
+  assert set(switched_on) == set(STRATEGY_MODULES)
+  plain = TransformerConfig(architecture="encoder_decoder", num_layers=1, vocab_size=64)
+  ids = np.zeros((1, 8), np.int32)
+
+  def paths(cfg):
+    shapes = jax.eval_shape(EncoderDecoder(cfg).init, jax.random.key(0), ids, ids)["params"]
+    return set(flat(nn.unbox(shapes)))
+
+  before = paths(plain)
+  assert not any(base.is_strategy_param(p) for p in before)
+  for field, value in switched_on.items():
+    added = paths(dataclasses.replace(plain, **{field: value})) - before
+    assert added, field
+    assert all(re.search(STRATEGY_MODULES[field], p) for p in added), field
+    assert all(base.is_strategy_param(p) for p in added), field
 
 
 @pytest.mark.slow
@@ -251,32 +382,7 @@ def test_lora_merge_and_unmerge_compute_the_same_function(finetune_config, tmp_p
 
 
 def test_misfits_fail_before_training(finetune_config, tmp_path):
-  cases = [
-      (
-          "bert",
-          {"strategy.name": "lora", "strategy.targets": "nothing_like_this"},
-          "config.strategy.targets='nothing_like_this' matches no projection",
-      ),
-      ("bert", {"strategy.name": "top_k", "strategy.k": 5}, r"config.strategy.k=5 must be in"),
-      (
-          "gpt",
-          {"strategy.name": "prompt_tuning", "task.name": "wordnet_definition"},
-          "use prefix_tuning",
-      ),
-      (
-          "t5",
-          {"strategy.name": "bitfit", "task.name": "wordnet_definition"},
-          "needs a backbone with biases",
-      ),
-      (
-          "t5",
-          {"strategy.name": "frozen", "task.name": "wordnet_definition"},
-          "leaves nothing to train",
-      ),
-      ("t5", {"strategy.name": "lp_ft", "task.name": "wordnet_definition"}, "no task head"),
-      ("bert", {"strategy.name": "lora,nope"}, "unknown strategy"),
-  ]
-  for preset, overrides, message in cases:
+  for preset, overrides, message in MISFITS:
     with pytest.raises(ValueError, match=message):
       finetune.build(finetune_config(preset, **overrides), str(tmp_path))
 

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from lmreuse.study import aggregate, plots
+from lmreuse.study import aggregate
+from lmreuse.viz import study_plots
 
 TRACEBACK = """Traceback (most recent call last):
   File "experiments/study.py", line 59, in run_cell
@@ -283,13 +284,13 @@ def test_report_writes_tables_and_plots(study):
 
 def test_plots_name_what_they_leave_out(study, monkeypatch):
   titles = {}
-  save = plots._save
+  save = study_plots._save
 
   def record(fig, title, not_shown, path):
     titles[os.path.basename(path)] = list(not_shown)
     return save(fig, title, not_shown, path)
 
-  monkeypatch.setattr(plots, "_save", record)
+  monkeypatch.setattr(study_plots, "_save", record)
   aggregate.report(study)
   assert titles["score_vs_trainable_sst_2.png"] == ["lora/scratch (failed)"]
   assert titles["score_vs_flops_sst_2.png"] == ["lora/scratch (failed)"]

@@ -13,7 +13,7 @@ from tests.tasks.test_task_types import context
 
 TAGS = ["B-LOC", "B-PER", "I-LOC", "I-PER", "O"]
 
-# task type, Context arguments, examples, predictions, metrics that have per-example values,
+# task type, TaskContext arguments, examples, predictions, metrics that have per-example values,
 # values worked out by hand, and metrics that have sufficient statistics.
 CASES = {
     "classification": (

@@ -7,7 +7,8 @@ from configs import finetune as finetune_config
 from lmreuse.data import augment
 from lmreuse.data.tokenizer import load_tokenizer
 from lmreuse.models.config import TransformerConfig
-from lmreuse.tasks import Context, build, encoding
+from lmreuse.tasks import build, encoding
+from lmreuse.tasks.base import TaskContext
 from lmreuse.tasks.extractive_qa import windows
 
 
@@ -20,7 +21,7 @@ def context(tok, architecture="encoder", labels=None, max_len=32, **task):
   config = finetune_config.get_config().task
   config.update(task)
   cfg = TransformerConfig(architecture=architecture, vocab_size=tok.vocab_size, max_len=64)
-  return Context(model_cfg=cfg, tokenizer=tok, task=config, labels=labels, max_len=max_len)
+  return TaskContext(model_cfg=cfg, tokenizer=tok, task=config, labels=labels, max_len=max_len)
 
 
 def test_pair_layouts_per_architecture(tok):

@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 from flax import traverse_util
 
-from lmreuse import components, objectives
+from lmreuse import objectives
 from lmreuse.data import tokenizer as tokenizer_lib
+from lmreuse.models.config import TransformerConfig
 from lmreuse.train import restore
 
 
@@ -22,7 +23,7 @@ def test_backbone_loads_bitwise_and_heads_are_reported(bert_pretrained, tokenize
   config.objective.nsp = False
   vocab = tokenizer_lib.load_tokenizer(tokenizer_path).vocab_size
   program = objectives.get("mlm").program(
-      components.model_config(config.model, vocab), config.objective, config.data
+      TransformerConfig.from_config(config.model, vocab), config.objective, config.data
   )
   fresh = jax.device_get(nn.meta.unbox(program.init_params(jax.random.PRNGKey(7))))
   merged, report = restore.merge_params(fresh, pretrained)

@@ -11,7 +11,8 @@ import pytest
 from flax import traverse_util
 
 from configs import common, pretrain
-from lmreuse import components, objectives
+from lmreuse import objectives
+from lmreuse.models.config import TransformerConfig
 from lmreuse.parallel import mesh as mesh_lib, sharding as sharding_lib
 from lmreuse.train import compute, optim
 from lmreuse.train.trainer import Trainer, split_microbatches
@@ -24,7 +25,7 @@ def make_trainer(preset="gpt", optimizer="adamw", learning_rate=1e-3):
   config.model.dropout_rate = 0.0
   config.data.seq_len = 16
   config.optimizer.name = optimizer
-  model_cfg = components.model_config(config.model, synthetic.VOCAB)
+  model_cfg = TransformerConfig.from_config(config.model, synthetic.VOCAB)
   program = objectives.get(config.objective.name).program(model_cfg, config.objective, config.data)
   tx, schedule = optim.make_optimizer(config.optimizer, config.total_steps)
   mesh = mesh_lib.make_mesh(

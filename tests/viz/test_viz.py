@@ -170,3 +170,27 @@ def test_attention_maps_of_the_task_model(setup, tmp_path):
   tokens = [setup.tokenizer.id_to_piece(int(i)) for i in row["inputs"][:real]]
   path = attention.plot_attention(maps, tokens, str(tmp_path / "attention.png"))
   assert os.path.getsize(path) > 0
+
+
+def test_projections_colour_by_label_only_where_there_are_labels():
+  points_Nx2 = np.random.default_rng(0).normal(size=(12, 2))
+  labelled = representations.projection_figure(points_Nx2, list("aaaaabbbbcdd"), "t", max_labels=2)
+  legend = [text.get_text() for text in labelled.axes[0].get_legend().get_texts()]
+  assert legend == ["a", "b", "other"]
+  unlabelled = representations.projection_figure(points_Nx2, None, "t")
+  assert unlabelled.axes[0].get_legend() is None and len(unlabelled.axes[0].collections) == 1
+
+
+def test_qa_features_have_no_labels(setup, tmp_path):
+  """QA examples carry answers, not labels: one colour and no silhouette, not a class '0'."""
+  eval_set = setup.eval_sets["validation"]
+  questions = [
+      {"id": str(i), "question": "q", "context": "c"} for i in range(len(eval_set.examples))
+  ]
+  qa = dataclasses.replace(eval_set, examples=questions)
+  assert representations.feature_labels(qa) is None
+  params = setup.state.params
+  paths, silhouette = representations.write_representation_plots(
+      str(tmp_path), setup.module, params, params, qa, None, seed=0
+  )
+  assert len(paths) == 4 and silhouette == {}

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from lmreuse.data.sources.base import TaskData, View
+from lmreuse.tasks import types
 
 LOCAL = "local"
 
@@ -26,8 +27,7 @@ def load(task: Any, seed: int) -> TaskData:
   if task.name == LOCAL:
     if not task.type:
       raise ValueError(
-          "config.task.name='local' needs config.task.type (one of "
-          "classification, regression, tagging, extractive_qa, seq2seq)"
+          f"config.task.name='local' needs config.task.type (one of {', '.join(types.TASK_TYPES)})"
       )
     data = local.load(task, seed)
   elif task.name in wordnet_tasks.NAMES:

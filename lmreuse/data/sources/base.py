@@ -1,14 +1,8 @@
 """What every downstream data source returns: examples in one canonical schema per task type.
 
 Sources (bundled WordNet tasks, the TFDS catalog, local files) differ only in where examples
-come from; task types (lmreuse/tasks/) read only these fields:
-
-  classification  {"text": str, "text_pair": str (pair tasks only), "label": str | int}
-  regression      {"text": str, "text_pair": str (pair tasks only), "label": float}
-  tagging         {"tokens": list[str], "tags": list[str]}            (one tag per token)
-  extractive_qa   {"id": str, "question": str, "context": str,
-                   "answers": list[{"text": str, "start": int}]}     (start: char offset)
-  seq2seq         {"source": str, "target": str}
+come from; each task type's fields are in its row of lmreuse/tasks/types.py (`fields`), and
+task types (lmreuse/tasks/) read only those.
 """
 
 from __future__ import annotations
@@ -20,7 +14,6 @@ from typing import Any
 
 import numpy as np
 
-TASK_TYPES = ("classification", "regression", "tagging", "extractive_qa", "seq2seq")
 SPLITS = ("train", "validation", "test")
 
 

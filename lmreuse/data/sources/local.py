@@ -14,28 +14,15 @@ import csv
 import dataclasses
 import io
 import json
-import math
 import os
 import re
 from collections.abc import Callable
 from typing import Any
 
 from lmreuse.data.sources import base
+from lmreuse.tasks import types
 
 _DELIMITERS = {".csv": ",", ".tsv": "\t", ".jsonl": None, ".json-lines": None}  # None: JSONL.
-_COLUMN_KEYS = {  # The config keys naming each task type's columns; '' leaves one out.
-    "classification": ("text_column", "text_pair_column", "label_column"),
-    "regression": ("text_column", "text_pair_column", "label_column"),
-    "tagging": ("tokens_column", "tags_column"),
-    "extractive_qa": (
-        "question_column",
-        "context_column",
-        "answer_column",
-        "answer_start_column",
-        "id_column",
-    ),
-    "seq2seq": ("source_column", "target_column"),
-}
 _INTEGER = re.compile(r"[+-]?[0-9]+")
 _MAX_LISTED = 20
 
@@ -47,24 +34,14 @@ def config_defaults() -> dict:
       validation_path="",
       test_path="",
       validation_fraction=0.1,
-      text_column="text",
-      text_pair_column="",
-      label_column="label",
-      tokens_column="tokens",
-      tags_column="tags",
-      question_column="question",
-      context_column="context",
-      answer_column="answer",
-      answer_start_column="",
-      source_column="source",
-      target_column="target",
-      id_column="",
+      **types.column_defaults(),
   )
 
 
 @dataclasses.dataclass
-class _Row:
-  """One row of a file with its line, so that every check can name `file:line`."""
+class Row:
+  """One row of a file with its line, so that every check can name `file:line`; the task types'
+  `read_row` (lmreuse/tasks/types.py) read their fields through it."""
 
   path: str
   line: int
@@ -89,6 +66,13 @@ class _Row:
       raise self.error(f"{self.what(key)} is empty or not text: {value!r}")
     return value
 
+  def integer(self, value: Any, key: str) -> int:
+    if isinstance(value, int) and not isinstance(value, bool):
+      return value
+    if isinstance(value, str) and _INTEGER.fullmatch(value.strip()):
+      return int(value)
+    raise self.error(f"{self.what(key)} is not an integer: {value!r}")
+
   def words(self, key: str) -> list[str]:
     value = self.raw(key)
     if isinstance(value, str):
@@ -99,94 +83,6 @@ class _Row:
         f"{self.what(key)} is neither whitespace-separated text nor a list of "
         f"strings: {value!r}"
     )
-
-
-def _texts(row: _Row) -> dict:
-  example = {"text": row.text("text_column")}
-  if "text_pair_column" in row.columns:
-    example["text_pair"] = row.text("text_pair_column")
-  return example
-
-
-def _classification(row: _Row) -> dict:
-  label = row.raw("label_column")
-  if isinstance(label, str) and label.strip():
-    return {**_texts(row), "label": label.strip()}
-  if row.from_json and isinstance(label, int) and not isinstance(label, bool):
-    return {**_texts(row), "label": label}
-  raise row.error(f"{row.what('label_column')} is not a label (text or integer): {label!r}")
-
-
-def _regression(row: _Row) -> dict:
-  label = row.raw("label_column")
-  try:
-    value = float(label) if not isinstance(label, bool) else math.nan
-  except (TypeError, ValueError):
-    value = math.nan
-  if not math.isfinite(value):
-    raise row.error(f"{row.what('label_column')} is not a number: {label!r}")
-  return {**_texts(row), "label": value}
-
-
-def _tagging(row: _Row) -> dict:
-  tokens, tags = row.words("tokens_column"), row.words("tags_column")
-  if not tokens:
-    raise row.error(f"{row.what('tokens_column')} has no tokens")
-  if len(tokens) != len(tags):
-    raise row.error(f"{len(tokens)} tokens but {len(tags)} tags (one tag per token)")
-  return {"tokens": tokens, "tags": tags}
-
-
-def _answer_start(row: _Row, value: Any) -> int:
-  if isinstance(value, int) and not isinstance(value, bool):
-    return value
-  if isinstance(value, str) and _INTEGER.fullmatch(value.strip()):
-    return int(value)
-  raise row.error(f"{row.what('answer_start_column')} is not an integer: {value!r}")
-
-
-def _extractive_qa(row: _Row) -> dict:
-  question, context = row.text("question_column"), row.text("context_column")
-  texts = row.raw("answer_column")
-  texts = texts if row.from_json and isinstance(texts, list) else [texts]
-  starts = [None] * len(texts)
-  if "answer_start_column" in row.columns:
-    starts = row.raw("answer_start_column")
-    starts = starts if isinstance(starts, list) else [starts]
-  if not texts:
-    raise row.error(f"{row.what('answer_column')} has no answers")
-  if len(starts) != len(texts):
-    raise row.error(f"{len(texts)} answers but {len(starts)} answer starts")
-  answers = []
-  for text, start in zip(texts, starts):
-    text = row.check_text(text, "answer_column")
-    if start is None:
-      start = context.find(text)
-      if start < 0:
-        raise row.error(f"answer {text!r} does not occur in the context")
-    else:
-      start = _answer_start(row, start)
-      if start < 0 or context[start : start + len(text)] != text:
-        raise row.error(
-            f"answer {text!r} is not at answer_start={start} in the context, which "
-            f"has {context[max(0, start):][:len(text)]!r} there"
-        )
-    answers.append({"text": text, "start": start})
-  row_id = str(row.raw("id_column")) if "id_column" in row.columns else str(row.line)
-  return {"id": row_id, "question": question, "context": context, "answers": answers}
-
-
-def _seq2seq(row: _Row) -> dict:
-  return {"source": row.text("source_column"), "target": row.text("target_column")}
-
-
-_CONVERTERS: dict[str, Callable[[_Row], dict]] = {
-    "classification": _classification,
-    "regression": _regression,
-    "tagging": _tagging,
-    "extractive_qa": _extractive_qa,
-    "seq2seq": _seq2seq,
-}
 
 
 def _check_columns(columns: dict[str, str], available: Any, where: str) -> None:
@@ -272,11 +168,11 @@ def _load_file(
   rows = (
       _read_jsonl(path, text, columns) if from_json else _read_csv(path, text, delimiter, columns)
   )
-  convert = _CONVERTERS[task.type]
+  convert = types.get(task.type).read_row
   return (
       path,
       from_json,
-      [(line, convert(_Row(path, line, values, columns, from_json))) for line, values in rows],
+      [(line, convert(Row(path, line, values, columns, from_json))) for line, values in rows],
   )
 
 
@@ -323,20 +219,18 @@ def _integer_labels(files: dict) -> None:
 
 def load(task: Any, seed: int) -> base.TaskData:
   """Reads config.task's train/validation/test files; a missing validation file is split off."""
-  task_type = task.type
-  if task_type not in base.TASK_TYPES:
-    raise ValueError(f"config.task.type={task_type!r} is not one of {base.TASK_TYPES}")
-  columns = {key: getattr(task, key) for key in _COLUMN_KEYS[task_type] if getattr(task, key)}
+  spec = types.get(task.type)
+  columns = {key: getattr(task, key) for key in spec.columns if getattr(task, key)}
   files = {
       split: _load_file(task, f"{split}_path", columns)
       for split in base.SPLITS
       if split == "train" or getattr(task, f"{split}_path")
   }
   labels = None
-  if task_type == "classification":
+  if spec.label_kind == "class":
     _integer_labels(files)
     labels = _label_set(files, lambda example: [example["label"]], "label")
-  elif task_type == "tagging":
+  elif spec.label_kind == "tags":
     labels = _label_set(files, lambda example: example["tags"], "tag")
   splits = {split: [example for _, example in rows] for split, (_, _, rows) in files.items()}
   origin = {split: path for split, (path, _, _) in files.items()}
@@ -345,4 +239,4 @@ def load(task: Any, seed: int) -> base.TaskData:
     splits["train"], splits["validation"] = base.split_off(splits["train"], fraction, seed)
     origin["validation"] = f"{task.train_path} (validation_fraction={fraction}, seed={seed})"
   splits = {split: splits[split] for split in base.SPLITS if split in splits}
-  return base.TaskData(task_type, splits, labels, {split: origin[split] for split in splits})
+  return base.TaskData(spec.name, splits, labels, {split: origin[split] for split in splits})

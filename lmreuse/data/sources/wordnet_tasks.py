@@ -23,14 +23,15 @@ import numpy as np
 
 from lmreuse.data.corpus import wordnet
 from lmreuse.data.sources.base import SPLITS, TaskData
+from lmreuse.tasks import types
 
-TASK_TYPES = {
+TASK_TYPE_OF = {
     "wordnet_supersense": "classification",
     "wordnet_relation": "classification",
     "wordnet_headword_qa": "extractive_qa",
     "wordnet_definition": "seq2seq",
 }
-NAMES = tuple(TASK_TYPES)
+NAMES = tuple(TASK_TYPE_OF)
 RELATIONS = ("hypernym", "same_synset", "unrelated")
 _DATASET_SEED = 20250101
 
@@ -110,7 +111,7 @@ _BUILDERS = {
 
 
 def load(name: str) -> TaskData:
-  if name not in TASK_TYPES:
+  if name not in TASK_TYPE_OF:
     raise ValueError(
         f"config.task.name={name!r} is not a bundled WordNet task; choose one of " f"{NAMES}"
     )
@@ -119,9 +120,9 @@ def load(name: str) -> TaskData:
       split: _BUILDERS[name]([r for r in _records() if r["split"] == split], by_id)
       for split in SPLITS
   }
-  task_type = TASK_TYPES[name]
+  task_type = TASK_TYPE_OF[name]
   labels = None
-  if task_type == "classification":
+  if types.get(task_type).label_kind == "class":
     labels = sorted({e["label"] for e in splits["train"]})
   origin = {split: f"{wordnet.DEFAULT_PATH} ({name}, {split} synsets)" for split in SPLITS}
   return TaskData(task_type=task_type, splits=splits, labels=labels, origin=origin)

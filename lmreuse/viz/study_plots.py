@@ -273,6 +273,49 @@ def _sweep(
   return fig, not_shown
 
 
+def _task_figures(
+    task: str,
+    lines: Sequence[dict],
+    found: tuple[str, str, str, float],
+    choices: dict[tuple, selection.Choice],
+    seeds: dict[tuple, list[dict]],
+    style: _Style,
+) -> list[tuple[str, str, tuple[Figure, list[str]]]]:
+  """(file name, title, (figure, not shown)) of one task's figures."""
+  metric, mode, score, scale = found
+  fractions = sorted({line["train_fraction"] for line in lines})
+  full = [line for line in lines if line["train_fraction"] == fractions[-1]]
+  at = f", data fraction {fractions[-1]:g}" if len(fractions) > 1 else ""
+  name = tables.slug(task)
+  trainable = "trainable parameters (fraction of total)"
+  figures = [
+      (
+          f"score_vs_trainable_{name}",
+          f"{task}: {score} vs trainable share{at}",
+          _score_vs(full, "trainable_fraction", score, scale, style, trainable),
+      ),
+      (
+          f"score_vs_flops_{name}",
+          f"{task}: {score} vs train FLOPs{at}",
+          _pareto(full, score, scale, mode, style),
+      ),
+      (
+          f"learning_curves_{name}",
+          f"{task}: validation/{metric} by step{at}",
+          _learning_curves(full, seeds, f"validation/{metric}", scale, style),
+      ),
+  ]
+  swept = [choices[tuple(line[k] for k in GROUP)] for line in full]
+  swept = [c for c in swept if len({h.hparams.get(SWEPT_RATE) for h in c.candidates}) > 1]
+  if swept:
+    title = f"{task}: validation/{metric} vs learning rate{at}"
+    figures.append((f"sweep_{name}", title, _sweep(swept, full, scale, style)))
+  if len(fractions) > 1:
+    title = f"{task}: {score} vs training data"
+    figures.append((f"score_vs_data_{name}", title, _score_vs_data(lines, score, scale, style)))
+  return figures
+
+
 def write(
     workdir: str,
     rows: Sequence[dict],
@@ -285,64 +328,19 @@ def write(
   out_dir = os.path.join(workdir, workdir_lib.PLOTS)
   os.makedirs(out_dir, exist_ok=True)
   style = _Style(summary)
-  seeds: dict[tuple, list[dict]] = {}
-  groups = by_group(rows)
-  for key, members in groups.items():
-    seeds[key] = [r for r in selection.reported(choices[key], members) if r["status"] == "ok"]
+  seeds = {
+      key: [r for r in selection.reported(choices[key], members) if r["status"] == "ok"]
+      for key, members in by_group(rows).items()
+  }
   paths = []
   for task, lines in tables.by_task(summary).items():
     found = tables.headline(lines)
     if found is None:
       continue
-    metric, mode, score, scale = found
-    fractions = sorted({line["train_fraction"] for line in lines})
-    full = [line for line in lines if line["train_fraction"] == fractions[-1]]
-    at = f", data fraction {fractions[-1]:g}" if len(fractions) > 1 else ""
-    name = tables.slug(task)
-    figures = [
-        (
-            f"score_vs_trainable_{name}",
-            f"{task}: {score} vs trainable share{at}",
-            _score_vs(
-                full,
-                "trainable_fraction",
-                score,
-                scale,
-                style,
-                "trainable parameters (fraction of total)",
-            ),
-        ),
-        (
-            f"score_vs_flops_{name}",
-            f"{task}: {score} vs train FLOPs{at}",
-            _pareto(full, score, scale, mode, style),
-        ),
-        (
-            f"learning_curves_{name}",
-            f"{task}: validation/{metric} by step{at}",
-            _learning_curves(full, seeds, f"validation/{metric}", scale, style),
-        ),
-    ]
-    swept = [choices[tuple(line[k] for k in GROUP)] for line in full]
-    swept = [c for c in swept if len({h.hparams.get(SWEPT_RATE) for h in c.candidates}) > 1]
-    if swept:
-      figures.append(
-          (
-              f"sweep_{name}",
-              f"{task}: validation/{metric} vs learning rate{at}",
-              _sweep(swept, full, scale, style),
-          )
-      )
-    if len(fractions) > 1:
-      figures.append(
-          (
-              f"score_vs_data_{name}",
-              f"{task}: {score} vs training data",
-              _score_vs_data(lines, score, scale, style),
-          )
-      )
     paths += [
         _save(fig, title, not_shown, os.path.join(out_dir, f"{fname}.png"))
-        for fname, title, (fig, not_shown) in figures
+        for fname, title, (fig, not_shown) in _task_figures(
+            task, lines, found, choices, seeds, style
+        )
     ]
   return paths
