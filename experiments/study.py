@@ -306,7 +306,8 @@ def _report(
 ) -> dict | None:
   """The tables, holding the study workdir's lock. In worker mode only once every cell is
   settled (the worker that settles the last one writes them); a held lock means its holder is
-  writing them, or a report run by hand is, which is then re-run."""
+  writing them, or a report run by hand is, which is then re-run. In a multi-process run,
+  process 0 writes them and returns them; the others return None."""
   from lmreuse.study import aggregate
 
   took = False
@@ -319,7 +320,7 @@ def _report(
       (logging.info if worker else logging.warning)(
           "study %s: tables not written here: %s", config.study.name, e
       )
-  if not lock.from_process_0(took):
+  if not lock.from_process_0(took) or jax.process_index() != 0:
     return None
   try:
     return aggregate.report(workdir)
@@ -348,11 +349,12 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
       print(f"# wrote {path}")
     return {"cells": len(chosen)}
   # Every worker writes the same config.json and study.json, each atomically: concurrent
-  # starts need no lock.
+  # starts need no lock. Within one multi-process run, process 0 writes them.
   recorded = copy.deepcopy(config)
   recorded.study.update(_PER_PROCESS_KEYS)
   workdir_lib.prepare(workdir, recorded)
-  grid.write_manifest(workdir, config, cells)
+  if jax.process_index() == 0:
+    grid.write_manifest(workdir, config, cells)
   _use_compilation_cache(workdir)
   if worker is None:
     outcome = {}

@@ -4,7 +4,9 @@
 
 Started as 2 processes × 2 fake CPU devices and as 1 process × 4, on the same global mesh. It
 initialises JAX through run.py's own flags, runs each job (an experiment on a workdir, after
-copying another workdir there when asked: a checkpoint restored under another process count),
+copying another workdir there when asked: a checkpoint restored under another process count;
+then truncating the files of one of its checkpoints when asked: the fallback to the step
+before, taken alike by every process),
 and writes OUT/process_<i>.json: each job's results and every file this process opened for
 writing outside the collectively written checkpoint directories.
 """
@@ -28,6 +30,7 @@ from jax.experimental import multihost_utils
 
 import run
 from lmreuse.train import preemption, trainer as trainer_lib
+from tests.train.test_checkpoint import truncate_arrays
 
 COLLECTIVE_DIRS = ("checkpoints", "best", "trainable")  # orbax: every process writes its part
 
@@ -47,7 +50,7 @@ def record_writes(root: str) -> list[str]:
       directory, name = os.path.split(relative)
       if name.startswith(".tmp-"):  # workdir.write_atomically's temporary file for `name`
         relative = os.path.join(directory, name[len(".tmp-") :].rsplit("-", 1)[0])
-      if relative.split(os.sep)[1:2] not in [[d] for d in COLLECTIVE_DIRS]:
+      if not set(relative.split(os.sep)[1:-1]) & set(COLLECTIVE_DIRS):  # study cells nest
         writes.append(relative)
 
   original_open, original_os_open = builtins.open, os.open
@@ -96,6 +99,9 @@ def main(argv: list[str]) -> None:
     if job.get("copy_from"):
       if jax.process_index() == 0:
         shutil.copytree(job["copy_from"], job["workdir"])
+        if job.get("truncate"):
+          step_dir = os.path.join(job["workdir"], "checkpoints", str(job["truncate"]["step"]))
+          truncate_arrays(step_dir)
       multihost_utils.sync_global_devices(f"copied {job['workdir']}")
     config = ml_collections.ConfigDict(job["config"])
     experiment = importlib.import_module(f"experiments.{config.experiment}")
@@ -114,6 +120,9 @@ def main(argv: list[str]) -> None:
         k: out.get(k) for k in ("metrics", "steps", "best_step", "stopped_early")
     }
     results[job["name"]]["preempted"] = preempted
+    checkpoints = os.path.join(job["workdir"], "checkpoints")
+    if os.path.isdir(checkpoints):
+      results[job["name"]]["checkpoints"] = sorted(os.listdir(checkpoints))
   report = {
       "results": results,
       "writes": sorted(set(writes)),

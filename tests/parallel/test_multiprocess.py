@@ -3,10 +3,14 @@
 Three launches of tests/parallel/multiprocess_check.py share the work: 2 processes pretrain a
 tiny BERT (process 1 gets a SIGTERM mid-run: both stop at one step, save it, and resume) and
 fine-tune it (BitFit, early stopping); 1 process does the same, then resumes
-copies of the 2-process workdirs (their checkpoints restored under another process count);
-2 processes resume a copy of the 1-process pretraining workdir.
+copies of the 2-process workdirs (their checkpoints restored under another process count) and
+runs a small study (a learning-rate sweep, selection, tables) on its pretrained model;
+2 processes resume a copy of the 1-process pretraining workdir, another copy whose latest
+checkpoint is truncated (both processes fall back to the step before and train the rest again),
+and run the same study.
 """
 
+import csv
 import json
 import os
 import socket
@@ -19,11 +23,12 @@ import pytest
 from absl import app, flags
 from absl.testing import flagsaver
 
+from configs import study as study_config
 from lmreuse.train.writers import read_metrics
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 MESH = {"mesh.data": 2, "mesh.fsdp": 2}  # 4 devices: one global mesh for both launches
-TIMEOUT_S = 420
+TIMEOUT_S = 600  # a hang guard: each launch takes 1-2 minutes on 2 idle cores
 
 
 def free_port() -> int:
@@ -113,6 +118,39 @@ def read_jsonl(path) -> list[dict]:
   return [json.loads(line) for line in open(path)]
 
 
+def small_study(init_from) -> dict:
+  """Two BitFit cells (a swept learning rate) on a pretrained model, selection and tables."""
+  config = study_config.get_config("tiny")
+  config.study.update(
+      dict(
+          pretrain=(),
+          checkpoints=(f"mine={init_from}",),
+          from_scratch=False,
+          tasks=("wordnet_supersense",),
+          strategies=("bitfit",),
+          seeds=(0,),
+          bootstrap_resamples=100,
+      )
+  )
+  config.study.sweep.learning_rate = (3e-3, 1e-2)
+  for entry in config.study.strategy_sweeps.values():
+    entry.learning_rate = ()
+  config.finetune.update(
+      dict(
+          total_steps=2,
+          batch_size=8,
+          eval_every=0,
+          checkpoint_every=2,
+          log_every=1,
+          max_len=24,
+          optimizer=dict(warmup_steps=1),
+          task=dict(max_train_examples=32, max_eval_examples=16),
+          mesh=dict(data=2, fsdp=2),
+      )
+  )
+  return config.to_dict()
+
+
 def test_run_refuses_incomplete_distributed_flags():
   import run  # pylint: disable=import-outside-toplevel
 
@@ -157,7 +195,9 @@ def test_two_processes_equal_one_and_their_checkpoints_restore_across(
         },
     ).to_dict()
 
-  w = {name: tmp_path / name for name in ("p1", "f1", "p2", "f2", "p2_in1", "f2_in1", "p1_in2")}
+  names = ("p1", "f1", "p2", "f2", "p2_in1", "f2_in1", "p1_in2", "p1_bad_in2")
+  names += ("s1", "s2")
+  w = {name: tmp_path / name for name in names}
 
   def job(name, config, copy_from=None, **extra):
     return {
@@ -183,10 +223,20 @@ def test_two_processes_equal_one_and_their_checkpoints_restore_across(
           job("f1", finetune(w["p1"])),
           job("p2_in1", pretrain, "p2"),
           job("f2_in1", finetune(w["p2"]), "f2"),
+          job("s1", small_study(w["p1"])),
       ],
       1,
   )
-  back = launch(tmp_path, "back", [job("p1_in2", pretrain, "p1")], 2)
+  back = launch(
+      tmp_path,
+      "back",
+      [
+          job("p1_in2", pretrain, "p1"),
+          job("p1_bad_in2", pretrain, "p1", truncate={"step": 8}),
+          job("s2", small_study(w["p1"])),
+      ],
+      2,
+  )
   assert [r["processes"] for r in two + one + back] == [2, 2, 1, 2, 2]
   assert {r["devices"] for r in two + one + back} == {4}
 
@@ -225,6 +275,29 @@ def test_two_processes_equal_one_and_their_checkpoints_restore_across(
     assert report["results"][copy]["steps"] == source["steps"]
     assert_same_metrics(report["results"][copy]["metrics"], source["metrics"])
   assert read_jsonl(w["f2_in1"] / "predictions.jsonl") == read_jsonl(w["f2"] / "predictions.jsonl")
+
+  # A latest checkpoint that does not restore (its files truncated, as every process sees them):
+  # both processes resume from the step before, set step 8 aside and train the rest again, to
+  # the same losses and evaluation as the original 1-process run.
+  original = dict(train_losses(w["p1"]))
+  name, source = "p1_bad_in2", "p1"
+  bad, saved = back[0]["results"][name], os.listdir(w[source] / "checkpoints")
+  assert bad["checkpoints"] == sorted([*saved, "unrestorable"]), (name, bad["checkpoints"])
+  assert bad["steps"] == one[0]["results"]["p1"]["steps"]
+  assert_same_metrics(bad["metrics"], one[0]["results"]["p1"]["metrics"])
+  resumed = max(int(step) for step in saved if step != "8")
+  redone = [(s, x) for s, x in train_losses(w[name]) if s > resumed]
+  assert [s for s, _ in redone] == list(range(resumed + 1, 9)), (name, redone)
+  assert all(close(x, original[s]) for s, x in redone), (name, redone, original)
+
+  # The study: the same cells, selection, metrics, FLOPs, memory and comparisons from 2
+  # processes as from 1 (all but the wall times).
+  for table in ("sweep.csv", "comparisons.csv"):
+    assert (w["s1"] / table).read_text() == (w["s2"] / table).read_text(), table
+  rows = [list(csv.DictReader(open(w[s] / "results.csv"))) for s in ("s1", "s2")]
+  untimed = [[{k: v for k, v in r.items() if "time_sec" not in k} for r in t] for t in rows]
+  assert untimed[0] == untimed[1] and len(rows[0]) == 1, rows
+  assert sorted(os.listdir(w["s1"] / "runs")) == sorted(os.listdir(w["s2"] / "runs"))
 
   # Only process 0 writes run outputs; orbax writes the checkpoints collectively.
   assert two[1]["writes"] == [] and back[1]["writes"] == []
