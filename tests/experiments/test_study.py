@@ -1,6 +1,7 @@
 """A tiny study end to end: grid expansion, shared pretraining, interruption and resume,
 one-cell runs, and aggregated mean/std that match the child runs' results.json."""
 
+import copy
 import csv
 import json
 import os
@@ -13,6 +14,18 @@ from scipy import stats
 from configs import study as study_config
 from experiments import finetune, study
 from lmreuse.study import grid, launch
+
+# The fine-tuning cells of test studies: 2 steps on 32 examples.
+TINY_CELLS = dict(
+    total_steps=2,
+    batch_size=8,
+    eval_every=0,
+    checkpoint_every=2,
+    log_every=1,
+    max_len=24,
+    optimizer=dict(warmup_steps=1),
+    task=dict(max_train_examples=32, max_eval_examples=16),
+)
 
 
 def without_sweeps(config):
@@ -41,19 +54,7 @@ def tiny_study(tokenizer_path, tfds_dir):
           model=dict(max_len=32),
       )
   )
-  config.finetune.update(
-      dict(
-          total_steps=2,
-          batch_size=8,
-          eval_every=0,
-          checkpoint_every=2,
-          log_every=1,
-          max_len=24,
-          optimizer=dict(warmup_steps=1),
-          strategy=dict(rank=4),
-          task=dict(max_train_examples=32, max_eval_examples=16),
-      )
-  )
+  config.finetune.update(dict(copy.deepcopy(TINY_CELLS), strategy=dict(rank=4)))
   return config
 
 

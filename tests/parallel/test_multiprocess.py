@@ -10,6 +10,7 @@ checkpoint is truncated (both processes fall back to the step before and train t
 and run the same study.
 """
 
+import copy
 import csv
 import json
 import os
@@ -25,6 +26,7 @@ from absl.testing import flagsaver
 
 from configs import study as study_config
 from lmreuse.train.writers import read_metrics
+from tests.experiments.test_study import TINY_CELLS
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 MESH = {"mesh.data": 2, "mesh.fsdp": 2}  # 4 devices: one global mesh for both launches
@@ -135,19 +137,7 @@ def small_study(init_from) -> dict:
   config.study.sweep.learning_rate = (3e-3, 1e-2)
   for entry in config.study.strategy_sweeps.values():
     entry.learning_rate = ()
-  config.finetune.update(
-      dict(
-          total_steps=2,
-          batch_size=8,
-          eval_every=0,
-          checkpoint_every=2,
-          log_every=1,
-          max_len=24,
-          optimizer=dict(warmup_steps=1),
-          task=dict(max_train_examples=32, max_eval_examples=16),
-          mesh=dict(data=2, fsdp=2),
-      )
-  )
+  config.finetune.update(dict(copy.deepcopy(TINY_CELLS), mesh=dict(data=2, fsdp=2)))
   return config.to_dict()
 
 
@@ -266,14 +256,14 @@ def test_two_processes_equal_one_and_their_checkpoints_restore_across(
 
   # Checkpoints written by 2 processes restore in 1 (and a pretraining one the reverse),
   # evaluating the same.
-  for copy, original, report in (
+  for copied, original, report in (
       ("p2_in1", "p2", one[0]),
       ("f2_in1", "f2", one[0]),
       ("p1_in2", "p1", back[0]),
   ):
     source = (two[0] if original.endswith("2") else one[0])["results"][original]
-    assert report["results"][copy]["steps"] == source["steps"]
-    assert_same_metrics(report["results"][copy]["metrics"], source["metrics"])
+    assert report["results"][copied]["steps"] == source["steps"]
+    assert_same_metrics(report["results"][copied]["metrics"], source["metrics"])
   assert read_jsonl(w["f2_in1"] / "predictions.jsonl") == read_jsonl(w["f2"] / "predictions.jsonl")
 
   # A latest checkpoint that does not restore (its files truncated, as every process sees them):
