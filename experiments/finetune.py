@@ -29,10 +29,10 @@ from lmreuse import (
     workdir as workdir_lib,
 )
 from lmreuse.data import pipeline, sources, tokenizer as tokenizer_lib
-from lmreuse.eval import metrics as metrics_lib
 from lmreuse.models.config import TransformerConfig
 from lmreuse.objectives.base import apply_rngs, init_rngs
 from lmreuse.parallel import mesh as mesh_lib, sharding as sharding_lib
+from lmreuse.tasks import types as task_types
 from lmreuse.tasks.evaluation import EvalSet, Evaluator, featurize
 from lmreuse.train import compute as compute_lib, optim, restore
 from lmreuse.train.checkpoint import Checkpointer, abstract_like
@@ -218,7 +218,7 @@ def build_task(
 
 def early_stopping(config: ml_collections.ConfigDict, task_type: str) -> EarlyStopping:
   """The selection rule: config.early_stopping, else the task type's headline metric."""
-  metric = config.early_stopping.metric or metrics_lib.HEADLINE[task_type][0]
+  metric = config.early_stopping.metric or task_types.get(task_type).headline
   return EarlyStopping(
       metric, config.early_stopping.mode or default_mode(metric), config.early_stopping.patience
   )

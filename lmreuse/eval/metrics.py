@@ -27,14 +27,6 @@ from seqeval import metrics as seqeval_metrics
 from seqeval.metrics import sequence_labeling
 from sklearn import metrics as sk_metrics
 
-from lmreuse.tasks import types
-
-# Task type -> (headline metric, mode), from the task-type table (lmreuse/tasks/types.py), for
-# the callers that do not read `types.get(task_type).headline` there yet.
-HEADLINE: dict[str, tuple[str, str]] = {
-    name: (spec.headline, spec.mode) for name, spec in types.TASK_TYPES.items()
-}
-
 # A metric's per-example counts [n_examples, k] and the function mapping their sum over examples
 # (any leading axes, [..., k]) to the metric's value ([...]).
 SufficientStatistics = tuple[np.ndarray, Callable[[np.ndarray], np.ndarray]]

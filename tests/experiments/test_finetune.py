@@ -18,8 +18,8 @@ from seqeval import metrics as seqeval_metrics
 from experiments import finetune
 from lmreuse import tasks
 from lmreuse.data import tokenizer as tokenizer_lib
-from lmreuse.eval import metrics as metrics_lib
 from lmreuse.models.config import TransformerConfig
+from lmreuse.tasks import types as task_types
 from lmreuse.train import restore
 from lmreuse.train.writers import read_metrics
 
@@ -211,8 +211,8 @@ def test_every_task_type_trains_and_reports_its_metrics(case, finetune_config, t
   metrics = results["metrics"]
   assert {f"validation/{metric}", f"test/{metric}"} <= set(metrics)
   assert np.isfinite(metrics["validation/loss"]) and np.isfinite(metrics["test/loss"])
-  assert set(HEADLINE_RANGES) == set(metrics_lib.HEADLINE)
-  headline, (low, high) = metrics_lib.HEADLINE[task_type][0], HEADLINE_RANGES[task_type]
+  assert set(HEADLINE_RANGES) == set(task_types.TASK_TYPES)
+  headline, (low, high) = task_types.get(task_type).headline, HEADLINE_RANGES[task_type]
   for split in ("validation", "test"):
     value = metrics[f"{split}/{headline}"]
     assert np.isfinite(value) and low <= value <= high, (split, headline, value)
