@@ -29,12 +29,11 @@ the study-wide candidates). The crossed candidates are each run with every seed
 validation score, and test scores of that configuration only.
 """
 
-import math
-
 import ml_collections
 
 from configs import common
 from lmreuse import strategies
+from lmreuse.study import grid
 
 PRESETS = {
     # name: (pretraining presets, tasks, strategies, seeds, data fractions)
@@ -121,19 +120,6 @@ def sweep_space(
   return space
 
 
-def scaled(rates: tuple[float, ...], factor: float) -> tuple[float, ...]:
-  """`rates` × `factor`, each snapped to the nearest rung of the 1-3-10 ladder (in log space),
-  the grid learning rates are swept on, so cell names stay readable."""
-  out = []
-  for rate in rates:
-    target = math.log10(rate * factor)
-    rungs = [
-        m * 10.0**e for e in range(math.floor(target) - 1, math.floor(target) + 2) for m in (1, 3)
-    ]
-    out.append(float(f"{min(rungs, key=lambda r: abs(math.log10(r) - target)):.1g}"))
-  return tuple(out)
-
-
 def default_sweeps(size: str) -> tuple[ml_collections.ConfigDict, ml_collections.ConfigDict]:
   """(study.sweep, study.strategy_sweeps): the learning rate of `size` swept for every strategy,
   shifted up for those whose `learning_rate_scale` says they train best at higher rates."""
@@ -145,7 +131,7 @@ def default_sweeps(size: str) -> tuple[ml_collections.ConfigDict, ml_collections
     scale = strategies.learning_rate_scale(name)
     own = tuple(f"strategy.{k}" for k in strategies.own_keys(name))
     per_strategy[name] = sweep_space(
-        SWEEPABLE + own, {"learning_rate": scaled(rates, scale)} if scale != 1 else None
+        SWEEPABLE + own, {"learning_rate": grid.snap(rates, scale)} if scale != 1 else None
     )
   return sweep, per_strategy
 
@@ -164,27 +150,24 @@ def minilm_path() -> str:
 
 def reuse(config: ml_collections.ConfigDict) -> None:
   """The `reuse` preset's budget, sized for 2 CPU cores: per task 2,000 training examples,
-  150 steps of 16 rows of 32 tokens, 500 validation and test examples; first-seed selection
-  over one learning-rate range wide enough for both models (a 22M-parameter MiniLM trains best
-  at rates a tenth of the tiny BERT's)."""
+  100 steps of 16 rows of 32 tokens, 500 validation and test examples; first-seed selection
+  over the tiny size's learning rates, a tenth of them for MiniLM and its twin (a
+  22M-parameter model trains best at rates a tenth of the tiny BERT's)."""
   config.study.checkpoints = (f"minilm=hf:{minilm_path()}",)
+  config.study.init_lr_scale = ("minilm=0.1",)
   config.study.selection = "first_seed"
+  config.study.keep_checkpoints = False  # 170 MB per MiniLM cell otherwise
   config.pretrain.update(TINY_BERT_PRETRAINING)
   config.finetune.update(
       dict(
-          total_steps=150,
+          total_steps=100,
           batch_size=16,
           eval_every=0,
-          checkpoint_every=150,
+          checkpoint_every=100,
           max_len=32,
           task=dict(pooling="cls", max_train_examples=2000, max_eval_examples=500),
       )
   )
-  rates = (1e-4, 3e-4, 1e-3, 3e-3)
-  config.study.sweep.learning_rate = rates
-  for name, entry in config.study.strategy_sweeps.items():
-    scale = strategies.learning_rate_scale(name)
-    entry.learning_rate = scaled(rates, scale) if scale != 1 else ()
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -210,7 +193,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
           train_fractions=fractions,  # fractions of the training set (low-resource curves)
           sweep=sweep,  # fine-tuning key → candidates, crossed; () = not swept
           strategy_sweeps=strategy_sweeps,  # per strategy: candidates replacing sweep's
+          init_lr_scale=(),  # "NAME=FACTOR": an init's learning rates × FACTOR (twins follow)
           selection="all",  # all | first_seed: which seeds the sweep runs
+          keep_checkpoints=True,  # False: a finished fine-tuning cell keeps best/, not its
+          # resumable checkpoints/ (disk; the cell is not run again either way)
           bootstrap_resamples=1000,  # paired bootstrap over test examples, per comparison
           only="",  # run one cell: its index or a glob over cell names
           print_launch=False,  # print one launch line per cell, write W/launch/ scripts

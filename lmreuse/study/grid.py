@@ -5,8 +5,10 @@ strategy, data fraction, swept hyperparameters, seed), so a re-run finds its ear
 sweep can address them by glob, and a results table can link back to a run.
 
 Hyperparameter sweeps: `study.sweep` maps fine-tuning config keys to candidate tuples (empty =
-not swept) and `study.strategy_sweeps[strategy]` replaces some of them for one strategy; the
-candidates are crossed, and every configuration is a cell per seed. Which configuration a
+not swept) and `study.strategy_sweeps[strategy]` replaces some of them for one strategy;
+`study.init_lr_scale` ("NAME=FACTOR") shifts one init's learning rates (a 22M-parameter model
+trains best at a tenth of a tiny one's rates). The candidates are crossed, and every
+configuration is a cell per seed. Which configuration a
 table reports is chosen on validation (lmreuse/study/selection.py).
 """
 
@@ -15,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import fnmatch
 import itertools
+import math
 import os
 from typing import Any
 
@@ -112,12 +115,52 @@ def _flat(section: Any) -> dict[str, Any]:
   return flat
 
 
-def sweep_of(study: Any, strategy: str) -> dict[str, tuple]:
+def snap(rates: tuple[float, ...], factor: float) -> tuple[float, ...]:
+  """`rates` × `factor`, each snapped to the nearest rung of the 1-3-10 ladder (in log space)
+  that learning rates are swept on, so cell names stay readable."""
+  out = []
+  for rate in rates:
+    target = math.log10(rate * factor)
+    rungs = [
+        m * 10.0**e for e in range(math.floor(target) - 1, math.floor(target) + 2) for m in (1, 3)
+    ]
+    out.append(float(f"{min(rungs, key=lambda r: abs(math.log10(r) - target)):.1g}"))
+  return tuple(out)
+
+
+def lr_scales(study: Any) -> dict[str, float]:
+  """`study.init_lr_scale` entries "NAME=FACTOR" as {init name: factor}, for every init: a
+  from-scratch twin takes its model's factor (same architecture and size) unless named
+  itself; inits not named keep 1."""
+  names = {init.name: init for init in inits(study)}
+  given: dict[str, float] = {}
+  for entry in study.get("init_lr_scale", ()):
+    name, sep, factor = entry.partition("=")
+    where = f"config.study.init_lr_scale entry {entry!r}"
+    if not sep or name not in names:
+      raise ValueError(f"{where}: write NAME=FACTOR with NAME one of the inits {sorted(names)}")
+    try:
+      given[name] = float(factor)
+    except ValueError:
+      raise ValueError(f"{where}: {factor!r} is not a number") from None
+    if not given[name] > 0:
+      raise ValueError(f"{where}: the factor must be positive")
+  return {
+      name: given.get(name, given.get(init.twin_of, 1.0) if init.twin_of else 1.0)
+      for name, init in names.items()
+  }
+
+
+def sweep_of(study: Any, strategy: str, init: str | None = None) -> dict[str, tuple]:
   """The swept keys of one strategy's cells, dotted → candidates: `study.sweep`, with the
-  non-empty entries of `study.strategy_sweeps[strategy]` replacing the same keys."""
+  non-empty entries of `study.strategy_sweeps[strategy]` replacing the same keys, and the
+  learning rates of `init` scaled by its `study.init_lr_scale` factor."""
   space = {k: tuple(v) for k, v in _flat(study.sweep).items() if v}
   if strategy in study.strategy_sweeps:
     space.update({k: tuple(v) for k, v in _flat(study.strategy_sweeps[strategy]).items() if v})
+  factor = lr_scales(study)[init] if init is not None else 1.0
+  if factor != 1.0 and "learning_rate" in space:
+    space["learning_rate"] = snap(space["learning_rate"], factor)
   return dict(sorted(space.items()))
 
 
@@ -188,6 +231,14 @@ def check_sweeps(config: ml_collections.ConfigDict) -> None:
           ) from None
         except (TypeError, ValueError) as e:
           raise ValueError(f"{where}: candidate {value!r} does not fit {key}: {e}") from None
+  for init in inits(study):  # a factor that merges two learning rates would run one twice
+    for strategy in study.strategies:
+      rates = sweep_of(study, strategy, init.name).get("learning_rate", ())
+      if len(set(rates)) != len(rates):
+        raise ValueError(
+            f"config.study.init_lr_scale: {init.name}'s factor maps {strategy}'s learning "
+            f"rates onto {rates}, a rate twice; give a factor of the 1-3-10 ladder (0.1, 0.3, 3)"
+        )
 
 
 def expand(study: Any) -> list[Cell]:
@@ -216,7 +267,7 @@ def expand(study: Any) -> list[Cell]:
   for task in study.tasks:
     for init in inits(study):
       for strategy in study.strategies:
-        swept = configurations(sweep_of(study, strategy))
+        swept = configurations(sweep_of(study, strategy, init.name))
         for fraction in study.train_fractions:
           for seed in study.seeds:
             for hparams in swept:

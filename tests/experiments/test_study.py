@@ -13,6 +13,7 @@ from scipy import stats
 
 from configs import study as study_config
 from experiments import finetune, study
+from lmreuse import workdir as workdir_lib
 from lmreuse.study import grid, launch
 
 # The fine-tuning cells of test studies: 2 steps on 32 examples.
@@ -199,6 +200,41 @@ def test_checkpoints_get_from_scratch_twins(tiny_study, tmp_path):
   assert twin.depends_on is None
 
 
+def test_init_lr_scale_shifts_one_models_rates_and_its_twins(tiny_study, tmp_path):
+  tiny_study.study.from_scratch = True
+  tiny_study.study.checkpoints = (f"minilm=hf:{tmp_path}",)
+  tiny_study.study.sweep.learning_rate = (1e-3, 3e-3)
+  tiny_study.study.init_lr_scale = ("minilm=0.1",)
+  grid.check_sweeps(tiny_study)
+  assert grid.lr_scales(tiny_study.study) == {
+      "bert": 1.0,
+      "minilm": 0.1,
+      "bert-scratch": 1.0,
+      "minilm-scratch": 0.1,
+  }
+  assert grid.sweep_of(tiny_study.study, "full", "minilm") == {"learning_rate": (1e-4, 3e-4)}
+  names = [c.name for c in grid.expand(tiny_study.study)]
+  assert "wordnet_supersense.minilm-scratch.full.learning_rate=0.0003.seed1" in names
+  assert "wordnet_supersense.bert.full.learning_rate=0.003.seed1" in names
+  cell = next(c for c in grid.expand(tiny_study.study) if ".minilm.full." in c.name)
+  assert grid.child_config(cell, tiny_study, "/s").optimizer.learning_rate == 1e-4
+  tiny_study.study.init_lr_scale = ("minilm=0.1", "minilm-scratch=3")
+  assert grid.sweep_of(tiny_study.study, "full", "minilm-scratch") == {
+      "learning_rate": (3e-3, 1e-2)
+  }
+  for bad, message in (
+      ("gpt=0.1", "one of the inits"),
+      ("minilm=fast", "is not a number"),
+      ("minilm=-1", "must be positive"),
+      ("minilm=0.1", "a rate twice"),  # 1e-4 and 1.5e-4 snap to one rung
+  ):
+    tiny_study.study.sweep.learning_rate = (1e-3, 1.5e-3) if "twice" in message else (1e-3,)
+    tiny_study.study.init_lr_scale = (bad,)
+    with pytest.raises(ValueError, match=message) as error:
+      grid.check_sweeps(tiny_study)
+    assert "config.study.init_lr_scale" in str(error.value)
+
+
 class Interrupted(BaseException):
   """Like a Ctrl-C or a preempted host: not a cell failure, so the study stops."""
 
@@ -226,8 +262,13 @@ def test_a_study_survives_interruption_and_aggregates_its_seeds(tiny_study, tmp_
       "pending",
   ]
 
+  tiny_study.study.keep_checkpoints = False
   result = study.run(tiny_study, str(tmp_path))  # resumes: only the last two cells run
   assert not result["failed"]
+  for cell in cells[1:]:  # cells finished before the flag keep their resumable checkpoints
+    kept = (tmp_path / cell["workdir"] / workdir_lib.CHECKPOINTS).exists()
+    assert kept == (cell["index"] < 3) and (tmp_path / cell["workdir"] / workdir_lib.BEST).exists()
+  assert (tmp_path / "runs" / "pretrain-bert" / workdir_lib.CHECKPOINTS).exists()
   for name in ("results.md", "results.csv", "results.tex"):
     assert (tmp_path / name).stat().st_size > 0
   for cell in cells[1:]:
@@ -342,4 +383,8 @@ def test_every_preset_expands_with_valid_sweeps():
       "minilm-scratch",
   ]
   assert reuse.study.checkpoints[0].startswith("minilm=hf:") and len(reuse.study.seeds) == 3
+  assert grid.sweep_of(reuse.study, "full", "minilm-scratch") == {
+      "learning_rate": (1e-4, 3e-4, 1e-3)
+  }
+  assert grid.sweep_of(reuse.study, "full", "bert") == {"learning_rate": (1e-3, 3e-3, 1e-2)}
   assert os.path.exists(os.path.join(reuse.study.checkpoints[0].split(":", 1)[1], "config.json"))
