@@ -7,6 +7,7 @@ document, so no loss crosses a document boundary, padding, or the row end.
 
 from __future__ import annotations
 
+import functools
 from typing import TYPE_CHECKING, Any
 
 import flax.linen as nn
@@ -18,7 +19,7 @@ from lmreuse.models.config import TransformerConfig
 from lmreuse.models.transformer import Decoder
 from lmreuse.objectives import base
 from lmreuse.train import losses
-from lmreuse.train.trainer import MetricPairs, Program
+from lmreuse.train.trainer import Program
 
 if TYPE_CHECKING:
   import grain
@@ -68,11 +69,8 @@ def _batch(packed: base.Example) -> base.Example:
   return batch
 
 
-def loss(
-    logits_BxLxV: jax.Array, targets_BxL: jax.Array, weights_BxL: jax.Array
-) -> tuple[jax.Array, MetricPairs]:
-  """Next-token cross-entropy, token-weighted mean in fp32."""
-  return losses.weighted_cross_entropy(logits_BxLxV, targets_BxL, weights_BxL, prefix="clm")
+# Next-token cross-entropy: (token-weighted mean in fp32, {"clm_loss", "clm_accuracy"} pairs).
+loss = functools.partial(losses.weighted_cross_entropy, prefix="clm")
 
 
 class GptPretrainer(nn.Module):

@@ -14,6 +14,7 @@ from `tok.sentinel_ids` in order (span k -> sentinel_ids[k]) instead of T5's
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -26,7 +27,7 @@ from lmreuse.models.config import TransformerConfig
 from lmreuse.models.transformer import EncoderDecoder
 from lmreuse.objectives import base
 from lmreuse.train import losses
-from lmreuse.train.trainer import MetricPairs, Program
+from lmreuse.train.trainer import Program
 
 if TYPE_CHECKING:
   import grain
@@ -232,11 +233,9 @@ def dataset(docs: base.Documents, objective: Any, data: Any) -> grain.IterDatase
   return docs.example_lists(make_examples)
 
 
-def loss(
-    logits_BxLxV: jax.Array, targets_BxL: jax.Array, weights_BxL: jax.Array
-) -> tuple[jax.Array, MetricPairs]:
-  """Decoder cross-entropy over real target tokens, token-weighted mean in fp32."""
-  return losses.weighted_cross_entropy(logits_BxLxV, targets_BxL, weights_BxL, prefix="span")
+# Decoder cross-entropy over real target tokens: a token-weighted mean in fp32, with
+# {"span_loss", "span_accuracy"} pairs.
+loss = functools.partial(losses.weighted_cross_entropy, prefix="span")
 
 
 class T5Pretrainer(nn.Module):
