@@ -29,7 +29,8 @@ STRATEGY_MODULES = {
     "ia3": r"(^|/)ia3_",
     "prefix_length": r"(^|/)prefix_(key|value)$",
     "prompt_length": r"(^|/)prompt$",
-    "lora_rank": r"(^|/)lora_[ab]$",
+    "lora_rank": r"(^|/)lora_(a|b|magnitude)$",  # DoRA (lora_rank with dora) adds magnitudes
+    "vera_rank": r"(^|/)vera_(d|b)$",
 }
 
 
@@ -74,6 +75,9 @@ class TransformerConfig:
   lora_alpha: float = 16.0
   lora_dropout: float = 0.0
   lora_targets: str = "attention/(query|value)/kernel"  # regexes over kernel paths | all_linear
+  dora: bool = False  # DoRA: the LoRA-updated kernels renormalised to trained column magnitudes.
+  vera_rank: int = 0  # VeRA: shared frozen random factors, trained scalings, on lora_targets.
+  vera_seed: int = 0  # the seed of VeRA's shared random factors (not saved: regenerated)
 
   @classmethod
   def from_config(cls, model: Mapping[str, Any], vocab_size: int) -> TransformerConfig:
@@ -133,6 +137,8 @@ class TransformerConfig:
     for key in STRATEGY_MODULES:  # sizes, and ia3's switch (a bool, never negative)
       if getattr(self, key) < 0:
         raise ValueError(f"{prefix}.{key}={getattr(self, key)} must be >= 0 (0 = off)")
+    if self.dora and not self.lora_rank:
+      raise ValueError(f"{prefix}.dora renormalises LoRA's update: set {prefix}.lora_rank too")
     if not self.head_dim and self.d_model % self.num_heads:
       raise ValueError(
           f"{prefix}.d_model={self.d_model} is not divisible by {prefix}.num_heads="

@@ -301,7 +301,7 @@ class Attention(nn.Module):
 
     def proj(name, features, axes, x):
       y = Projection(cfg, features, ("embed",) + axes, name=name)(x)
-      return y + lora.branch(self, name, x, 1, features)
+      return lora.branch(self, name, x, 1, features, y)
 
     q_BxTxNxH = proj("query", (n, h), ("heads", "kv"), x_BxTxD)
     k_BxSxKxH = proj("key", (k, h), ("kv_heads", "kv"), kv_BxSxD)
@@ -339,7 +339,7 @@ class Attention(nn.Module):
     out_BxTxD = Projection(cfg, (cfg.d_model,), ("heads", "kv", "embed"), num_in=2, name="out")(
         out_BxTxNxH
     )
-    out_BxTxD = out_BxTxD + lora.branch(self, "out", out_BxTxNxH, 2, (cfg.d_model,))
+    out_BxTxD = lora.branch(self, "out", out_BxTxNxH, 2, (cfg.d_model,), out_BxTxD)
     return constrain(out_BxTxD, ("batch", "length", "act_embed"))
 
   def _sow_probs(self, q_BxTxNxH, k_BxSxKxH, bias_BxNxTxS, mask, scale, is_causal) -> None:
@@ -481,7 +481,7 @@ class MLP(nn.Module):
           bias_init=zeros_init(axes[-1:]),
           name=name,
       )(x)
-      return y + lora.branch(self, name, x, 1, (features,))
+      return lora.branch(self, name, x, 1, (features,), y)
 
     if cfg.activation in ("swiglu", "geglu"):
       gate = nn.silu if cfg.activation == "swiglu" else (lambda z: nn.gelu(z, approximate=True))

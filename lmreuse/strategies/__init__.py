@@ -32,6 +32,7 @@ def _registry() -> dict[str, type[base.Strategy]]:
   from lmreuse.strategies import (
       adapters,
       bitfit,
+      dora,
       frozen,
       full,
       gradual_unfreeze,
@@ -43,6 +44,7 @@ def _registry() -> dict[str, type[base.Strategy]]:
       prefix_tuning,
       prompt_tuning,
       top_k,
+      vera,
   )
 
   classes = [
@@ -57,6 +59,8 @@ def _registry() -> dict[str, type[base.Strategy]]:
       bitfit.STRATEGY,
       adapters.STRATEGY,
       lora.STRATEGY,
+      dora.STRATEGY,
+      vera.STRATEGY,
       ia3.STRATEGY,
       prompt_tuning.STRATEGY,
       prefix_tuning.STRATEGY,

@@ -18,7 +18,12 @@ from experiments import finetune
 from lmreuse import strategies, workdir as workdir_lib
 from lmreuse.models.config import STRATEGY_MODULES, TransformerConfig
 from lmreuse.models.transformer import EncoderDecoder
-from lmreuse.strategies import base, lora as lora_strategy
+from lmreuse.strategies import (
+    base,
+    dora as dora_strategy,
+    lora as lora_strategy,
+    vera as vera_strategy,
+)
 from lmreuse.train import restore
 from lmreuse.train.trainer import split_microbatches
 
@@ -34,6 +39,8 @@ STRATEGY_KEYS = {
     "bitfit": {},
     "adapters": {"strategy.adapter_size": 8},
     "lora": {"strategy.rank": 4, "strategy.targets": "all_linear"},
+    "dora": {"strategy.rank": 4, "strategy.targets": "all_linear"},
+    "vera": {"strategy.vera_rank": 16, "strategy.targets": "all_linear"},
     "ia3": {},
     "prompt_tuning": {"strategy.prompt_length": 4},
     "prefix_tuning": {"strategy.prefix_length": 4},
@@ -48,6 +55,12 @@ MISFITS = [
         "config.strategy.targets='nothing_like_this' matches no projection",
     ),
     ("bert", {"strategy.name": "top_k", "strategy.k": 5}, r"config.strategy.k=5 must be in"),
+    (
+        "bert",
+        {"strategy.name": "vera", "strategy.targets": "nothing_like_this"},
+        "config.strategy.targets='nothing_like_this' matches no projection",
+    ),
+    ("bert", {"strategy.name": "vera", "strategy.vera_rank": 0}, "vera_rank=0 must be positive"),
     (
         "gpt",
         {"strategy.name": "prompt_tuning", "task.name": "wordnet_definition"},
@@ -74,14 +87,20 @@ MISFITS = [
 # Factors with no gradient in these tests' single effective update (one step; or two where the
 # warmup's first learning rate is 0): whatever they feed is multiplied by a zero-initialised
 # partner, so nothing depends on them until that partner has moved. LoRA's A, whose product
-# with B=0 is zero; an adapter's `down` projection (kernel and bias), whose output reaches the
-# residual only through `up`, whose kernel starts at zero. Their partners (lora_b, up/kernel,
-# up/bias) do get gradients, and are checked like every other parameter.
-ZERO_GRADIENT_AT_INIT = re.compile(r"(/lora_a|_adapter/down/(kernel|bias))$")
+# with B=0 is zero; VeRA's d, whose product with b=0 is zero; an adapter's `down` projection
+# (kernel and bias), whose output reaches the residual only through `up`, whose kernel starts at
+# zero. Their partners (lora_b, up/kernel,
+# up/bias, vera_b) do get gradients, and are checked like every other parameter.
+ZERO_GRADIENT_AT_INIT = re.compile(r"(/lora_a|/vera_d|_adapter/down/(kernel|bias))$")
 
 
 def flat(tree):
   return traverse_util.flatten_dict(jax.device_get(tree), sep="/")
+
+
+def eval_batch(setup, size=4):
+  features = setup.eval_sets["test"].features[:size]
+  return {k: np.stack([f.arrays[k] for f in features]) for k in features[0].arrays}
 
 
 def first_batch(setup, batch_size):
@@ -220,7 +239,7 @@ def test_strategy_modules_name_every_parameter_they_add():
   it, init reports list it, HF export refuses it): each field switched on adds parameters that
   its own pattern names, and a plain model has none of them."""
   switched_on = {"adapter_size": 4, "ia3": True, "prefix_length": 2, "prompt_length": 2}
-  switched_on["lora_rank"] = 2
+  switched_on.update(lora_rank=2, vera_rank=4)
   assert set(switched_on) == set(STRATEGY_MODULES)
   plain = TransformerConfig(architecture="encoder_decoder", num_layers=1, vocab_size=64)
   ids = np.zeros((1, 8), np.int32)
@@ -236,6 +255,9 @@ def test_strategy_modules_name_every_parameter_they_add():
     assert added, field
     assert all(re.search(STRATEGY_MODULES[field], p) for p in added), field
     assert all(base.is_strategy_param(p) for p in added), field
+  dora = paths(dataclasses.replace(plain, lora_rank=2, dora=True)) - before
+  assert {p.rsplit("/", 1)[1] for p in dora} == {"lora_a", "lora_b", "lora_magnitude"}
+  assert all(re.search(STRATEGY_MODULES["lora_rank"], p) for p in dora)
 
 
 @pytest.mark.slow
@@ -248,7 +270,8 @@ def test_each_strategy_trains_an_encoder_task(name, finetune_config, tmp_path):
   before, after, state = train_steps(setup, config.batch_size, steps=2)
   check_only_trainables_change(setup, before, after, state, steps=2)
   added = [p for p in before if base.is_strategy_param(p)]
-  assert bool(added) == (name in ("adapters", "lora", "ia3", "prompt_tuning", "prefix_tuning"))
+  inserting = ("adapters", "lora", "dora", "vera", "ia3", "prompt_tuning", "prefix_tuning")
+  assert bool(added) == (name in inserting)
 
 
 @pytest.mark.slow
@@ -350,35 +373,79 @@ def test_each_phase_differentiates_only_what_has_started(finetune_config, tmp_pa
   assert flops(0) < 0.6 * flops(None)  # forward + the head's backward
 
 
-def test_lora_merge_and_unmerge_compute_the_same_function(finetune_config, tmp_path):
-  config = finetune_config(
-      "bert", **{"strategy.name": "lora", "strategy.rank": 4, "strategy.targets": "all_linear"}
-  )
+# name → (the factor leaves that merge folds in, merge(params, setup), unmerge(merged, factors,
+# what merge returned besides the params, setup)).
+MERGEABLE = {
+    "lora": (
+        ("/lora_a", "/lora_b"),
+        lambda params, setup: (lora_strategy.merge(params, setup.model_cfg.lora_alpha), None),
+        lambda merged, factors, _, setup: lora_strategy.unmerge(
+            merged, factors, setup.model_cfg.lora_alpha
+        ),
+    ),
+    "dora": (
+        ("/lora_a", "/lora_b", "/lora_magnitude"),
+        lambda params, setup: dora_strategy.merge(params, setup.model_cfg.lora_alpha),
+        lambda merged, factors, norms, setup: dora_strategy.unmerge(
+            merged, factors, norms, setup.model_cfg.lora_alpha
+        ),
+    ),
+    "vera": (
+        ("/vera_d", "/vera_b"),
+        lambda params, setup: (vera_strategy.merge(params, setup.model_cfg), None),
+        lambda merged, factors, _, setup: vera_strategy.unmerge(merged, factors, setup.model_cfg),
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(MERGEABLE))
+def test_merge_and_unmerge_compute_the_same_function(name, finetune_config, tmp_path):
+  leaves, merge, unmerge = MERGEABLE[name]
+  config = finetune_config("bert", **{"strategy.name": name, **STRATEGY_KEYS[name]})
   setup = finetune.build(config, str(tmp_path))
   params = flat(setup.state.params)
   rng = np.random.default_rng(0)
   factors = {
-      p: rng.normal(size=v.shape).astype(v.dtype) * 0.1
+      p: (v + rng.normal(size=v.shape) * 0.1).astype(v.dtype)
       for p, v in params.items()
-      if p.endswith(("/lora_a", "/lora_b"))
+      if p.endswith(leaves)
   }
   params.update(factors)
   params = traverse_util.unflatten_dict(params, sep="/")
-  batch = {
-      k: np.stack([f.arrays[k] for f in setup.eval_sets["test"].features[:4]])
-      for k in setup.eval_sets["test"].features[0].arrays
-  }
-  with_lora = setup.module.apply({"params": params}, batch)
-  merged = lora_strategy.merge(params, config.strategy.alpha)
-  assert not any("lora" in p for p in flat(merged))
-  plain_cfg = dataclasses.replace(setup.model_cfg, lora_rank=0)
+  batch = eval_batch(setup)
+  with_factors = setup.module.apply({"params": params}, batch)
+  merged, extra = merge(params, setup)
+  assert not any(base.is_strategy_param(p) for p in flat(merged))
+  plain_cfg = dataclasses.replace(setup.model_cfg, lora_rank=0, dora=False, vera_rank=0)
   plain = type(setup.task)(dataclasses.replace(setup.task.ctx, model_cfg=plain_cfg)).model()
-  np.testing.assert_allclose(plain.apply({"params": merged}, batch), with_lora, atol=1e-5)
-  factors_tree = traverse_util.unflatten_dict(factors, sep="/")
-  restored = lora_strategy.unmerge(merged, factors_tree, config.strategy.alpha)
+  np.testing.assert_allclose(plain.apply({"params": merged}, batch), with_factors, atol=1e-5)
+  restored = unmerge(merged, traverse_util.unflatten_dict(factors, sep="/"), extra, setup)
   assert sorted(flat(restored)) == sorted(flat(params))  # the factors back, nothing else
   for path, value in flat(restored).items():
-    np.testing.assert_allclose(value, flat(params)[path], atol=1e-6)
+    np.testing.assert_allclose(value, flat(params)[path], atol=1e-5, err_msg=path)
+
+
+def test_dora_starts_at_the_loaded_kernels_norms(bert_pretrained, finetune_config, tmp_path):
+  """DoRA's magnitudes are the column norms of the kernels it starts from (init_from's, not the
+  random init's), so the DoRA model computes the loaded model's function at step 0."""
+  config = finetune_config("bert", **{"strategy.name": "dora", "init_from": bert_pretrained[0]})
+  setup = finetune.build(config, str(tmp_path))
+  params = flat(setup.state.params)
+  magnitudes = [p for p in params if p.endswith("/lora_magnitude")]
+  assert magnitudes and all("attention/" in p for p in magnitudes)
+  for path in magnitudes:
+    kernel = np.asarray(params[path.replace("_lora/lora_magnitude", "/kernel")])
+    norms = np.linalg.norm(kernel.reshape(kernel.shape[0], -1), axis=0)
+    np.testing.assert_allclose(params[path], norms, rtol=1e-6, err_msg=path)
+  batch = eval_batch(setup)
+  plain_cfg = dataclasses.replace(setup.model_cfg, lora_rank=0, dora=False)
+  plain = type(setup.task)(dataclasses.replace(setup.task.ctx, model_cfg=plain_cfg)).model()
+  unchanged = {p: v for p, v in params.items() if not base.is_strategy_param(p)}
+  np.testing.assert_allclose(
+      setup.module.apply({"params": setup.state.params}, batch),
+      plain.apply({"params": traverse_util.unflatten_dict(unchanged, sep="/")}, batch),
+      atol=1e-5,
+  )
 
 
 def test_misfits_fail_before_training(finetune_config, tmp_path):
@@ -412,7 +479,7 @@ def test_combined_adapters_and_llrd(finetune_config, tmp_path):
   assert plan.lr_scale("classifier/dense/kernel") == 1.0
 
 
-PEFT = ("adapters", "bitfit", "ia3", "lora", "prefix_tuning", "prompt_tuning")
+PEFT = ("adapters", "bitfit", "dora", "ia3", "lora", "prefix_tuning", "prompt_tuning", "vera")
 
 
 @pytest.mark.slow
