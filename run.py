@@ -9,6 +9,7 @@ Several processes (one per host) run the same command with --coordinator_address
 
 import importlib
 import logging as py_logging
+import os
 import sys
 
 import jax
@@ -36,7 +37,17 @@ _COORDINATOR = flags.DEFINE_string(
 )
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "How many processes run together.")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's id, 0 .. num_processes-1.")
+_JAX_CACHE = flags.DEFINE_string(
+    "jax_cache_dir",
+    None,
+    "Persistent XLA compilation cache: a program compiled once is read back by later runs on "
+    "this machine. Default: $XDG_CACHE_HOME/lmreuse/jax (~/.cache/lmreuse/jax), and for a study "
+    "W/jax_cache, shared by its workers; '' turns it off. JAX_COMPILATION_CACHE_DIR, if set, "
+    "wins.",
+)
 flags.mark_flags_as_required(["config", "workdir"])
+# The user-wide cache evicts its least recently used programs beyond this size.
+_USER_CACHE_BYTES = 4 << 30
 
 
 class _QuietLibraries(py_logging.Filter):
@@ -77,6 +88,21 @@ def _initialize_distributed() -> None:
   jax.distributed.initialize(**given)
 
 
+def _use_compilation_cache(is_study: bool) -> None:
+  """On by default: every run re-compiles the same few programs (train and eval steps), which
+  costs seconds to minutes each time on CPU. A study sets its own (experiments/study.py)."""
+  if jax.config.jax_compilation_cache_dir is not None:  # JAX_COMPILATION_CACHE_DIR
+    return
+  if _JAX_CACHE.value == "":
+    jax.config.update("jax_enable_compilation_cache", False)
+  elif _JAX_CACHE.value:
+    jax.config.update("jax_compilation_cache_dir", os.path.abspath(_JAX_CACHE.value))
+  elif not is_study:
+    home = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    jax.config.update("jax_compilation_cache_dir", os.path.join(home, "lmreuse", "jax"))
+    jax.config.update("jax_compilation_cache_max_size", _USER_CACHE_BYTES)
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
@@ -92,6 +118,7 @@ def main(argv):
       jax.devices()[0].device_kind,
   )
   experiment = importlib.import_module(f"experiments.{config.experiment}")
+  _use_compilation_cache(getattr(experiment, "SHARED_WORKDIR", False))
   if getattr(experiment, "SHARED_WORKDIR", False):  # a study: it locks each cell it runs
     experiment.run(config, _WORKDIR.value)
   else:

@@ -338,8 +338,9 @@ def _report(
 
 def _use_compilation_cache(workdir: str) -> None:
   """Cells with the same shapes and hyperparameters (seeds, inits) compile the same programs;
-  the persistent cache compiles each once per study. An existing cache setting is kept."""
-  if jax.config.jax_compilation_cache_dir is None:
+  the persistent cache compiles each once per study. An existing cache setting is kept, and
+  run.py's --jax_cache_dir='' (the cache switched off) too."""
+  if jax.config.jax_compilation_cache_dir is None and jax.config.jax_enable_compilation_cache:
     jax.config.update("jax_compilation_cache_dir", os.path.join(workdir, workdir_lib.JAX_CACHE))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
 

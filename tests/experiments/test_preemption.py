@@ -51,7 +51,9 @@ def test_sigterm_saves_the_current_step_and_the_rerun_matches_bitwise(
       f"--workdir={workdir}",
       *flags(config),
   ]
-  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  # Also: run.py's persistent compilation cache is on by default, in the user's cache dir.
+  env = dict(os.environ, JAX_PLATFORMS="cpu", XDG_CACHE_HOME=str(tmp_path / "cache"))
+  env.pop("JAX_COMPILATION_CACHE_DIR", None)
   proc = subprocess.Popen(
       command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
   )
@@ -67,6 +69,7 @@ def test_sigterm_saves_the_current_step_and_the_rerun_matches_bitwise(
   stopped = int(saved)
   assert 3 <= stopped < STEPS and f"stopped after step {stopped}" in output
   assert read_metrics(str(workdir))[-1]["step"] == stopped  # the last step's metrics kept
+  assert os.listdir(tmp_path / "cache" / "lmreuse" / "jax")  # the train step, at least
 
   steps, _ = counted_steps
   pretrain.run(config, str(workdir))  # the same command again: resumes at `stopped`
