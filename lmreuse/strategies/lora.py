@@ -42,12 +42,18 @@ class LoRA(base.Strategy):
       raise ValueError(f"config.strategy.rank={self.cfg.rank} must be positive")
     if not 0.0 <= self.cfg.lora_dropout < 1.0:
       raise ValueError(f"config.strategy.lora_dropout={self.cfg.lora_dropout} must be in [0, 1)")
-    if not any(re.search(r"(^|/)lora_a$", p) for p in paths):
-      kernels = [p for p in paths if p.endswith("/kernel") and p.startswith("backbone/")]
-      raise ValueError(
-          f"config.strategy.targets={self.cfg.targets!r} matches no projection "
-          f"kernel; kernels look like {kernels[:4]}"
-      )
+    require_targets(paths, "lora_a", self.cfg.targets)
+
+
+def require_targets(paths: list[str], leaf: str, targets: str) -> None:
+  """Raises, naming config.strategy.targets, when no parameter `leaf` was added: the target
+  regexes matched no projection kernel (LoRA, DoRA, VeRA)."""
+  if not any(re.search(rf"(^|/){leaf}$", p) for p in paths):
+    kernels = [p for p in paths if p.endswith("/kernel") and p.startswith("backbone/")]
+    raise ValueError(
+        f"config.strategy.targets={targets!r} matches no projection "
+        f"kernel; kernels look like {kernels[:4]}"
+    )
 
 
 def merge(params: dict, alpha: float) -> dict:

@@ -7,14 +7,13 @@ stored. `merge` folds ΔW into the kernels; `unmerge` takes it out again."""
 from __future__ import annotations
 
 import dataclasses
-import re
 
 import numpy as np
 from flax import traverse_util
 
 from lmreuse.models import lora as lora_lib
 from lmreuse.models.config import TransformerConfig
-from lmreuse.strategies import base
+from lmreuse.strategies import base, lora
 
 
 class VeRA(base.Strategy):
@@ -41,12 +40,7 @@ class VeRA(base.Strategy):
   def check(self, paths: list[str]) -> None:
     if self.cfg.vera_rank <= 0:
       raise ValueError(f"config.strategy.vera_rank={self.cfg.vera_rank} must be positive")
-    if not any(re.search(r"(^|/)vera_d$", p) for p in paths):
-      kernels = [p for p in paths if p.endswith("/kernel") and p.startswith("backbone/")]
-      raise ValueError(
-          f"config.strategy.targets={self.cfg.targets!r} matches no projection "
-          f"kernel; kernels look like {kernels[:4]}"
-      )
+    lora.require_targets(paths, "vera_d", self.cfg.targets)
 
 
 def merge(params: dict, model_cfg: TransformerConfig) -> dict:
