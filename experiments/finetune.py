@@ -347,6 +347,7 @@ class Selection:
     self.stopper = EarlyStopping.restore(
         self.path, rule.metric, rule.mode, rule.patience, resume_step
     )
+    self.first_step = setup.plan.first_selectable_step()
 
   def scores(self, params: Any) -> dict[str, float]:
     return self.evaluator(params, self.validation)[0]
@@ -356,7 +357,10 @@ class Selection:
     return {f"validation/{k}": v for k, v in self.scores(params).items()}
 
   def after_eval(self, step: int, state: TrainState, scores: dict[str, float]) -> bool:
-    """Saves an improved step's parameters; True when early stopping ends the run."""
+    """Saves an improved step's parameters; True when early stopping ends the run. Steps
+    before the strategy's first selectable one (pruning's ramp) are neither kept nor counted."""
+    if step < self.first_step:
+      return False
     improved, stop = self.stopper.update(step, {k.split("/", 1)[1]: v for k, v in scores.items()})
     if improved:
       with self.timers("checkpoint"):
@@ -575,4 +579,5 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   trained = train(config, workdir, setup)
   metrics = best_metrics(workdir, setup, trained)
   extra = write_reusables(config, workdir, setup, trained)
+  extra.update(setup.plan.report(trained.best_params, setup.trainer.to_host))
   return write_results(config, workdir, setup, trained, metrics, extra, start_time)

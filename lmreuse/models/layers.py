@@ -37,6 +37,19 @@ def constrain(x: Array, axes: tuple[str | None, ...]) -> Array:
   return nn.with_logical_constraint(x, axes)
 
 
+# Projections that contract more than one kernel axis, by module name: the attention output,
+# whose kernel is [heads, kv, embed].
+MULTI_INPUT_PROJECTIONS = {"out": 2}
+
+
+def kernel_input_axes(path: str, shape: tuple[int, ...]) -> int:
+  """How many leading axes of the Projection kernel at `path` are its inputs (the rest are its
+  outputs): what pruning's N:M blocks run along and quantization's per-channel scales span."""
+  parts = path.split("/")
+  num_in = MULTI_INPUT_PROJECTIONS.get(parts[-2] if len(parts) > 1 else "", 1)
+  return num_in if len(shape) > num_in else 1
+
+
 class Projection(nn.Module):
   """x · kernel contracting the last `num_in` axes; parameters named like nn.DenseGeneral.
 
@@ -336,10 +349,11 @@ class Attention(nn.Module):
         is_causal=is_causal,
         implementation=cfg.attention_impl,
     )
-    out_BxTxD = Projection(cfg, (cfg.d_model,), ("heads", "kv", "embed"), num_in=2, name="out")(
-        out_BxTxNxH
-    )
-    out_BxTxD = lora.branch(self, "out", out_BxTxNxH, 2, (cfg.d_model,), out_BxTxD)
+    num_in = MULTI_INPUT_PROJECTIONS["out"]
+    out_BxTxD = Projection(
+        cfg, (cfg.d_model,), ("heads", "kv", "embed"), num_in=num_in, name="out"
+    )(out_BxTxNxH)
+    out_BxTxD = lora.branch(self, "out", out_BxTxNxH, num_in, (cfg.d_model,), out_BxTxD)
     return constrain(out_BxTxD, ("batch", "length", "act_embed"))
 
   def _sow_probs(self, q_BxTxNxH, k_BxSxKxH, bias_BxNxTxS, mask, scale, is_causal) -> None:

@@ -43,6 +43,7 @@ def _registry() -> dict[str, type[base.Strategy]]:
       modules,
       prefix_tuning,
       prompt_tuning,
+      prune,
       top_k,
       vera,
   )
@@ -64,6 +65,7 @@ def _registry() -> dict[str, type[base.Strategy]]:
       ia3.STRATEGY,
       prompt_tuning.STRATEGY,
       prefix_tuning.STRATEGY,
+      prune.STRATEGY,
   ]
   return {cls.name: cls for cls in classes}
 
@@ -141,9 +143,21 @@ class Plan:
   def start_step(self, path: str) -> int:
     return max(s.start_step(path) for s in self.strategies)
 
+  def first_selectable_step(self) -> int:
+    return max(s.first_selectable_step() for s in self.strategies)
+
+  def report(self, params: Any, to_host: Callable[[Any], Any]) -> dict:
+    return {k: v for s in self.strategies for k, v in s.report(params, to_host).items()}
+
   def check(self, paths: list[str]) -> None:
     for strategy in self.strategies:
       strategy.check(paths)
+      frozen = [p for p in paths if strategy.must_train(p) and not self.trainable(p)]
+      if frozen:
+        raise ValueError(
+            f"strategy {strategy.name!r} changes {frozen[0]} (and {len(frozen) - 1} more) while "
+            f"training, but {self.name!r} freezes it"
+        )
     if not any(self.trainable(p) for p in paths):
       raise ValueError(f"strategy {self.name!r} leaves no parameter to train")
 
@@ -156,9 +170,13 @@ class Plan:
   def wrap_optimizer(
       self, tx: optax.GradientTransformation, params: Any, mask: Any
   ) -> optax.GradientTransformation:
-    """Adds per-parameter LR scales and start steps to `tx` (a no-op when all are trivial)."""
-    return gates.wrap(
+    """Adds per-parameter LR scales and start steps to `tx` (a no-op when all are trivial),
+    then the strategies' own transformations."""
+    tx = gates.wrap(
         tx,
         select_trainable(self.by_path(params, self.lr_scale), mask),
         select_trainable(self.by_path(params, self.start_step), mask),
     )
+    for strategy in self.strategies:
+      tx = strategy.wrap_optimizer(tx, select_trainable(params, mask))
+    return tx

@@ -2,19 +2,21 @@
 
 A strategy can (a) change the model through TransformerConfig switches (adapters, LoRA, IA3,
 prefixes, prompts); (b) say which parameters train; (c) scale the learning rate per parameter;
-(d) let a parameter start training only from some step (gradual unfreezing, LP-FT). Each
-answers per parameter path ("backbone/stack/layers_3/mlp/wi/kernel"), so the same strategy
-serves encoders, decoders and encoder-decoders, and strategies combine (see
-lmreuse/strategies/__init__.py).
+(d) let a parameter start training only from some step (gradual unfreezing, LP-FT); (e) wrap
+the optimizer (pruning's masks). Each answers per parameter path
+("backbone/stack/layers_3/mlp/wi/kernel"), so the same strategy serves encoders, decoders and
+encoder-decoders, and strategies combine (see lmreuse/strategies/__init__.py).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import re
+from collections.abc import Callable
 from typing import Any
 
 import ml_collections
+import optax
 
 from lmreuse.models.config import STRATEGY_MODULES, TransformerConfig
 
@@ -101,6 +103,28 @@ class Strategy:
   def optimizer(self, opt: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     """Changes to the optimizer config (e.g. ULMFiT's slanted triangular schedule)."""
     return opt
+
+  def must_train(self, path: str) -> bool:
+    """True for parameters the strategy changes while training (pruning's kernels): another
+    strategy of the combination freezing one is an error."""
+    return False
+
+  def wrap_optimizer(
+      self, tx: optax.GradientTransformation, trainables: Any
+  ) -> optax.GradientTransformation:
+    """(e) A transformation around the optimizer (pruning's masks); `trainables` is the
+    trainable part of the abstract params."""
+    return tx
+
+  def first_selectable_step(self) -> int:
+    """The first step whose evaluation may select the checkpoint (pruning: once the final
+    sparsity is reached)."""
+    return 0
+
+  def report(self, params: Any, to_host: Callable[[Any], Any]) -> dict:
+    """Entries for results.json about the selected parameters; `to_host` fetches a subtree of
+    them (a collective with several processes: every process reports)."""
+    return {}
 
   def check(self, paths: list[str]) -> None:
     """Raises ValueError, before training, when the strategy does not fit the model."""

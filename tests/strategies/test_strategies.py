@@ -44,6 +44,7 @@ STRATEGY_KEYS = {
     "ia3": {},
     "prompt_tuning": {"strategy.prompt_length": 4},
     "prefix_tuning": {"strategy.prefix_length": 4},
+    "prune": {"strategy.schedule": "oneshot"},
 }
 # Strategies that cannot serve T5 on a seq2seq task: MISFITS checks why.
 SEQ2SEQ_MISFITS = {"frozen", "linear_probe", "bitfit", "lp_ft"}
