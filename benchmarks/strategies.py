@@ -173,12 +173,20 @@ def versions() -> str:
   )
 
 
-def main(argv: list[str]) -> None:
+def run_settings(argv: list[str]) -> tuple[str, int, int, int]:
+  """(size, rounds, steps, warmup) from the flags (--quick: a smoke run); quiet logs. Shared
+  with the other benchmarks that take this script's flags."""
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  size, rounds, steps, warmup = _SIZE.value, _ROUNDS.value, _STEPS.value, _WARMUP.value
+  if not flags.FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)
   if _QUICK.value:
-    size, rounds, steps, warmup = "tiny", 1, 2, 1
+    return "tiny", 1, 2, 1
+  return _SIZE.value, _ROUNDS.value, _STEPS.value, _WARMUP.value
+
+
+def main(argv: list[str]) -> None:
+  size, rounds, steps, warmup = run_settings(argv)
   names = [n.strip() for n in _STRATEGIES.value if n.strip()]
   unknown = sorted({parse_spec(n)[0] for n in names} - set(strategies.names()))
   if unknown or not names or rounds < 1 or steps < 1 or warmup < 0:
@@ -186,8 +194,6 @@ def main(argv: list[str]) -> None:
         f"need known --strategies (unknown: {unknown}; choose from "
         f"{strategies.names()}), --rounds >= 1, --steps >= 1, --warmup >= 0"
     )
-  if not flags.FLAGS["verbosity"].present:
-    logging.set_verbosity(logging.WARNING)
   start_time = time.perf_counter()
   print(versions(), flush=True)
   tokenizer = _TOKENIZER.value

@@ -12,6 +12,15 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def table_rows(stdout: str, header: str) -> dict[str, list[str]]:
+  """A printed markdown table's rows by their first cell."""
+  return {
+      line.split("|")[1].strip(): line.split("|")[2:-1]
+      for line in stdout.splitlines()
+      if line.startswith("| ") and not line.startswith(f"| {header}")
+  }
+
+
 def run_script(name, *args):
   return subprocess.run(
       [sys.executable, os.path.join("benchmarks", name), *args],
@@ -33,11 +42,7 @@ def test_strategies_benchmark_prints_ratios_against_full(tokenizer_path):
       "--seq_len=32",
   )
   assert proc.returncode == 0, proc.stderr[-3000:]
-  rows = {
-      line.split("|")[1].strip(): line.split("|")[2:-1]
-      for line in proc.stdout.splitlines()
-      if line.startswith("| ") and not line.startswith("| strategy")
-  }
+  rows = table_rows(proc.stdout, "strategy")
   assert set(rows) == {"full", "lora:rank=4:targets=all_linear", "gradual_unfreeze"}
   assert float(rows["full"][2]) == 1.0  # the ratio column of the baseline
   lora = rows["lora:rank=4:targets=all_linear"]
@@ -62,3 +67,20 @@ def test_throughput_benchmark_compares_with_hugging_face():
   ratio = float(ratios[0])
   assert math.isfinite(ratio) and ratio > 0, ratio
   assert re.search(r"^our MFU: [0-9.]+% of [0-9.]+ GFLOP/s$", proc.stdout, re.MULTILINE)
+
+
+@pytest.mark.slow
+def test_quantized_inference_benchmark_compares_quantized_forms_with_float(tokenizer_path):
+  proc = run_script(
+      "quantized_inference.py",
+      "--quick",
+      f"--tokenizer={tokenizer_path}",
+      "--batch_size=8",
+      "--seq_len=32",
+  )
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  rows = {k: [float(x) for x in v] for k, v in table_rows(proc.stdout, "form").items()}
+  assert set(rows) == {"float", "int8w", "int4w", "int8"}
+  assert rows["float"][1] == rows["float"][3] == 1.0  # the baseline's ratio columns
+  assert rows["int8"][3] == rows["int8w"][3] <= 0.3 and rows["int4w"][3] < rows["int8"][3]
+  assert all(r[0] > 0 and r[4] > 0 for r in rows.values())  # times and XLA memory were read

@@ -22,8 +22,9 @@ class DoRA(lora.LoRA):
     return dataclasses.replace(super().model(model_cfg), dora=True)
 
   def init_pretrained(self, params: dict, seed: int) -> dict:
-    """Magnitudes from the loaded kernels (init ran before the pretrained weights came in)."""
-    flat = traverse_util.flatten_dict(params, sep="/")
+    """Magnitudes from the loaded kernels (init ran before the pretrained weights came in),
+    after `quantize_base` has quantized them."""
+    flat = traverse_util.flatten_dict(super().init_pretrained(params, seed), sep="/")
     for path in [p for p in flat if p.endswith("/lora_magnitude")]:
       kernel = np.asarray(flat[lora_lib.merged_name(path)])
       norms = lora_lib.column_norms(kernel.reshape(-1, flat[path].shape[0]).astype(np.float32))

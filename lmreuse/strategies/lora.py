@@ -1,7 +1,13 @@
 """LoRA (Hu et al. 2022): a low-rank update B·A, scaled by alpha / rank, beside chosen frozen
 projections (`targets`: comma-separated regexes over parameter paths, or 'all_linear'). B starts
 at zero, so training starts from the pretrained function. `merge` folds the update into the
-kernels for inference (a plain model, no extra matmuls); `unmerge` takes it out again."""
+kernels for inference (a plain model, no extra matmuls); `unmerge` takes it out again.
+
+`quantize_base=int8|int4` is QLoRA's recipe (Dettmers et al. 2023, with qwix's symmetric
+per-channel types in place of NF4): the frozen backbone's weights of two or more dimensions are
+quantized once, before training, and the factors train in float on top. The base is held as
+its dequantized values, which is what QLoRA's matmuls see; results.json reports the bytes the
+quantized base takes (values + scales) under `quantized_base`."""
 
 from __future__ import annotations
 
@@ -11,6 +17,7 @@ import re
 import numpy as np
 from flax import traverse_util
 
+from lmreuse.compression import quantize
 from lmreuse.models import lora as lora_lib
 from lmreuse.strategies import base
 
@@ -23,6 +30,7 @@ class LoRA(base.Strategy):
       "alpha": 16.0,
       "lora_dropout": 0.0,
       "targets": "attention/(query|value)/kernel",
+      "quantize_base": "",  # '', int8 or int4
   }
 
   def model(self, model_cfg):
@@ -37,7 +45,32 @@ class LoRA(base.Strategy):
   def trainable(self, path: str) -> bool:
     return base.frozen_backbone(path)
 
+  def init_pretrained(self, params: dict, seed: int) -> dict:
+    """The frozen backbone quantized, with `quantize_base`."""
+    if not self.cfg.quantize_base:
+      return params
+    flat = traverse_util.flatten_dict(params, sep="/")
+    frozen = {p: v for p, v in flat.items() if not self.trainable(p)}
+    quantized, self.base_bytes = quantize.quantize_weights(
+        traverse_util.unflatten_dict(frozen, sep="/"), self.cfg.quantize_base
+    )
+    flat.update(traverse_util.flatten_dict(quantized, sep="/"))
+    return traverse_util.unflatten_dict(flat, sep="/")
+
+  def report(self, params, to_host) -> dict:
+    if not self.cfg.quantize_base:
+      return {}
+    return {
+        "quantized_base": {
+            "weights": self.cfg.quantize_base,
+            "model_bytes": self.base_bytes["quantized"],
+            "float_bytes": self.base_bytes["float"],
+        }
+    }
+
   def check(self, paths: list[str]) -> None:
+    if self.cfg.quantize_base:
+      quantize.validate(self.cfg.quantize_base, "", key="config.strategy.quantize_base")
     if self.cfg.rank <= 0:
       raise ValueError(f"config.strategy.rank={self.cfg.rank} must be positive")
     if not 0.0 <= self.cfg.lora_dropout < 1.0:

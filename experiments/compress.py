@@ -1,0 +1,122 @@
+"""Post-training quantization of a fine-tuned run (lmreuse/compression/quantize.py), evaluated
+on the run's own validation and test splits beside its float reference.
+
+The fine-tuned run is rebuilt from its config.json (its task, strategy and model) and its best
+checkpoint; every check runs before the workdir is touched.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import jax
+import ml_collections
+from absl import logging
+
+from experiments import finetune
+from lmreuse import workdir as workdir_lib
+from lmreuse.compression import quantize
+from lmreuse.tasks.evaluation import Evaluator
+from lmreuse.train.checkpoint import Checkpointer, abstract_like
+
+
+def finetuned_run(init_from: str) -> tuple[ml_collections.ConfigDict, dict]:
+  """(config, results) of the finished fine-tuning run in `init_from`."""
+  paths = [os.path.join(init_from, name) for name in (workdir_lib.CONFIG, workdir_lib.RESULTS)]
+  missing = [p for p in paths if not os.path.exists(p)]
+  if not init_from or missing:
+    raise FileNotFoundError(
+        f"config.init_from={init_from!r} must be a finished fine-tuning workdir; "
+        f"missing {missing or paths}"
+    )
+  with open(paths[0]) as f, open(paths[1]) as g:
+    config, results = ml_collections.ConfigDict(json.load(f)), json.load(g)
+  if config.get("experiment") != "finetune":
+    raise ValueError(
+        f"config.init_from={init_from!r} is a {config.get('experiment')!r} run, not a "
+        "fine-tuning run"
+    )
+  return config, results
+
+
+def best_params(init_from: str, setup: finetune.Setup) -> tuple[int, object]:
+  """The selected step's parameters (the initial ones of a run that trained no step)."""
+  checkpointer = Checkpointer(os.path.join(init_from, workdir_lib.BEST), max_to_keep=1)
+  try:
+    step = checkpointer.latest_step()
+    if step is None:
+      return 0, setup.state.params
+    return step, checkpointer.restore(step, abstract_like(setup.state.params), None)
+  finally:
+    checkpointer.close()
+
+
+def evaluate(evaluator: Evaluator, params, setup: finetune.Setup) -> tuple[dict, list]:
+  """Every split's metrics, prefixed; the predictions of the test split (else validation)."""
+  metrics, predictions = {}, []
+  for name, eval_set in setup.eval_sets.items():
+    scores, predictions = evaluator(params, eval_set)
+    metrics.update({f"{name}/{k}": v for k, v in scores.items()})
+  return metrics, predictions
+
+
+def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  start_time = time.time()
+  quantize.validate(config.quantize.weights, config.quantize.activations)
+  ft_config, ft_results = finetuned_run(config.init_from)
+  setup = finetune.build(ft_config, config.init_from)
+  step, params = best_params(config.init_from, setup)
+  quantized, model_bytes = quantize.quantize_weights(
+      setup.trainer.to_host(params), config.quantize.weights
+  )
+  module, trainer = setup.module, setup.trainer
+  if config.quantize.activations:
+    module = quantize.with_quantized_activations(setup.module, config.quantize.weights)
+    example = setup.task.features(setup.data.splits["train"][0], None)[0].arrays
+    program = finetune.make_program(setup.task, module, example)
+    trainer = finetune.make_trainer(ft_config, setup.plan, program, trainer.mesh, trainer.rules)
+  workdir_lib.prepare(workdir, config)  # the first write: every check above has passed
+  batch_size = ft_config.batch_size
+  reference, _ = evaluate(
+      Evaluator(setup.trainer, setup.task, setup.module, batch_size), params, setup
+  )
+  quantized = jax.device_put(quantized, trainer.state_shardings.params)
+  metrics, predictions = evaluate(
+      Evaluator(trainer, setup.task, module, batch_size), quantized, setup
+  )
+  if jax.process_index() == 0:
+    split = "test" if "test" in setup.eval_sets else "validation"
+    examples = setup.eval_sets[split].examples
+    workdir_lib.write_jsonl(
+        os.path.join(workdir, workdir_lib.PREDICTIONS),
+        [setup.task.record(examples[i], p) for i, p in enumerate(predictions)],
+    )
+  logging.info(
+      "%s weights, %s activations: %s (float: %s); %d of %d bytes",
+      config.quantize.weights,
+      config.quantize.activations or "float",
+      metrics,
+      reference,
+      model_bytes["quantized"],
+      model_bytes["float"],
+  )
+  return workdir_lib.write_results(
+      workdir,
+      config,
+      metrics,
+      start_time=start_time,
+      quantization={
+          "weights": config.quantize.weights,
+          "activations": config.quantize.activations or "float",
+          "method": "qwix absmax, per output channel (per row of a table); weights held "
+          "dequantized; int8 activations dynamic per token, multiplied in int8 by qwix",
+      },
+      model_bytes=model_bytes["quantized"],
+      reference={"metrics": reference, "model_bytes": model_bytes["float"]},
+      finetuned={"workdir": os.path.abspath(config.init_from), "best_step": int(step)},
+      strategy=ft_results.get("strategy"),
+      task=ft_results.get("task"),
+      parameters=ft_results.get("parameters"),
+  )
