@@ -59,14 +59,13 @@ def test_int8_stays_close_to_float_in_under_a_third_of_its_bytes(finetuned, tmp_
   assert len(open(tmp_path / "int8" / "predictions.jsonl").readlines()) == 128
 
 
-def test_misfits_fail_before_writing(finetuned, bert_pretrained, tmp_path):
-  finetuned_dir, _ = finetuned
+def test_misfits_fail_before_writing(bert_pretrained, tmp_path):
   for change, message in (
       (dict(weights="int3"), r"config.quantize.weights='int3' is not one of"),
       (dict(activations="fp8"), r"config.quantize.activations='fp8' is not one of"),
   ):
     config = compress_config.get_config("int8")
-    config.init_from = finetuned_dir
+    config.init_from = bert_pretrained[0]  # the types are checked first
     config.quantize.update(change)
     with pytest.raises(ValueError, match=message):
       compress.run(config, str(tmp_path / "W"))
