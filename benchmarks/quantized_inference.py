@@ -62,7 +62,9 @@ def build_forms(setup: finetune.Setup, batch) -> list[Form]:
         (float_params, None) if not weights else quantize.quantize_weights(float_params, weights)
     )
     module = (
-        quantize.with_quantized_activations(setup.module, weights) if activations else setup.module
+        quantize.quantized_module(setup.module, weights, activations)
+        if activations
+        else setup.module
     )
     forward = jax.jit(lambda p, b, m=module: m.apply({"params": p}, b, deterministic=True))
     float_bytes = sum(x.nbytes for x in jax.tree.leaves(float_params))

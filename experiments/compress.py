@@ -66,6 +66,12 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   start_time = time.time()
   quantize.validate(config.quantize.weights, config.quantize.activations)
   ft_config, ft_results = finetuned_run(config.init_from)
+  if config.quantize.activations:
+    quantize.refuse_generation(
+        ft_results["task"]["type"],
+        "config.quantize.activations",
+        "quantize the weights only (configs/compress.py:int8w or int4w)",
+    )
   setup = finetune.build(ft_config, config.init_from)
   step, params = best_params(config.init_from, setup)
   quantized, model_bytes = quantize.quantize_weights(
@@ -73,7 +79,10 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   )
   module, trainer = setup.module, setup.trainer
   if config.quantize.activations:
-    module = quantize.with_quantized_activations(setup.module, config.quantize.weights)
+    # The float task module (a QAT run's setup.module is already quantized at its own types).
+    module = quantize.quantized_module(
+        setup.task.model(), config.quantize.weights, config.quantize.activations
+    )
     example = setup.task.features(setup.data.splits["train"][0], None)[0].arrays
     program = finetune.make_program(setup.task, module, example)
     trainer = finetune.make_trainer(ft_config, setup.plan, program, trainer.mesh, trainer.rules)

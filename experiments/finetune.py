@@ -319,7 +319,7 @@ def build(config: ml_collections.ConfigDict, workdir: str) -> Setup:
   task = build_task(config, data, model_cfg, tokenizer)
   stopper = early_stopping(config, data.task_type)
   eval_sets = eval_sets_of(config, task, data)
-  module = task.model()
+  module = plan.module(task.model())
   program = make_program(task, module, task.features(data.splits["train"][0], None)[0].arrays)
   trainer = make_trainer(config, plan, program, mesh, rules)
   state, report = initial_state(config, trainer, plan, source)

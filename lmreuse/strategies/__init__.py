@@ -44,6 +44,7 @@ def _registry() -> dict[str, type[base.Strategy]]:
       prefix_tuning,
       prompt_tuning,
       prune,
+      qat,
       top_k,
       vera,
   )
@@ -66,6 +67,7 @@ def _registry() -> dict[str, type[base.Strategy]]:
       prompt_tuning.STRATEGY,
       prefix_tuning.STRATEGY,
       prune.STRATEGY,
+      qat.STRATEGY,
   ]
   return {cls.name: cls for cls in classes}
 
@@ -126,6 +128,9 @@ class Plan:
 
   def optimizer(self, opt):
     return self._fold("optimizer", opt)
+
+  def module(self, module):
+    return self._fold("module", module)
 
   def init_pretrained(self, params: dict, seed: int) -> dict:
     return self._fold("init_pretrained", params, seed)

@@ -1,11 +1,11 @@
 """What a fine-tuning strategy may do, and the parameter-path vocabulary strategies share.
 
 A strategy can (a) change the model through TransformerConfig switches (adapters, LoRA, IA3,
-prefixes, prompts); (b) say which parameters train; (c) scale the learning rate per parameter;
-(d) let a parameter start training only from some step (gradual unfreezing, LP-FT); (e) wrap
-the optimizer (pruning's masks). Each answers per parameter path
-("backbone/stack/layers_3/mlp/wi/kernel"), so the same strategy serves encoders, decoders and
-encoder-decoders, and strategies combine (see lmreuse/strategies/__init__.py).
+prefixes, prompts); (b) say which parameters train; (c) scale the learning rate per parameter; (d)
+let a parameter start training only from some step (gradual unfreezing, LP-FT); (e) wrap the
+optimizer (pruning's masks); (f) wrap the task module (QAT's quantized computation). Each answers
+per parameter path ("backbone/stack/layers_3/mlp/wi/kernel"), so the same strategy serves encoders,
+decoders and encoder-decoders, and strategies combine (see lmreuse/strategies/__init__.py).
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import re
 from collections.abc import Callable
 from typing import Any
 
+import flax.linen as nn
 import ml_collections
 import optax
 
@@ -103,6 +104,10 @@ class Strategy:
   def optimizer(self, opt: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     """Changes to the optimizer config (e.g. ULMFiT's slanted triangular schedule)."""
     return opt
+
+  def module(self, module: nn.Module) -> nn.Module:
+    """(f) The task module as trained and evaluated (QAT computes it quantized)."""
+    return module
 
   def must_train(self, path: str) -> bool:
     """True for parameters the strategy changes while training (pruning's kernels): another

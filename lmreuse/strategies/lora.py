@@ -70,7 +70,7 @@ class LoRA(base.Strategy):
 
   def check(self, paths: list[str]) -> None:
     if self.cfg.quantize_base:
-      quantize.validate(self.cfg.quantize_base, "", key="config.strategy.quantize_base")
+      quantize.validate(self.cfg.quantize_base, "", ("config.strategy.quantize_base", ""))
     if self.cfg.rank <= 0:
       raise ValueError(f"config.strategy.rank={self.cfg.rank} must be positive")
     if not 0.0 <= self.cfg.lora_dropout < 1.0:

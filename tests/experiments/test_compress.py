@@ -78,6 +78,15 @@ def test_misfits_fail_before_writing(bert_pretrained, tmp_path):
     compress.run(config, str(tmp_path / "W"))
   with pytest.raises(ValueError, match="choose a preset from"):
     compress_config.get_config("int2")
+  # Generation decodes with its own float model: int8 activations would not reach it. Refused
+  # from the run's records alone, before the run is rebuilt.
+  seq2seq = tmp_path / "seq2seq"
+  seq2seq.mkdir()
+  (seq2seq / "config.json").write_text(json.dumps({"experiment": "finetune"}))
+  (seq2seq / "results.json").write_text(json.dumps({"task": {"type": "seq2seq"}}))
+  config.init_from = str(seq2seq)
+  with pytest.raises(ValueError, match="quantize the weights only"):
+    compress.run(config, str(tmp_path / "W"))
   assert not os.path.exists(tmp_path / "W")
 
 

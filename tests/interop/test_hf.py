@@ -309,7 +309,7 @@ def tiny_bert_dir(tmp_path_factory):
 
 # Strategies that add parameters of their own to the backbone, and those that train all of it.
 ADDING = {"adapters", "dora", "ia3", "lora", "prefix_tuning", "prompt_tuning", "vera"}
-TRAINING_ALL = {"full", "gradual_unfreeze", "llrd", "lp_ft", "prune"}
+TRAINING_ALL = {"full", "gradual_unfreeze", "llrd", "lp_ft", "prune", "qat"}
 HF_STRATEGY_KEYS = {
     "modules": {"strategy.patterns": "attention/"},
     "lora": {"strategy.rank": 2},

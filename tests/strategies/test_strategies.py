@@ -45,9 +45,10 @@ STRATEGY_KEYS = {
     "prompt_tuning": {"strategy.prompt_length": 4},
     "prefix_tuning": {"strategy.prefix_length": 4},
     "prune": {"strategy.schedule": "oneshot"},
+    "qat": {},
 }
 # Strategies that cannot serve T5 on a seq2seq task: MISFITS checks why.
-SEQ2SEQ_MISFITS = {"frozen", "linear_probe", "bitfit", "lp_ft"}
+SEQ2SEQ_MISFITS = {"frozen", "linear_probe", "bitfit", "lp_ft", "qat"}
 # (preset, config overrides, the error) of strategies that do not fit the model or task.
 MISFITS = [
     (
@@ -83,6 +84,11 @@ MISFITS = [
         "leaves nothing to train",
     ),
     ("t5", {"strategy.name": "lp_ft", "task.name": "wordnet_definition"}, "no task head"),
+    (
+        "t5",
+        {"strategy.name": "qat", "task.name": "wordnet_definition"},
+        "generation decodes with its own float model",
+    ),
     ("bert", {"strategy.name": "lora,nope"}, "unknown strategy"),
 ]
 # Factors with no gradient in these tests' single effective update (one step; or two where the
