@@ -77,6 +77,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # How the pretrained model is reused: one of `strategies.names()` or a comma-separated
   # combination ("lora,llrd"); the other keys belong to individual strategies.
   config.strategy = strategies.config_defaults()
+  # Knowledge distillation from a finished fine-tuning run on the same task, tokenizer and
+  # labels (lmreuse/compression/distill.py): loss = (1 - alpha) label loss + alpha T² KL.
+  config.distill = ml_collections.ConfigDict(dict(teacher="", alpha=0.5, temperature=2.0))
   # Representation analysis at the end of the run: PCA / t-SNE of the pooled validation
   # features before and after fine-tuning, and the attention maps of one validation example.
   config.viz = ml_collections.ConfigDict(dict(enabled=False, example=0))

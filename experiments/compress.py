@@ -7,7 +7,6 @@ checkpoint; every check runs before the workdir is touched.
 
 from __future__ import annotations
 
-import json
 import os
 import time
 
@@ -19,38 +18,6 @@ from experiments import finetune
 from lmreuse import workdir as workdir_lib
 from lmreuse.compression import quantize
 from lmreuse.tasks.evaluation import Evaluator
-from lmreuse.train.checkpoint import Checkpointer, abstract_like
-
-
-def finetuned_run(init_from: str) -> tuple[ml_collections.ConfigDict, dict]:
-  """(config, results) of the finished fine-tuning run in `init_from`."""
-  paths = [os.path.join(init_from, name) for name in (workdir_lib.CONFIG, workdir_lib.RESULTS)]
-  missing = [p for p in paths if not os.path.exists(p)]
-  if not init_from or missing:
-    raise FileNotFoundError(
-        f"config.init_from={init_from!r} must be a finished fine-tuning workdir; "
-        f"missing {missing or paths}"
-    )
-  with open(paths[0]) as f, open(paths[1]) as g:
-    config, results = ml_collections.ConfigDict(json.load(f)), json.load(g)
-  if config.get("experiment") != "finetune":
-    raise ValueError(
-        f"config.init_from={init_from!r} is a {config.get('experiment')!r} run, not a "
-        "fine-tuning run"
-    )
-  return config, results
-
-
-def best_params(init_from: str, setup: finetune.Setup) -> tuple[int, object]:
-  """The selected step's parameters (the initial ones of a run that trained no step)."""
-  checkpointer = Checkpointer(os.path.join(init_from, workdir_lib.BEST), max_to_keep=1)
-  try:
-    step = checkpointer.latest_step()
-    if step is None:
-      return 0, setup.state.params
-    return step, checkpointer.restore(step, abstract_like(setup.state.params), None)
-  finally:
-    checkpointer.close()
 
 
 def evaluate(evaluator: Evaluator, params, setup: finetune.Setup) -> tuple[dict, list]:
@@ -65,7 +32,7 @@ def evaluate(evaluator: Evaluator, params, setup: finetune.Setup) -> tuple[dict,
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   start_time = time.time()
   quantize.validate(config.quantize.weights, config.quantize.activations)
-  ft_config, ft_results = finetuned_run(config.init_from)
+  ft_config, ft_results = finetune.finished_run(config.init_from, "config.init_from")
   if config.quantize.activations:
     quantize.refuse_generation(
         ft_results["task"]["type"],
@@ -73,7 +40,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
         "quantize the weights only (configs/compress.py:int8w or int4w)",
     )
   setup = finetune.build(ft_config, config.init_from)
-  step, params = best_params(config.init_from, setup)
+  step, params = finetune.best_params(config.init_from, setup)
   quantized, model_bytes = quantize.quantize_weights(
       setup.trainer.to_host(params), config.quantize.weights
   )

@@ -9,6 +9,7 @@ overwrites an earlier one's outputs.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import time
 from collections.abc import Iterator
@@ -28,6 +29,7 @@ from lmreuse import (
     tasks,
     workdir as workdir_lib,
 )
+from lmreuse.compression import distill
 from lmreuse.data import pipeline, sources, tokenizer as tokenizer_lib
 from lmreuse.models.config import TransformerConfig
 from lmreuse.objectives.base import apply_rngs, init_rngs
@@ -80,6 +82,13 @@ def validate(config: ml_collections.ConfigDict) -> None:
     )
   if config.task.type:
     tasks.get(config.task.type)
+  if teacher_dir(config):
+    distill.validate(config.distill.alpha, config.distill.temperature)
+
+
+def teacher_dir(config: ml_collections.ConfigDict) -> str:
+  """config.distill.teacher; '' also for configs written before distillation existed."""
+  return (config.get("distill") or {}).get("teacher", "")
 
 
 def model_and_tokenizer(
@@ -119,23 +128,107 @@ def _some(paths: list[str], limit: int = 6) -> str:
 
 
 def make_program(
-    task: tasks.TaskType, module: nn.Module, example: dict[str, np.ndarray]
+    task: tasks.TaskType,
+    module: nn.Module,
+    example: dict[str, np.ndarray],
+    teacher: distill.Teacher | None = None,
 ) -> Program:
-  """The task model's init and loss; `example` (one feature) fixes the input shapes."""
+  """The task model's init and loss; `example` (one feature) fixes the input shapes. With a
+  `teacher`, the training loss mixes in its outputs (its parameters are the step's constants)."""
   tokens = sum(v.size for k, v in example.items() if k in ("inputs", "decoder_inputs"))
   example = {k: np.asarray(v)[None] for k, v in example.items()}
 
-  def loss_fn(params, batch, rng, train):
+  def loss_fn(params, batch, rng, train, teacher_params=None):
     outputs = module.apply(
         {"params": params}, batch, deterministic=not train, rngs=apply_rngs(rng, train)
     )
-    return task.loss(outputs, batch)
+    loss, pairs = task.loss(outputs, batch)
+    if teacher_params is None:
+      return loss, pairs
+    return teacher.mix(task, loss, pairs, outputs, teacher_params, batch)
 
   return Program(
       init_params=lambda rng: module.init(init_rngs(rng), example)["params"],
       loss_fn=loss_fn,
       tokens_per_example=tokens,
+      constants=teacher.params if teacher else None,
   )
+
+
+def finished_run(workdir: str, key: str) -> tuple[ml_collections.ConfigDict, dict]:
+  """(config, results) of the finished fine-tuning run in `workdir`, which config `key` names."""
+  paths = [os.path.join(workdir, name) for name in (workdir_lib.CONFIG, workdir_lib.RESULTS)]
+  missing = [p for p in paths if not os.path.exists(p)]
+  if not workdir or missing:
+    raise FileNotFoundError(
+        f"{key}={workdir!r} must be a finished fine-tuning workdir; missing {missing or paths}"
+    )
+  with open(paths[0]) as f, open(paths[1]) as g:
+    config, results = ml_collections.ConfigDict(json.load(f)), json.load(g)
+  if config.get("experiment") != "finetune":
+    raise ValueError(
+        f"{key}={workdir!r} is a {config.get('experiment')!r} run, not a fine-tuning run"
+    )
+  return config, results
+
+
+def best_params(workdir: str, setup: Setup) -> tuple[int, Any]:
+  """The selected step's parameters of the finished run in `workdir`, which `setup` rebuilt
+  (the initial ones of a run that trained no step)."""
+  checkpointer = Checkpointer(os.path.join(workdir, workdir_lib.BEST), max_to_keep=1)
+  try:
+    step = checkpointer.latest_step()
+    if step is None:
+      return 0, setup.state.params
+    return step, checkpointer.restore(step, abstract_like(setup.state.params), None)
+  finally:
+    checkpointer.close()
+
+
+def load_teacher(
+    config: ml_collections.ConfigDict,
+    data: sources.TaskData,
+    task: tasks.TaskType,
+) -> tuple[distill.Teacher, dict]:
+  """The teacher of config.distill rebuilt from its workdir on this run's mesh, its selected
+  parameters loaded; and its record for results.json. It must solve the same task with the same
+  labels and read the student's batches as they are (the same tokenizer and input layout)."""
+  workdir = config.distill.teacher
+  key = "config.distill.teacher"
+  teacher_config, teacher_results = finished_run(workdir, key)
+  teacher_config.mesh = config.mesh
+  if teacher_config.get("distill"):
+    teacher_config.distill.teacher = ""  # its own teacher plays no part in its outputs
+  setup = build(teacher_config, workdir)
+  theirs, ours = teacher_config.task.name, config.task.name
+  if (theirs, setup.data.task_type, setup.data.labels) != (ours, data.task_type, data.labels):
+    raise ValueError(
+        f"{key}={workdir!r} was fine-tuned on {theirs!r} ({setup.data.task_type}, labels "
+        f"{setup.data.labels}), not on this run's {ours!r} ({data.task_type}, labels "
+        f"{data.labels})"
+    )
+  example = data.splits["train"][0]
+  student_features = task.features(example, None)[0].arrays
+  teacher_features = setup.task.features(example, None)[0].arrays
+  if student_features.keys() != teacher_features.keys() or any(
+      np.shape(v) != np.shape(teacher_features[k]) or not np.array_equal(v, teacher_features[k])
+      for k, v in student_features.items()
+  ):
+    raise ValueError(
+        f"{key}={workdir!r} reads its inputs differently (tokenizer {setup.tokenizer.model_path}, "
+        f"max_len, input layout): the teacher must read the student's batches as they are"
+    )
+  step, params = best_params(workdir, setup)
+  teacher = distill.Teacher(setup.module, params, config.distill.alpha, config.distill.temperature)
+  record = {
+      "teacher": os.path.abspath(workdir),
+      "teacher_best_step": int(step),
+      "teacher_metrics": teacher_results.get("metrics", {}),
+      "alpha": config.distill.alpha,
+      "temperature": config.distill.temperature,
+      "teacher_outputs": "computed in the student's jitted train step",
+  }
+  return teacher, record
 
 
 @dataclasses.dataclass
@@ -153,6 +246,7 @@ class Setup:
   tokenizer: tokenizer_lib.Tokenizer | HFTokenizer
   model_cfg: TransformerConfig
   plan: strategies.Plan
+  distillation: dict | None = None  # load_teacher's record, for results.json
 
   def first_train_batch(self, batch_size: int) -> dict[str, np.ndarray]:
     """The first `batch_size` training features, stacked, unshuffled: one fixed step's batch
@@ -320,11 +414,24 @@ def build(config: ml_collections.ConfigDict, workdir: str) -> Setup:
   stopper = early_stopping(config, data.task_type)
   eval_sets = eval_sets_of(config, task, data)
   module = plan.module(task.model())
-  program = make_program(task, module, task.features(data.splits["train"][0], None)[0].arrays)
+  teacher, distillation = load_teacher(config, data, task) if teacher_dir(config) else (None, None)
+  example = task.features(data.splits["train"][0], None)[0].arrays
+  program = make_program(task, module, example, teacher)
   trainer = make_trainer(config, plan, program, mesh, rules)
   state, report = initial_state(config, trainer, plan, source)
   return Setup(
-      data, task, module, trainer, state, report, eval_sets, stopper, tokenizer, model_cfg, plan
+      data,
+      task,
+      module,
+      trainer,
+      state,
+      report,
+      eval_sets,
+      stopper,
+      tokenizer,
+      model_cfg,
+      plan,
+      distillation,
   )
 
 
@@ -580,4 +687,6 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   metrics = best_metrics(workdir, setup, trained)
   extra = write_reusables(config, workdir, setup, trained)
   extra.update(setup.plan.report(trained.best_params, setup.trainer.to_host))
+  if setup.distillation:
+    extra["distillation"] = setup.distillation
   return write_results(config, workdir, setup, trained, metrics, extra, start_time)

@@ -93,6 +93,18 @@ class TaskType(abc.ABC):
   def loss(self, outputs: Any, batch: dict[str, jax.Array]) -> tuple[jax.Array, MetricPairs]:
     """Scalar training loss and metric pairs; padding examples have batch['weight'] == 0."""
 
+  # How distillation (lmreuse/compression/distill.py) matches a teacher's `soft_targets`:
+  # 'logits' by the KL divergence of temperature-softened distributions, 'values' (regression)
+  # by squared error.
+  soft_target_kind = "logits"
+
+  @abc.abstractmethod
+  def soft_targets(
+      self, outputs: Any, batch: dict[str, jax.Array]
+  ) -> list[tuple[jax.Array, jax.Array]]:
+    """(outputs [..., C], weights [...]) pairs that a student matches to its teacher's, weighted
+    as `loss` weighs the labels (padding weighs 0)."""
+
   def predict(
       self, module: nn.Module, params: Any, batch: dict[str, jax.Array]
   ) -> dict[str, jax.Array]:

@@ -102,6 +102,9 @@ class Classification(TextTask):
     correct_B = (jnp.argmax(logits_BxC, -1) == batch["label"]).astype(jnp.float32)
     return losses.weighted_loss(ce_B, weight_B, accuracy=correct_B)
 
+  def soft_targets(self, logits_BxC, batch):
+    return [(logits_BxC, batch["weight"])]
+
   def outputs_for_decoding(self, logits_BxC):
     probs_BxC = jax.nn.softmax(logits_BxC.astype(jnp.float32))
     return {"label_id": jnp.argmax(probs_BxC, -1), "confidence": jnp.max(probs_BxC, -1)}

@@ -102,6 +102,10 @@ class ExtractiveQA(base.TaskType):
     ).astype(jnp.float32)
     return losses.weighted_loss(ce_B, weight_B, span_accuracy=exact_B)
 
+  def soft_targets(self, outputs_BxLx2, batch):
+    start_BxL, end_BxL = self._logits(outputs_BxLx2, batch)
+    return [(start_BxL, batch["weight"]), (end_BxL, batch["weight"])]
+
   def predict(self, module, params, batch):
     start_BxL, end_BxL = self._logits(module.apply({"params": params}, batch), batch)
     return {"start_logits": start_BxL, "end_logits": end_BxL}

@@ -30,6 +30,11 @@ class Regression(TextTask):
     se_B = jnp.square(outputs_Bx1[:, 0].astype(jnp.float32) - batch["label"])
     return losses.weighted_loss(se_B, weight_B)
 
+  soft_target_kind = "values"
+
+  def soft_targets(self, outputs_Bx1, batch):
+    return [(outputs_Bx1, batch["weight"])]
+
   def outputs_for_decoding(self, outputs_Bx1):
     return {"score": outputs_Bx1[:, 0].astype(jnp.float32)}
 

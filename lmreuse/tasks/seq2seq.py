@@ -125,6 +125,9 @@ class Seq2Seq(base.TaskType):
     correct_BxT = (jnp.argmax(logits_BxTxV, -1) == batch["targets"]).astype(jnp.float32)
     return losses.weighted_loss(ce_BxT, weights_BxT, token_accuracy=correct_BxT)
 
+  def soft_targets(self, logits_BxTxV, batch):
+    return [(logits_BxTxV, batch["target_weights"] * batch["weight"][:, None])]
+
   def predict(self, module, params, batch):
     cfg, tok = self.ctx.model_cfg, self.ctx.tokenizer
     search = dict(beam_size=self.beam_size, eos_id=tok.eos_id, length_penalty=self.length_penalty)

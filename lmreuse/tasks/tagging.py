@@ -82,6 +82,9 @@ class Tagging(base.TaskType):
     correct_BxL = (jnp.argmax(logits_BxLxC, -1) == batch["labels"]).astype(jnp.float32)
     return losses.weighted_loss(ce_BxL, weights_BxL, token_accuracy=correct_BxL)
 
+  def soft_targets(self, logits_BxLxC, batch):
+    return [(logits_BxLxC, batch["label_weights"] * batch["weight"][:, None])]
+
   def outputs_for_decoding(self, logits_BxLxC):
     return {"tag_ids": jnp.argmax(logits_BxLxC, -1)}
 

@@ -43,11 +43,24 @@ class TrainState:
 @dataclasses.dataclass(frozen=True)
 class Program:
   """What an experiment trains: `init_params(rng)` returns params boxed with logical axis names;
-  `loss_fn(params, batch, rng, train)` returns (scalar loss, metric pairs)."""
+  `loss_fn(params, batch, rng, train)` returns (scalar loss, metric pairs).
+
+  `constants` (device arrays placed on the mesh: a distillation teacher's parameters) enter the
+  compiled train step as arguments, neither trained nor checkpointed, and reach the training
+  loss as `loss_fn(params, batch, rng, True, constants)`; evaluation calls it without them.
+  Arguments rather than closed-over values, which jit would embed in the program as literals.
+  """
 
   init_params: Callable[[jax.Array], Any]
   loss_fn: LossFn
   tokens_per_example: int  # for throughput: sequence positions processed per example
+  constants: Any = None
+
+  def training_loss(self, constants: Any) -> LossFn:
+    """The loss the train step differentiates, given the step's `constants` argument."""
+    if constants is None:
+      return self.loss_fn
+    return lambda p, b, r, t: self.loss_fn(p, b, r, t, constants)
 
 
 def _replicate_reshaped(tree: Any) -> Any:
@@ -346,7 +359,7 @@ class Trainer:
 
   def train_step(self, state: TrainState, batch: dict[str, jax.Array], step: int | None = None):
     """One update; pass the (0-based) `step` to run only its phase's gradients."""
-    return self.compiled_train_step(state, batch, step)(state, batch)
+    return self.compiled_train_step(state, batch, step)(state, batch, self.program.constants)
 
   def compiled_train_step(
       self, state: TrainState, batch: dict[str, jax.Array], step: int | None = None
@@ -365,25 +378,27 @@ class Trainer:
   ) -> jax.stages.Lowered:
     """The step `train_step` runs at `step`, lowered for XLA's cost and memory analyses."""
     with sharding_lib.mesh_context(self.mesh, self.rules):
-      return self._jitted_train(self.phase(step), batch).lower(state, batch)
+      jitted = self._jitted_train(self.phase(step), batch)
+      return jitted.lower(state, batch, self.program.constants)
 
   def _jitted_train(self, phase: int, batch: dict[str, jax.Array]) -> Callable:
     if phase not in self._jitted_train_steps:
       batch_shardings = {k: v.sharding for k, v in batch.items()}
       active = self._active_mask_or_none(phase)
-      fn = lambda s, b: train_step(
+      fn = lambda s, b, c: train_step(
           s,
           b,
-          loss_fn=self.program.loss_fn,
+          loss_fn=self.program.training_loss(c),
           tx=self.tx,
           schedule=self.schedule,
           trainable_mask=self.trainable_mask,
           active_mask=active,
           skip_nonfinite=self.skip_nonfinite,
       )
+      constants = jax.tree.map(lambda x: x.sharding, self.program.constants)
       self._jitted_train_steps[phase] = jax.jit(
           fn,
-          in_shardings=(self.state_shardings, batch_shardings),
+          in_shardings=(self.state_shardings, batch_shardings, constants),
           out_shardings=(self.state_shardings, self.replicated),
           donate_argnums=0,
       )
@@ -411,12 +426,14 @@ class Trainer:
     them in its accumulation loop."""
     active = self._active_mask_or_none(phase)
     mask = self.trainable_mask if active is None else active
-    grads = lambda params, b, rng: _value_and_grad(params, self.program.loss_fn)(
+    grads = lambda params, b, rng, c: _value_and_grad(params, self.program.training_loss(c))(
         select_trainable(params, mask), b, rng
     )
     micro_batch = {k: jax.ShapeDtypeStruct(v.shape[1:], v.dtype) for k, v in batch.items()}
     with self.timers("compile"), sharding_lib.mesh_context(self.mesh, self.rules):
-      lowered = jax.jit(grads).lower(self.abstract_params, micro_batch, jax.random.PRNGKey(0))
+      lowered = jax.jit(grads).lower(
+          self.abstract_params, micro_batch, jax.random.PRNGKey(0), self.program.constants
+      )
     return compute.flops(lowered)
 
   def evaluate(self, params: Any, batches: Iterable[Batch]) -> dict[str, float]:

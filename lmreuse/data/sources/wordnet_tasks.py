@@ -17,7 +17,6 @@ every run and every seed sees the same dataset.
 from __future__ import annotations
 
 import functools
-import re
 
 import numpy as np
 
@@ -70,24 +69,46 @@ def _relation(records: list[dict], by_id: dict) -> list[dict]:
   return out
 
 
+def _is_word(ch: str) -> bool:
+  return ch.isalnum() or ch == "_"  # what `re`'s \w matches in a str pattern
+
+
+def _first_headword(sentence: str, lemmas: list[str]) -> tuple[int, int] | None:
+  """(start, end) of what `re.search(r"\b(lemma|…)\b", sentence, re.IGNORECASE)` finds, the
+  lemmas tried in order at the leftmost position, without compiling a pattern per synset (that
+  took most of this task's load time)."""
+  folded = sentence.lower()
+  boundary = lambda i: (i > 0 and _is_word(sentence[i - 1])) != (
+      i < len(sentence) and _is_word(sentence[i])
+  )
+  best = None
+  for lemma in lemmas:
+    start = folded.find(lemma)
+    while start != -1 and (best is None or start < best[0]):
+      end = start + len(lemma)
+      if boundary(start) and boundary(end):
+        best = (start, end)
+        break
+      start = folded.find(lemma, start + 1)
+  return best
+
+
 def _headword_qa(records: list[dict], by_id: dict) -> list[dict]:
   out = []
   for r in records:
     if not r["gloss"]:
       continue
     lemmas = sorted({lemma.replace("_", " ") for lemma in r["lemmas"]}, key=len, reverse=True)
-    pattern = re.compile(
-        r"\b(" + "|".join(re.escape(lemma) for lemma in lemmas) + r")\b", re.IGNORECASE
-    )
+    lemmas = [lemma.lower() for lemma in lemmas]
     for sentence in r["examples"]:
-      match = pattern.search(sentence)
-      if match:
+      span = _first_headword(sentence, lemmas)
+      if span:
         out.append(
             {
                 "id": r["id"],
                 "question": r["gloss"],
                 "context": sentence,
-                "answers": [{"text": match.group(0), "start": match.start()}],
+                "answers": [{"text": sentence[span[0] : span[1]], "start": span[0]}],
             }
         )
         break

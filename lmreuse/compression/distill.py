@@ -1,0 +1,88 @@
+"""Knowledge distillation (Hinton et al. 2015): a student fine-tuned on a mix of its labels and a
+fine-tuned teacher's outputs.
+
+The loss is (1 − alpha) · label loss + alpha · T² · KL(teacher_T ‖ student_T), where x_T is the
+softmax of logits / T (the T² keeps the soft term's gradients on the scale of the label loss as T
+grows), over what the task type names in `soft_targets`: a classifier's logits, every tagged
+token's, every target token's of seq2seq, a span's start and end; regression matches the
+teacher's scores by squared error. Padding weighs 0, as in the label loss.
+
+The teacher's outputs are computed in the same jitted step as the student's, from the same
+batch, with its parameters passed in as the step's constants (lmreuse/train/trainer.py). They
+are not cached once because training features are not fixed per example: augmentation draws
+new ones every epoch, and a cache would need an index into the shuffled, sharded stream. The
+teacher runs forward only, without gradients, and its FLOPs count in the run's compute.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from lmreuse.tasks.base import TaskType
+from lmreuse.train.losses import MetricPairs
+
+
+def validate(alpha: float, temperature: float) -> None:
+  if not 0.0 <= alpha <= 1.0:
+    raise ValueError(f"config.distill.alpha={alpha} must be in [0, 1]")
+  if temperature <= 0:
+    raise ValueError(f"config.distill.temperature={temperature} must be positive")
+
+
+def soft_loss(
+    task: TaskType, student: Any, teacher: Any, batch: dict[str, jax.Array], temperature: float
+) -> jax.Array:
+  """The mean over `task.soft_targets` of each one's weighted mean divergence."""
+  terms = []
+  pairs = zip(task.soft_targets(student, batch), task.soft_targets(teacher, batch))
+  for (student_x, weights), (teacher_x, _) in pairs:
+    student_x, teacher_x = student_x.astype(jnp.float32), teacher_x.astype(jnp.float32)
+    if task.soft_target_kind == "values":
+      per_row = jnp.mean(jnp.square(student_x - teacher_x), axis=-1)
+    else:
+      log_student = jax.nn.log_softmax(student_x / temperature, axis=-1)
+      log_teacher = jax.nn.log_softmax(teacher_x / temperature, axis=-1)
+      p_teacher = jnp.exp(log_teacher)
+      # 0 · log 0 = 0 where the teacher puts no mass (masked span positions).
+      kl = jnp.where(p_teacher > 0, p_teacher * (log_teacher - log_student), 0.0)
+      per_row = temperature**2 * jnp.sum(kl, axis=-1)
+    weights = weights.astype(jnp.float32)
+    terms.append(jnp.sum(per_row * weights) / jnp.maximum(jnp.sum(weights), 1e-8))
+  return sum(terms) / len(terms)
+
+
+@dataclasses.dataclass(frozen=True)
+class Teacher:
+  """A fine-tuned model whose outputs a student learns from."""
+
+  module: nn.Module
+  params: Any  # on the student's mesh: the train step's constants
+  alpha: float
+  temperature: float
+
+  def mix(
+      self,
+      task: TaskType,
+      label_loss: jax.Array,
+      pairs: MetricPairs,
+      student: Any,
+      params: Any,
+      batch: dict[str, jax.Array],
+  ) -> tuple[jax.Array, MetricPairs]:
+    """The distillation loss and the label loss's pairs, plus `label_loss` and `distill_loss`;
+    `params` are the teacher's, as the train step receives them."""
+    teacher = jax.lax.stop_gradient(
+        self.module.apply({"params": params}, batch, deterministic=True)
+    )
+    soft = soft_loss(task, student, teacher, batch, self.temperature)
+    one = jnp.ones((), jnp.float32)
+    return (1 - self.alpha) * label_loss + self.alpha * soft, {
+        **pairs,
+        "label_loss": (label_loss, one),
+        "distill_loss": (soft, one),
+    }
