@@ -6,6 +6,10 @@ each strategy at its own hyperparameters, selected on validation.
   # share); print_launch also writes W/launch/ scripts for a TPU VM fleet and a SLURM array:
   python run.py --config=configs/study.py:tiny --workdir=W --config.study.worker=claim
   python run.py --config=configs/study.py:tiny --workdir=W --config.study.print_launch=True
+  # fine-tuned models quantized after training, each a group beside its float self:
+  python run.py --config=configs/study.py:tiny --workdir=W \
+      "--config.study.compress=('none','int8w')"
+  python run.py --config=configs/study.py:compression --workdir=W  # before, during and after
   # one cell per host (pretraining cells first):
   python run.py --config=configs/study.py:tiny --workdir=W --config.study.only=3
   python run.py --config=configs/study.py:tiny --workdir=W --config.study.only='*lora*'
@@ -72,7 +76,21 @@ PRESETS = {
         (0, 1, 2),
         (1.0,),
     ),
+    # Compression before, during and after fine-tuning on the tiny preset's task: a QLoRA
+    # base quantized before training (lora's quantize_base, see get_config), quantization-aware
+    # full fine-tuning (qat), and every fine-tuned model quantized after training (COMPRESS),
+    # each against its float self.
+    "compression": (
+        ("bert",),
+        ("wordnet_supersense",),
+        ("full", "qat", "lora"),
+        (0, 1, 2),
+        (1.0,),
+    ),
 }
+
+# Post-training compression per preset (study.compress).
+COMPRESS = {"compression": ("none", "int8", "int4w")}
 
 # The quickstart's pretraining: a tiny BERT on short rows (WordNet documents are short anyway).
 TINY_BERT_PRETRAINING = dict(
@@ -191,6 +209,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
           strategies=strategy_names,  # names or combinations ("lora,llrd") from lmreuse.strategies
           seeds=seeds,
           train_fractions=fractions,  # fractions of the training set (low-resource curves)
+          # Post-training compression of every fine-tuned cell: configs/compress.py presets
+          # (int8, int8w, int4w), each a group "<strategy>@<preset>" beside the float one
+          # ('none'); quantization before or during fine-tuning is a strategy (qat, lora's
+          # quantize_base).
+          compress=COMPRESS.get(args["preset"], ()),
           sweep=sweep,  # fine-tuning key → candidates, crossed; () = not swept
           strategy_sweeps=strategy_sweeps,  # per strategy: candidates replacing sweep's
           init_lr_scale=(),  # "NAME=FACTOR": an init's learning rates × FACTOR (twins follow)
@@ -221,4 +244,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   )
   if args["preset"] == "reuse":
     reuse(config)
+  if args["preset"] == "compression":
+    config.study.strategy_sweeps.lora.strategy.quantize_base = ("int8",)
   return config

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import time
 
+import flax.linen as nn
 import jax
 import ml_collections
 from absl import logging
@@ -18,6 +19,7 @@ from experiments import finetune
 from lmreuse import workdir as workdir_lib
 from lmreuse.compression import quantize
 from lmreuse.tasks.evaluation import Evaluator
+from lmreuse.train.trainer import Trainer
 
 
 def evaluate(evaluator: Evaluator, params, setup: finetune.Setup) -> tuple[dict, list]:
@@ -27,6 +29,33 @@ def evaluate(evaluator: Evaluator, params, setup: finetune.Setup) -> tuple[dict,
     scores, predictions = evaluator(params, eval_set)
     metrics.update({f"{name}/{k}": v for k, v in scores.items()})
   return metrics, predictions
+
+
+def quantized_model(
+    config: ml_collections.ConfigDict, ft_config: ml_collections.ConfigDict, setup: finetune.Setup
+) -> tuple[nn.Module, Trainer]:
+  """(module, trainer) that evaluate the quantized weights: the run's own, or with int8
+  activations the float task module under qwix's interception (a QAT run's setup.module is
+  already quantized at its own types)."""
+  if not config.quantize.activations:
+    return setup.module, setup.trainer
+  module = quantize.quantized_module(
+      setup.task.model(), config.quantize.weights, config.quantize.activations
+  )
+  example = setup.task.features(setup.data.splits["train"][0], None)[0].arrays
+  program = finetune.make_program(setup.task, module, example)
+  mesh, rules = setup.trainer.mesh, setup.trainer.rules
+  return module, finetune.make_trainer(ft_config, setup.plan, program, mesh, rules)
+
+
+def write_predictions(workdir: str, setup: finetune.Setup, predictions: list) -> None:
+  """predictions.jsonl of the test split (else validation), as a fine-tuning run writes it."""
+  split = "test" if "test" in setup.eval_sets else "validation"
+  examples = setup.eval_sets[split].examples
+  workdir_lib.write_jsonl(
+      os.path.join(workdir, workdir_lib.PREDICTIONS),
+      [setup.task.record(examples[i], p) for i, p in enumerate(predictions)],
+  )
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
@@ -44,15 +73,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   quantized, model_bytes = quantize.quantize_weights(
       setup.trainer.to_host(params), config.quantize.weights
   )
-  module, trainer = setup.module, setup.trainer
-  if config.quantize.activations:
-    # The float task module (a QAT run's setup.module is already quantized at its own types).
-    module = quantize.quantized_module(
-        setup.task.model(), config.quantize.weights, config.quantize.activations
-    )
-    example = setup.task.features(setup.data.splits["train"][0], None)[0].arrays
-    program = finetune.make_program(setup.task, module, example)
-    trainer = finetune.make_trainer(ft_config, setup.plan, program, trainer.mesh, trainer.rules)
+  module, trainer = quantized_model(config, ft_config, setup)
   workdir_lib.prepare(workdir, config)  # the first write: every check above has passed
   batch_size = ft_config.batch_size
   reference, _ = evaluate(
@@ -63,12 +84,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
       Evaluator(trainer, setup.task, module, batch_size), quantized, setup
   )
   if jax.process_index() == 0:
-    split = "test" if "test" in setup.eval_sets else "validation"
-    examples = setup.eval_sets[split].examples
-    workdir_lib.write_jsonl(
-        os.path.join(workdir, workdir_lib.PREDICTIONS),
-        [setup.task.record(examples[i], p) for i, p in enumerate(predictions)],
-    )
+    write_predictions(workdir, setup, predictions)
   logging.info(
       "%s weights, %s activations: %s (float: %s); %d of %d bytes",
       config.quantize.weights,
@@ -91,7 +107,13 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
       },
       model_bytes=model_bytes["quantized"],
       reference={"metrics": reference, "model_bytes": model_bytes["float"]},
-      finetuned={"workdir": os.path.abspath(config.init_from), "best_step": int(step)},
+      finetuned={
+          "workdir": os.path.abspath(config.init_from),
+          "best_step": int(step),
+          "steps": ft_results.get("steps"),
+      },
+      # What training the evaluated model cost: the fine-tuned run's (a study's tables read it).
+      compute=ft_results.get("compute", {}),
       strategy=ft_results.get("strategy"),
       task=ft_results.get("task"),
       parameters=ft_results.get("parameters"),

@@ -676,6 +676,17 @@ def write_results(
   )
 
 
+def stored_bytes(params: Any, report: dict) -> int:
+  """The bytes the selected model takes stored as the run holds it: every parameter at its dtype,
+  less what a strategy's report entry stores quantized (`float_bytes` → `model_bytes`: qat's
+  whole model, a QLoRA base), so a study can set score against storage."""
+  total = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(params))
+  for entry in report.values():
+    if isinstance(entry, dict) and {"model_bytes", "float_bytes"} <= entry.keys():
+      total += entry["model_bytes"] - entry["float_bytes"]
+  return int(total)
+
+
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Builds (every check), then trains, evaluates the best step and writes the run's outputs."""
   start_time = time.time()
@@ -687,6 +698,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   metrics = best_metrics(workdir, setup, trained)
   extra = write_reusables(config, workdir, setup, trained)
   extra.update(setup.plan.report(trained.best_params, setup.trainer.to_host))
+  extra["model_bytes"] = stored_bytes(trained.best_params, extra)
   if setup.distillation:
     extra["distillation"] = setup.distillation
   return write_results(config, workdir, setup, trained, metrics, extra, start_time)

@@ -65,14 +65,26 @@ def _needed(
   """(False for a later seed of a configuration its group did not select, None while its
   group's first-seed sweep is unfinished; the sweep cells still to finish)."""
   first_seed = launch.first_seed(config)
-  if cell.kind != "finetune" or first_seed is None or cell.seed == first_seed:
+  if cell.kind not in results.SCORED or first_seed is None or cell.seed == first_seed:
     return True, []
-  group = [dataclasses.asdict(c) for c in cells if c.kind == "finetune" and c.group == cell.group]
-  rows = results.collect(study_dir, group)
-  (choice,) = selection.choose_all(rows, "first_seed", first_seed).values()
-  needed = selection.needed(choice, next(r for r in rows if r["name"] == cell.name), first_seed)
-  pending = [r["name"] for c in choice.candidates for r in c.rows if r["status"] == "missing"]
-  return needed, pending if needed is None else []
+  # A float cell also runs where a compressed group of it selected its configuration.
+  groups = [cell.group]
+  if cell.kind == "finetune":
+    groups += [
+        {**cell.group, "strategy": f"{cell.group['strategy']}{grid.COMPRESSED}{method}"}
+        for method in grid.compressions(config.study)
+    ]
+  answers, pending = [], []
+  for group in groups:
+    members = [dataclasses.asdict(c) for c in cells if c.kind in results.SCORED]
+    rows = results.collect(study_dir, [c for c in members if c["group"] == group])
+    (choice,) = selection.choose_all(rows, "first_seed", first_seed).values()
+    same = next(r for r in rows if r["hparams"] == cell.hparams and r["seed"] == cell.seed)
+    answers.append(selection.needed(choice, same, first_seed))
+    pending += [r["name"] for c in choice.candidates for r in c.rows if r["status"] == "missing"]
+  if any(answers):
+    return True, []
+  return (None, pending) if None in answers else (False, [])
 
 
 def _state(
@@ -87,14 +99,18 @@ def _state(
   status = grid.status(study_dir, cell)
   if status == "finished" or (status == "failed" and not retry_failed):
     return status, []
+  # Whether it is needed first: a skipped cell waits for nothing (a compressed loser's later
+  # seed, whose float cell is skipped too).
+  needed, pending = _needed(cell, cells, config, study_dir)
+  if needed is False:
+    return "skipped", []
   if cell.depends_on:
     dependency = grid.status(study_dir, next(c for c in cells if c.name == cell.depends_on))
     if dependency != "finished":
       return ("blocked" if dependency == "failed" else "waiting"), [cell.depends_on]
-  needed, pending = _needed(cell, cells, config, study_dir)
   if needed is None:
     return "waiting", pending
-  return ("ready" if needed else "skipped"), []
+  return "ready", []
 
 
 def _agreed_state(
@@ -172,7 +188,7 @@ def run_cell(
 def _run_locked(
     cell: grid.Cell, config: ml_collections.ConfigDict, study_dir: str, workdir: str
 ) -> str:
-  from experiments import finetune, pretrain
+  from experiments import compress, finetune, pretrain
 
   error_path = os.path.join(workdir, workdir_lib.ERROR)
   if os.path.exists(error_path) and jax.process_index() == 0:
@@ -181,7 +197,9 @@ def _run_locked(
   child.lock()
   logging.info("cell %d %s: running in %s", cell.index, cell.name, workdir)
   try:
-    (pretrain if cell.kind == "pretrain" else finetune).run(child, workdir)
+    {"pretrain": pretrain, "finetune": finetune, "compress": compress}[cell.kind].run(
+        child, workdir
+    )
   except Exception:
     if jax.process_index() == 0:
       with open(error_path, "w") as f:
@@ -349,6 +367,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   start = time.time()
   worker = parse_worker(config.study.worker)
   grid.check_sweeps(config)
+  grid.check_compress(config)
   cells = grid.expand(config.study)
   chosen = grid.select(cells, config.study.only)
   if config.study.print_launch:

@@ -59,7 +59,8 @@ def _compute(row: dict) -> dict[str, float]:
 
 
 def _values(members: Sequence[dict]) -> dict[str, list[float]]:
-  """Per column, one value per finished seed: metrics, parameters, compute, wall time."""
+  """Per column, one value per finished seed: metrics, parameters, compute, wall time, and the
+  model's stored bytes."""
   values: dict[str, list[float]] = {}
   for row in (r for r in members if r["status"] == "ok"):
     for name, value in sorted(row["metrics"].items()):
@@ -70,6 +71,8 @@ def _values(members: Sequence[dict]) -> dict[str, list[float]]:
     for name, value in _compute(row).items():
       values.setdefault(name, []).append(value)
     values.setdefault("wall_time_sec", []).append(float(row["wall_time_sec"]))
+    if row.get("model_bytes") is not None:
+      values.setdefault("model_bytes", []).append(float(row["model_bytes"]))
   return values
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from lmreuse.study import results, selection, statistics
-from lmreuse.study.results import GROUP
+from lmreuse.study.results import COMPRESSED, GROUP, split_compressed
 from lmreuse.tasks import types as task_types
 
 ALPHA = 0.05
@@ -22,14 +22,19 @@ BASELINE_STRATEGY = "full"
 
 
 def pairs(summary: Sequence[dict], twins: dict[str, str]) -> list[tuple[tuple, tuple, str]]:
-  """(a, b, kind) group keys to compare, in table order: strategy vs full, then reuse."""
+  """(a, b, kind) group keys to compare, in table order: strategy vs full, a compressed group
+  vs its float self, then reuse."""
   keys = [tuple(line[k] for k in GROUP) for line in summary]
   present = set(keys)
   out = []
   for task, init, strategy, fraction in keys:
     full = (task, init, BASELINE_STRATEGY, fraction)
-    if strategy != BASELINE_STRATEGY and full in present:
+    if strategy != BASELINE_STRATEGY and COMPRESSED not in strategy and full in present:
       out.append(((task, init, strategy, fraction), full, "strategy vs full"))
+  for task, init, strategy, fraction in keys:
+    float_self = (task, init, split_compressed(strategy)[0], fraction)
+    if COMPRESSED in strategy and float_self in present:
+      out.append(((task, init, strategy, fraction), float_self, "compressed vs float"))
   for task, init, strategy, fraction in keys:
     twin = twins.get(init)
     if twin and (task, twin, strategy, fraction) in present:

@@ -24,9 +24,11 @@ from typing import Any
 import ml_collections
 
 from lmreuse import pretrained, strategies, workdir as workdir_lib
+from lmreuse.study.results import COMPRESSED, NO_COMPRESSION, split_compressed
 
 SCRATCH = "scratch"
 SELECTIONS = ("all", "first_seed")
+
 # Keys the grid itself sets per cell: a sweep over them would fight the grid's own axes.
 _GRID_KEYS = (
     "seed",
@@ -44,9 +46,9 @@ _GRID_KEYS = (
 class Cell:
   index: int
   name: str
-  kind: str  # pretrain | finetune
+  kind: str  # pretrain | finetune | compress
   workdir: str  # relative to the study workdir
-  depends_on: str | None  # the pretraining cell whose workdir a fine-tuning cell reads, if any
+  depends_on: str | None  # the cell whose workdir it reads: pretraining, or the fine-tuned cell
   group: dict  # what the tables group by (seeds are averaged)
   seed: int = 0
   hparams: dict = dataclasses.field(default_factory=dict)  # swept config keys → this cell's
@@ -193,6 +195,36 @@ def _set(config: ml_collections.ConfigDict, key: str, value: Any) -> None:
   target[leaf] = value
 
 
+def compressions(study: Any) -> tuple[str, ...]:
+  """`study.compress`'s post-training methods (configs/compress.py presets), without 'none' (the
+  float cells, which every compressed cell starts from)."""
+  return tuple(m for m in study.get("compress", ()) if m != NO_COMPRESSION)
+
+
+def check_compress(config: ml_collections.ConfigDict) -> None:
+  """Every `study.compress` entry is a configs/compress.py preset, listed once, and none
+  quantizes the activations of a seq2seq task (its generation decodes in float)."""
+  from configs import compress, finetune
+  from lmreuse.data.sources import wordnet_tasks
+
+  entries = tuple(config.study.get("compress", ()))
+  known = (NO_COMPRESSION, *compress.PRESETS)
+  for method in entries:
+    if method not in known or entries.count(method) > 1:
+      why = "is listed twice" if method in known else f"is not one of {known}"
+      raise ValueError(f"config.study.compress entry {method!r} {why}")
+  child = finetune.get_config()
+  child.update(config.finetune.to_dict())
+  for task in config.study.tasks:
+    task_type = wordnet_tasks.TASK_TYPE_OF.get(task, child.task.type)
+    for method in compressions(config.study):
+      if task_type == "seq2seq" and compress.PRESETS[method]["activations"]:
+        raise ValueError(
+            f"config.study.compress entry {method!r} quantizes activations, which seq2seq task "
+            f"{task!r} cannot use (its generation decodes in float): use int8w or int4w"
+        )
+
+
 def check_sweeps(config: ml_collections.ConfigDict) -> None:
   """Every swept key exists in the fine-tuning config and every candidate fits its type, before
   any cell runs; the error names the config key at fault."""
@@ -263,30 +295,36 @@ def expand(study: Any) -> list[Cell]:
 
   for preset in study.pretrain:
     add(f"pretrain-{preset}", "pretrain", None, {"objective": preset})
-  many_fractions = len(study.train_fractions) > 1
+  fraction_in_names = len(study.train_fractions) > 1
   for task in study.tasks:
     for init in inits(study):
+      pretraining = f"pretrain-{init.preset}" if init.preset else None
       for strategy in study.strategies:
         swept = configurations(sweep_of(study, strategy, init.name))
+        labels = [strategy] + [f"{strategy}{COMPRESSED}{m}" for m in compressions(study)]
         for fraction in study.train_fractions:
+          fraction_part = [f"data{fraction:g}"] if fraction_in_names else []
           for seed in study.seeds:
-            for hparams in swept:
-              parts = [_slug(task), init.name, _slug(strategy)]
-              parts += [f"data{fraction:g}"] if many_fractions else []
-              parts += [name_part(hparams)] if hparams else []
-              add(
-                  ".".join(parts + [f"seed{seed}"]),
-                  "finetune",
-                  f"pretrain-{init.preset}" if init.preset else None,
-                  {
-                      "task": task,
-                      "init": init.name,
-                      "strategy": strategy,
-                      "train_fraction": float(fraction),
-                  },
-                  seed,
-                  hparams,
-              )
+            # Each seed's float cells, then the same cells compressed: a first-seed sweep of
+            # both is done before a later seed's cell has to know which configuration won.
+            for label in labels:
+              for hparams in swept:
+                name = [_slug(task), init.name, _slug(label), *fraction_part]
+                name += [name_part(hparams)] if hparams else []
+                float_cell = ".".join(name[:2] + [_slug(strategy)] + name[3:] + [f"seed{seed}"])
+                add(
+                    ".".join(name + [f"seed{seed}"]),
+                    "finetune" if label == strategy else "compress",
+                    pretraining if label == strategy else float_cell,
+                    {
+                        "task": task,
+                        "init": init.name,
+                        "strategy": label,
+                        "train_fraction": float(fraction),
+                    },
+                    seed,
+                    hparams,
+                )
   return cells
 
 
@@ -311,8 +349,12 @@ def child_config(
     cell: Cell, config: ml_collections.ConfigDict, study_dir: str
 ) -> ml_collections.ConfigDict:
   """The cell's own config: the recipe's defaults, the study's overrides, the cell's values."""
-  from configs import finetune, pretrain
+  from configs import compress, finetune, pretrain
 
+  if cell.kind == "compress":
+    child = compress.get_config(split_compressed(cell.group["strategy"])[1])
+    child.init_from = os.path.join(study_dir, workdir_lib.RUNS, cell.depends_on)
+    return child
   if cell.kind == "pretrain":
     child = pretrain.get_config(f"{cell.group['objective']},size={config.study.size}")
     child.update(config.pretrain.to_dict())

@@ -14,6 +14,17 @@ from typing import Any
 from lmreuse import workdir as workdir_lib
 
 GROUP = ("task", "init", "strategy", "train_fraction")
+SCORED = ("finetune", "compress")  # the cell kinds with a row: pretraining cells have none
+# A compressed group's strategy: "lora@int8" is lora's fine-tuned cells quantized after training
+# by configs/compress.py's int8 preset. The float strategy stays a group of its own.
+COMPRESSED = "@"
+NO_COMPRESSION = "none"
+
+
+def split_compressed(strategy: str) -> tuple[str, str]:
+  """A group's strategy as (fine-tuning strategy, compression or NO_COMPRESSION)."""
+  base, _, method = strategy.partition(COMPRESSED)
+  return base, method or NO_COMPRESSION
 
 
 def read_json(path: str) -> Any:
@@ -53,10 +64,14 @@ def row(workdir: str, cell: dict) -> dict:
       "wall_time_sec": None,
       "steps": None,
       "best_step": None,
+      "model_bytes": None,  # the selected model's storage (lmreuse/compression/)
       "error": None,
   }
   if os.path.exists(os.path.join(run_dir, workdir_lib.RESULTS)):
     results = read_json(os.path.join(run_dir, workdir_lib.RESULTS))
+    # A compressed cell's results.json has no training of its own: its fine-tuned cell's
+    # steps and compute, its own wall time.
+    trained = results.get("finetuned", results)
     out.update(
         status="ok",
         task_type=results["task"]["type"],
@@ -64,8 +79,9 @@ def row(workdir: str, cell: dict) -> dict:
         parameters=results["parameters"],
         compute=results.get("compute", {}),
         wall_time_sec=results["wall_time_sec"],
-        steps=results["steps"],
-        best_step=results["best_step"],
+        steps=trained.get("steps"),
+        best_step=trained.get("best_step"),
+        model_bytes=results.get("model_bytes"),
     )
   elif os.path.exists(os.path.join(run_dir, workdir_lib.ERROR)):
     with open(os.path.join(run_dir, workdir_lib.ERROR)) as f:
@@ -74,10 +90,11 @@ def row(workdir: str, cell: dict) -> dict:
 
 
 def collect(workdir: str, cells: Sequence[dict] | None = None) -> list[dict]:
-  """Rows of the fine-tuning cells in `cells` (all the manifest's when None), in grid order."""
+  """Rows of the fine-tuning and compressed cells in `cells` (all the manifest's when None), in
+  grid order."""
   if cells is None:
     cells = manifest(workdir)["cells"]
-  return [row(workdir, cell) for cell in cells if cell["kind"] == "finetune"]
+  return [row(workdir, cell) for cell in cells if cell["kind"] in SCORED]
 
 
 def by_group(rows: Sequence[dict]) -> dict[tuple, list[dict]]:

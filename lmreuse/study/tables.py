@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 
 from lmreuse import workdir as workdir_lib
 from lmreuse.study import comparisons
-from lmreuse.study.results import GROUP
+from lmreuse.study.results import COMPRESSED, GROUP
 from lmreuse.tasks import types
 
 _HEAD = (
@@ -51,6 +51,12 @@ LEGEND = (
     f"strategy; * = significant (p < {comparisons.ALPHA} in both Welch's t-test over "
     f"seeds and the paired bootstrap over test examples), n.s. = not significant. Each "
     f"row is the configuration selected on validation."
+)
+# Added to LEGEND where a task's table has compressed rows.
+COMPRESSED_LEGEND = (
+    "A row strategy@method is that strategy's fine-tuned models quantized after training "
+    "(configs/compress.py:method), selected on its own validation scores; Δ vs float is it "
+    "minus the same strategy in float, and model (MB) the stored weights."
 )
 
 
@@ -129,8 +135,12 @@ def results_table(
   metric, mode, score, scale = found or ("score", "max", "", 1.0)
   fractions = len({line["train_fraction"] for line in lines}) > 1
   swept = any(line["configurations"] > 1 for line in lines)
+  compressed = any(COMPRESSED in line["strategy"] for line in lines)
   best = _best(lines, score, mode) if found else set()
-  header, numeric = _results_columns(metric, fractions=fractions, swept=swept)
+  header, numeric = _results_columns(
+      metric, fractions=fractions, swept=swept, compressed=compressed
+  )
+  kinds = ["strategy vs full", *(["compressed vs float"] if compressed else [])]
   cells = []
   for i, line in enumerate(lines):
     scores = {
@@ -140,15 +150,21 @@ def results_table(
       scores[score] = fmt.bold(scores[score])
     deltas = [
         _delta(_verdict(verdicts, line, kind), scale, fmt)
-        for kind in ("strategy vs full", "pretrained vs scratch")
+        for kind in (*kinds, "pretrained vs scratch")
     ]
-    cells.append(_results_row(line, scores, deltas, fmt, fractions=fractions, swept=swept))
+    cells.append(
+        _results_row(
+            line, scores, deltas, fmt, fractions=fractions, swept=swept, compressed=compressed
+        )
+    )
   return [fmt.esc(h) for h in header], cells, numeric
 
 
-def _results_columns(metric: str, *, fractions: bool, swept: bool) -> tuple[list[str], list[bool]]:
-  """The header and which columns are numeric; the data fraction and selected hparams only
-  show where they vary, so a single-run table stays narrow."""
+def _results_columns(
+    metric: str, *, fractions: bool, swept: bool, compressed: bool
+) -> tuple[list[str], list[bool]]:
+  """The header and which columns are numeric; the data fraction, selected hparams and
+  compression's columns only show where they vary, so a single-run table stays narrow."""
   columns = [
       ("init", False),
       ("strategy", False),
@@ -157,8 +173,10 @@ def _results_columns(metric: str, *, fractions: bool, swept: bool) -> tuple[list
       (f"test {metric}", True),
       (f"validation {metric}", True),
       ("Δ vs full", True),
+      *([("Δ vs float", True)] if compressed else []),
       ("Δ vs scratch", True),
       ("trainable %", True),
+      *([("model (MB)", True)] if compressed else []),
       ("train FLOPs", True),
       ("peak memory (MB)", True),
       ("wall time (s)", True),
@@ -199,6 +217,7 @@ def _results_row(
     *,
     fractions: bool,
     swept: bool,
+    compressed: bool,
 ) -> list[str]:
   """One row's cells, in `_results_columns` order."""
   number = functools.partial(_mean_or_none, line, fmt)
@@ -213,6 +232,7 @@ def _results_row(
       *scores.values(),
       *deltas,
       number("trainable_fraction", percent),
+      *([number("model_bytes", lambda b: f"{b / 2 ** 20:.2f}")] if compressed else []),
       number("train_flops", _scientific),
       number("peak_memory_bytes", lambda b: f"{b / 2 ** 20:.1f}"),
       number("wall_time_sec", lambda s: f"{s:.0f}"),
@@ -353,6 +373,12 @@ def _sections(summary: Sequence[dict], sweep: Sequence[dict], compared: Sequence
     yield task, lines, scale, verdicts, sweeps.get(task, [])
 
 
+def legend(lines: Sequence[dict]) -> str:
+  """LEGEND, and COMPRESSED_LEGEND where the task's table has compressed rows."""
+  compressed = any(COMPRESSED in line["strategy"] for line in lines)
+  return f"{LEGEND} {COMPRESSED_LEGEND}" if compressed else LEGEND
+
+
 def markdown(
     summary: Sequence[dict],
     sweep: Sequence[dict],
@@ -366,7 +392,7 @@ def markdown(
         "",
         _caption(task, lines) + ".",
         "",
-        LEGEND,
+        legend(lines),
         "",
         *_md_table(results_table(lines, verdicts, MD)),
         "",
@@ -400,7 +426,7 @@ def latex(summary: Sequence[dict], sweep: Sequence[dict], compared: Sequence[dic
   out = [r"% Written by lmreuse/study/tables.py; needs \usepackage{booktabs}."]
   for task, lines, scale, verdicts, sweep_of_task in _sections(summary, sweep, compared):
     out += _tex_table(
-        results_table(lines, verdicts, TEX), f"{_caption(task, lines)}. {LEGEND}", task
+        results_table(lines, verdicts, TEX), f"{_caption(task, lines)}. {legend(lines)}", task
     )
     if any(name == task for name, *_ in verdicts):
       out += _tex_table(

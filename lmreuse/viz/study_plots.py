@@ -1,7 +1,8 @@
 """A study's figures, per task: score vs trainable share, score vs train FLOPs (the Pareto view),
-validation learning curves, validation score vs learning rate (the sweep), and score vs
-training-data fraction when there are several. Each figure names in its title what it leaves
-out (failed or missing groups), so a gap never passes for a result.
+score vs the model's stored bytes where they differ (compression), validation learning curves
+(of the trained groups: a compressed group has none of its own), validation score vs learning
+rate (the sweep), and score vs training-data fraction when there are several. Each figure names
+in its title what it leaves out (failed or missing groups), so a gap never passes for a result.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from matplotlib.lines import Line2D
 from lmreuse import workdir as workdir_lib
 from lmreuse.study import selection, tables
 from lmreuse.study.grid import SCRATCH
-from lmreuse.study.results import GROUP, by_group
+from lmreuse.study.results import COMPRESSED, GROUP, by_group
 
 _MARKERS = "osD^vPX*<>"
 _LINESTYLES = ("-", "--", ":", "-.")
@@ -287,6 +288,7 @@ def _task_figures(
   full = [line for line in lines if line["train_fraction"] == fractions[-1]]
   at = f", data fraction {fractions[-1]:g}" if len(fractions) > 1 else ""
   name = tables.slug(task)
+  trained = [line for line in full if COMPRESSED not in line["strategy"]]
   trainable = "trainable parameters (fraction of total)"
   figures = [
       (
@@ -302,9 +304,17 @@ def _task_figures(
       (
           f"learning_curves_{name}",
           f"{task}: validation/{metric} by step{at}",
-          _learning_curves(full, seeds, f"validation/{metric}", scale, style),
+          _learning_curves(trained, seeds, f"validation/{metric}", scale, style),
       ),
   ]
+  if len({line["model_bytes.mean"] for line in full if "model_bytes.mean" in line}) > 1:
+    figures.append(
+        (
+            f"score_vs_bytes_{name}",
+            f"{task}: {score} vs model bytes{at}",
+            _score_vs(full, "model_bytes", score, scale, style, "model bytes (stored)"),
+        )
+    )
   swept = [choices[tuple(line[k] for k in GROUP)] for line in full]
   swept = [c for c in swept if len({h.hparams.get(SWEPT_RATE) for h in c.candidates}) > 1]
   if swept:

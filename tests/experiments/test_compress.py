@@ -114,6 +114,8 @@ def test_qlora_trains_float_factors_on_a_quantized_frozen_base(
   results = finetune.run(config, str(tmp_path / "run"))
   base = results["quantized_base"]
   assert base["weights"] == "int4" and base["model_bytes"] <= 0.2 * base["float_bytes"]
+  float_total = sum(v.nbytes for v in params.values())  # the quantized base, the rest float
+  assert results["model_bytes"] == float_total - base["float_bytes"] + base["model_bytes"]
   config.strategy.quantize_base = "int3"
   with pytest.raises(ValueError, match=r"config\.strategy\.quantize_base='int3' is not one of"):
     finetune.build(config, str(tmp_path / "bad"))

@@ -368,8 +368,13 @@ def test_every_preset_expands_with_valid_sweeps():
   for name in study_config.PRESETS:
     config = study_config.get_config(name)
     grid.check_sweeps(config)
+    grid.check_compress(config)
     assert all(grid.sweep_of(config.study, s)["learning_rate"] for s in config.study.strategies)
     assert grid.expand(config.study)
+  compression = grid.expand(study_config.get_config("compression").study)
+  groups = {c.group["strategy"] for c in compression if c.kind != "pretrain"}
+  assert groups == {f"{s}{m}" for s in ("full", "qat", "lora") for m in ("", "@int8", "@int4w")}
+  assert all("quantize_base=int8" in c.name for c in compression if "lora" in c.name)
   quick = quickstart.get_config()
   grid.check_sweeps(quick)
   assert quick.study.selection == "first_seed" and len(quick.study.seeds) >= 3
@@ -388,3 +393,84 @@ def test_every_preset_expands_with_valid_sweeps():
   }
   assert grid.sweep_of(reuse.study, "full", "bert") == {"learning_rate": (1e-3, 3e-3, 1e-2)}
   assert os.path.exists(os.path.join(reuse.study.checkpoints[0].split(":", 1)[1], "config.json"))
+
+
+# Compression as a study axis: each fine-tuned cell quantized after training is a group of
+# its own ("full@int8w"), selected on its own validation scores, compared with its float self
+# and set against its stored bytes in the tables and plots.
+@pytest.mark.parametrize(
+    "entries, task, message",
+    [
+        (("none", "int3"), "wordnet_supersense", r"entry 'int3' is not one of \('none', 'int8'"),
+        (("int8w", "int8w"), "wordnet_supersense", "entry 'int8w' is listed twice"),
+        (("int8",), "wordnet_definition", "quantizes activations, which seq2seq task"),
+    ],
+)
+def test_bad_compression_entries_fail_before_any_cell(tiny_study, tmp_path, entries, task, message):
+  tiny_study.study.compress = entries
+  tiny_study.study.tasks = (task,)
+  with pytest.raises(ValueError, match=message):
+    study.run(tiny_study, str(tmp_path / "W"))
+  assert not (tmp_path / "W").exists()
+
+
+def test_compressed_cells_follow_their_float_cells_per_seed(tiny_study):
+  tiny_study.study.strategies = ("full",)
+  tiny_study.study.compress = ("none", "int8w")
+  tiny_study.study.sweep.learning_rate = (1e-3, 1e-2)
+  cells = grid.expand(tiny_study.study)
+  assert [(c.kind, c.name, c.depends_on) for c in cells[1:5]] == [
+      ("finetune", "wordnet_supersense.bert.full.learning_rate=0.001.seed0", "pretrain-bert"),
+      ("finetune", "wordnet_supersense.bert.full.learning_rate=0.01.seed0", "pretrain-bert"),
+      (
+          "compress",
+          "wordnet_supersense.bert.full@int8w.learning_rate=0.001.seed0",
+          "wordnet_supersense.bert.full.learning_rate=0.001.seed0",
+      ),
+      (
+          "compress",
+          "wordnet_supersense.bert.full@int8w.learning_rate=0.01.seed0",
+          "wordnet_supersense.bert.full.learning_rate=0.01.seed0",
+      ),
+  ]
+  assert cells[3].group["strategy"] == "full@int8w" and cells[3].hparams == cells[1].hparams
+  child = grid.child_config(cells[3], tiny_study, "/S")
+  assert child.experiment == "compress" and child.quantize.weights == "int8"
+  assert child.init_from == "/S/runs/wordnet_supersense.bert.full.learning_rate=0.001.seed0"
+
+
+@pytest.mark.slow
+def test_a_compressed_study_selects_compares_and_plots_by_bytes(tiny_study, tmp_path):
+  tiny_study.study.strategies = ("full",)
+  tiny_study.study.compress = ("none", "int8w")
+  tiny_study.study.selection = "first_seed"
+  tiny_study.study.sweep.learning_rate = (1e-3, 1e-2)
+  result = study.run(tiny_study, str(tmp_path))
+  outcome = result["cells"]
+  assert not result["failed"]
+  assert sum(s == "skipped" for s in outcome.values()) in (1, 2)  # losers' later seeds
+
+  def child(name):
+    path = tmp_path / "runs" / name / "results.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+  summary = {line["strategy"]: line for line in result["report"]["summary"]}
+  assert set(summary) == {"full", "full@int8w"}
+  quantized = summary["full@int8w"]
+  assert quantized["n"] == 2 and quantized["configurations"] == 2
+  winner = "learning_rate=" + quantized["selected_hparams"].removeprefix("learning_rate=")
+  for seed in (0, 1):  # the compressed winner's later seed ran, and so did its float cell
+    float_cell = child(f"wordnet_supersense.bert.full.{winner}.seed{seed}")
+    compressed = child(f"wordnet_supersense.bert.full@int8w.{winner}.seed{seed}")
+    assert compressed["compute"] == float_cell["compute"]
+    assert compressed["model_bytes"] < 0.3 * float_cell["model_bytes"]
+    assert compressed["reference"]["model_bytes"] == float_cell["model_bytes"]
+  assert quantized["model_bytes.mean"] < 0.3 * summary["full"]["model_bytes.mean"]
+
+  pairs = [(r["a"], r["b"], r["kind"]) for r in result["report"]["comparisons"]]
+  assert ("bert/full@int8w", "bert/full", "compressed vs float") in pairs
+  assert not any(kind == "strategy vs full" and "@" in a for a, _, kind in pairs)
+  table = (tmp_path / "results.md").read_text()
+  assert "model (MB)" in table and "Δ vs float" in table and "full@int8w" in table
+  assert (tmp_path / "plots" / "score_vs_bytes_wordnet_supersense.png").stat().st_size > 0
+  assert study.run(tiny_study, str(tmp_path))["cells"] == outcome  # a re-run trains nothing

@@ -75,6 +75,7 @@ def test_qat_with_lora_trains_the_factors_under_int8_and_reports_its_bytes(
   qat = results["qat"]
   assert (qat["weights"], qat["activations"]) == ("int8", "int8")
   assert qat["model_bytes"] <= 0.3 * qat["float_bytes"]
+  assert results["model_bytes"] == qat["model_bytes"]  # what a study's tables show
   assert np.isfinite(results["metrics"]["test/loss"])
 
 
