@@ -46,7 +46,7 @@ from lmreuse.train import compute, trainer as trainer_lib
 # default (query and value, as Hu et al.) and on every projection (the most expensive target
 # set). unfreeze_every=1 has every layer training after warm-up.
 DEFAULT_STRATEGIES = (
-    "full,frozen,top_k:k=1,bitfit,lora,lora:targets=all_linear,"
+    "full,frozen,top_k:k=1,bitfit,lora,lora:targets=all_linear,dora,vera,"
     "adapters:adapter_size=64,ia3,prefix_tuning:prefix_length=16,"
     "prompt_tuning:prompt_length=16,llrd:decay=0.9,"
     "gradual_unfreeze:unfreeze_every=1"
