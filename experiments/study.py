@@ -71,12 +71,12 @@ def _needed(
   groups = [cell.group]
   if cell.kind == "finetune":
     groups += [
-        {**cell.group, "strategy": f"{cell.group['strategy']}{grid.COMPRESSED}{method}"}
+        {**cell.group, "strategy": results.compressed(cell.group["strategy"], method)}
         for method in grid.compressions(config.study)
     ]
+  members = [dataclasses.asdict(c) for c in cells if c.kind in results.SCORED]
   answers, pending = [], []
   for group in groups:
-    members = [dataclasses.asdict(c) for c in cells if c.kind in results.SCORED]
     rows = results.collect(study_dir, [c for c in members if c["group"] == group])
     (choice,) = selection.choose_all(rows, "first_seed", first_seed).values()
     same = next(r for r in rows if r["hparams"] == cell.hparams and r["seed"] == cell.seed)

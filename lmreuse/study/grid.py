@@ -24,11 +24,10 @@ from typing import Any
 import ml_collections
 
 from lmreuse import pretrained, strategies, workdir as workdir_lib
-from lmreuse.study.results import COMPRESSED, NO_COMPRESSION, split_compressed
+from lmreuse.study.results import NO_COMPRESSION, compressed, split_compressed
 
 SCRATCH = "scratch"
 SELECTIONS = ("all", "first_seed")
-
 # Keys the grid itself sets per cell: a sweep over them would fight the grid's own axes.
 _GRID_KEYS = (
     "seed",
@@ -301,7 +300,7 @@ def expand(study: Any) -> list[Cell]:
       pretraining = f"pretrain-{init.preset}" if init.preset else None
       for strategy in study.strategies:
         swept = configurations(sweep_of(study, strategy, init.name))
-        labels = [strategy] + [f"{strategy}{COMPRESSED}{m}" for m in compressions(study)]
+        labels = [strategy] + [compressed(strategy, m) for m in compressions(study)]
         for fraction in study.train_fractions:
           fraction_part = [f"data{fraction:g}"] if fraction_in_names else []
           for seed in study.seeds:

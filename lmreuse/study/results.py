@@ -21,6 +21,12 @@ COMPRESSED = "@"
 NO_COMPRESSION = "none"
 
 
+def compressed(strategy: str, method: str) -> str:
+  """The group strategy of `strategy`'s cells compressed by `method`: the inverse of
+  split_compressed."""
+  return f"{strategy}{COMPRESSED}{method}"
+
+
 def split_compressed(strategy: str) -> tuple[str, str]:
   """A group's strategy as (fine-tuning strategy, compression or NO_COMPRESSION)."""
   base, _, method = strategy.partition(COMPRESSED)
