@@ -180,18 +180,31 @@ def _run_sync_draining(coro: Any) -> Any:
   Each of those then calls back into the closed loop from a TensorStore thread ("Event loop is
   closed"), and at exit each abandoned coroutine prints another traceback: a few hundred
   tracebacks for one bad file. The other reads are awaited, not cancelled: a cancelled task
-  stops waiting, but its TensorStore read still calls back when it completes. Written here
-  because orbax offers no hook for it.
+  stops waiting, but its TensorStore read still calls back when it completes. Reads that failed
+  beside the first have their errors marked as seen: the first one is raised, and asyncio would
+  log each other as "Task exception was never retrieved". Written here because orbax offers no
+  hook for it.
   """
   loop = asyncio.new_event_loop()
+  tasks = []
+
+  def recording_factory(loop, task_coro, **kwargs):
+    task = asyncio.Task(task_coro, loop=loop, **kwargs)
+    tasks.append(task)
+    return task
+
+  loop.set_task_factory(recording_factory)
   try:
     asyncio.set_event_loop(loop)
     return loop.run_until_complete(coro)
   finally:
     try:
-      pending = asyncio.all_tasks(loop)
+      pending = [task for task in tasks if not task.done()]
       if pending:
         loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+      for task in tasks:
+        if not task.cancelled():
+          task.exception()
     finally:
       asyncio.set_event_loop(None)
       loop.close()
