@@ -3,6 +3,11 @@
 import os
 import tempfile
 
+# Tiny test programs spend far longer in XLA's backend optimizer than running; this keeps the HLO
+# passes (sharding propagation, rematerialization) that tests inspect and skips the rest. Set in the
+# environment before jax is imported, so run.py and benchmark subprocesses inherit it too.
+os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
+
 import jax
 import pytest
 

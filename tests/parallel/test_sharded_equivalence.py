@@ -25,10 +25,9 @@ DEFAULT_TOLERANCE = 1e-5
 def run_check(tokenizer_path: str) -> dict:
   env = dict(
       os.environ,
-      # Optimisation levels change no partitioning, only the CPU code XLA generates, and cut
-      # the compile time that dominates this test.
-      XLA_FLAGS="--xla_force_host_platform_device_count=8 --xla_backend_optimization_level=0 "
-      "--xla_llvm_disable_expensive_passes=true",
+      # The backend optimizations tests/conftest.py turns off (JAX_DISABLE_MOST_OPTIMIZATIONS,
+      # inherited) change no partitioning, only the CPU code XLA generates.
+      XLA_FLAGS="--xla_force_host_platform_device_count=8",
       PYTHONPATH=ROOT,
       JAX_PLATFORMS="cpu",
       TF_CPP_MIN_LOG_LEVEL="0",  # the partitioner's warnings are what the test reads
