@@ -436,6 +436,11 @@ class Trainer:
       )
     return compute.flops(lowered)
 
+  def compiled_eval_step(self, params: Any, batch: dict[str, jax.Array]) -> jax.stages.Compiled:
+    """The Compiled step `evaluate` runs on device batches like `batch` (`device_batch`)."""
+    with sharding_lib.mesh_context(self.mesh, self.rules):
+      return self._eval_step.compiled(params, batch)
+
   def evaluate(self, params: Any, batches: Iterable[Batch]) -> dict[str, float]:
     """Eval metrics over `batches`, each this process's rows (`host_rows`) of a global batch."""
     totals = None

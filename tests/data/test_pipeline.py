@@ -310,3 +310,40 @@ def test_global_batches_do_not_depend_on_the_process_count(objective, kw):
   resumed = iter(_ds(objective, rows=range(BATCH // 2), **kw))
   resumed.set_state(whole.get_state())
   _assert_same(_take(resumed, 1), [{k: v[: BATCH // 2] for k, v in next(whole).items()}])
+
+
+@pytest.mark.parametrize("random_features", [True, False])
+def test_task_processes_take_disjoint_rows_of_the_one_process_batches(random_features):
+  """A fine-tuning batch split over 2 processes: each keeps its own rows, side by side they are
+  the 1-process batch (augmentation draws included), and an epoch's rows cover every feature
+  once. Examples give 1 or 2 features each, as windowed QA does."""
+
+  def features(example, rng):
+    noise = np.int32(rng.integers(1000)) if rng is not None else np.int32(0)
+    return [
+        {"example": np.int32(example["id"]), "window": np.int32(w), "noise": noise}
+        for w in range(1 + example["id"] % 2)
+    ]
+
+  examples = [{"id": i} for i in range(30)]  # 45 features
+
+  def batches(rows, count):
+    ds = pipeline.make_task_dataset(
+        examples, features, batch_size=6, seed=3, rows=rows, random_features=random_features
+    )
+    return list(itertools.islice(iter(ds), count))
+
+  whole = batches(None, 15)  # two epochs of 45 features
+  halves = [batches(range(3), 15), batches(range(3, 6), 15)]
+  for k, batch in enumerate(whole):
+    for key in batch:
+      np.testing.assert_array_equal(
+          np.concatenate([halves[0][k][key], halves[1][k][key]]), batch[key], err_msg=key
+      )
+  first_epoch = [
+      (int(e), int(w))
+      for b in itertools.chain(*(h[:7] for h in halves))
+      for e, w in zip(b["example"], b["window"])
+  ]
+  assert len(first_epoch) == 42 and len(set(first_epoch)) == 42  # 7 batches, no feature twice
+  assert {(e, w) for e in range(30) for w in range(1 + e % 2)} >= set(first_epoch)

@@ -1,12 +1,14 @@
 """One train step of each architecture on every 8-device mesh of `steps.MESHES` and on 1 device;
 prints a JSON report.
 
-Per case: XLA's involuntary full rematerializations while compiling the step, whether every
-state leaf the rules shard is really split over the devices, and (pretraining) how far the
-trainer's own step outputs (loss, grad_norm, updated params, optimizer state) are from the
+Per case: XLA's involuntary full rematerializations while compiling the train step and the eval
+step, whether every state leaf the rules shard is really split over the devices, and
+(pretraining) how far the trainer's own step outputs (loss, grad_norm, updated params, optimizer state) are from the
 1-device step's, with 2 micro-batches of gradient accumulation and no warm-up, so that the update
 moves the parameters. Each step is compiled once and serves every check; fine-tuning steps
-(built as a run builds them) are checked for rematerialization and sharding only.
+(built as a run builds them) are checked for rematerialization and sharding only. Two controls
+show the checks can fail: a resharding XLA is known to rematerialize, and a state held whole on
+every device.
 
 Launched by test_sharded_equivalence.py in a subprocess with 8 fake CPU devices, because the
 device count is fixed when JAX starts:
@@ -21,6 +23,7 @@ import sys
 
 import jax
 import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec
 
 from tests.parallel import remat_check, steps
 
@@ -35,15 +38,23 @@ FINETUNE_CASES = {
     "data8": [("bert", "full")],
 }
 LAYERS = 1  # compile time dominates; one layer holds every kind of sharded weight
+CONTROL_MESH = "data2_fsdp2_tensor2"  # sharding_control's: every rule splits something there
 ACCUM_STEPS = 2
 
 
-def step(setup: steps.Setup) -> tuple[dict[str, np.ndarray], float, list[str], dict]:
+def step(setup: steps.Setup) -> tuple[dict[str, np.ndarray], float, dict[str, list[str]], dict]:
   """(the step's outputs on the host, the largest change of a parameter, the rematerialization
-  warnings, the sharding report)."""
+  warnings of the train and the eval step, the sharding report)."""
   trainer, state, batch = setup
   initial = steps.flat(state.params, "params")  # before the step: the state is donated
-  messages, _ = remat_check.remat_messages(lambda: trainer.compiled_train_step(state, batch))
+  whole = {k: np.asarray(v).reshape((-1, *v.shape[2:])) for k, v in batch.items()}
+  eval_batch = trainer.device_batch(whole)  # the micro-batches as one, as evaluate feeds them
+  messages = {
+      "train": remat_check.remat_messages(lambda: trainer.compiled_train_step(state, batch))[0],
+      "eval": remat_check.remat_messages(
+          lambda: trainer.compiled_eval_step(state.params, eval_batch)
+      )[0],
+  }
   new_state, metrics = trainer.train_step(state, batch)
   sharding = remat_check.sharding_report(trainer, new_state)
   outputs = {"loss": np.asarray(metrics["train/loss"])}
@@ -79,12 +90,15 @@ def relative_errors(reference: dict, other: dict, moved: float) -> dict[str, flo
   return worst
 
 
-def case_report(messages: list[str], sharding: dict) -> dict:
-  return {
-      "remat": len(messages),
-      "remat_ops": [m.split("efficiently for HLO operation")[-1][:300] for m in messages[:3]],
-      **sharding,
-  }
+def case_report(messages: dict[str, list[str]], sharding: dict) -> dict:
+  """Per compiled step (train, eval): its count of rematerializations and their first ops."""
+  report = {}
+  for name, found in messages.items():
+    report[f"{name}_remat"] = len(found)
+    report[f"{name}_remat_ops"] = [
+        m.split("efficiently for HLO operation")[-1][:300] for m in found[:3]
+    ]
+  return {**report, **sharding}
 
 
 def pretrain_cases(preset: str, devices: list) -> dict:
@@ -111,12 +125,22 @@ def pretrain_cases(preset: str, devices: list) -> dict:
   return report
 
 
+def sharding_control(devices: list) -> int:
+  """Leaves the sharding check flags in a state held whole on every device, the rules ignored:
+  proves the check can fail, so that none flagged elsewhere means every leaf is split."""
+  trainer, state, _ = steps.pretrain_setup(
+      "bert", steps.MESHES[CONTROL_MESH], devices, num_layers=LAYERS
+  )
+  whole = jax.device_put(state, NamedSharding(trainer.mesh, PartitionSpec()))
+  return len(remat_check.sharding_report(trainer, whole)["not_sharded"])
+
+
 def main(argv: list[str]) -> None:
   jax.config.update("jax_enable_compilation_cache", False)  # a cache hit would log nothing
   devices = jax.devices()
   assert len(devices) == 8, f"needs 8 devices, got {len(devices)}"
   tokenizer = next(a.split("=", 1)[1] for a in argv if a.startswith("--tokenizer="))
-  report = {"control": remat_check.control_case()}
+  report = {"control": remat_check.control_case(), "sharding_control": sharding_control(devices)}
   for preset in ("bert", "gpt", "t5"):
     report.update(pretrain_cases(preset, devices))
   for name, cases in FINETUNE_CASES.items():

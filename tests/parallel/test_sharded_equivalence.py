@@ -46,10 +46,12 @@ def run_check(tokenizer_path: str) -> dict:
 
 def problems(name: str, case: dict, mesh_axes: dict) -> list[str]:
   found = []
-  if case["remat"]:
-    found.append(
-        f"{name}: {case['remat']} involuntary full rematerializations: {case['remat_ops']}"
-    )
+  for kind in ("train", "eval"):
+    if case[f"{kind}_remat"]:
+      found.append(
+          f"{name}: {case[f'{kind}_remat']} involuntary full rematerializations in the {kind} "
+          f"step: {case[f'{kind}_remat_ops']}"
+      )
   if case["not_sharded"]:
     found.append(f"{name}: leaves not split as the rules say: {case['not_sharded'][:3]}")
   if any(mesh_axes.get(a, 1) > 1 for a in ("fsdp", "tensor")) and not case["sharded_leaves"]:
@@ -64,6 +66,9 @@ def problems(name: str, case: dict, mesh_axes: dict) -> list[str]:
 def test_sharded_steps_are_partitioned_well_and_match_single_device(tokenizer_path):
   report = run_check(tokenizer_path)
   assert report.pop("control") > 0, "the partitioner's warnings were not seen; the check is blind"
+  # A state held whole on every device: each leaf the rules split must be flagged.
+  control_mesh = f"bert/{sharded_check.CONTROL_MESH}/pretrain"
+  assert report.pop("sharding_control") == report[control_mesh]["sharded_leaves"] > 0
   finetune = {
       f"{preset}/{mesh}/{strategy}"
       for mesh, cases in sharded_check.FINETUNE_CASES.items()
