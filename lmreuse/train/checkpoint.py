@@ -47,22 +47,26 @@ class Checkpointer:
     latest steps and refuse to save the run's new checkpoints at or before them. When none
     restores, the error lists every step and why, and nothing is moved. `data_iterator` is
     left as it was by every failed step and restored in place by the one that succeeds.
+
+    With several processes, each first reads its own data position (no collective), and all
+    agree on the outcome before orbax's collective restore of the arrays, and again after it:
+    a process that failed alone would otherwise leave the others waiting in orbax's barriers
+    for a step it has given up.
     """
     steps = sorted(self.manager.all_steps(), reverse=True)
     failures = []
     for step in steps:
-      try:
-        state, error = self.restore(step, abstract_state, data_iterator), None
-      except Exception as e:  # pylint: disable=broad-exception-caught
-        state, error = None, describe_error(e)
-      if jax.process_count() > 1:  # every process resumes from the same step, or none does
-        failed = multihost_utils.process_allgather(np.int32(error is not None))
-        if error is None and failed.any():
-          error = "another process could not restore it"
+      position = data_iterator.get_state() if data_iterator is not None else None
+      state, error = None, _agreed(_attempt(self._restore_data, step, data_iterator)[1])
+      if error is None:
+        state, error = _attempt(self._restore_arrays, step, abstract_state)
+        error = _agreed(error)
       if error is None:
         self._set_aside([s for s in steps if s > step])
         logging.info("resumed from %s step %d", self.directory, step)
         return step, state
+      if data_iterator is not None:
+        data_iterator.set_state(position)
       failures.append(f"step {step}: {error}")
       logging.warning(
           "checkpoint step %d in %s does not restore (%s); %s",
@@ -114,26 +118,49 @@ class Checkpointer:
   def restore(self, step: int, abstract_state: Any, data_iterator: Any) -> Any:
     """Restores the state onto the shardings in `abstract_state`; the iterator in place.
 
-    On failure the iterator is put back to where it was: orbax restores the items of one
-    checkpoint independently, so the data position may already be overwritten.
+    On failure the iterator is put back to where it was.
     """
-    args = {"state": ocp.args.StandardRestore(abstract_state)}
-    position = other_count_state = None
-    if data_iterator is not None:
-      other_count_state = _saved_by_other_process_count(self.directory / str(step) / "data")
-      if other_count_state is None:
-        args["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
-      position = data_iterator.get_state()
+    position = data_iterator.get_state() if data_iterator is not None else None
     try:
-      with drained_event_loops():
-        restored = self.manager.restore(step, args=ocp.args.Composite(**args))
+      self._restore_data(step, data_iterator)
+      return self._restore_arrays(step, abstract_state)
     except BaseException:
       if data_iterator is not None:
         data_iterator.set_state(position)
       raise
-    if other_count_state is not None:
-      data_iterator.set_state(other_count_state)
-    return restored["state"]
+
+  def _restore_data(self, step: int, data_iterator: Any) -> None:
+    """Sets `data_iterator` (if any) to the position saved at `step`: no collective."""
+    if data_iterator is not None:
+      data_iterator.set_state(self._read_data_state(step))
+
+  def _read_data_state(self, step: int) -> Any:
+    """The data position saved at `step`: this process's file, as grain's own restore reads it,
+    or any process's when another process count saved it.
+
+    grain keeps one file per process ("process_I-of-N.json"). lmreuse's pipelines count global
+    batches, so every process of every process count holds the same state: any file serves.
+    """
+    data_dir = self.directory / str(step) / "data"
+    own = data_dir / f"process_{jax.process_index()}-of-{jax.process_count()}.json"
+    if not own.exists():
+      saved = sorted(data_dir.glob("process_*-of-*.json")) if data_dir.exists() else []
+      if not saved:
+        raise FileNotFoundError(f"{data_dir}: no saved data position ({own.name} expected)")
+      logging.info(
+          "%s was saved by another process count (%s); every process resumes the data "
+          "from its position, the same for all",
+          data_dir,
+          saved[0].name,
+      )
+      own = saved[0]
+    return json.loads(own.read_text())
+
+  def _restore_arrays(self, step: int, abstract_state: Any) -> Any:
+    """orbax's restore of the train state: a collective, every process takes part."""
+    args = ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state))
+    with drained_event_loops():
+      return self.manager.restore(step, args=args)["state"]
 
   def wait(self) -> None:
     self.manager.wait_until_finished()
@@ -143,24 +170,22 @@ class Checkpointer:
     self.manager.close()
 
 
-def _saved_by_other_process_count(data_dir: epath.Path) -> Any:
-  """The data iterator state of a checkpoint saved by a different number of processes, or None
-  when grain's own restore applies (this process's file is there, or there is no data item).
+def _attempt(fn: Any, *args: Any) -> tuple[Any, str | None]:
+  """(fn(*args), None), or (None, the error described) when it raises."""
+  try:
+    return fn(*args), None
+  except Exception as e:  # pylint: disable=broad-exception-caught
+    return None, describe_error(e)
 
-  grain keeps one file per process ("process_I-of-N.json"). lmreuse's pipelines count global
-  batches, so every process of every process count holds the same state: any file serves.
-  """
-  own = data_dir / f"process_{jax.process_index()}-of-{jax.process_count()}.json"
-  saved = sorted(data_dir.glob("process_*-of-*.json")) if data_dir.exists() else []
-  if own.exists() or not saved:
-    return None
-  logging.info(
-      "%s was saved by another process count (%s); every process resumes the data "
-      "from its position, the same for all",
-      data_dir,
-      saved[0].name,
-  )
-  return json.loads(saved[0].read_text())
+
+def _agreed(error: str | None) -> str | None:
+  """This process's error; with several processes, an error too when any other process had
+  one, so that every process takes the same branch."""
+  if jax.process_count() > 1:
+    failed = multihost_utils.process_allgather(np.int32(error is not None))
+    if error is None and failed.any():
+      return "another process could not restore it"
+  return error
 
 
 def describe_error(error: BaseException) -> str:

@@ -102,6 +102,12 @@ def main(argv: list[str]) -> None:
         if job.get("truncate"):
           step_dir = os.path.join(job["workdir"], "checkpoints", str(job["truncate"]["step"]))
           truncate_arrays(step_dir)
+        if job.get("corrupt_data"):  # one process's data position: only that process fails
+          corrupt = job["corrupt_data"]
+          name = f"process_{corrupt['process']}-of-{jax.process_count()}.json"
+          path = os.path.join(job["workdir"], "checkpoints", str(corrupt["step"]), "data", name)
+          with open(path, "w") as f:
+            f.write("{not json")
       multihost_utils.sync_global_devices(f"copied {job['workdir']}")
     config = ml_collections.ConfigDict(job["config"])
     experiment = importlib.import_module(f"experiments.{config.experiment}")

@@ -6,8 +6,9 @@ fine-tune it (BitFit, early stopping); 1 process does the same, then resumes
 copies of the 2-process workdirs (their checkpoints restored under another process count) and
 runs a small study (a learning-rate sweep, selection, tables) on its pretrained model;
 2 processes resume a copy of the 1-process pretraining workdir, another copy whose latest
-checkpoint is truncated (both processes fall back to the step before and train the rest again),
-and run the same study.
+checkpoint is truncated, and a copy of the 2-process one whose latest data position is corrupt
+in process 1's file alone (in both, every process falls back to the step before and trains the
+rest again), and run the same study.
 """
 
 import copy
@@ -185,7 +186,7 @@ def test_two_processes_equal_one_and_their_checkpoints_restore_across(
         },
     ).to_dict()
 
-  names = ("p1", "f1", "p2", "f2", "p2_in1", "f2_in1", "p1_in2", "p1_bad_in2")
+  names = ("p1", "f1", "p2", "f2", "p2_in1", "f2_in1", "p1_in2", "p1_bad_in2", "p2_bad1")
   names += ("s1", "s2")
   w = {name: tmp_path / name for name in names}
 
@@ -223,6 +224,7 @@ def test_two_processes_equal_one_and_their_checkpoints_restore_across(
       [
           job("p1_in2", pretrain, "p1"),
           job("p1_bad_in2", pretrain, "p1", truncate={"step": 8}),
+          job("p2_bad1", pretrain, "p2", corrupt_data={"step": 8, "process": 1}),
           job("s2", small_study(w["p1"])),
       ],
       2,
@@ -266,19 +268,21 @@ def test_two_processes_equal_one_and_their_checkpoints_restore_across(
     assert_same_metrics(report["results"][copied]["metrics"], source["metrics"])
   assert read_jsonl(w["f2_in1"] / "predictions.jsonl") == read_jsonl(w["f2"] / "predictions.jsonl")
 
-  # A latest checkpoint that does not restore (its files truncated, as every process sees them):
-  # both processes resume from the step before, set step 8 aside and train the rest again, to
-  # the same losses and evaluation as the original 1-process run.
-  original = dict(train_losses(w["p1"]))
-  name, source = "p1_bad_in2", "p1"
-  bad, saved = back[0]["results"][name], os.listdir(w[source] / "checkpoints")
-  assert bad["checkpoints"] == sorted([*saved, "unrestorable"]), (name, bad["checkpoints"])
-  assert bad["steps"] == one[0]["results"]["p1"]["steps"]
-  assert_same_metrics(bad["metrics"], one[0]["results"]["p1"]["metrics"])
-  resumed = max(int(step) for step in saved if step != "8")
-  redone = [(s, x) for s, x in train_losses(w[name]) if s > resumed]
-  assert [s for s, _ in redone] == list(range(resumed + 1, 9)), (name, redone)
-  assert all(close(x, original[s]) for s, x in redone), (name, redone, original)
+  # A latest checkpoint that does not restore: p1_bad_in2's arrays are truncated, as every
+  # process sees them; p2_bad1's data position is corrupt in process 1's file only, so process 0
+  # restores it and must still fall back with process 1. Both processes resume from the step
+  # before, set step 8 aside and train the rest again, to the same losses and evaluation as
+  # the run copied.
+  for name, source, report in (("p1_bad_in2", "p1", one[0]), ("p2_bad1", "p2", two[0])):
+    original = dict(train_losses(w[source]))
+    bad, saved = back[0]["results"][name], os.listdir(w[source] / "checkpoints")
+    assert bad["checkpoints"] == sorted([*saved, "unrestorable"]), (name, bad["checkpoints"])
+    assert bad["steps"] == report["results"][source]["steps"]
+    assert_same_metrics(bad["metrics"], report["results"][source]["metrics"])
+    resumed = max(int(step) for step in saved if step != "8")
+    redone = [(s, x) for s, x in train_losses(w[name]) if s > resumed]
+    assert [s for s, _ in redone] == list(range(resumed + 1, 9)), (name, redone)
+    assert all(close(x, original[s]) for s, x in redone), (name, redone, original)
 
   # The study: the same cells, selection, metrics, FLOPs, memory and comparisons from 2
   # processes as from 1 (all but the wall times).
