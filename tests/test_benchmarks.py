@@ -84,3 +84,17 @@ def test_quantized_inference_benchmark_compares_quantized_forms_with_float(token
   assert rows["float"][1] == rows["float"][3] == 1.0  # the baseline's ratio columns
   assert rows["int8"][3] == rows["int8w"][3] <= 0.3 and rows["int4w"][3] < rows["int8"][3]
   assert all(r[0] > 0 and r[4] > 0 for r in rows.values())  # times and XLA memory were read
+
+
+@pytest.mark.slow
+def test_collectives_benchmark_reads_the_partitioned_steps_collectives():
+  """One mesh with all three axes: the HLO parse finds collectives and the expectation is
+  computed (a parse that stopped matching XLA's text would print zeros)."""
+  proc = run_script("collectives.py", "--quick", "--meshes=data2_fsdp2_tensor2")
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  rows = table_rows(proc.stdout, "mesh")
+  assert set(rows) == {"data2_fsdp2_tensor2"}, proc.stdout[-3000:]
+  *kinds, total, ratio = rows["data2_fsdp2_tensor2"]
+  measured, expected = (float(x) for x in total.split("/"))
+  assert measured > 0 and expected > 0 and math.isfinite(float(ratio)) and float(ratio) > 0
+  assert len(kinds) == 5 and all(len(k.split("/")) == 2 for k in kinds)

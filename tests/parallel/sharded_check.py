@@ -3,12 +3,12 @@ prints a JSON report.
 
 Per case: XLA's involuntary full rematerializations while compiling the train step and the eval
 step, whether every state leaf the rules shard is really split over the devices, and
-(pretraining) how far the trainer's own step outputs (loss, grad_norm, updated params, optimizer state) are from the
-1-device step's, with 2 micro-batches of gradient accumulation and no warm-up, so that the update
-moves the parameters. Each step is compiled once and serves every check; fine-tuning steps
-(built as a run builds them) are checked for rematerialization and sharding only. Two controls
-show the checks can fail: a resharding XLA is known to rematerialize, and a state held whole on
-every device.
+(pretraining) how far the trainer's own step outputs (loss, grad_norm, updated params, optimizer
+state) are from the 1-device step's, with 2 micro-batches of gradient accumulation and no
+warm-up, so that the update moves the parameters. Each step is compiled once and serves every
+check; fine-tuning steps (built as a run builds them) are checked for rematerialization and
+sharding only. Two controls show the checks can fail: a resharding XLA is known to
+rematerialize, and a state held whole on every device.
 
 Launched by test_sharded_equivalence.py in a subprocess with 8 fake CPU devices, because the
 device count is fixed when JAX starts:
