@@ -1,4 +1,4 @@
-"""One train step of each architecture on every 8-device mesh of `steps.MESHES` and on 1 device;
+"""One architecture's train steps on every 8-device mesh of `steps.MESHES` and on 1 device;
 prints a JSON report.
 
 Per case: XLA's involuntary full rematerializations while compiling the train step and the eval
@@ -13,7 +13,7 @@ rematerialize, and a state held whole on every device.
 Launched by test_sharded_equivalence.py in a subprocess with 8 fake CPU devices, because the
 device count is fixed when JAX starts:
 
-  python -m tests.parallel.sharded_check --tokenizer=SPM_MODEL
+  python -m tests.parallel.sharded_check --preset=bert --tokenizer=SPM_MODEL
 """
 
 from __future__ import annotations
@@ -27,15 +27,32 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from tests.parallel import remat_check, steps
 
-# One fine-tuning step per mesh, so that every architecture and every strategy the issue names
-# is compiled on some mesh; "lora,adapters,prefix_tuning" puts all three modules in one model.
+# One fine-tuning step per mesh and architecture, full fine-tuning or the PEFT modules
+# ("lora,adapters,prefix_tuning" puts all three in one model) in turn, so that each
+# architecture meets both on meshes with tensor and with FSDP sharding.
 PEFT = "lora,adapters,prefix_tuning"
 FINETUNE_CASES = {
-    "data2_fsdp2_tensor2": [("bert", PEFT), ("gpt", "full")],
-    "data4_fsdp2": [("t5", PEFT)],
-    "fsdp8": [("gpt", PEFT)],
-    "data4_tensor2": [("t5", "full")],
-    "data8": [("bert", "full")],
+    "bert": {
+        "data2_fsdp2_tensor2": PEFT,
+        "data4_fsdp2": "full",
+        "fsdp8": PEFT,
+        "data4_tensor2": "full",
+        "data8": PEFT,
+    },
+    "gpt": {
+        "data2_fsdp2_tensor2": "full",
+        "data4_fsdp2": PEFT,
+        "fsdp8": PEFT,
+        "data4_tensor2": PEFT,
+        "data8": "full",
+    },
+    "t5": {
+        "data2_fsdp2_tensor2": PEFT,
+        "data4_fsdp2": PEFT,
+        "fsdp8": "full",
+        "data4_tensor2": "full",
+        "data8": PEFT,
+    },
 }
 LAYERS = 1  # compile time dominates; one layer holds every kind of sharded weight
 CONTROL_MESH = "data2_fsdp2_tensor2"  # sharding_control's: every rule splits something there
@@ -125,11 +142,11 @@ def pretrain_cases(preset: str, devices: list) -> dict:
   return report
 
 
-def sharding_control(devices: list) -> int:
+def sharding_control(preset: str, devices: list) -> int:
   """Leaves the sharding check flags in a state held whole on every device, the rules ignored:
   proves the check can fail, so that none flagged elsewhere means every leaf is split."""
   trainer, state, _ = steps.pretrain_setup(
-      "bert", steps.MESHES[CONTROL_MESH], devices, num_layers=LAYERS
+      preset, steps.MESHES[CONTROL_MESH], devices, num_layers=LAYERS
   )
   whole = jax.device_put(state, NamedSharding(trainer.mesh, PartitionSpec()))
   return len(remat_check.sharding_report(trainer, whole)["not_sharded"])
@@ -139,15 +156,17 @@ def main(argv: list[str]) -> None:
   jax.config.update("jax_enable_compilation_cache", False)  # a cache hit would log nothing
   devices = jax.devices()
   assert len(devices) == 8, f"needs 8 devices, got {len(devices)}"
-  tokenizer = next(a.split("=", 1)[1] for a in argv if a.startswith("--tokenizer="))
-  report = {"control": remat_check.control_case(), "sharding_control": sharding_control(devices)}
-  for preset in ("bert", "gpt", "t5"):
-    report.update(pretrain_cases(preset, devices))
-  for name, cases in FINETUNE_CASES.items():
-    for preset, strategy in cases:
-      ft = steps.finetune_setup(preset, steps.MESHES[name], strategy, tokenizer, LAYERS)
-      _, _, messages, sharding = step(ft)
-      report[f"{preset}/{name}/{strategy}"] = case_report(messages, sharding)
+  args = dict(a.removeprefix("--").split("=", 1) for a in argv)
+  preset = args["preset"]
+  report = {
+      "control": remat_check.control_case(),
+      "sharding_control": sharding_control(preset, devices),
+  }
+  report.update(pretrain_cases(preset, devices))
+  for name, strategy in FINETUNE_CASES[preset].items():
+    ft = steps.finetune_setup(preset, steps.MESHES[name], strategy, args["tokenizer"], LAYERS)
+    _, _, messages, sharding = step(ft)
+    report[f"{preset}/{name}/{strategy}"] = case_report(messages, sharding)
   sys.stdout.write(json.dumps(report) + "\n")
 
 

@@ -1,8 +1,9 @@
 """Train steps on every 8-device mesh compile without involuntary rematerialization, shard what
 the rules shard, and (pretraining) equal the 1-device step.
 
-One subprocess (tests/parallel/sharded_check.py) compiles each step once for all three checks;
-they are one test, because pytest-xdist would run a module fixture once per worker.
+One subprocess per architecture (tests/parallel/sharded_check.py) compiles each step once for
+all three checks; they are one test per architecture, because pytest-xdist would run a module
+fixture once per worker, and three tests spread over the workers.
 """
 
 import json
@@ -22,7 +23,7 @@ TOLERANCE = {"params": 2e-3}
 DEFAULT_TOLERANCE = 1e-5
 
 
-def run_check(tokenizer_path: str) -> dict:
+def run_check(preset: str, tokenizer_path: str) -> dict:
   env = dict(
       os.environ,
       # The backend optimizations tests/conftest.py turns off (JAX_DISABLE_MOST_OPTIMIZATIONS,
@@ -33,7 +34,13 @@ def run_check(tokenizer_path: str) -> dict:
       TF_CPP_MIN_LOG_LEVEL="0",  # the partitioner's warnings are what the test reads
   )
   proc = subprocess.run(
-      [sys.executable, "-m", "tests.parallel.sharded_check", f"--tokenizer={tokenizer_path}"],
+      [
+          sys.executable,
+          "-m",
+          "tests.parallel.sharded_check",
+          f"--preset={preset}",
+          f"--tokenizer={tokenizer_path}",
+      ],
       cwd=ROOT,
       env=env,
       capture_output=True,
@@ -63,22 +70,22 @@ def problems(name: str, case: dict, mesh_axes: dict) -> list[str]:
 
 
 @pytest.mark.slow
-def test_sharded_steps_are_partitioned_well_and_match_single_device(tokenizer_path):
-  report = run_check(tokenizer_path)
+@pytest.mark.parametrize("preset", PRESETS)
+def test_sharded_steps_are_partitioned_well_and_match_single_device(preset, tokenizer_path):
+  report = run_check(preset, tokenizer_path)
   assert report.pop("control") > 0, "the partitioner's warnings were not seen; the check is blind"
   # A state held whole on every device: each leaf the rules split must be flagged.
-  control_mesh = f"bert/{sharded_check.CONTROL_MESH}/pretrain"
+  control_mesh = f"{preset}/{sharded_check.CONTROL_MESH}/pretrain"
   assert report.pop("sharding_control") == report[control_mesh]["sharded_leaves"] > 0
   finetune = {
       f"{preset}/{mesh}/{strategy}"
-      for mesh, cases in sharded_check.FINETUNE_CASES.items()
-      for preset, strategy in cases
+      for mesh, strategy in sharded_check.FINETUNE_CASES[preset].items()
   }
-  pretrain = {f"{p}/{mesh}/pretrain" for p in PRESETS for mesh in steps.MESHES}
-  references = {f"{p}/reference" for p in PRESETS}
-  assert set(report) == pretrain | finetune | references
-  for preset in PRESETS:  # without warm-up the step trains: Adam moves each weight by ~lr
-    assert report.pop(f"{preset}/reference")["moved"] > 5e-4, preset
+  pretrain = {f"{preset}/{mesh}/pretrain" for mesh in steps.MESHES}
+  assert set(sharded_check.FINETUNE_CASES[preset]) == set(steps.MESHES)  # fine-tuned on each
+  assert set(report) == pretrain | finetune | {f"{preset}/reference"}
+  # Without warm-up the step trains: Adam moves each weight by ~lr.
+  assert report.pop(f"{preset}/reference")["moved"] > 5e-4, preset
   found = []
   for name, case in sorted(report.items()):
     found += problems(name, case, steps.MESHES[name.split("/")[1]])
