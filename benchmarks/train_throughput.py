@@ -127,9 +127,11 @@ class Runner:
 # ----------------------------------------------------------------------------- lmreuse
 
 
-def build_ours(batch: Batch, lr: float):
-  """lmreuse's own Trainer on the `bert` pretrain recipe resized to BERT-mini, MLM only."""
+def build_ours(batch: Batch, lr: float, prng_impl: str = "threefry2x32"):
+  """lmreuse's own Trainer on the `bert` pretrain recipe resized to BERT-mini, MLM only; its keys
+  (init, dropout) from `prng_impl` (config.prng_impl)."""
   config = pretrain.get_config("bert,size=tiny")
+  config.prng_impl = prng_impl
   config.model.update(
       d_model=D_MODEL,
       num_heads=HEADS,
@@ -149,11 +151,13 @@ def build_ours(batch: Batch, lr: float):
   mesh = mesh_lib.make_mesh(config.mesh)
   rules = sharding_lib.rules_from_config(config.mesh.rules)
   trainer = trainer_lib.Trainer(program, tx, schedule, mesh, rules)
-  state = trainer.init_state(config.seed)
+  with trainer_lib.prng_impl(config):
+    state = trainer.init_state(config.seed)
   device_batch = trainer.device_batch(trainer_lib.split_microbatches(batch, 1), leading_axes=1)
 
   def step(s):
-    s, metrics = trainer.train_step(s, device_batch)
+    with trainer_lib.prng_impl(config):  # the step is traced on its first call
+      s, metrics = trainer.train_step(s, device_batch)
     return s, {"loss": metrics["train/loss"]}
 
   return model_cfg, program, tx, trainer, state, device_batch, step
@@ -353,7 +357,13 @@ def main(argv: list[str]) -> None:
   if _PROFILE.value:
     profile_states = (jax.tree.map(jnp.copy, ours_state), jax.tree.map(jnp.copy, hf_state))
 
-  runners = [Runner("lmreuse", ours_step, ours_state), Runner("hf", hf_step, hf_state)]
+  # lmreuse again with RBG keys (config.prng_impl): what threefry's dropout masks cost.
+  *_, rbg_state, _, rbg_step = build_ours(batch, _LR.value, "unsafe_rbg")
+  runners = [
+      Runner("lmreuse", ours_step, ours_state),
+      Runner("hf", hf_step, hf_state),
+      Runner("rbg", rbg_step, rbg_state),
+  ]
   compile_start = time.perf_counter()
   for runner in runners:
     runner.run(1 + warmup)
@@ -378,6 +388,7 @@ def main(argv: list[str]) -> None:
         f"MFU {rates[runner.name] * fpt / peak:6.1%}  loss {runner.last_loss:.3f}"
     )
   print(f"ratio ours/hf: {rates['lmreuse'] / rates['hf']:.3f}")
+  print(f"ratio ours with unsafe_rbg keys / ours: {rates['rbg'] / rates['lmreuse']:.3f}")
   print(f"our MFU: {rates['lmreuse'] * fpt / peak:.1%} of {peak / 1e9:.1f} GFLOP/s")
 
   if profile_states is not None:

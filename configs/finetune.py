@@ -32,6 +32,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.experiment = "finetune"
   config.seed = 0
+  # jax.random's implementation for the run's keys (init, dropout): threefry2x32 gives the same
+  # run on any mesh and process count; rbg and unsafe_rbg draw faster, but their bits depend on
+  # the sharding (lmreuse/train/trainer.py:prng_impl).
+  config.prng_impl = "threefry2x32"
   config.overwrite = False
   config.init_from = ""  # pretraining workdir or checkpoint step dir; '' = from scratch
   config.from_scratch = False  # True: take init_from's architecture/tokenizer, not its weights

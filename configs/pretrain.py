@@ -26,6 +26,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.experiment = "pretrain"
   config.seed = 0
+  # jax.random's implementation for the run's keys (init, dropout): threefry2x32 gives the same
+  # run on any mesh and process count; rbg and unsafe_rbg draw faster, but their bits depend on
+  # the sharding (lmreuse/train/trainer.py:prng_impl).
+  config.prng_impl = "threefry2x32"
   config.overwrite = False  # True: discard an existing workdir's run instead of resuming
   config.total_steps = 300 if tiny else 10_000
   config.batch_size = 32  # global batch (examples per optimizer step)

@@ -45,6 +45,7 @@ from lmreuse.train.trainer import (
     Trainer,
     TrainState,
     check_batch,
+    prng_impl,
     run_loop,
     validate_loop,
 )
@@ -689,16 +690,17 @@ def stored_bytes(params: Any, report: dict) -> int:
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Builds (every check), then trains, evaluates the best step and writes the run's outputs."""
-  start_time = time.time()
-  setup = build(config, workdir)
-  workdir_lib.prepare(workdir, config)  # the first write: every check above has passed
-  if not config.init_from:
-    tokenizer_lib.save_trained(setup.tokenizer, config.tokenizer, workdir)
-  trained = train(config, workdir, setup)
-  metrics = best_metrics(workdir, setup, trained)
-  extra = write_reusables(config, workdir, setup, trained)
-  extra.update(setup.plan.report(trained.best_params, setup.trainer.to_host))
-  extra["model_bytes"] = stored_bytes(trained.best_params, extra)
-  if setup.distillation:
-    extra["distillation"] = setup.distillation
-  return write_results(config, workdir, setup, trained, metrics, extra, start_time)
+  with prng_impl(config):
+    start_time = time.time()
+    setup = build(config, workdir)
+    workdir_lib.prepare(workdir, config)  # the first write: every check above has passed
+    if not config.init_from:
+      tokenizer_lib.save_trained(setup.tokenizer, config.tokenizer, workdir)
+    trained = train(config, workdir, setup)
+    metrics = best_metrics(workdir, setup, trained)
+    extra = write_reusables(config, workdir, setup, trained)
+    extra.update(setup.plan.report(trained.best_params, setup.trainer.to_host))
+    extra["model_bytes"] = stored_bytes(trained.best_params, extra)
+    if setup.distillation:
+      extra["distillation"] = setup.distillation
+    return write_results(config, workdir, setup, trained, metrics, extra, start_time)

@@ -16,7 +16,14 @@ from lmreuse.models.config import TransformerConfig
 from lmreuse.parallel import mesh as mesh_lib, sharding as sharding_lib
 from lmreuse.train import compute as compute_lib, optim
 from lmreuse.train.checkpoint import Checkpointer, abstract_like
-from lmreuse.train.trainer import LoopConfig, Trainer, check_batch, run_loop, validate_loop
+from lmreuse.train.trainer import (
+    LoopConfig,
+    Trainer,
+    check_batch,
+    prng_impl,
+    run_loop,
+    validate_loop,
+)
 from lmreuse.train.writers import MetricWriter
 
 
@@ -53,6 +60,11 @@ def validate(config: ml_collections.ConfigDict) -> None:
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  with prng_impl(config):
+    return _pretrain(config, workdir)
+
+
+def _pretrain(config: ml_collections.ConfigDict, workdir: str) -> dict:
   start_time = time.time()
   validate(config)
   mesh = mesh_lib.make_mesh(config.mesh)

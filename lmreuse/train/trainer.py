@@ -6,6 +6,7 @@ the loop below is the same for pretraining and fine-tuning.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -98,6 +99,26 @@ def merge_trainable(params: Any, trainable: Any) -> Any:
 
 def reduce_pairs(pairs: MetricPairs) -> dict[str, float]:
   return {k: float(s) / max(float(c), 1e-12) for k, (s, c) in pairs.items()}
+
+
+PRNG_IMPLS = ("threefry2x32", "rbg", "unsafe_rbg")
+
+
+def prng_impl(config: Any) -> contextlib.AbstractContextManager:
+  """A context in which jax.random's keys (the state's init and dropout keys, and every trace
+  that draws from them) use `config.prng_impl`; threefry2x32 for configs written before it.
+
+  threefry2x32 is partitionable: the same key gives the same bits however the arrays are
+  sharded, so runs agree across meshes and process counts (the multi-device tests rely on it).
+  rbg and unsafe_rbg generate dropout masks with far fewer operations, which speeds up small
+  and dropout-heavy steps, but their bits depend on the sharding and backend, so such a run
+  only reproduces itself on the same mesh. The keys' shapes differ, so a run keeps its choice
+  (workdir.RESUMABLE_KEYS does not list it).
+  """
+  name = config.get("prng_impl", PRNG_IMPLS[0])
+  if name not in PRNG_IMPLS:
+    raise ValueError(f"config.prng_impl={name!r} is not one of {PRNG_IMPLS}")
+  return jax.default_prng_impl(name)
 
 
 def _add(a: Any, b: Any) -> Any:

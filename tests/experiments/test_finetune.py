@@ -419,3 +419,25 @@ def test_the_question_cap_is_half_of_max_len_unless_set(finetune_config, tokeniz
   assert question_cap(12) == 12
   with pytest.raises(ValueError, match=r"config.task.max_query_len=36 leaves no room"):
     question_cap(36)
+
+
+def test_a_run_draws_its_keys_from_its_prng_impl_and_keeps_it(finetune_config, tmp_path):
+  """unsafe_rbg: another run than threefry's (other init and dropout bits), the same run again
+  on the same mesh, and keys of its own shape in the checkpoint; switching on resume is refused
+  and an unknown implementation fails before anything is written."""
+
+  def run(name, impl):
+    config = finetune_config("bert", total_steps=3, checkpoint_every=3, prng_impl=impl)
+    finetune.run(config, str(tmp_path / name))
+    return [r["train/loss"] for r in read_metrics(str(tmp_path / name)) if "train/loss" in r]
+
+  threefry, rbg = run("threefry", "threefry2x32"), run("rbg", "unsafe_rbg")
+  assert rbg and rbg == run("rbg_again", "unsafe_rbg")
+  assert rbg != threefry
+  saved = restore.load_tree(str(tmp_path / "rbg" / "checkpoints" / "3" / "state"))
+  assert np.shape(saved["rng"]) == (4,)  # rbg keys are 4 words, threefry's 2
+  with pytest.raises(ValueError, match=r"config.prng_impl: 'unsafe_rbg' → 'threefry2x32'"):
+    run("rbg", "threefry2x32")
+  with pytest.raises(ValueError, match=r"config.prng_impl='philox' is not one of"):
+    run("bad", "philox")
+  assert not (tmp_path / "bad").exists()

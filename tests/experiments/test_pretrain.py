@@ -4,9 +4,11 @@ test_preemption.py)."""
 import json
 import os
 
+import numpy as np
 import pytest
 
 from experiments import pretrain
+from lmreuse.train import restore
 from lmreuse.train.writers import read_metrics
 
 
@@ -66,6 +68,7 @@ def test_a_different_config_in_an_existing_workdir_is_refused(tiny_config, tmp_p
         ({"objective.name": "mlm_typo"}, r"config\.objective\.name='mlm_typo' is unknown"),
         ({"optimizer.schedule": "step"}, r"config\.optimizer\.schedule='step'"),
         ({"data.seq_len": 64}, r"config\.data\.seq_len=64 exceeds config\.model\.max_len=32"),
+        ({"prng_impl": "philox"}, r"config\.prng_impl='philox' is not one of"),
     ],
 )
 def test_bad_configs_fail_before_anything_is_written(tiny_config, tmp_path, overrides, message):
@@ -80,3 +83,10 @@ def test_another_objectives_flag_fails_before_anything_is_written(tiny_config, t
   ):
     pretrain.run(tiny_config("gpt", **{"objective.nsp": True}), str(tmp_path / "w"))
   assert not (tmp_path / "w").exists()
+
+
+def test_pretraining_draws_its_keys_from_config_prng_impl(tiny_config, tmp_path):
+  config = tiny_config("bert", total_steps=2, checkpoint_every=2, prng_impl="unsafe_rbg")
+  pretrain.run(config, str(tmp_path))
+  saved = restore.load_tree(str(tmp_path / "checkpoints" / "2" / "state"))
+  assert np.shape(saved["rng"]) == (4,)  # rbg keys are 4 words, threefry's 2
