@@ -55,19 +55,18 @@ def pretrain_setup(
     *,
     num_layers: int = 2,
     accum_steps: int = 1,
-    warmup_steps: int | None = None,
+    optimizer: dict | None = None,
     initial: TrainState | None = None,
 ) -> Setup:
   """The pretraining trainer of `preset` (tiny) on the mesh, its state and a device batch.
 
-  `initial` (host arrays) is placed on the mesh instead of initialising the state there, which
-  would compile an initialisation per mesh.
+  `optimizer` overrides keys of `config.optimizer`. `initial` (host arrays) is placed on the
+  mesh instead of initialising the state there, which would compile an initialisation per mesh.
   """
   config = pretrain.get_config(f"{preset},size=tiny")
   config.data.seq_len = SEQ_LEN
   config.model.num_layers = num_layers
-  if warmup_steps is not None:
-    config.optimizer.warmup_steps = warmup_steps
+  config.optimizer.update(optimizer or {})
   mesh = mesh_lib.make_mesh(mesh_config(mesh_axes), devices)
   rules = sharding_lib.rules_from_config(config.mesh.rules)
   model_cfg = TransformerConfig.from_config(config.model, synthetic.VOCAB)

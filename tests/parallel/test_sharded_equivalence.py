@@ -18,8 +18,9 @@ from tests.parallel import sharded_check, steps
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 PRESETS = ("bert", "gpt", "t5")
 # Relative errors: float32 sums in another order. Updated params are measured against the step's
-# largest update (sharded_check.relative_errors says why); a real bug is off by about 1 there.
-TOLERANCE = {"params": 2e-3}
+# largest update (sharded_check.relative_errors says why; its Adam eps keeps that update well
+# conditioned, sharded_check.OPTIMIZER); a real bug is off by about 1 there.
+TOLERANCE = {"params": 1e-4}
 DEFAULT_TOLERANCE = 1e-5
 
 
