@@ -59,6 +59,17 @@ def test_strategies_benchmark_refuses_a_key_the_strategy_lacks(tokenizer_path):
 
 
 @pytest.mark.slow
+def test_dropout_benchmark_times_each_kind_of_mask(tokenizer_path):
+  proc = run_script(
+      "dropout.py", "--quick", f"--tokenizer={tokenizer_path}", "--batch_size=8", "--seq_len=32"
+  )
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  rows = {k: [float(x) for x in v] for k, v in table_rows(proc.stdout, "masks").items()}
+  assert set(rows) == {"nn.Dropout masks", "lmreuse masks"}  # --quick: the threefry rows
+  assert rows["nn.Dropout masks"][1] == 1.0 and all(r[0] > 0 and r[1] > 0 for r in rows.values())
+
+
+@pytest.mark.slow
 def test_throughput_benchmark_compares_with_hugging_face():
   proc = run_script("train_throughput.py", "--quick")
   assert proc.returncode == 0, proc.stderr[-3000:]

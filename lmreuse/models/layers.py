@@ -17,6 +17,7 @@ import numpy as np
 
 from lmreuse.models import lora
 from lmreuse.models.config import TransformerConfig
+from lmreuse.models.dropout import Dropout
 
 Array = jax.Array
 
@@ -513,6 +514,6 @@ class MLP(nn.Module):
       h_BxLxF = ia3_rescale(self, "ia3_mlp", h_BxLxF, ("mlp",))
     h_BxLxF = constrain(h_BxLxF, ("batch", "length", "act_mlp"))
     if cfg.mlp_hidden_dropout:
-      h_BxLxF = nn.Dropout(cfg.dropout_rate)(h_BxLxF, deterministic=deterministic)
+      h_BxLxF = Dropout(cfg.dropout_rate)(h_BxLxF, deterministic=deterministic)
     out_BxLxD = dense("wo", cfg.d_model, ("mlp", "embed"), h_BxLxF)
     return constrain(out_BxLxD, ("batch", "length", "act_embed"))

@@ -24,6 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from lmreuse.models.config import TransformerConfig
+from lmreuse.models.dropout import Dropout
 
 ALL_LINEAR = "all_linear"
 # VeRA's d starts here (the paper's and PEFT's d_initial); b starts at zero.
@@ -87,7 +88,7 @@ class LoRA(nn.Module):
     )
     # The scale multiplies B, not the [tokens, outputs] product: no pass over activations.
     scaled_b = (cfg.lora_alpha / r) * b
-    x = nn.Dropout(cfg.lora_dropout)(
+    x = Dropout(cfg.lora_dropout)(
         x.astype(cfg.compute_dtype), deterministic=not self.has_rng("dropout")
     )
     h = (x @ a.astype(cfg.compute_dtype)) @ scaled_b.astype(cfg.compute_dtype)

@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 
 from lmreuse.models.config import TransformerConfig
+from lmreuse.models.dropout import Dropout
 from lmreuse.models.layers import (
     MLP,
     Adapter,
@@ -58,7 +59,7 @@ class Block(nn.Module):
       h = fn(Norm(cfg, name=f"{name}_norm")(x) if pre_norm else x)
       if cfg.adapter_size:
         h = Adapter(cfg, name=f"{name}_adapter")(h)
-      h = nn.Dropout(cfg.dropout_rate)(h, deterministic=deterministic)
+      h = Dropout(cfg.dropout_rate)(h, deterministic=deterministic)
       x = x + h
       return x if pre_norm else Norm(cfg, name=f"{name}_norm")(x)
 
@@ -149,7 +150,7 @@ class Stack(nn.Module):
           (self.num_prompt, cfg.d_model),
           cfg.params_dtype,
       )
-    self.embed_dropout = nn.Dropout(cfg.dropout_rate)
+    self.embed_dropout = Dropout(cfg.dropout_rate)
     self.norm = Norm(cfg)  # after the embeddings (post-norm) or after the last layer (pre-norm)
     block = _block_class(cfg)
     self.layers = [

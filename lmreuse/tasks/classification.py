@@ -13,6 +13,7 @@ import numpy as np
 from lmreuse.data import augment
 from lmreuse.eval import metrics
 from lmreuse.models.config import TransformerConfig
+from lmreuse.models.dropout import Dropout
 from lmreuse.models.heads import Classifier, Pooler
 from lmreuse.tasks import base, encoding
 from lmreuse.train import losses
@@ -28,7 +29,7 @@ class PooledModel(nn.Module):
   def setup(self):
     self.backbone = encoding.make_backbone(self.cfg)
     self.pooler = Pooler(self.cfg) if self.pooling == "cls" else None
-    self.head_dropout = nn.Dropout(self.cfg.dropout_rate)
+    self.head_dropout = Dropout(self.cfg.dropout_rate)
     self.classifier = Classifier(self.cfg, num_classes=self.num_outputs)
 
   def pooled(self, batch: dict[str, jax.Array], deterministic: bool = True) -> jax.Array:

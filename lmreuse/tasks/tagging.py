@@ -17,6 +17,7 @@ import numpy as np
 
 from lmreuse.eval import metrics
 from lmreuse.models.config import TransformerConfig
+from lmreuse.models.dropout import Dropout
 from lmreuse.models.heads import Classifier
 from lmreuse.tasks import base, encoding
 from lmreuse.train import losses
@@ -32,7 +33,7 @@ class TokenModel(nn.Module):
 
   def setup(self):
     self.backbone = encoding.make_backbone(self.cfg)
-    self.head_dropout = nn.Dropout(self.cfg.dropout_rate)
+    self.head_dropout = Dropout(self.cfg.dropout_rate)
     self.classifier = Classifier(self.cfg, num_classes=self.num_tags)
 
   def __call__(self, batch: dict[str, jax.Array], deterministic: bool = True) -> jax.Array:

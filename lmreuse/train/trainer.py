@@ -110,10 +110,10 @@ def prng_impl(config: Any) -> contextlib.AbstractContextManager:
 
   threefry2x32 is partitionable: the same key gives the same bits however the arrays are
   sharded, so runs agree across meshes and process counts (the multi-device tests rely on it).
-  rbg and unsafe_rbg generate dropout masks with far fewer operations, which speeds up small
-  and dropout-heavy steps, but their bits depend on the sharding and backend, so such a run
-  only reproduces itself on the same mesh. The keys' shapes differ, so a run keeps its choice
-  (workdir.RESUMABLE_KEYS does not list it).
+  rbg and unsafe_rbg generate dropout masks with XLA's generator, which is cheaper per bit on
+  some backends, but their bits depend on the sharding and backend, so such a run only
+  reproduces itself on the same mesh (models/dropout.py says how threefry masks are drawn).
+  The keys' shapes differ, so a run keeps its choice (workdir.RESUMABLE_KEYS does not list it).
   """
   name = config.get("prng_impl", PRNG_IMPLS[0])
   if name not in PRNG_IMPLS:
