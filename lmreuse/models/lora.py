@@ -15,6 +15,7 @@ else in the model.
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 
@@ -106,15 +107,25 @@ class LoRA(nn.Module):
     return h, (m / norm).reshape(self.features).astype(cfg.compute_dtype)
 
 
+@functools.lru_cache(maxsize=8)
+def _drawn_factors(seed: int, widest: int, rank: int) -> tuple[np.ndarray, np.ndarray]:
+  """The full A [widest, r] and B [r, widest], drawn eagerly once per process, even when asked
+  for inside a trace: a step then holds them as constants instead of hashing threefry for them
+  on every step. Always threefry keys, so `config.prng_impl` does not change them."""
+  with jax.ensure_compile_time_eval():
+    key_a, key_b = jax.random.split(jax.random.key(seed, impl="threefry2x32"))
+    a = jax.random.uniform(key_a, (widest, rank), minval=-1, maxval=1) / math.sqrt(widest)
+    b = jax.random.uniform(key_b, (rank, widest), minval=-1, maxval=1) / math.sqrt(rank)
+  return np.asarray(a), np.asarray(b)
+
+
 def _shared_factors(cfg: TransformerConfig, fan_in: int, fan_out: int) -> tuple[jax.Array, ...]:
   """VeRA's frozen random A [fan_in, r] and B [r, fan_out]: slices of one pair drawn from
   `cfg.vera_seed` at the largest width, so every layer shares them (and no checkpoint stores
-  them). Kaiming-uniform bounds of the full matrices, as PEFT draws them."""
+  them). Kaiming-uniform bounds of the full matrices, as PEFT draws them. The slices are taken
+  in jax from the same two arrays, so a traced step holds each as one constant."""
   widest = max(cfg.d_model, cfg.d_ff, cfg.num_heads * cfg.dim_per_head)
-  key_a, key_b = jax.random.split(jax.random.key(cfg.vera_seed))
-  a = jax.random.uniform(key_a, (widest, cfg.vera_rank), minval=-1, maxval=1) / math.sqrt(widest)
-  b = jax.random.uniform(key_b, (cfg.vera_rank, widest), minval=-1, maxval=1)
-  b = b / math.sqrt(cfg.vera_rank)
+  a, b = (jnp.asarray(f) for f in _drawn_factors(cfg.vera_seed, widest, cfg.vera_rank))
   return a[:fan_in], b[:, :fan_out]
 
 

@@ -12,9 +12,11 @@ import numpy as np
 import pytest
 from flax import traverse_util
 
+from lmreuse.models import lora
 from lmreuse.models.config import TransformerConfig
 from lmreuse.models.transformer import Decoder, Encoder, EncoderDecoder
 from tests.models import test_decoding as dec
+from tests.models.test_dropout import draws
 
 MODELS = {"encoder": Encoder, "decoder": Decoder, "encoder_decoder": EncoderDecoder}
 PEFT_NAMES = ("adapter", "ia3", "prefix", "prompt")
@@ -241,3 +243,15 @@ def test_prompt_tuning_refuses_kv_cache_generation_on_a_decoder():
 def test_negative_sizes_name_the_key(field):
   with pytest.raises(ValueError, match=f"config.model.{field}"):
     config("decoder", **{field: -1}).validate()
+
+
+def test_vera_draws_its_shared_factors_once_not_in_every_traced_step():
+  """A and B come from a per-process cache as constants: a traced forward (as in every train
+  step) evaluates no threefry, and the values are those merge folds in."""
+  cfg = config("encoder", vera_rank=4, lora_targets="all_linear")
+  params = init_params(cfg)
+  assert draws(lambda p, ids: forward(cfg, p, ids), params, *inputs(cfg)) == []
+  # Outside a trace the same factors: merge's numpy copy equals the traced slices.
+  traced = jax.jit(lambda: lora._shared_factors(cfg, 32, 64))()  # pylint: disable=protected-access
+  for got, want in zip(traced, lora.vera_factors(cfg, 32, 64)):
+    np.testing.assert_array_equal(np.asarray(got), want)
