@@ -27,7 +27,6 @@ import jax
 from absl import app
 
 from benchmarks import strategies as sb
-from experiments import finetune
 from lmreuse.models import dropout
 from lmreuse.train import trainer as trainer_lib
 
@@ -47,10 +46,7 @@ def runner(row: tuple, size: str, tokenizer: str, workdir: str) -> sb.Runner:
   config = sb.make_config("full", size, sb._BATCH.value, sb._SEQ.value, tokenizer)
   config.update(dict(prng_impl=impl, model=dict(dropout_rate=rate)))
   with trainer_lib.prng_impl(config):
-    setup = finetune.build(config, os.path.join(workdir, name))
-    batch = setup.first_train_batch(sb._BATCH.value)
-    device_batch = setup.trainer.device_batch(trainer_lib.split_microbatches(batch, 1), 1)
-    row = sb.Runner(name, setup.trainer, setup.state, device_batch)
+    row, _, _ = sb.build_runner(name, config, os.path.join(workdir, name))
     traced = []
 
     def bernoulli(key, keep_prob, shape):
@@ -75,10 +71,7 @@ def main(argv: list[str]) -> None:
   for row in rows:
     for _ in range(warmup):
       row.step()
-  for r in range(rounds):
-    for _ in range(steps):
-      for row in rows[:: 1 if r % 2 == 0 else -1]:
-        row.seconds.append(row.step())
+  sb.time_in_turn(rows, rounds, steps)
   print(
       f"\nfull fine-tuning, bert-{size}, batch {sb._BATCH.value} x seq {sb._SEQ.value}, "
       f"{rounds} rounds x {steps} steps in turn; median step\n"

@@ -162,6 +162,25 @@ class Runner:
     return self.trainer.trainable_count() / self.trainer.param_count()
 
 
+def build_runner(name: str, config: ml_collections.ConfigDict, workdir: str, batch=None):
+  """`name`'s Runner for the fine-tuning run `config`, stepped on `batch` (its own first
+  training batch when None); also returns its setup."""
+  setup = finetune.build(config, workdir)
+  if batch is None:
+    batch = setup.first_train_batch(config.batch_size)
+  device_batch = setup.trainer.device_batch(trainer_lib.split_microbatches(batch, 1), 1)
+  return Runner(name, setup.trainer, setup.state, device_batch), setup, batch
+
+
+def time_in_turn(runners: list[Runner], rounds: int, steps: int) -> None:
+  """Steps the runners one step each in turn, the order reversed every round: a burst of load
+  from another process then hits every runner alike instead of whichever block it meets."""
+  for r in range(rounds):
+    for _ in range(steps):
+      for runner in runners[:: 1 if r % 2 == 0 else -1]:
+        runner.seconds.append(runner.step())
+
+
 def versions() -> str:
   import flax
   import jaxlib
@@ -204,11 +223,10 @@ def main(argv: list[str]) -> None:
     for name in names:
       config = make_config(name, size, _BATCH.value, _SEQ.value, tokenizer)
       tokenizer = config.tokenizer.path
-      setup = finetune.build(config, workdir)
-      if batch is None:  # every strategy steps on the same examples
-        batch, model_cfg = setup.first_train_batch(_BATCH.value), setup.model_cfg
-      device_batch = setup.trainer.device_batch(trainer_lib.split_microbatches(batch, 1), 1)
-      runners.append(Runner(name, setup.trainer, setup.state, device_batch))
+      # Every strategy steps on the first one's examples.
+      runner, setup, batch = build_runner(name, config, workdir, batch)
+      model_cfg = model_cfg or setup.model_cfg
+      runners.append(runner)
 
   for runner in runners:
     compile_start = time.perf_counter()
@@ -219,12 +237,7 @@ def main(argv: list[str]) -> None:
       runner.step()
     print(f"  {runner.name:28s} compile + first step {compile_seconds:5.1f} s", flush=True)
 
-  # Step by step in turn, not a block per strategy: a burst of load from another process then
-  # hits every strategy alike instead of whichever block it coincides with.
-  for r in range(rounds):
-    for _ in range(steps):
-      for runner in runners[:: 1 if r % 2 == 0 else -1]:
-        runner.seconds.append(runner.step())
+  time_in_turn(runners, rounds, steps)
 
   base = next((r for r in runners if r.name == "full"), runners[0])
   base_ms, base_mb = statistics.median(base.seconds) * 1e3, base.memory_bytes / 2**20
