@@ -1,4 +1,5 @@
-"""The command line: unknown config keys fail at parse time, naming the key."""
+"""The command line: unknown config keys fail at parse time, naming the key; start-up skips
+what a run never uses."""
 
 import os
 import subprocess
@@ -26,3 +27,21 @@ def test_unknown_preset_is_refused(tmp_path):
   proc = run_cli("--config=configs/pretrain.py:bort", f"--workdir={tmp_path}/w")
   assert proc.returncode != 0
   assert "preset must be one of ['bert', 'gpt', 't5']" in proc.stderr
+
+
+def test_a_runs_start_up_and_metric_writer_leave_torch_unimported(tmp_path):
+  """torch is installed for the reference tests, and tensorboardX would import it (writers.py
+  says why it is hidden): run.py, the experiments and a TensorBoard writer load without it."""
+  script = (
+      "import sys, run, experiments.finetune, experiments.pretrain\n"
+      "from lmreuse.train import writers\n"
+      f"w = writers.MetricWriter({str(tmp_path)!r})\n"
+      "w.write(1, {'train/loss': 0.5}); w.close()\n"
+      "print('torch' in sys.modules)\n"
+  )
+  proc = subprocess.run(
+      [sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120
+  )
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert proc.stdout.split() == ["False"]
+  assert os.listdir(tmp_path / "tensorboard")  # the events file was still written

@@ -5,14 +5,33 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 from collections.abc import Mapping
 from typing import Any
 
 import jax
 from absl import logging
-from tensorboardX import SummaryWriter
 
 from lmreuse import workdir as workdir_lib
+
+
+def _tensorboard_writer(logdir: str, purge_step: int | None) -> Any:
+  """tensorboardX's SummaryWriter, imported with torch hidden.
+
+  tensorboardX imports torch whenever it is installed (it is, beside lmreuse, for the Hugging
+  Face reference tests), only to accept torch tensors; lmreuse logs Python numbers, and torch's
+  import would be the slowest part of a run's start-up. A None entry in sys.modules makes
+  `import torch` raise ImportError, which tensorboardX catches; torch imports normally after.
+  """
+  hide = "torch" not in sys.modules
+  if hide:
+    sys.modules["torch"] = None
+  try:
+    from tensorboardX import SummaryWriter  # pylint: disable=import-outside-toplevel
+  finally:
+    if hide:
+      del sys.modules["torch"]
+  return SummaryWriter(logdir, purge_step=purge_step)
 
 
 def _jsonable(value: Any) -> Any:
@@ -34,7 +53,7 @@ class MetricWriter:
     if not self.enabled:
       return
     self._truncate_after(resume_step)
-    self.tb = SummaryWriter(
+    self.tb = _tensorboard_writer(
         os.path.join(workdir, workdir_lib.TENSORBOARD),
         purge_step=resume_step + 1 if resume_step else None,
     )
