@@ -40,6 +40,11 @@ def _records() -> tuple[dict, ...]:
   return tuple(wordnet.read_records())
 
 
+@functools.lru_cache(maxsize=1)
+def _glossed_records() -> tuple[dict, ...]:
+  return tuple(r for r in _records() if r["gloss"])
+
+
 def _headwords(record: dict) -> str:
   return ", ".join(lemma.replace("_", " ") for lemma in record["lemmas"])
 
@@ -50,7 +55,7 @@ def _supersense(records: list[dict], by_id: dict) -> list[dict]:
 
 def _relation(records: list[dict], by_id: dict) -> list[dict]:
   rng = np.random.default_rng(_DATASET_SEED)
-  everyone = [r for r in _records() if r["gloss"]]
+  everyone = _glossed_records()
   out = []
   for r in records:
     hypernyms = [by_id[h] for h in r["hypernyms"] if h in by_id and by_id[h]["gloss"]]
@@ -131,19 +136,32 @@ _BUILDERS = {
 }
 
 
+@functools.cache
+def _examples(name: str) -> tuple[dict[str, tuple[dict, ...]], tuple | None]:
+  """(each split's examples, the sorted label set or None), built once per process: they are a
+  pure function of the corpus, and a study or a test session builds the same task many times.
+  Splits are tuples, so that no caller can change what the next one gets."""
+  by_id = {r["id"]: r for r in _records()}
+  by_split = {split: [] for split in SPLITS}
+  for r in _records():
+    by_split[r["split"]].append(r)
+  splits = {split: tuple(_BUILDERS[name](by_split[split], by_id)) for split in SPLITS}
+  labels = None
+  if types.get(TASK_TYPE_OF[name]).label_kind == "class":
+    labels = tuple(sorted({e["label"] for e in splits["train"]}))
+  return splits, labels
+
+
 def load(name: str) -> TaskData:
   if name not in TASK_TYPE_OF:
     raise ValueError(
         f"config.task.name={name!r} is not a bundled WordNet task; choose one of " f"{NAMES}"
     )
-  by_id = {r["id"]: r for r in _records()}
-  splits = {
-      split: _BUILDERS[name]([r for r in _records() if r["split"] == split], by_id)
-      for split in SPLITS
-  }
-  task_type = TASK_TYPE_OF[name]
-  labels = None
-  if types.get(task_type).label_kind == "class":
-    labels = sorted({e["label"] for e in splits["train"]})
+  splits, labels = _examples(name)
   origin = {split: f"{wordnet.DEFAULT_PATH} ({name}, {split} synsets)" for split in SPLITS}
-  return TaskData(task_type=task_type, splits=splits, labels=labels, origin=origin)
+  return TaskData(
+      task_type=TASK_TYPE_OF[name],
+      splits=dict(splits),
+      labels=None if labels is None else list(labels),
+      origin=origin,
+  )
