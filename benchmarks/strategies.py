@@ -122,7 +122,6 @@ def make_config(
   config.batch_size = batch_size
   config.max_len = seq_len
   config.model.max_len = seq_len
-  config.tokenizer.path = tokenizer or cached_tokenizer(config.tokenizer)
   config.strategy.name = name
   unknown = sorted(set(keys) - set(config.strategy))
   if unknown:
@@ -131,6 +130,7 @@ def make_config(
         f"it has {sorted(config.strategy)}"
     )
   config.strategy.update(keys)
+  config.tokenizer.path = tokenizer or cached_tokenizer(config.tokenizer)
   return config
 
 
@@ -215,14 +215,17 @@ def main(argv: list[str]) -> None:
     )
   start_time = time.perf_counter()
   print(versions(), flush=True)
+  # Every entry's config first, so that a bad one fails before anything is built.
   tokenizer = _TOKENIZER.value
+  configs = []
+  for name in names:
+    configs.append(make_config(name, size, _BATCH.value, _SEQ.value, tokenizer))
+    tokenizer = configs[-1].tokenizer.path
 
   runners: list[Runner] = []
   batch = model_cfg = None
   with tempfile.TemporaryDirectory() as workdir:
-    for name in names:
-      config = make_config(name, size, _BATCH.value, _SEQ.value, tokenizer)
-      tokenizer = config.tokenizer.path
+    for name, config in zip(names, configs):
       # Every strategy steps on the first one's examples.
       runner, setup, batch = build_runner(name, config, workdir, batch)
       model_cfg = model_cfg or setup.model_cfg
