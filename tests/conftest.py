@@ -1,6 +1,8 @@
 """Shared fixtures: one small tokenizer and one TFDS build per test session."""
 
+import fcntl
 import os
+import pathlib
 import tempfile
 
 # Tiny test programs spend far longer in XLA's backend optimizer than running; this keeps the HLO
@@ -21,19 +23,41 @@ jax.config.update(
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
 
-@pytest.fixture(scope="session")
-def tfds_dir(tmp_path_factory) -> str:
-  return str(tmp_path_factory.mktemp("tfds"))
-
-
-@pytest.fixture(scope="session")
-def tokenizer_path(tmp_path_factory) -> str:
-  """A 1k-piece SentencePiece model on part of the corpus: enough for tiny models, fast."""
-  path = os.path.join(str(tmp_path_factory.mktemp("tokenizer")), "spm.model")
-  tokenizer_lib.train_tokenizer(
-      wordnet.segments("train"), path, vocab_size=1024, num_sentinels=32, max_sentences=30_000
-  )
+def shared_dir(tmp_path_factory, worker_id: str, name: str) -> pathlib.Path:
+  """A directory every pytest-xdist worker of this run shares (the run's base temp directory
+  is one per worker under a common parent), so that one worker builds what all of them read."""
+  root = tmp_path_factory.getbasetemp()
+  if worker_id != "master":
+    root = root.parent
+  path = root / name
+  path.mkdir(exist_ok=True)
   return path
+
+
+@pytest.fixture(scope="session")
+def tfds_dir(tmp_path_factory, worker_id) -> str:
+  """The corpus's TFDS build, made by the first worker to need it: wordnet.build_tfds locks the
+  directory, and the others then find it prepared."""
+  return str(shared_dir(tmp_path_factory, worker_id, "tfds"))
+
+
+@pytest.fixture(scope="session")
+def tokenizer_path(tmp_path_factory, worker_id) -> str:
+  """A 1k-piece SentencePiece model on part of the corpus: enough for tiny models, fast. The
+  first worker trains it under a file lock; the others wait for it and read it."""
+  directory = shared_dir(tmp_path_factory, worker_id, "tokenizer")
+  path = directory / "spm.model"
+  with open(directory / "lock", "w") as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    if not path.exists():  # written atomically
+      tokenizer_lib.train_tokenizer(
+          wordnet.segments("train"),
+          str(path),
+          vocab_size=1024,
+          num_sentinels=32,
+          max_sentences=30_000,
+      )
+  return str(path)
 
 
 @pytest.fixture(scope="session")
