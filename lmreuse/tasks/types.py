@@ -58,7 +58,7 @@ def _classification(row: Row) -> dict:
   label = row.raw("label_column")
   if isinstance(label, str) and label.strip():
     return {**_texts(row), "label": label.strip()}
-  if row.from_json and isinstance(label, int) and not isinstance(label, bool):
+  if row.typed and isinstance(label, int) and not isinstance(label, bool):
     return {**_texts(row), "label": label}
   raise row.error(f"{row.what('label_column')} is not a label (text or integer): {label!r}")
 
@@ -103,7 +103,7 @@ def _answer(row: Row, context: str, text: Any, start: Any) -> dict:
 def _extractive_qa(row: Row) -> dict:
   question, context = row.text("question_column"), row.text("context_column")
   texts = row.raw("answer_column")
-  texts = texts if row.from_json and isinstance(texts, list) else [texts]
+  texts = texts if row.typed and isinstance(texts, list) else [texts]
   starts = [None] * len(texts)
   if "answer_start_column" in row.columns:
     starts = row.raw("answer_start_column")

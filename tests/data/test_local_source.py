@@ -1,4 +1,4 @@
-"""Tests of loading user CSV/TSV/JSONL files into canonical examples (sources/local.py)."""
+"""Tests of loading user CSV/TSV/JSONL/Parquet files into canonical examples (sources/local.py)."""
 
 from __future__ import annotations
 
@@ -26,6 +26,15 @@ def _write(tmp_path, name, text):
 
 def _jsonl(tmp_path, name, records):
   return _write(tmp_path, name, "".join(json.dumps(r) + "\n" for r in records))
+
+
+def _parquet(tmp_path, name, records):
+  import pyarrow as pa
+  import pyarrow.parquet as pq
+
+  path = str(tmp_path / name)
+  pq.write_table(pa.Table.from_pylist(records), path)
+  return path
 
 
 def _raises(error, path, line, fact):
@@ -197,6 +206,65 @@ def test_seq2seq_tsv(tmp_path):
   assert data.splits["test"] == [{"source": "c", "target": "d"}]
   assert list(data.splits) == ["train", "validation", "test"]
   assert data.origin["test"] == test
+
+
+def test_parquet_values_keep_their_types(tmp_path):
+  """Parquet columns are typed as JSON's values are: integer labels stay integers, token lists
+  stay lists, and an answer start is an integer column; unmapped columns are not read."""
+  rows = [{"text": f"t{i}", "pair": "p", "label": i % 2, "extra": [1.5]} for i in range(4)]
+  train = _parquet(tmp_path, "train.parquet", rows)
+  test = _parquet(tmp_path, "test.PARQUET", [{"text": "u", "pair": "q", "label": 1, "extra": []}])
+  data = local.load(
+      _task("classification", train_path=train, test_path=test, text_pair_column="pair"), seed=0
+  )
+  assert data.labels == [0, 1] and data.origin["test"] == test
+  assert data.splits["test"] == [{"text": "u", "text_pair": "q", "label": 1}]
+  assert sorted(e["text"] for e in data.splits["train"] + data.splits["validation"]) == [
+      "t0",
+      "t1",
+      "t2",
+      "t3",
+  ]
+  tagged = _parquet(tmp_path, "tags.parquet", [{"tokens": ["New", "York"], "tags": ["B", "I"]}])
+  data = local.load(_task("tagging", train_path=tagged, validation_path=tagged), seed=0)
+  assert data.splits["train"] == [{"tokens": ["New", "York"], "tags": ["B", "I"]}]
+  qa = _parquet(
+      tmp_path, "qa.parquet", [{"question": "Q?", "context": "a cat", "answer": "cat", "s": 2}]
+  )
+  data = local.load(
+      _task("extractive_qa", train_path=qa, validation_path=qa, answer_start_column="s"), seed=0
+  )
+  assert data.splits["validation"][0]["answers"] == [{"text": "cat", "start": 2}]
+
+
+def test_parquet_errors_name_the_file_and_row(tmp_path):
+  train = _parquet(
+      tmp_path, "train.parquet", [{"text": "a", "label": "x"}, {"text": None, "label": "y"}]
+  )
+  with _raises(ValueError, train, 2, "column 'text' (config.task.text_column) is empty"):
+    local.load(_task("classification", train_path=train), seed=0)
+  train = _parquet(
+      tmp_path, "train.parquet", [{"text": "a", "label": "x"}, {"text": "b", "label": "y"}]
+  )
+  valid = _parquet(
+      tmp_path, "valid.parquet", [{"text": "c", "label": "x"}, {"text": "d", "label": "z"}]
+  )
+  with _raises(ValueError, valid, 2, "label 'z' is not among the train labels ('x', 'y')"):
+    local.load(_task("classification", train_path=train, validation_path=valid), seed=0)
+  with _raises(ValueError, train, 0, "no column 'sentence' (config.task.text_column)"):
+    local.load(_task("classification", train_path=train, text_column="sentence"), seed=0)
+  fake = _write(tmp_path, "fake.parquet", "text,label\na,b\n")
+  with _raises(ValueError, fake, 0, "not a readable Parquet file"):
+    local.load(_task("classification", train_path=fake), seed=0)
+  import pyarrow as pa
+  import pyarrow.parquet as pq
+
+  empty = str(tmp_path / "empty.parquet")
+  pq.write_table(
+      pa.table({"text": pa.array([], pa.string()), "label": pa.array([], pa.int64())}), empty
+  )
+  with _raises(ValueError, empty, 0, "no rows"):
+    local.load(_task("classification", train_path=empty), seed=0)
 
 
 # Errors: each names `file:line` and the fact that is wrong.

@@ -1,8 +1,10 @@
-"""Loads the user's own CSV, TSV or JSONL files as the canonical examples of one task type.
+"""Loads the user's own CSV, TSV, JSONL or Parquet files as the canonical examples of one task
+type.
 
 A column mapping in config.task (see `config_defaults`) names which column holds which field,
-so a new data set needs no code. Every problem raises one ValueError pointing at `file:line`:
-a silently skipped or coerced row would change results without anyone noticing.
+so a new data set needs no code. Every problem raises one ValueError pointing at `file:line`
+(for Parquet, `file:row`, counting rows from 1): a silently skipped or coerced row would change
+results without anyone noticing.
 
     data = local.load(config.task, seed=config.seed)  # TaskData, as the other sources return.
 """
@@ -22,7 +24,10 @@ from typing import Any
 from lmreuse.data.sources import base
 from lmreuse.tasks import types
 
-_DELIMITERS = {".csv": ",", ".tsv": "\t", ".jsonl": None, ".json-lines": None}  # None: JSONL.
+_DELIMITERS = {".csv": ",", ".tsv": "\t"}
+_JSONL = (".jsonl", ".json-lines")
+_PARQUET = ".parquet"
+_EXTENSIONS = (*_DELIMITERS, *_JSONL, _PARQUET)
 _INTEGER = re.compile(r"[+-]?[0-9]+")
 _MAX_LISTED = 20
 
@@ -41,13 +46,14 @@ def config_defaults() -> dict:
 @dataclasses.dataclass
 class Row:
   """One row of a file with its line, so that every check can name `file:line`; the task types'
-  `read_row` (lmreuse/tasks/types.py) read their fields through it."""
+  `read_row` (lmreuse/tasks/types.py) read their fields through it. `typed`: the values carry
+  their own types (JSON, Parquet: integers, lists), where CSV and TSV hold text only."""
 
   path: str
   line: int
   values: dict
   columns: dict[str, str]  # Config key ("text_column") -> column name.
-  from_json: bool
+  typed: bool
 
   def error(self, message: str) -> ValueError:
     return ValueError(f"{self.path}:{self.line}: {message}")
@@ -77,7 +83,7 @@ class Row:
     value = self.raw(key)
     if isinstance(value, str):
       return value.split()
-    if self.from_json and isinstance(value, list) and all(isinstance(w, str) for w in value):
+    if self.typed and isinstance(value, list) and all(isinstance(w, str) for w in value):
       return value
     raise self.error(
         f"{self.what(key)} is neither whitespace-separated text nor a list of "
@@ -150,29 +156,48 @@ def _read_jsonl(path: str, text: str, columns: dict[str, str]) -> list[tuple[int
   return rows
 
 
+def _read_parquet(path: str, columns: dict[str, str]) -> list[tuple[int, dict]]:
+  """The rows of a Parquet file (pyarrow), numbered from 1, with only the mapped columns."""
+  import pyarrow as pa  # pylint: disable=import-outside-toplevel
+  import pyarrow.parquet as pq  # pylint: disable=import-outside-toplevel
+
+  try:
+    table = pq.read_table(path)
+  except (pa.ArrowException, OSError) as e:
+    raise ValueError(f"{path}: not a readable Parquet file ({e})") from e
+  _check_columns(columns, table.column_names, path)
+  rows = table.select(sorted(set(columns.values()))).to_pylist()
+  if not rows:
+    raise ValueError(f"{path}: no rows")
+  return list(enumerate(rows, 1))
+
+
 def _load_file(
     task: Any, key: str, columns: dict[str, str]
 ) -> tuple[str, bool, list[tuple[int, dict]]]:
-  """(path, whether JSONL, [(line, example)]) of the file that config.task.<key> names."""
+  """(path, whether its values are typed, [(line, example)]) of the file config.task.<key>
+  names."""
   path = getattr(task, key)
   extension = os.path.splitext(path)[1].lower()
   if not os.path.isfile(path):
     raise FileNotFoundError(f"config.task.{key}={path!r}: no such file")
-  if extension not in _DELIMITERS:
+  if extension not in _EXTENSIONS:
     raise ValueError(
         f"config.task.{key}={path!r}: unknown extension {extension!r}; expected "
-        f"one of {', '.join(_DELIMITERS)}"
+        f"one of {', '.join(_EXTENSIONS)}"
     )
-  text, delimiter = _decode(path), _DELIMITERS[extension]
-  from_json = delimiter is None
-  rows = (
-      _read_jsonl(path, text, columns) if from_json else _read_csv(path, text, delimiter, columns)
-  )
+  typed = extension not in _DELIMITERS
+  if extension == _PARQUET:
+    rows = _read_parquet(path, columns)
+  elif extension in _JSONL:
+    rows = _read_jsonl(path, _decode(path), columns)
+  else:
+    rows = _read_csv(path, _decode(path), _DELIMITERS[extension], columns)
   convert = types.get(task.type).read_row
   return (
       path,
-      from_json,
-      [(line, convert(Row(path, line, values, columns, from_json))) for line, values in rows],
+      typed,
+      [(line, convert(Row(path, line, values, columns, typed))) for line, values in rows],
   )
 
 
@@ -208,12 +233,12 @@ def _label_set(files: dict, values_of: Callable[[dict], list], what: str) -> lis
 
 def _integer_labels(files: dict) -> None:
   """Turns CSV/TSV labels into ints where every train label is integer-looking, as in JSON."""
-  _, from_json, train = files["train"]
-  if from_json or not all(_INTEGER.fullmatch(example["label"]) for _, example in train):
+  _, typed, train = files["train"]
+  if typed or not all(_INTEGER.fullmatch(example["label"]) for _, example in train):
     return
-  for _, split_from_json, examples in files.values():
+  for _, split_typed, examples in files.values():
     for _, example in examples:
-      if not split_from_json and _INTEGER.fullmatch(example["label"]):
+      if not split_typed and _INTEGER.fullmatch(example["label"]):
         example["label"] = int(example["label"])
 
 
