@@ -74,6 +74,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
           train_fraction=1.0,  # seeded fraction of the training examples (low-resource runs)
           max_train_examples=0,  # 0 = all
           max_eval_examples=0,  # cap validation/test examples (smoke runs); 0 = all
+          # Out-of-distribution sets, scored with the best checkpoint under their own names:
+          # "NAME=FILE" or "NAME=DATASET:SPLIT" (lmreuse/data/sources/extra_eval.py).
+          extra_eval=(),
           **task_types.config_defaults(),  # keys single task types read: lmreuse/tasks/types.py
           **local.config_defaults(),  # name=local: files and their columns
       )

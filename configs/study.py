@@ -239,7 +239,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
           learning_rate=3e-3,
           eval_every=100,
           max_len=48,
-          task=dict(pooling="mean", max_eval_examples=1000),
+          # extra_eval: out-of-distribution sets (configs/finetune.py), for every task of the
+          # grid, so all its tasks must fit them.
+          task=dict(pooling="mean", max_eval_examples=1000, extra_eval=()),
       )
   )
   if args["preset"] == "reuse":

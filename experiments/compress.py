@@ -23,12 +23,13 @@ from lmreuse.train.trainer import Trainer
 
 
 def evaluate(evaluator: Evaluator, params, setup: finetune.Setup) -> tuple[dict, list]:
-  """Every split's metrics, prefixed; the predictions of the test split (else validation)."""
-  metrics, predictions = {}, []
+  """Every evaluation set's metrics (config.task.extra_eval's included), prefixed by its name;
+  the predictions of the test split (else validation)."""
+  metrics, predictions = {}, {}
   for name, eval_set in setup.eval_sets.items():
-    scores, predictions = evaluator(params, eval_set)
+    scores, predictions[name] = evaluator(params, eval_set)
     metrics.update({f"{name}/{k}": v for k, v in scores.items()})
-  return metrics, predictions
+  return metrics, predictions["test" if "test" in predictions else "validation"]
 
 
 def quantized_model(

@@ -31,6 +31,7 @@ from lmreuse import (
 )
 from lmreuse.compression import distill
 from lmreuse.data import pipeline, sources, tokenizer as tokenizer_lib
+from lmreuse.data.sources import extra_eval
 from lmreuse.models.config import TransformerConfig
 from lmreuse.objectives.base import apply_rngs, init_rngs
 from lmreuse.parallel import mesh as mesh_lib, sharding as sharding_lib
@@ -322,6 +323,7 @@ def early_stopping(config: ml_collections.ConfigDict, task_type: str) -> EarlySt
 def eval_sets_of(
     config: ml_collections.ConfigDict, task: tasks.TaskType, data: sources.TaskData
 ) -> dict[str, EvalSet]:
+  """Validation, test where there is one, then config.task.extra_eval's sets by name."""
   eval_sets = {
       name: featurize(task, name, data.splits[name], data.origin.get(name, ""))
       for name in ("validation", "test")
@@ -329,6 +331,8 @@ def eval_sets_of(
   }
   if "validation" not in eval_sets:
     raise ValueError(f"{config.task.name}: no validation split to select the best checkpoint")
+  for name, (examples, origin) in extra_eval.load(config.task, data, config.seed).items():
+    eval_sets[name] = featurize(task, name, examples, origin)
   return eval_sets
 
 
@@ -582,6 +586,10 @@ def best_metrics(workdir: str, setup: Setup, trained: Trained) -> dict[str, floa
     scores, predictions = selection.evaluator(trained.best_params, setup.eval_sets[split])
   if split == "test":
     results.update({f"test/{k}": v for k, v in scores.items()})
+  for name in extra_eval_names(setup):
+    with selection.timers("eval"):
+      extra, _ = selection.evaluator(trained.best_params, setup.eval_sets[name])
+    results.update({f"{name}/{k}": v for k, v in extra.items()})
   if jax.process_index() == 0:
     examples = setup.eval_sets[split].examples
     workdir_lib.write_jsonl(
@@ -590,6 +598,11 @@ def best_metrics(workdir: str, setup: Setup, trained: Trained) -> dict[str, floa
     )
   logging.info("best step %d: %s", trained.best_step, results)
   return results
+
+
+def extra_eval_names(setup: Setup) -> list[str]:
+  """config.task.extra_eval's set names, in their order."""
+  return [name for name in setup.eval_sets if name not in ("validation", "test")]
 
 
 def write_reusables(
@@ -663,6 +676,9 @@ def write_results(
           "name": config.task.name,
           "type": setup.data.task_type,
           "examples": {k: len(v) for k, v in setup.data.splits.items()},
+          "extra_eval": {
+              name: len(setup.eval_sets[name].examples) for name in extra_eval_names(setup)
+          },
           "origin": setup.data.origin,
       },
       model=dataclasses.asdict(setup.model_cfg),

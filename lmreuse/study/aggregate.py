@@ -59,12 +59,13 @@ def _compute(row: dict) -> dict[str, float]:
 
 
 def _values(members: Sequence[dict]) -> dict[str, list[float]]:
-  """Per column, one value per finished seed: metrics, parameters, compute, wall time, and the
-  model's stored bytes."""
+  """Per column, one value per finished seed: metrics (every evaluation set's `<set>/<metric>`,
+  config.task.extra_eval's included), parameters, compute, wall time, and the model's stored
+  bytes."""
   values: dict[str, list[float]] = {}
   for row in (r for r in members if r["status"] == "ok"):
     for name, value in sorted(row["metrics"].items()):
-      if name.startswith(("test/", "validation/")) and isinstance(value, (int, float)):
+      if "/" in name and isinstance(value, (int, float)):
         values.setdefault(name, []).append(float(value))
     for name in ("trainable", "trainable_fraction"):
       values.setdefault(name, []).append(float(row["parameters"][name]))

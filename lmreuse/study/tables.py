@@ -137,15 +137,15 @@ def results_table(
   swept = any(line["configurations"] > 1 for line in lines)
   compressed = any(COMPRESSED in line["strategy"] for line in lines)
   best = _best(lines, score, mode) if found else set()
+  extras = extra_sets(lines, metric)
   header, numeric = _results_columns(
-      metric, fractions=fractions, swept=swept, compressed=compressed
+      metric, extras, fractions=fractions, swept=swept, compressed=compressed
   )
   kinds = ["strategy vs full", *(["compressed vs float"] if compressed else [])]
   cells = []
   for i, line in enumerate(lines):
-    scores = {
-        key: _interval(line, key, scale, fmt) for key in (f"test/{metric}", f"validation/{metric}")
-    }
+    keys = (f"test/{metric}", f"validation/{metric}", *(f"{name}/{metric}" for name in extras))
+    scores = {key: _interval(line, key, scale, fmt) for key in keys}
     if i in best:
       scores[score] = fmt.bold(scores[score])
     deltas = [
@@ -160,11 +160,19 @@ def results_table(
   return [fmt.esc(h) for h in header], cells, numeric
 
 
+def extra_sets(lines: Sequence[dict], metric: str) -> list[str]:
+  """The config.task.extra_eval sets some line has a `metric` score on, sorted."""
+  suffix = f"/{metric}.mean"
+  names = {key.removesuffix(suffix) for line in lines for key in line if key.endswith(suffix)}
+  return sorted(names - {"test", "validation"})
+
+
 def _results_columns(
-    metric: str, *, fractions: bool, swept: bool, compressed: bool
+    metric: str, extras: Sequence[str], *, fractions: bool, swept: bool, compressed: bool
 ) -> tuple[list[str], list[bool]]:
   """The header and which columns are numeric; the data fraction, selected hparams and
-  compression's columns only show where they vary, so a single-run table stays narrow."""
+  compression's columns only show where they vary, so a single-run table stays narrow; each
+  extra evaluation set (out-of-distribution data) gets a score column after validation's."""
   columns = [
       ("init", False),
       ("strategy", False),
@@ -172,6 +180,7 @@ def _results_columns(
       *([("selected", False)] if swept else []),
       (f"test {metric}", True),
       (f"validation {metric}", True),
+      *[(f"{name} {metric}", True) for name in extras],
       ("Δ vs full", True),
       *([("Δ vs float", True)] if compressed else []),
       ("Δ vs scratch", True),

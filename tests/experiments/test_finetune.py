@@ -441,3 +441,44 @@ def test_a_run_draws_its_keys_from_its_prng_impl_and_keeps_it(finetune_config, t
   with pytest.raises(ValueError, match=r"config.prng_impl='philox' is not one of"):
     run("bad", "philox")
   assert not (tmp_path / "bad").exists()
+
+
+def test_extra_evaluation_sets_are_scored_with_the_best_checkpoint(finetune_config, tmp_path):
+  """config.task.extra_eval: a named dataset's split and local files are scored under their own
+  names; the task's own validation split, named again, scores exactly as validation does."""
+  rows = [
+      {"text": "a kind of dog", "label": "noun.animal"},
+      {"text": "to run", "label": "verb.motion"},
+  ]
+  mine = tmp_path / "mine.jsonl"
+  mine.write_text("".join(json.dumps(r) + "\n" for r in rows))
+  csv_file = write_lines(tmp_path / "ood.csv", ["text,label", "a big tree,noun.plant"])
+  config = finetune_config(
+      **{"task.extra_eval": ("same=wordnet_supersense:validation", f"mine={mine}", f"c={csv_file}")}
+  )
+  results = finetune.run(config, str(tmp_path / "run"))
+  metrics = results["metrics"]
+  assert metrics["same/accuracy"] == pytest.approx(metrics["validation/accuracy"], abs=1e-6)
+  assert metrics["same/loss"] == pytest.approx(metrics["validation/loss"], rel=1e-5)
+  assert metrics["mine/accuracy"] in (0.0, 0.5, 1.0) and metrics["c/accuracy"] in (0.0, 1.0)
+  assert results["task"]["extra_eval"] == {"same": 16, "mine": 2, "c": 1}  # capped like validation
+
+  bad_label = write_lines(tmp_path / "bad.csv", ["text,label", "a cat,noun.animal", "x,no.such"])
+  cases = [
+      ("x y=wordnet_supersense:test", r"entry 'x y=wordnet_supersense:test': expected NAME=FILE"),
+      ("test=wordnet_supersense:test", r"'test' is one of the task's own splits"),
+      (f"b={bad_label}", re.escape(f"{bad_label}:3: label 'no.such' is not among the training")),
+      ("d=wordnet_definition:test", "wordnet_definition is a seq2seq dataset, the task a"),
+      ("d=wordnet_supersense:dev", r"wordnet_supersense has splits \['test', 'train', 'valid"),
+      ("d=nope:test", r"config.task.name='nope' is unknown"),
+      ("d=no_file", "neither a data file"),
+      (f"d={tmp_path / 'missing.jsonl'}", "no such file"),
+  ]
+  for entry, message in cases:
+    workdir = tmp_path / "refused"
+    with pytest.raises((ValueError, FileNotFoundError), match=message):
+      finetune.run(finetune_config(**{"task.extra_eval": (entry,)}), str(workdir))
+    assert not workdir.exists()
+  twice = ("a=wordnet_supersense:test", "a=wordnet_supersense:validation")
+  with pytest.raises(ValueError, match="the name 'a' is given twice"):
+    finetune.run(finetune_config(**{"task.extra_eval": twice}), str(tmp_path / "refused"))

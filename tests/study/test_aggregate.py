@@ -362,3 +362,25 @@ def test_test_scores_come_only_from_the_configuration_selected_on_validation(swe
 def test_missing_manifest_names_it(tmp_path):
   with pytest.raises(FileNotFoundError, match=r"study.json"):
     aggregate.report(str(tmp_path))
+
+
+def test_extra_evaluation_sets_get_their_own_columns(study):
+  """config.task.extra_eval's scores (`<set>/<metric>` in results.json) are aggregated like the
+  task's own splits and shown after validation's, for the tasks that have them."""
+  for root, _, files in os.walk(os.path.join(study, "runs")):
+    if "results.json" in files and "sst_2" in root:
+      path = os.path.join(root, "results.json")
+      results = json.load(open(path))
+      results["metrics"]["ood/accuracy"] = results["metrics"]["test/accuracy"] - 0.1
+      write_json(path, results)
+  tables = aggregate.report(study)["tables"]
+  rows = list(csv.DictReader(open(tables["csv"])))
+  assert float(rows[0]["ood/accuracy.mean"]) == pytest.approx(0.32)  # bert/full: 0.42 - 0.1
+  assert float(rows[0]["ood/accuracy.ci95"]) == pytest.approx(float(rows[0]["test/accuracy.ci95"]))
+  md = open(tables["md"]).read()
+  sst, ner = md.split("## ner")[0], md.split("## ner")[1]
+  assert (
+      "| init | strategy | test accuracy | validation accuracy | ood accuracy | Δ vs full |" in sst
+  )
+  assert "| bert | full | 42.0 ± 5.0 | 43.0 ± 5.0 | 32.0 ± 5.0 | — |" in sst
+  assert "ood" not in ner

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -70,10 +71,16 @@ def subsample(
   if keep < len(train):
     order = np.sort(np.random.default_rng(seed).permutation(len(train))[:keep])
     splits["train"] = View(train, order)
-  if max_eval_examples:
-    for name in ("validation", "test"):
-      if name in splits and len(splits[name]) > max_eval_examples:
-        # A fixed seed, not the run's: every run of a comparison scores the same examples.
-        order = np.random.default_rng(0).permutation(len(splits[name]))[:max_eval_examples]
-        splits[name] = View(splits[name], np.sort(order))
+  for name in ("validation", "test"):
+    if name in splits:
+      splits[name] = capped(splits[name], max_eval_examples)
   return dataclasses.replace(data, splits=splits)
+
+
+def capped(examples: Sequence[dict], max_examples: int) -> Sequence[dict]:
+  """At most `max_examples` of an evaluation set (0: all), drawn with a fixed seed, not the
+  run's: every run of a comparison scores the same examples."""
+  if not max_examples or len(examples) <= max_examples:
+    return examples
+  order = np.random.default_rng(0).permutation(len(examples))[:max_examples]
+  return View(examples, np.sort(order))

@@ -27,7 +27,7 @@ from lmreuse.tasks import types
 _DELIMITERS = {".csv": ",", ".tsv": "\t"}
 _JSONL = (".jsonl", ".json-lines")
 _PARQUET = ".parquet"
-_EXTENSIONS = (*_DELIMITERS, *_JSONL, _PARQUET)
+EXTENSIONS = (*_DELIMITERS, *_JSONL, _PARQUET)
 _INTEGER = re.compile(r"[+-]?[0-9]+")
 _MAX_LISTED = 20
 
@@ -172,33 +172,48 @@ def _read_parquet(path: str, columns: dict[str, str]) -> list[tuple[int, dict]]:
   return list(enumerate(rows, 1))
 
 
+def is_data_file(path: str) -> bool:
+  """Whether `path` names a file this module reads (by its extension)."""
+  return os.path.splitext(path)[1].lower() in EXTENSIONS
+
+
+def columns(task: Any, task_type: str) -> dict[str, str]:
+  """The column mapping config.task sets for a task type: config key -> column name."""
+  return {key: getattr(task, key) for key in types.get(task_type).columns if getattr(task, key)}
+
+
+def read_file(
+    path: str, task_type: str, mapping: dict[str, str], what: str
+) -> tuple[bool, list[tuple[int, dict]]]:
+  """(whether its values are typed, [(line, example)]) of one file; `what` is the config key
+  that names it, for the errors about the file as a whole."""
+  extension = os.path.splitext(path)[1].lower()
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"{what}={path!r}: no such file")
+  if extension not in EXTENSIONS:
+    raise ValueError(
+        f"{what}={path!r}: unknown extension {extension!r}; expected one of "
+        f"{', '.join(EXTENSIONS)}"
+    )
+  typed = extension not in _DELIMITERS
+  if extension == _PARQUET:
+    rows = _read_parquet(path, mapping)
+  elif extension in _JSONL:
+    rows = _read_jsonl(path, _decode(path), mapping)
+  else:
+    rows = _read_csv(path, _decode(path), _DELIMITERS[extension], mapping)
+  convert = types.get(task_type).read_row
+  return typed, [(line, convert(Row(path, line, values, mapping, typed))) for line, values in rows]
+
+
 def _load_file(
-    task: Any, key: str, columns: dict[str, str]
+    task: Any, key: str, mapping: dict[str, str]
 ) -> tuple[str, bool, list[tuple[int, dict]]]:
   """(path, whether its values are typed, [(line, example)]) of the file config.task.<key>
   names."""
   path = getattr(task, key)
-  extension = os.path.splitext(path)[1].lower()
-  if not os.path.isfile(path):
-    raise FileNotFoundError(f"config.task.{key}={path!r}: no such file")
-  if extension not in _EXTENSIONS:
-    raise ValueError(
-        f"config.task.{key}={path!r}: unknown extension {extension!r}; expected "
-        f"one of {', '.join(_EXTENSIONS)}"
-    )
-  typed = extension not in _DELIMITERS
-  if extension == _PARQUET:
-    rows = _read_parquet(path, columns)
-  elif extension in _JSONL:
-    rows = _read_jsonl(path, _decode(path), columns)
-  else:
-    rows = _read_csv(path, _decode(path), _DELIMITERS[extension], columns)
-  convert = types.get(task.type).read_row
-  return (
-      path,
-      typed,
-      [(line, convert(Row(path, line, values, columns, typed))) for line, values in rows],
-  )
+  typed, rows = read_file(path, task.type, mapping, f"config.task.{key}")
+  return path, typed, rows
 
 
 def _listing(values: list) -> str:
@@ -237,17 +252,23 @@ def _integer_labels(files: dict) -> None:
   if typed or not all(_INTEGER.fullmatch(example["label"]) for _, example in train):
     return
   for _, split_typed, examples in files.values():
-    for _, example in examples:
-      if not split_typed and _INTEGER.fullmatch(example["label"]):
-        example["label"] = int(example["label"])
+    if not split_typed:
+      integer_labels([example for _, example in examples])
+
+
+def integer_labels(examples: list[dict]) -> None:
+  """Makes each integer-looking text label of a CSV/TSV file's examples an int, in place."""
+  for example in examples:
+    if isinstance(example["label"], str) and _INTEGER.fullmatch(example["label"]):
+      example["label"] = int(example["label"])
 
 
 def load(task: Any, seed: int) -> base.TaskData:
   """Reads config.task's train/validation/test files; a missing validation file is split off."""
   spec = types.get(task.type)
-  columns = {key: getattr(task, key) for key in spec.columns if getattr(task, key)}
+  mapping = columns(task, task.type)
   files = {
-      split: _load_file(task, f"{split}_path", columns)
+      split: _load_file(task, f"{split}_path", mapping)
       for split in base.SPLITS
       if split == "train" or getattr(task, f"{split}_path")
   }

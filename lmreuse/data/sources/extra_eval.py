@@ -1,0 +1,115 @@
+"""Further evaluation sets beside a task's own splits (config.task.extra_eval).
+
+Out-of-distribution data a fine-tuned model is scored on with its best checkpoint, each under a
+name of its own in results.json and the study tables, so that a study can set the in- against
+the out-of-distribution score per strategy. An entry is `NAME=FILE` (a CSV, TSV, JSONL or
+Parquet file read with the task's column mapping and type) or `NAME=DATASET:SPLIT` (a split of a
+named dataset, bundled or TFDS catalog, of the same task type):
+
+  --config.task.extra_eval='("heldout=wordnet_supersense:test", "mine=reviews.jsonl")'
+
+Every set must fit the task: the same task type, and labels (or tags) among the training set's.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import ml_collections
+
+from lmreuse.data import sources
+from lmreuse.data.sources import base, local
+from lmreuse.tasks import types
+
+_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_-]*")
+KEY = "config.task.extra_eval"
+
+
+def parse(entries: Iterable[str]) -> dict[str, str]:
+  """{name: source} of the entries, in order; a malformed, reserved or repeated name raises."""
+  out: dict[str, str] = {}
+  for entry in entries:
+    name, sep, source = str(entry).partition("=")
+    if not sep or not source or not _NAME.fullmatch(name):
+      raise ValueError(
+          f"{KEY} entry {entry!r}: expected NAME=FILE or NAME=DATASET:SPLIT, NAME a letter then "
+          "letters, digits, '_' or '-'"
+      )
+    if name in base.SPLITS:
+      raise ValueError(f"{KEY} entry {entry!r}: {name!r} is one of the task's own splits")
+    if name in out:
+      raise ValueError(f"{KEY} entry {entry!r}: the name {name!r} is given twice")
+    out[name] = source
+  return out
+
+
+def _check_labels(
+    examples: Sequence[dict], where: Sequence[str], task_type: str, labels: list | None
+) -> None:
+  kind = types.get(task_type).label_kind
+  if kind not in ("class", "tags") or labels is None:
+    return
+  known = set(labels)
+  for example, at in zip(examples, where):
+    values = [example["label"]] if kind == "class" else example["tags"]
+    for value in values:
+      if value not in known:
+        what = "label" if kind == "class" else "tag"
+        raise ValueError(
+            f"{at}: {what} {value!r} is not among the training set's {what}s "
+            f"({', '.join(map(repr, labels[:20]))}{', ...' if len(labels) > 20 else ''})"
+        )
+
+
+def _from_file(task: Any, name: str, path: str, data: base.TaskData) -> tuple[list[dict], str]:
+  mapping = local.columns(task, data.task_type)
+  typed, rows = local.read_file(path, data.task_type, mapping, f"{KEY} {name}")
+  examples = [example for _, example in rows]
+  if not typed and data.labels and all(isinstance(label, int) for label in data.labels):
+    local.integer_labels(examples)  # as the task's own CSV files were read
+  _check_labels(examples, [f"{path}:{line}" for line, _ in rows], data.task_type, data.labels)
+  return examples, path
+
+
+def _from_dataset(
+    task: Any, name: str, source: str, data: base.TaskData, seed: int
+) -> tuple[Sequence[dict], str]:
+  dataset, sep, split = source.rpartition(":")
+  if not sep or not dataset or dataset == sources.LOCAL:
+    raise ValueError(
+        f"{KEY} {name}={source!r}: neither a data file ({', '.join(local.EXTENSIONS)}) nor "
+        "DATASET:SPLIT"
+    )
+  other_task = ml_collections.ConfigDict(task.to_dict())
+  other_task.update(name=dataset, type="")
+  try:
+    other = sources.load(other_task, seed)
+  except ValueError as e:
+    raise ValueError(f"{KEY} {name}={source!r}: {e}") from e
+  if other.task_type != data.task_type:
+    raise ValueError(
+        f"{KEY} {name}={source!r}: {dataset} is a {other.task_type} dataset, the task a "
+        f"{data.task_type} one"
+    )
+  if split not in other.splits:
+    raise ValueError(f"{KEY} {name}={source!r}: {dataset} has splits {sorted(other.splits)}")
+  examples = other.splits[split]
+  origin = other.origin.get(split, source)
+  where = [f"{origin}: example {i}" for i in range(len(examples))]
+  _check_labels(examples, where, data.task_type, data.labels)
+  return examples, origin
+
+
+def load(task: Any, data: base.TaskData, seed: int) -> dict[str, tuple[Sequence[dict], str]]:
+  """{name: (examples, origin)} of every config.task.extra_eval entry, capped at
+  task.max_eval_examples like the task's own evaluation splits."""
+  sets = {}
+  for name, source in parse(task.extra_eval).items():
+    if local.is_data_file(source):
+      examples, origin = _from_file(task, name, source, data)
+    else:
+      examples, origin = _from_dataset(task, name, source, data, seed)
+    sets[name] = (sources.capped(examples, task.max_eval_examples), origin)
+  return sets
