@@ -77,6 +77,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
           # Out-of-distribution sets, scored with the best checkpoint under their own names:
           # "NAME=FILE" or "NAME=DATASET:SPLIT" (lmreuse/data/sources/extra_eval.py).
           extra_eval=(),
+          # Bundled WordNet tasks: a regex on lexicographer file names ("^verb\\."); matching
+          # synsets leave every split, and NAME=<task>:heldout scores their test examples.
+          heldout_lexnames="",
           **task_types.config_defaults(),  # keys single task types read: lmreuse/tasks/types.py
           **local.config_defaults(),  # name=local: files and their columns
       )

@@ -471,6 +471,7 @@ def test_extra_evaluation_sets_are_scored_with_the_best_checkpoint(finetune_conf
       ("d=wordnet_definition:test", "wordnet_definition is a seq2seq dataset, the task a"),
       ("d=wordnet_supersense:dev", r"wordnet_supersense has splits \['test', 'train', 'valid"),
       ("d=nope:test", r"config.task.name='nope' is unknown"),
+      ("d=wordnet_supersense:heldout", "wordnet_supersense holds nothing out; set"),
       ("d=no_file", "neither a data file"),
       (f"d={tmp_path / 'missing.jsonl'}", "no such file"),
   ]
@@ -482,3 +483,27 @@ def test_extra_evaluation_sets_are_scored_with_the_best_checkpoint(finetune_conf
   twice = ("a=wordnet_supersense:test", "a=wordnet_supersense:validation")
   with pytest.raises(ValueError, match="the name 'a' is given twice"):
     finetune.run(finetune_config(**{"task.extra_eval": twice}), str(tmp_path / "refused"))
+  # Held-out supersenses are labels the model never trains on: refused, naming one.
+  verbs = {
+      "task.heldout_lexnames": r"^verb\.",
+      "task.extra_eval": ("v=wordnet_supersense:heldout",),
+  }
+  with pytest.raises(ValueError, match=r"label 'verb\.\w+' is not among the training set's"):
+    finetune.run(finetune_config(**verbs), str(tmp_path / "refused"))
+  assert not (tmp_path / "refused").exists()
+
+
+def test_a_held_out_lexicographer_group_is_scored_out_of_distribution(finetune_config, tmp_path):
+  """wordnet_relation without verb synsets, scored on the verbs' test examples."""
+  config = finetune_config(
+      **{
+          "task.name": "wordnet_relation",
+          "task.heldout_lexnames": r"^verb\.",
+          "task.extra_eval": ("verbs=wordnet_relation:heldout",),
+      }
+  )
+  results = finetune.run(config, str(tmp_path / "run"))
+  assert 0.0 <= results["metrics"]["verbs/accuracy"] <= 1.0 and "verbs/loss" in results["metrics"]
+  assert results["task"]["extra_eval"] == {"verbs": 16}
+  pattern = config.task.heldout_lexnames
+  assert f"without lexnames matching {pattern!r}" in results["task"]["origin"]["train"]

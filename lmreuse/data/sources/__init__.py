@@ -25,6 +25,13 @@ def load(task: Any, seed: int) -> TaskData:
   """The dataset `task.name` names, checked against `task.type` when that is set."""
   from lmreuse.data.sources import catalog, local, wordnet_tasks
 
+  # Configs saved before a key existed (a teacher's, a run compress reads) lack it.
+  heldout_lexnames = getattr(task, "heldout_lexnames", "")
+  if heldout_lexnames and task.name not in wordnet_tasks.NAMES:
+    raise ValueError(
+        f"config.task.heldout_lexnames={heldout_lexnames!r} needs a bundled WordNet task "
+        f"({', '.join(wordnet_tasks.NAMES)}), not {task.name!r}"
+    )
   if task.name == LOCAL:
     if not task.type:
       raise ValueError(
@@ -32,7 +39,7 @@ def load(task: Any, seed: int) -> TaskData:
       )
     data = local.load(task, seed)
   elif task.name in wordnet_tasks.NAMES:
-    data = wordnet_tasks.load(task.name)
+    data = wordnet_tasks.load(task.name, heldout_lexnames)
   elif task.name in catalog.NAMES:
     data = catalog.load(
         task.name,

@@ -25,6 +25,8 @@ class TaskData:
   own class order, else None.
   `origin` names where each split came from (a file, a TFDS split) for messages and results.
   `positive_label` is the class whose binary F1 a benchmark reports (MRPC), if any.
+  `heldout`: examples a source set aside from every split (a bundled WordNet task's
+  config.task.heldout_lexnames), for out-of-distribution evaluation; None where there are none.
   """
 
   task_type: str
@@ -32,6 +34,8 @@ class TaskData:
   labels: list | None = None
   origin: dict[str, str] = dataclasses.field(default_factory=dict)
   positive_label: Any = None
+  heldout: Sequence[dict] | None = None
+  heldout_origin: str = ""
 
 
 class View(collections.abc.Sequence):

@@ -1,12 +1,14 @@
-"""Further evaluation sets beside a task's own splits (config.task.extra_eval).
+r"""Further evaluation sets beside a task's own splits (config.task.extra_eval).
 
 Out-of-distribution data a fine-tuned model is scored on with its best checkpoint, each under a
 name of its own in results.json and the study tables, so that a study can set the in- against
 the out-of-distribution score per strategy. An entry is `NAME=FILE` (a CSV, TSV, JSONL or
 Parquet file read with the task's column mapping and type) or `NAME=DATASET:SPLIT` (a split of a
-named dataset, bundled or TFDS catalog, of the same task type):
+named dataset, bundled or TFDS catalog, of the same task type; `heldout` for the synsets a
+bundled WordNet task's config.task.heldout_lexnames set aside):
 
-  --config.task.extra_eval='("heldout=wordnet_supersense:test", "mine=reviews.jsonl")'
+  --config.task.name=wordnet_relation --config.task.heldout_lexnames='^verb\.'
+  --config.task.extra_eval='("verbs=wordnet_relation:heldout", "mine=pairs.jsonl")'
 
 Every set must fit the task: the same task type, and labels (or tags) among the training set's.
 """
@@ -25,6 +27,7 @@ from lmreuse.tasks import types
 
 _NAME = re.compile(r"[A-Za-z][A-Za-z0-9_-]*")
 KEY = "config.task.extra_eval"
+HELDOUT = "heldout"  # DATASET:heldout, what config.task.heldout_lexnames sets aside
 
 
 def parse(entries: Iterable[str]) -> dict[str, str]:
@@ -93,10 +96,20 @@ def _from_dataset(
         f"{KEY} {name}={source!r}: {dataset} is a {other.task_type} dataset, the task a "
         f"{data.task_type} one"
     )
-  if split not in other.splits:
-    raise ValueError(f"{KEY} {name}={source!r}: {dataset} has splits {sorted(other.splits)}")
-  examples = other.splits[split]
-  origin = other.origin.get(split, source)
+  if split == HELDOUT:
+    if other.heldout is None:
+      raise ValueError(
+          f"{KEY} {name}={source!r}: {dataset} holds nothing out; set "
+          "config.task.heldout_lexnames (bundled WordNet tasks)"
+      )
+    examples, origin = other.heldout, other.heldout_origin
+  elif split in other.splits:
+    examples, origin = other.splits[split], other.origin.get(split, source)
+  else:
+    raise ValueError(
+        f"{KEY} {name}={source!r}: {dataset} has splits {sorted(other.splits)} (and "
+        f"{HELDOUT!r} with config.task.heldout_lexnames)"
+    )
   where = [f"{origin}: example {i}" for i in range(len(examples))]
   _check_labels(examples, where, data.task_type, data.labels)
   return examples, origin
@@ -106,7 +119,7 @@ def load(task: Any, data: base.TaskData, seed: int) -> dict[str, tuple[Sequence[
   """{name: (examples, origin)} of every config.task.extra_eval entry, capped at
   task.max_eval_examples like the task's own evaluation splits."""
   sets = {}
-  for name, source in parse(task.extra_eval).items():
+  for name, source in parse(getattr(task, "extra_eval", ())).items():  # () in older configs
     if local.is_data_file(source):
       examples, origin = _from_file(task, name, source, data)
     else:

@@ -1,4 +1,4 @@
-"""Downstream tasks with real labels from the bundled WordNet 3.0 corpus (no download).
+r"""Downstream tasks with real labels from the bundled WordNet 3.0 corpus (no download).
 
 Splits follow the corpus's held-out synset blocks, which pretraining never sees (see
 lmreuse/data/corpus/build.py), so validation/test text is unseen by a pretrained model.
@@ -12,11 +12,17 @@ lmreuse/data/corpus/build.py), so validation/test text is unseen by a pretrained
 
 Examples are a pure function of the corpus (the relation task's choices use a fixed seed), so
 every run and every seed sees the same dataset.
+
+`heldout_lexnames` (config.task.heldout_lexnames, a regex searched in each synset's
+lexicographer file name, e.g. `^verb\.`) takes the matching synsets out of every split; their
+test-split examples become the `heldout` set, which config.task.extra_eval can score as
+out-of-distribution data (`NAME=wordnet_relation:heldout`).
 """
 
 from __future__ import annotations
 
 import functools
+import re
 
 import numpy as np
 
@@ -137,31 +143,58 @@ _BUILDERS = {
 
 
 @functools.cache
-def _examples(name: str) -> tuple[dict[str, tuple[dict, ...]], tuple | None]:
-  """(each split's examples, the sorted label set or None), built once per process: they are a
-  pure function of the corpus, and a study or a test session builds the same task many times.
-  Splits are tuples, so that no caller can change what the next one gets."""
+def _examples(
+    name: str, heldout_lexnames: str = ""
+) -> tuple[dict[str, tuple[dict, ...]], tuple | None, tuple[dict, ...]]:
+  """(each split's examples, the sorted label set or None, the held-out synsets' test examples),
+  built once per process: they are a pure function of the corpus, and a study or a test session
+  builds the same task many times. Tuples, so that no caller can change what the next one gets."""
+  held = re.compile(heldout_lexnames).search if heldout_lexnames else lambda lexname: False
   by_id = {r["id"]: r for r in _records()}
   by_split = {split: [] for split in SPLITS}
+  heldout = []
   for r in _records():
-    by_split[r["split"]].append(r)
+    if held(r["lexname"]):
+      if r["split"] == "test":
+        heldout.append(r)
+    else:
+      by_split[r["split"]].append(r)
   splits = {split: tuple(_BUILDERS[name](by_split[split], by_id)) for split in SPLITS}
   labels = None
   if types.get(TASK_TYPE_OF[name]).label_kind == "class":
     labels = tuple(sorted({e["label"] for e in splits["train"]}))
-  return splits, labels
+  return splits, labels, tuple(_BUILDERS[name](heldout, by_id))
 
 
-def load(name: str) -> TaskData:
+def load(name: str, heldout_lexnames: str = "") -> TaskData:
   if name not in TASK_TYPE_OF:
     raise ValueError(
         f"config.task.name={name!r} is not a bundled WordNet task; choose one of " f"{NAMES}"
     )
-  splits, labels = _examples(name)
-  origin = {split: f"{wordnet.DEFAULT_PATH} ({name}, {split} synsets)" for split in SPLITS}
+  if heldout_lexnames:
+    try:
+      re.compile(heldout_lexnames)
+    except re.error as e:
+      raise ValueError(
+          f"config.task.heldout_lexnames={heldout_lexnames!r} is not a regex: {e}"
+      ) from e
+  splits, labels, heldout = _examples(name, heldout_lexnames)
+  for split, examples in splits.items():
+    if not examples:
+      raise ValueError(
+          f"config.task.heldout_lexnames={heldout_lexnames!r} holds out every synset of "
+          f"{name}'s {split} split"
+      )
+  where = f" without lexnames matching {heldout_lexnames!r}" if heldout_lexnames else ""
+  origin = {split: f"{wordnet.DEFAULT_PATH} ({name}, {split} synsets{where})" for split in SPLITS}
   return TaskData(
       task_type=TASK_TYPE_OF[name],
       splits=dict(splits),
       labels=None if labels is None else list(labels),
       origin=origin,
+      heldout=heldout if heldout_lexnames else None,
+      heldout_origin=(
+          f"{wordnet.DEFAULT_PATH} ({name}, test synsets with lexnames matching "
+          f"{heldout_lexnames!r})"
+      ),
   )
