@@ -577,8 +577,9 @@ def train(config: ml_collections.ConfigDict, workdir: str, setup: Setup) -> Trai
 
 
 def best_metrics(workdir: str, setup: Setup, trained: Trained) -> dict[str, float]:
-  """The best step's validation and test metrics; predictions.jsonl for the test split (the
-  validation split where there is no test split)."""
+  """The best step's validation, test and extra sets' metrics; predictions.jsonl for the test
+  split (the validation split where there is no test split), extra_eval/<NAME>.jsonl for each
+  config.task.extra_eval set."""
   selection = trained.selection
   results = {f"validation/{k}": v for k, v in selection.stopper.best_metrics.items()}
   split = "test" if "test" in setup.eval_sets else "validation"
@@ -586,16 +587,19 @@ def best_metrics(workdir: str, setup: Setup, trained: Trained) -> dict[str, floa
     scores, predictions = selection.evaluator(trained.best_params, setup.eval_sets[split])
   if split == "test":
     results.update({f"test/{k}": v for k, v in scores.items()})
+  outputs = {os.path.join(workdir, workdir_lib.PREDICTIONS): (split, predictions)}
   for name in extra_eval_names(setup):
     with selection.timers("eval"):
-      extra, _ = selection.evaluator(trained.best_params, setup.eval_sets[name])
+      extra, extra_predictions = selection.evaluator(trained.best_params, setup.eval_sets[name])
     results.update({f"{name}/{k}": v for k, v in extra.items()})
+    path = os.path.join(workdir, workdir_lib.EXTRA_PREDICTIONS, f"{name}.jsonl")
+    outputs[path] = (name, extra_predictions)
   if jax.process_index() == 0:
-    examples = setup.eval_sets[split].examples
-    workdir_lib.write_jsonl(
-        os.path.join(workdir, workdir_lib.PREDICTIONS),
-        [setup.task.record(examples[i], p) for i, p in enumerate(predictions)],
-    )
+    for path, (name, records) in outputs.items():
+      examples = setup.eval_sets[name].examples
+      workdir_lib.write_jsonl(
+          path, [setup.task.record(examples[i], p) for i, p in enumerate(records)]
+      )
   logging.info("best step %d: %s", trained.best_step, results)
   return results
 

@@ -33,6 +33,7 @@ BEST = "best"  # fine-tuning: the best checkpoint's parameters
 TRAINABLE = "trainable"  # fine-tuning: the best trainable (head + strategy) parameters
 EARLY_STOPPING = "early_stopping.json"
 PREDICTIONS = "predictions.jsonl"
+EXTRA_PREDICTIONS = "extra_eval"  # fine-tuning: <NAME>.jsonl per config.task.extra_eval set
 INIT_REPORT = "init_report.json"  # loaded / new / dropped parameter paths
 LABELS = "labels.json"
 PLOTS = "plots"
@@ -58,6 +59,7 @@ RUN_OUTPUTS = (
     TRAINABLE,
     EARLY_STOPPING,
     PREDICTIONS,
+    EXTRA_PREDICTIONS,
     INIT_REPORT,
     LABELS,
     PLOTS,

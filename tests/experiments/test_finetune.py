@@ -462,6 +462,14 @@ def test_extra_evaluation_sets_are_scored_with_the_best_checkpoint(finetune_conf
   assert metrics["same/loss"] == pytest.approx(metrics["validation/loss"], rel=1e-5)
   assert metrics["mine/accuracy"] in (0.0, 0.5, 1.0) and metrics["c/accuracy"] in (0.0, 1.0)
   assert results["task"]["extra_eval"] == {"same": 16, "mine": 2, "c": 1}  # capped like validation
+  # Each set's predictions, for error analysis, beside the test split's predictions.jsonl.
+  extra_dir = tmp_path / "run" / "extra_eval"
+  assert sorted(os.listdir(extra_dir)) == ["c.jsonl", "mine.jsonl", "same.jsonl"]
+  predicted = read_jsonl(extra_dir / "mine.jsonl")
+  assert [r["text"] for r in predicted] == [r["text"] for r in rows]
+  labels = json.loads((tmp_path / "run" / "labels.json").read_text())["labels"]
+  assert all(r["prediction"] in labels for r in predicted)
+  assert len(read_jsonl(extra_dir / "same.jsonl")) == 16
 
   bad_label = write_lines(tmp_path / "bad.csv", ["text,label", "a cat,noun.animal", "x,no.such"])
   cases = [
