@@ -475,7 +475,7 @@ def test_extra_evaluation_sets_are_scored_with_the_best_checkpoint(finetune_conf
   cases = [
       ("x y=wordnet_supersense:test", r"entry 'x y=wordnet_supersense:test': expected NAME=FILE"),
       ("test=wordnet_supersense:test", r"'test' is one of the task's own splits"),
-      (f"b={bad_label}", re.escape(f"{bad_label}:3: label 'no.such' is not among the training")),
+      (f"b={bad_label}", re.escape(f"{bad_label}:3: label 'no.such' is not among the train ")),
       ("d=wordnet_definition:test", "wordnet_definition is a seq2seq dataset, the task a"),
       ("d=wordnet_supersense:dev", r"wordnet_supersense has splits \['test', 'train', 'valid"),
       ("d=nope:test", r"config.task.name='nope' is unknown"),
@@ -496,7 +496,7 @@ def test_extra_evaluation_sets_are_scored_with_the_best_checkpoint(finetune_conf
       "task.heldout_lexnames": r"^verb\.",
       "task.extra_eval": ("v=wordnet_supersense:heldout",),
   }
-  with pytest.raises(ValueError, match=r"label 'verb\.\w+' is not among the training set's"):
+  with pytest.raises(ValueError, match=r"label 'verb\.\w+' is not among the train labels"):
     finetune.run(finetune_config(**verbs), str(tmp_path / "refused"))
   assert not (tmp_path / "refused").exists()
 

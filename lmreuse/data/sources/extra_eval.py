@@ -48,22 +48,11 @@ def parse(entries: Iterable[str]) -> dict[str, str]:
   return out
 
 
-def _check_labels(
-    examples: Sequence[dict], where: Sequence[str], task_type: str, labels: list | None
-) -> None:
+def _check_labels(located: Iterable[tuple[str, dict]], task_type: str, labels: list | None) -> None:
+  """Every (place, example)'s labels or tags among the training set's, as local files' are."""
   kind = types.get(task_type).label_kind
-  if kind not in ("class", "tags") or labels is None:
-    return
-  known = set(labels)
-  for example, at in zip(examples, where):
-    values = [example["label"]] if kind == "class" else example["tags"]
-    for value in values:
-      if value not in known:
-        what = "label" if kind == "class" else "tag"
-        raise ValueError(
-            f"{at}: {what} {value!r} is not among the training set's {what}s "
-            f"({', '.join(map(repr, labels[:20]))}{', ...' if len(labels) > 20 else ''})"
-        )
+  if kind in local.LABEL_VALUES and labels is not None:
+    local.check_known(located, *local.LABEL_VALUES[kind], set(labels))
 
 
 def _from_file(task: Any, name: str, path: str, data: base.TaskData) -> tuple[list[dict], str]:
@@ -72,7 +61,7 @@ def _from_file(task: Any, name: str, path: str, data: base.TaskData) -> tuple[li
   examples = [example for _, example in rows]
   if not typed and data.labels and all(isinstance(label, int) for label in data.labels):
     local.integer_labels(examples)  # as the task's own CSV files were read
-  _check_labels(examples, [f"{path}:{line}" for line, _ in rows], data.task_type, data.labels)
+  _check_labels(((f"{path}:{line}", e) for line, e in rows), data.task_type, data.labels)
   return examples, path
 
 
@@ -110,8 +99,8 @@ def _from_dataset(
         f"{KEY} {name}={source!r}: {dataset} has splits {sorted(other.splits)} (and "
         f"{HELDOUT!r} with config.task.heldout_lexnames)"
     )
-  where = [f"{origin}: example {i}" for i in range(len(examples))]
-  _check_labels(examples, where, data.task_type, data.labels)
+  located = ((f"{origin}: example {i}", e) for i, e in enumerate(examples))
+  _check_labels(located, data.task_type, data.labels)
   return examples, origin
 
 

@@ -18,7 +18,7 @@ import io
 import json
 import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from lmreuse.data.sources import base
@@ -236,14 +236,30 @@ def _label_set(files: dict, values_of: Callable[[dict], list], what: str) -> lis
         f"{what} {first_value!r} on line {first_line}"
     )
   for split_path, _, examples in (files[s] for s in ("validation", "test") if s in files):
-    for line, example in examples:
-      for value in values_of(example):
-        if value not in known:
-          raise ValueError(
-              f"{split_path}:{line}: {what} {value!r} is not among the train "
-              f"{what}s ({_listing(sorted(known))})"
-          )
+    located = ((f"{split_path}:{line}", example) for line, example in examples)
+    check_known(located, values_of, what, known)
   return sorted(known)
+
+
+# Per label kind of a task type: the values an example holds, and what an error calls one.
+LABEL_VALUES: dict[str, tuple[Callable[[dict], list], str]] = {
+    "class": (lambda example: [example["label"]], "label"),
+    "tags": (lambda example: example["tags"], "tag"),
+}
+
+
+def check_known(
+    located: Iterable[tuple[str, dict]], values_of: Callable[[dict], list], what: str, known: set
+) -> None:
+  """Raises at the first value outside the train set's `known` ones; `located` pairs each
+  example with the place (`file:line`) its error names."""
+  for where, example in located:
+    for value in values_of(example):
+      if value not in known:
+        raise ValueError(
+            f"{where}: {what} {value!r} is not among the train {what}s "
+            f"({_listing(sorted(known))})"
+        )
 
 
 def _integer_labels(files: dict) -> None:
@@ -275,9 +291,8 @@ def load(task: Any, seed: int) -> base.TaskData:
   labels = None
   if spec.label_kind == "class":
     _integer_labels(files)
-    labels = _label_set(files, lambda example: [example["label"]], "label")
-  elif spec.label_kind == "tags":
-    labels = _label_set(files, lambda example: example["tags"], "tag")
+  if spec.label_kind in LABEL_VALUES:
+    labels = _label_set(files, *LABEL_VALUES[spec.label_kind])
   splits = {split: [example for _, example in rows] for split, (_, _, rows) in files.items()}
   origin = {split: path for split, (path, _, _) in files.items()}
   if "validation" not in splits:

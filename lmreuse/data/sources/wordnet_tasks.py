@@ -196,5 +196,7 @@ def load(name: str, heldout_lexnames: str = "") -> TaskData:
       heldout_origin=(
           f"{wordnet.DEFAULT_PATH} ({name}, test synsets with lexnames matching "
           f"{heldout_lexnames!r})"
+          if heldout_lexnames
+          else ""
       ),
   )
