@@ -8,6 +8,9 @@
       --config.init_from=/tmp/bert_tiny --config.from_scratch=True
   # no pretraining workdir at all: model from the preset argument, tokenizer trained here:
   python run.py --config=configs/finetune.py:bert,size=tiny --workdir=/tmp/ft_fresh
+  # continued pretraining on the task's own text first (task-adaptive), then fine-tuning:
+  python run.py --config=configs/finetune.py --workdir=/tmp/ft_tapt \
+      --config.init_from=/tmp/bert_tiny --config.adapt.steps=200
   # your own files:
   python run.py --config=configs/finetune.py --workdir=/tmp/ft_local --config.init_from=W \
       --config.task.name=local --config.task.type=classification \
@@ -87,6 +90,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # How the pretrained model is reused: one of `strategies.names()` or a comma-separated
   # combination ("lora,llrd"); the other keys belong to individual strategies.
   config.strategy = strategies.config_defaults()
+  # Continued pretraining before fine-tuning (experiments/adapt.py; Gururangan et al. 2020):
+  # init_from's own objective goes on for `steps` on the task's training inputs
+  # (corpus='task', task-adaptive) or on a .txt / .jsonl text file (domain-adaptive), in
+  # W/adapt; fine-tuning then starts from the adapted weights. learning_rate 0 = init_from's
+  # pretraining rate; batch_size 0 = config.batch_size.
+  config.adapt = ml_collections.ConfigDict(
+      dict(steps=0, corpus="task", learning_rate=0.0, batch_size=0)
+  )
   # Knowledge distillation from a finished fine-tuning run on the same task, tokenizer and
   # labels (lmreuse/compression/distill.py): loss = (1 - alpha) label loss + alpha T² KL.
   config.distill = ml_collections.ConfigDict(dict(teacher="", alpha=0.5, temperature=2.0))

@@ -7,6 +7,11 @@
 
 `size=tiny` (2 layers, 64 wide) shows a falling loss within ~2 minutes on 2 CPU cores; `base` is
 BERT-base and wants an accelerator. Re-running the same command in the same workdir resumes.
+
+Continued (domain-adaptive) pretraining of a finished run on your own text:
+  python run.py --config=configs/pretrain.py:bert --workdir=/tmp/bert_dapt \
+      --config.init_from=/tmp/bert_tiny --config.data.corpus=my_domain.txt \
+      --config.total_steps=200 --config.optimizer.learning_rate=1e-4
 """
 
 import ml_collections
@@ -31,6 +36,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # the sharding (lmreuse/train/trainer.py:prng_impl).
   config.prng_impl = "threefry2x32"
   config.overwrite = False  # True: discard an existing workdir's run instead of resuming
+  # A pretraining workdir (or checkpoint step dir) to continue from, e.g. on domain text with
+  # data.corpus=PATH; its model and tokenizer replace config.model and config.tokenizer.
+  config.init_from = ""
   config.total_steps = 300 if tiny else 10_000
   config.batch_size = 32  # global batch (examples per optimizer step)
   config.grad_accum_steps = 1  # micro-batches per step; batch_size must divide by it
@@ -45,7 +53,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   config.data = ml_collections.ConfigDict(
       dict(
-          corpus="wordnet",  # the bundled WordNet 3.0 corpus
+          # 'wordnet' (the bundled WordNet 3.0 corpus) or your own .txt / .jsonl file
+          # (lmreuse/data/corpus/text_file.py: its layouts and validation split)
+          corpus="wordnet",
           seq_len=128,  # encoder/decoder input length
           target_len=0,  # span corruption decoder length; 0 = derived from seq_len
           tfds_dir="",  # '' = $LMREUSE_TFDS_DIR or ~/.cache/lmreuse/tfds

@@ -23,6 +23,7 @@ from absl import logging
 from flax import traverse_util
 from jax.sharding import Mesh
 
+from experiments import adapt
 from lmreuse import (
     pretrained as pretrained_lib,
     strategies,
@@ -86,6 +87,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     tasks.get(config.task.type)
   if teacher_dir(config):
     distill.validate(config.distill.alpha, config.distill.temperature)
+  adapt.validate(config)
 
 
 def teacher_dir(config: ml_collections.ConfigDict) -> str:
@@ -716,9 +718,16 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     workdir_lib.prepare(workdir, config)  # the first write: every check above has passed
     if not config.init_from:
       tokenizer_lib.save_trained(setup.tokenizer, config.tokenizer, workdir)
+    adaptation = adapt.run(config, workdir, setup.data)
+    if adaptation:  # fine-tuning starts from the adapted weights
+      source = pretrained_lib.load(adaptation["init_from"])
+      state, report = initial_state(config, setup.trainer, setup.plan, source)
+      setup = dataclasses.replace(setup, state=state, report=report)
     trained = train(config, workdir, setup)
     metrics = best_metrics(workdir, setup, trained)
     extra = write_reusables(config, workdir, setup, trained)
+    if adaptation:
+      extra["adapt"] = adaptation
     extra.update(setup.plan.report(trained.best_params, setup.trainer.to_host))
     extra["model_bytes"] = stored_bytes(trained.best_params, extra)
     if setup.distillation:

@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
+import functools
 import itertools
+import json
 import os
 import time
 
 import ml_collections
 from absl import logging
 
-from lmreuse import objectives, workdir as workdir_lib
+from lmreuse import objectives, pretrained as pretrained_lib, workdir as workdir_lib
 from lmreuse.data import pipeline, tokenizer as tokenizer_lib
-from lmreuse.data.corpus import wordnet
+from lmreuse.data.corpus import text_file, wordnet
 from lmreuse.models.config import TransformerConfig
 from lmreuse.parallel import mesh as mesh_lib, sharding as sharding_lib
-from lmreuse.train import compute as compute_lib, optim
+from lmreuse.train import compute as compute_lib, optim, restore
 from lmreuse.train.checkpoint import Checkpointer, abstract_like
 from lmreuse.train.trainer import (
     LoopConfig,
@@ -42,7 +44,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
       ),
   )
   if config.data.corpus != "wordnet":
-    raise ValueError(f"config.data.corpus={config.data.corpus!r}: only 'wordnet' is bundled")
+    text_file.check_path(config.data.corpus)
   objective = objectives.get(config.objective.name)
   if config.model.architecture != objective.architecture:
     raise ValueError(
@@ -59,9 +61,44 @@ def validate(config: ml_collections.ConfigDict) -> None:
   optim.validate(config.optimizer)
 
 
+def continued(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """`config` with config.init_from's model and tokenizer when it continues a pretraining
+  (domain-adaptive pretraining): the weights go on training as they are, so the architecture
+  and vocabulary are init_from's, as a fine-tuning run's are. Unchanged without init_from."""
+  init_from = config.get("init_from", "")  # absent from configs saved before it existed
+  if not init_from:
+    return config
+  if init_from.startswith(pretrained_lib.HF_PREFIX):
+    raise ValueError(
+        f"config.init_from={init_from!r}: continued pretraining starts from an lmreuse "
+        "pretraining workdir (import the checkpoint with configs/hf.py first)"
+    )
+  source = pretrained_lib.workdir_of(init_from)
+  with open(os.path.join(source, workdir_lib.CONFIG)) as f:
+    saved = json.load(f)
+  config = ml_collections.ConfigDict(config.to_dict())
+  config.model = ml_collections.ConfigDict(saved["model"])
+  config.tokenizer = ml_collections.ConfigDict(saved["tokenizer"])
+  config.tokenizer.path = workdir_lib.saved_tokenizer(source, saved)
+  return config
+
+
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   with prng_impl(config):
-    return _pretrain(config, workdir)
+    return _pretrain(continued(config), workdir)
+
+
+def _continue_from(init_from: str, trainer: Trainer, state):
+  """`state` with init_from's weights, which must fill every parameter of the model."""
+  params, report = restore.merge_params(
+      trainer.to_host(state.params), restore.load_params(init_from)
+  )
+  if report["new"] or report["dropped"]:
+    raise ValueError(
+        f"config.init_from={init_from!r} does not hold this model's parameters: missing "
+        f"{report['new'][:5]}, extra {report['dropped'][:5]}"
+    )
+  return trainer.state_with_params(state, params)
 
 
 def _pretrain(config: ml_collections.ConfigDict, workdir: str) -> dict:
@@ -72,7 +109,12 @@ def _pretrain(config: ml_collections.ConfigDict, workdir: str) -> dict:
   check_batch(config, mesh, rules)
   workdir_lib.prepare(workdir, config)
 
-  tokenizer = tokenizer_lib.from_config(config.tokenizer, workdir)
+  local_corpus = config.data.corpus != "wordnet"
+  tokenizer = tokenizer_lib.from_config(
+      config.tokenizer,
+      workdir,
+      corpus=functools.partial(text_file.segments, config.data.corpus) if local_corpus else None,
+  )
   tokenizer_lib.save_trained(tokenizer, config.tokenizer, workdir)
   model_cfg = TransformerConfig.from_config(config.model, tokenizer.vocab_size)
   objective = objectives.get(config.objective.name)
@@ -82,7 +124,10 @@ def _pretrain(config: ml_collections.ConfigDict, workdir: str) -> dict:
   logging.info("model: %s, %s parameters", model_cfg, f"{trainer.param_count():,}")
 
   def dataset(split: str, train: bool):
-    source = wordnet.data_source("documents", split, config.data.tfds_dir or None)
+    if local_corpus:
+      source = text_file.data_source(config.data.corpus, split)
+    else:
+      source = wordnet.data_source("documents", split, config.data.tfds_dir or None)
     return pipeline.make_pretrain_dataset(
         config.objective,
         config.data,
@@ -92,6 +137,7 @@ def _pretrain(config: ml_collections.ConfigDict, workdir: str) -> dict:
         seed=config.seed,
         train=train,  # this process's rows of each global batch:
         rows=trainer.host_rows(config.batch_size, config.grad_accum_steps if train else 1),
+        cycle_eval=local_corpus,  # its validation split may hold fewer documents than a batch
     )
 
   train_iter = iter(dataset("train", train=True))
@@ -102,6 +148,11 @@ def _pretrain(config: ml_collections.ConfigDict, workdir: str) -> dict:
       os.path.join(workdir, workdir_lib.CHECKPOINTS), max_to_keep=config.keep_checkpoints
   )
   state = trainer.init_state(config.seed)
+  extra = {}
+  if config.get("init_from"):
+    state = _continue_from(config.init_from, trainer, state)
+    # The continued model's validation metrics before any step: what the continuation changed.
+    extra["metrics_before"] = trainer.evaluate(state.params, eval_batches())
   latest, restored = checkpointer.restore_latest(abstract_like(state), train_iter)
   if latest is not None:
     state = restored
@@ -123,4 +174,5 @@ def _pretrain(config: ml_collections.ConfigDict, workdir: str) -> dict:
       parameters=trainer.param_count(),
       tokenizer=tokenizer.model_path,
       compute=compute,
+      **extra,
   )

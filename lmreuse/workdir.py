@@ -34,6 +34,8 @@ TRAINABLE = "trainable"  # fine-tuning: the best trainable (head + strategy) par
 EARLY_STOPPING = "early_stopping.json"
 PREDICTIONS = "predictions.jsonl"
 EXTRA_PREDICTIONS = "extra_eval"  # fine-tuning: <NAME>.jsonl per config.task.extra_eval set
+ADAPT = "adapt"  # fine-tuning: config.adapt's continued pretraining, a pretraining workdir
+ADAPT_CORPUS = "adapt_corpus.jsonl"  # fine-tuning: the task's training inputs it pretrains on
 INIT_REPORT = "init_report.json"  # loaded / new / dropped parameter paths
 LABELS = "labels.json"
 PLOTS = "plots"
@@ -60,6 +62,8 @@ RUN_OUTPUTS = (
     EARLY_STOPPING,
     PREDICTIONS,
     EXTRA_PREDICTIONS,
+    ADAPT,
+    ADAPT_CORPUS,
     INIT_REPORT,
     LABELS,
     PLOTS,
@@ -148,6 +152,19 @@ def _recorded(workdir: str) -> dict | None:
     return None
   with open(path) as f:
     return json.load(f)
+
+
+def finished_results(workdir: str, config: ml_collections.ConfigDict) -> dict | None:
+  """results.json of a run of `config` that finished in `workdir`, else None: what a caller
+  reuses instead of resuming a run that has nothing left to do. The config results.json
+  recorded must equal `config` key for key: an extended run (a larger total_steps) is not
+  finished."""
+  path = os.path.join(workdir, RESULTS)
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    results = json.load(f)
+  return results if results.get("config") == config_to_dict(config) else None
 
 
 def discards_run(workdir: str, config: ml_collections.ConfigDict) -> bool:

@@ -81,12 +81,17 @@ class _Unlist(grain.experimental.FlatMapTransform):
     return element
 
 
-def _document_indices(num_docs: int, *, seed: int, train: bool) -> grain.MapDataset:
-  """The global order of the documents: one shuffle over all of them, whatever the processes."""
+def _document_indices(
+    num_docs: int, *, seed: int, train: bool, cycle: bool = False
+) -> grain.MapDataset:
+  """The global order of the documents: one shuffle over all of them, whatever the processes.
+  Eval passes once, in order, or again and again with `cycle`."""
   if num_docs == 0:
     raise ValueError("the source has no documents")
   ds = grain.MapDataset.range(num_docs).seed(seed)
-  return ds.shuffle().repeat(None) if train else ds
+  if train:
+    return ds.shuffle().repeat(None)
+  return ds.repeat(None) if cycle else ds
 
 
 def _stack(elements: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
@@ -150,9 +155,10 @@ class _Split(_Documents, Documents):
       seed: int,
       train: bool,
       rows: Sequence[int],
+      cycle: bool = False,
   ):
     super().__init__(source, tokenizer)
-    self.indices = _document_indices(len(source), seed=seed, train=train)
+    self.indices = _document_indices(len(source), seed=seed, train=train, cycle=cycle)
     self.batch_size, self.seed, self.train, self.rows = batch_size, seed, train, rows
 
   def examples(self, make: Callable[[int, np.random.Generator], Example]) -> grain.IterDataset:
@@ -207,13 +213,16 @@ def make_pretrain_dataset(
     seed: int,
     train: bool,
     rows: Sequence[int] | None = None,
+    cycle_eval: bool = False,
 ) -> grain.IterDataset:
   """Fixed-shape numpy batches for config.objective and config.data (`seq_len`, and what the
   objective reads): `rows` (default all) of each global batch of `batch_size`, this process's
   share (Trainer.host_rows).
 
   Train repeats forever with fresh shuffling and corruption each epoch; eval is
-  one pass with fixed, seeded corruption and drops the last partial batch.
+  one pass with fixed, seeded corruption and drops the last partial batch, or with
+  `cycle_eval` passes again and again (a small corpus's validation split: any number of eval
+  batches from however few documents).
   `iter(...)` gives a checkpointable grain DatasetIterator.
   """
   dataset = objectives.from_config(objective).dataset
@@ -224,7 +233,9 @@ def make_pretrain_dataset(
   if not 0 <= seed < 2**32:
     raise ValueError(f"seed={seed} must be in [0, 2**32)")
   rows = _check_rows(rows, batch_size)
-  split = _Split(source, tokenizer, batch_size=batch_size, seed=seed, train=train, rows=rows)
+  split = _Split(
+      source, tokenizer, batch_size=batch_size, seed=seed, train=train, rows=rows, cycle=cycle_eval
+  )
   return dataset(split, objective, data)
 
 

@@ -203,11 +203,15 @@ def get_or_train(
 
 
 def from_config(
-    tok: ml_collections.ConfigDict, workdir: str, *, reuse_trained: bool = True
+    tok: ml_collections.ConfigDict,
+    workdir: str,
+    *,
+    reuse_trained: bool = True,
+    corpus: Callable[[], Iterable[str]] | None = None,
 ) -> "Tokenizer | HFTokenizer":
   """Loads `tok.path` (config.tokenizer), else the SentencePiece model this workdir's run
   trained (unless `reuse_trained` is False: an overwrite discards it), else trains one on the
-  pretraining split.
+  pretraining split: `corpus()`'s segments, by default the bundled corpus's training split.
 
   A newly trained model is not written yet (it is trained in a temporary directory): the run
   writes it with `save_trained` once it may write to the workdir, so that a run refused by a
@@ -224,7 +228,7 @@ def from_config(
   if jax.process_index() == 0:  # one model for every process: they must tokenize alike
     with tempfile.TemporaryDirectory() as staging:
       proto = train_tokenizer(
-          wordnet.segments("train"),
+          corpus() if corpus else wordnet.segments("train"),
           os.path.join(staging, "spm.model"),
           vocab_size=tok.vocab_size,
           model_type=tok.model_type,

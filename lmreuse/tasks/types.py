@@ -33,6 +33,8 @@ class TaskTypeSpec:
   `fraction_scores`: its metrics are fractions (study tables show them ×100), not 0-100 already.
   `columns`: config.task keys naming the local file's columns, with default column names; ''
   leaves an optional column out. `read_row` turns one such row into a canonical example.
+  `input_text` is an example's input text (never its label or target), as the segments of one
+  document: what continued pretraining on the task's own text reads (config.adapt.corpus).
   """
 
   name: str
@@ -44,7 +46,12 @@ class TaskTypeSpec:
   fraction_scores: bool
   columns: dict[str, str]
   read_row: Callable[[Row], dict]
+  input_text: Callable[[dict], list[str]]
   config: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+def _fields_text(*fields: str) -> Callable[[dict], list[str]]:
+  return lambda example: [example[f] for f in fields if example.get(f)]
 
 
 def _texts(row: Row) -> dict:
@@ -137,6 +144,7 @@ TASK_TYPES: dict[str, TaskTypeSpec] = {
             fraction_scores=True,
             columns=_TEXT_COLUMNS,
             read_row=_classification,
+            input_text=_fields_text("text", "text_pair"),
             # positive_label: binary F1 for this label (e.g. MRPC's '1'); augment: training only.
             config={**_POOLING, "positive_label": "", "augment": augment.config_defaults()},
         ),
@@ -150,6 +158,7 @@ TASK_TYPES: dict[str, TaskTypeSpec] = {
             fraction_scores=True,
             columns=_TEXT_COLUMNS,
             read_row=_regression,
+            input_text=_fields_text("text", "text_pair"),
             config=_POOLING,
         ),
         TaskTypeSpec(
@@ -162,6 +171,7 @@ TASK_TYPES: dict[str, TaskTypeSpec] = {
             fraction_scores=True,
             columns={"tokens_column": "tokens", "tags_column": "tags"},
             read_row=_tagging,
+            input_text=lambda example: [" ".join(example["tokens"])],
         ),
         TaskTypeSpec(
             name="extractive_qa",
@@ -180,6 +190,7 @@ TASK_TYPES: dict[str, TaskTypeSpec] = {
                 "id_column": "",
             },
             read_row=_extractive_qa,
+            input_text=_fields_text("question", "context"),
             # max_query_len: question tokens kept, 0 = a fraction of max_len (extractive_qa.py);
             # doc_stride: tokens between context windows; max_answer_len: in tokens.
             config={"max_query_len": 0, "doc_stride": 64, "n_best": 20, "max_answer_len": 30},
@@ -194,6 +205,7 @@ TASK_TYPES: dict[str, TaskTypeSpec] = {
             fraction_scores=False,  # BLEU and ROUGE are 0-100
             columns={"source_column": "source", "target_column": "target"},
             read_row=_seq2seq,
+            input_text=_fields_text("source"),
             # max_target_len: in tokens; beam_size 1 = greedy; length_penalty: GNMT's alpha.
             config={"max_target_len": 64, "beam_size": 1, "length_penalty": 0.6},
         ),
