@@ -18,6 +18,8 @@ each strategy at its own hyperparameters, selected on validation.
       '--config.study.sweep.learning_rate=(3e-4,1e-3,3e-3)' \
       '--config.study.strategy_sweeps.lora.learning_rate=(1e-3,3e-3,1e-2)' \
       '--config.study.strategy_sweeps.lora.strategy.rank=(4,16)'
+  # continued pretraining on each task's text as an axis (init bert+adapt200 beside bert):
+  python run.py --config=configs/study.py:tiny --workdir=W '--config.study.adapt_steps=(0,200)'
   # tables and plots of whatever has finished:
   python run.py --config=configs/report.py --workdir=W
 
@@ -204,6 +206,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
           size=args["size"],  # model size of every pretraining preset
           pretrain=pretrain,  # presets to pretrain: bert | gpt | t5
           from_scratch=True,  # also fine-tune each model's architecture from random weights
+          # Continued pretraining as an axis: each N > 0 adds an init "<model>+adaptN" per model
+          # whose cells first continue its objective N steps on the task's text (config.adapt;
+          # config.finetune.adapt sets its corpus and rate), e.g. (0, 500).
+          adapt_steps=(),
           checkpoints=(),  # existing models too: "minilm=hf:DIR", "mine=WORKDIR"
           tasks=tasks,
           strategies=strategy_names,  # names or combinations ("lora,llrd") from lmreuse.strategies
@@ -241,7 +247,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
           max_len=48,
           # extra_eval: out-of-distribution sets (configs/finetune.py), for every task of the
           # grid, so all its tasks must fit them.
-          task=dict(pooling="mean", max_eval_examples=1000, extra_eval=()),
+          # heldout_lexnames: a bundled WordNet task's held-out group, scored as extra_eval
+          # NAME=<task>:heldout.
+          task=dict(pooling="mean", max_eval_examples=1000, extra_eval=(), heldout_lexnames=""),
       )
   )
   if args["preset"] == "reuse":

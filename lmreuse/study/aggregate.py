@@ -166,7 +166,12 @@ def report(workdir: str, bootstrap_resamples: int | None = None) -> dict:
   sweep = sweep_lines(choices)
   resamples = bootstrap_resamples or manifest.get("bootstrap_resamples", 1000)
   compared = comparisons.compare(
-      rows, summary, choices, manifest.get("twins", {}), n_resamples=resamples
+      rows,
+      summary,
+      choices,
+      manifest.get("twins", {}),
+      manifest.get("adapted", {}),
+      n_resamples=resamples,
   )
   few = sorted({line["n"] for line in summary if 0 < line["n"] < 3})
   warnings = []

@@ -1,5 +1,6 @@
 """Which differences in a study's tables are real: every strategy against full fine-tuning at
-the same init, and every pretrained init against its from-scratch twin at the same strategy.
+the same init, every pretrained init against its from-scratch twin at the same strategy, and
+every adapted init (continued pretraining) against its model at the same strategy.
 
 Each pair is tested twice, for the two sources of noise a reviewer asks about: Welch's t-test
 over the seeds' scores (training randomness) and a paired bootstrap over test examples (which
@@ -19,11 +20,15 @@ from lmreuse.tasks import types as task_types
 ALPHA = 0.05
 TESTS = ("welch", "paired_bootstrap")
 BASELINE_STRATEGY = "full"
+ADAPTED_KIND = "adapted vs not"
 
 
-def pairs(summary: Sequence[dict], twins: dict[str, str]) -> list[tuple[tuple, tuple, str]]:
+def pairs(
+    summary: Sequence[dict], twins: dict[str, str], adapted: dict[str, str] | None = None
+) -> list[tuple[tuple, tuple, str]]:
   """(a, b, kind) group keys to compare, in table order: strategy vs full, a compressed group
-  vs its float self, then reuse."""
+  vs its float self, reuse, then an adapted init (`adapted`: name → the init it continues)
+  against its model at the same strategy."""
   keys = [tuple(line[k] for k in GROUP) for line in summary]
   present = set(keys)
   out = []
@@ -44,6 +49,12 @@ def pairs(summary: Sequence[dict], twins: dict[str, str]) -> list[tuple[tuple, t
               (task, init, strategy, fraction),
               "pretrained vs scratch",
           )
+      )
+  for task, init, strategy, fraction in keys:
+    model = (adapted or {}).get(init)
+    if model and (task, model, strategy, fraction) in present:
+      out.append(
+          ((task, init, strategy, fraction), (task, model, strategy, fraction), ADAPTED_KIND)
       )
   return out
 
@@ -71,6 +82,7 @@ def compare(
     summary: Sequence[dict],
     choices: dict[tuple, selection.Choice],
     twins: dict[str, str],
+    adapted: dict[str, str] | None = None,
     *,
     n_resamples: int = 1000,
     seed: int = 0,
@@ -82,7 +94,7 @@ def compare(
   for line in summary:
     lines_of.setdefault(line["task"], []).append(line)
   out = []
-  for a, b, kind in pairs(summary, twins):
+  for a, b, kind in pairs(summary, twins, adapted):
     out.extend(_pair_rows(a, b, kind, lines_of[a[0]], finished, n_resamples=n_resamples, seed=seed))
   _adjust(out, lines_of)
   for r in out:

@@ -24,7 +24,7 @@ from typing import Any
 import ml_collections
 
 from lmreuse import pretrained, strategies, workdir as workdir_lib
-from lmreuse.study.results import NO_COMPRESSION, compressed, split_compressed
+from lmreuse.study.results import ADAPTED, NO_COMPRESSION, compressed, split_compressed
 
 SCRATCH = "scratch"
 SELECTIONS = ("all", "first_seed")
@@ -33,6 +33,7 @@ _GRID_KEYS = (
     "seed",
     "init_from",
     "from_scratch",
+    "adapt.steps",
     "strategy.name",
     "task.name",
     "task.train_fraction",
@@ -56,12 +57,20 @@ class Cell:
 @dataclasses.dataclass(frozen=True)
 class Init:
   """One way a fine-tuning cell starts: a preset the study pretrains, an existing checkpoint,
-  or the random-weights twin (same architecture and tokenizer) of one of those."""
+  the random-weights twin (same architecture and tokenizer) of one of those, or one of those
+  with its pretraining continued on the task's text first (config.adapt)."""
 
   name: str
   preset: str | None  # the pretraining preset whose cell it reads
   checkpoint: str | None  # init_from of an existing model ("hf:DIR" or a workdir)
   twin_of: str | None = None  # for a from-scratch init: the pretrained init it mirrors
+  adapt_steps: int = 0  # config.adapt.steps of its cells
+  adapted_from: str | None = None  # for an adapted init: the init it continues
+
+  @property
+  def model(self) -> str:
+    """The init whose weights (or architecture, for a twin) it starts from."""
+    return self.twin_of or self.adapted_from or self.name
 
 
 def _slug(text: str) -> str:
@@ -98,12 +107,39 @@ def inits(study: Any) -> list[Init]:
   from-scratch twin of each: "scratch" when the grid holds one model, else "<name>-scratch"."""
   models = [Init(p, p, None) for p in study.pretrain]
   models += [Init(name, None, path) for name, path in checkpoints(study).items()]
+  adapted = [
+      dataclasses.replace(
+          model, name=f"{model.name}{ADAPTED}{steps}", adapt_steps=steps, adapted_from=model.name
+      )
+      for model in models
+      for steps in adapt_steps(study, models)
+  ]
   twins = []
   if study.from_scratch:
     for model in models:
       name = SCRATCH if len(models) == 1 else f"{model.name}-{SCRATCH}"
       twins.append(dataclasses.replace(model, name=name, twin_of=model.name))
-  return models + twins
+  return models + adapted + twins
+
+
+def adapt_steps(study: Any, models: list[Init]) -> tuple[int, ...]:
+  """`study.adapt_steps` without 0 (the models themselves): each is an adapted init per model,
+  whose cells continue its pretraining on the task's text for that many steps first."""
+  entries = tuple(study.get("adapt_steps", ()))
+  for steps in entries:
+    if not isinstance(steps, int) or steps < 0 or entries.count(steps) > 1:
+      raise ValueError(
+          f"config.study.adapt_steps={entries}: give distinct step counts >= 0, e.g. (0, 500)"
+      )
+  steps = tuple(s for s in entries if s)
+  imported = [m.name for m in models if (m.checkpoint or "").startswith(pretrained.HF_PREFIX)]
+  if steps and imported:
+    raise ValueError(
+        f"config.study.adapt_steps={entries}: the imported checkpoints {imported} have no "
+        "pretraining objective to continue (pretrain from them with configs/pretrain.py and "
+        "list that workdir instead)"
+    )
+  return steps
 
 
 def _flat(section: Any) -> dict[str, Any]:
@@ -132,7 +168,7 @@ def snap(rates: tuple[float, ...], factor: float) -> tuple[float, ...]:
 def lr_scales(study: Any) -> dict[str, float]:
   """`study.init_lr_scale` entries "NAME=FACTOR" as {init name: factor}, for every init: a
   from-scratch twin takes its model's factor (same architecture and size) unless named
-  itself; inits not named keep 1."""
+  itself, and so does an adapted init; inits not named keep 1."""
   names = {init.name: init for init in inits(study)}
   given: dict[str, float] = {}
   for entry in study.get("init_lr_scale", ()):
@@ -146,10 +182,7 @@ def lr_scales(study: Any) -> dict[str, float]:
       raise ValueError(f"{where}: {factor!r} is not a number") from None
     if not given[name] > 0:
       raise ValueError(f"{where}: the factor must be positive")
-  return {
-      name: given.get(name, given.get(init.twin_of, 1.0) if init.twin_of else 1.0)
-      for name, init in names.items()
-  }
+  return {name: given.get(name, given.get(init.model, 1.0)) for name, init in names.items()}
 
 
 def sweep_of(study: Any, strategy: str, init: str | None = None) -> dict[str, tuple]:
@@ -367,6 +400,7 @@ def child_config(
       else init.checkpoint
   )
   child.from_scratch = init.twin_of is not None
+  child.adapt.steps = init.adapt_steps
   child.task.name = cell.group["task"]
   child.task.train_fraction = cell.group["train_fraction"]
   child.strategy.name = cell.group["strategy"]
@@ -397,6 +431,7 @@ def write_manifest(study_dir: str, config: ml_collections.ConfigDict, cells: lis
           "seeds": list(study.seeds),
           "bootstrap_resamples": study.bootstrap_resamples,
           "twins": {i.name: i.twin_of for i in inits(study) if i.twin_of},
+          "adapted": {i.name: i.adapted_from for i in inits(study) if i.adapted_from},
           "cells": [dataclasses.asdict(c) for c in cells],
       },
   )

@@ -18,6 +18,7 @@ SCORED = ("finetune", "compress")  # the cell kinds with a row: pretraining cell
 # A compressed group's strategy: "lora@int8" is lora's fine-tuned cells quantized after training
 # by configs/compress.py's int8 preset. The float strategy stays a group of its own.
 COMPRESSED = "@"
+ADAPTED = "+adapt"  # an adapted init's name: "<model>+adapt<steps>" (config.study.adapt_steps)
 NO_COMPRESSION = "none"
 
 

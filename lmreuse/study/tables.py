@@ -17,7 +17,8 @@ from collections.abc import Callable, Sequence
 
 from lmreuse import workdir as workdir_lib
 from lmreuse.study import comparisons
-from lmreuse.study.results import COMPRESSED, GROUP
+from lmreuse.study.comparisons import ADAPTED_KIND
+from lmreuse.study.results import ADAPTED, COMPRESSED, GROUP
 from lmreuse.tasks import types
 
 _HEAD = (
@@ -57,6 +58,13 @@ COMPRESSED_LEGEND = (
     "A row strategy@method is that strategy's fine-tuned models quantized after training "
     "(configs/compress.py:method), selected on its own validation scores; Δ vs float is it "
     "minus the same strategy in float, and model (MB) the stored weights."
+)
+
+# Added to LEGEND where a task's table has adapted rows.
+ADAPTED_LEGEND = (
+    f"An init <model>{ADAPTED}N continues <model>'s pretraining objective for N steps before "
+    "fine-tuning, on the task's training inputs unless config.adapt.corpus names a file; "
+    "Δ vs not adapted is it minus <model> at the same strategy."
 )
 
 
@@ -136,22 +144,21 @@ def results_table(
   fractions = len({line["train_fraction"] for line in lines}) > 1
   swept = any(line["configurations"] > 1 for line in lines)
   compressed = any(COMPRESSED in line["strategy"] for line in lines)
+  adapted = any(ADAPTED in line["init"] for line in lines)
   best = _best(lines, score, mode) if found else set()
   extras = extra_sets(lines, metric)
   header, numeric = _results_columns(
-      metric, extras, fractions=fractions, swept=swept, compressed=compressed
+      metric, extras, fractions=fractions, swept=swept, compressed=compressed, adapted=adapted
   )
   kinds = ["strategy vs full", *(["compressed vs float"] if compressed else [])]
+  after = ["pretrained vs scratch", *([ADAPTED_KIND] if adapted else [])]
   cells = []
   for i, line in enumerate(lines):
     keys = (f"test/{metric}", f"validation/{metric}", *(f"{name}/{metric}" for name in extras))
     scores = {key: _interval(line, key, scale, fmt) for key in keys}
     if i in best:
       scores[score] = fmt.bold(scores[score])
-    deltas = [
-        _delta(_verdict(verdicts, line, kind), scale, fmt)
-        for kind in (*kinds, "pretrained vs scratch")
-    ]
+    deltas = [_delta(_verdict(verdicts, line, kind), scale, fmt) for kind in (*kinds, *after)]
     cells.append(
         _results_row(
             line, scores, deltas, fmt, fractions=fractions, swept=swept, compressed=compressed
@@ -168,7 +175,13 @@ def extra_sets(lines: Sequence[dict], metric: str) -> list[str]:
 
 
 def _results_columns(
-    metric: str, extras: Sequence[str], *, fractions: bool, swept: bool, compressed: bool
+    metric: str,
+    extras: Sequence[str],
+    *,
+    fractions: bool,
+    swept: bool,
+    compressed: bool,
+    adapted: bool = False,
 ) -> tuple[list[str], list[bool]]:
   """The header and which columns are numeric; the data fraction, selected hparams and
   compression's columns only show where they vary, so a single-run table stays narrow; each
@@ -184,6 +197,7 @@ def _results_columns(
       ("Δ vs full", True),
       *([("Δ vs float", True)] if compressed else []),
       ("Δ vs scratch", True),
+      *([("Δ vs not adapted", True)] if adapted else []),
       ("trainable %", True),
       *([("model (MB)", True)] if compressed else []),
       ("train FLOPs", True),
@@ -383,9 +397,13 @@ def _sections(summary: Sequence[dict], sweep: Sequence[dict], compared: Sequence
 
 
 def legend(lines: Sequence[dict]) -> str:
-  """LEGEND, and COMPRESSED_LEGEND where the task's table has compressed rows."""
-  compressed = any(COMPRESSED in line["strategy"] for line in lines)
-  return f"{LEGEND} {COMPRESSED_LEGEND}" if compressed else LEGEND
+  """LEGEND, with COMPRESSED_LEGEND and ADAPTED_LEGEND where the task's table has such rows."""
+  parts = [LEGEND]
+  if any(COMPRESSED in line["strategy"] for line in lines):
+    parts.append(COMPRESSED_LEGEND)
+  if any(ADAPTED in line["init"] for line in lines):
+    parts.append(ADAPTED_LEGEND)
+  return " ".join(parts)
 
 
 def markdown(

@@ -474,3 +474,47 @@ def test_a_compressed_study_selects_compares_and_plots_by_bytes(tiny_study, tmp_
   assert "model (MB)" in table and "Δ vs float" in table and "full@int8w" in table
   assert (tmp_path / "plots" / "score_vs_bytes_wordnet_supersense.png").stat().st_size > 0
   assert study.run(tiny_study, str(tmp_path))["cells"] == outcome  # a re-run trains nothing
+
+
+def test_adapt_steps_add_an_adapted_init_per_model(tiny_study, tmp_path):
+  tiny_study.study.from_scratch = True
+  tiny_study.study.adapt_steps = (0, 5)
+  tiny_study.study.init_lr_scale = ("bert=3",)
+  inits = grid.inits(tiny_study.study)
+  assert [(i.name, i.adapt_steps, i.adapted_from) for i in inits] == [
+      ("bert", 0, None),
+      ("bert+adapt5", 5, "bert"),
+      ("scratch", 0, None),
+  ]
+  assert grid.lr_scales(tiny_study.study)["bert+adapt5"] == 3.0  # follows its model
+  cells = grid.expand(tiny_study.study)
+  adapted = [c for c in cells if ".bert+adapt5." in c.name]
+  assert len(adapted) == 2 * 2 and {c.depends_on for c in adapted} == {"pretrain-bert"}
+  child = grid.child_config(adapted[0], tiny_study, "/s")
+  assert child.adapt.steps == 5 and child.init_from == "/s/runs/pretrain-bert"
+  assert not child.from_scratch
+  assert grid.child_config(cells[1], tiny_study, "/s").adapt.steps == 0
+  for steps, message in (((5, 5), "distinct step counts"), ((-1,), "distinct step counts")):
+    tiny_study.study.adapt_steps = steps
+    with pytest.raises(ValueError, match=message):
+      grid.inits(tiny_study.study)
+  tiny_study.study.adapt_steps = (5,)
+  tiny_study.study.checkpoints = (f"minilm=hf:{tmp_path}",)
+  with pytest.raises(ValueError, match=r"imported checkpoints \['minilm'\]"):
+    grid.inits(tiny_study.study)
+
+
+@pytest.mark.slow
+def test_an_adapted_study_compares_each_adapted_init_with_its_model(tiny_study, tmp_path):
+  tiny_study.study.strategies = ("full",)
+  tiny_study.study.adapt_steps = (0, 2)
+  result = study.run(tiny_study, str(tmp_path))
+  assert not result["failed"]
+  cell = tmp_path / "runs" / "wordnet_supersense.bert+adapt2.full.seed0"
+  assert json.loads((cell / workdir_lib.RESULTS).read_text())["adapt"]["steps"] == 2
+  assert (cell / workdir_lib.ADAPT / workdir_lib.RESULTS).exists()
+  pairs = [r for r in result["report"]["comparisons"] if r["kind"] == "adapted vs not"]
+  assert {(r["a"], r["b"]) for r in pairs} == {("bert+adapt2/full", "bert/full")}
+  table = (tmp_path / "results.md").read_text()
+  assert "Δ vs not adapted" in table and "bert+adapt2" in table
+  assert "continues <model>'s pretraining objective" in table
