@@ -43,6 +43,21 @@ ARCHITECTURES = {
         scale_attention=True,
         mlp_hidden_dropout=False,
     ),
+    # GPT's decoder with a bidirectional prefix (configs/pretrain.py:prefix_lm).
+    "prefix_lm": dict(
+        architecture="decoder",
+        position="learned",
+        norm="layernorm",
+        norm_placement="pre",
+        norm_eps=1e-5,
+        activation="gelu_tanh",
+        use_bias=True,
+        num_token_types=0,
+        tie_embeddings=True,
+        scale_attention=True,
+        mlp_hidden_dropout=False,
+        prefix_lm=True,
+    ),
     "t5": dict(
         architecture="encoder_decoder",
         position="relative_bias",

@@ -1,4 +1,5 @@
-"""Pretrain a BERT (MLM + NSP), GPT (causal LM) or T5 (span corruption) on the bundled corpus.
+"""Pretrain a BERT (MLM + NSP), GPT (causal LM), prefix LM (a GPT decoder, bidirectional over a
+random prefix) or T5 (span corruption) on the bundled corpus.
 
   python run.py --config=configs/pretrain.py:bert,size=tiny --workdir=/tmp/bert_tiny
   python run.py --config=configs/pretrain.py:gpt --workdir=/tmp/gpt --config.total_steps=200
@@ -18,7 +19,7 @@ import ml_collections
 
 from configs import common
 
-OBJECTIVE_OF = {"bert": "mlm", "gpt": "clm", "t5": "span_corruption"}
+OBJECTIVE_OF = {"bert": "mlm", "gpt": "clm", "prefix_lm": "prefix_lm", "t5": "span_corruption"}
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:

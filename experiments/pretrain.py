@@ -52,6 +52,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
         f"but config.model.architecture={config.model.architecture!r}"
     )
   objectives.check_flags(config.objective)
+  for key, value in objective.model.items():
+    if config.model.get(key, False) != value:
+      raise ValueError(
+          f"config.objective.name={config.objective.name!r} trains a model with "
+          f"config.model.{key}={value!r}, but it is {config.model.get(key, False)!r}"
+      )
   if config.data.seq_len > config.model.max_len:
     raise ValueError(
         f"config.data.seq_len={config.data.seq_len} exceeds "

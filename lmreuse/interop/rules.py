@@ -193,6 +193,8 @@ class Family:
         for k in STRATEGY_MODULES
         if getattr(cfg, k)
     ]
+    if cfg.prefix_lm:
+      problems.append(f"prefix_lm=True (HF {self.model_type} attends causally everywhere)")
     if cfg.kv_heads != cfg.num_heads:
       problems.append(
           f"num_kv_heads={cfg.num_kv_heads} (HF {self.model_type} has no "

@@ -66,6 +66,10 @@ class TransformerConfig:
   param_dtype: str = "float32"
   remat: str = "none"
   attention_impl: str = "auto"
+  # Decoder only: attention is bidirectional over each row's prefix (what a prefix LM conditions
+  # on: a random span in pretraining, the whole input of a task, a seq2seq task's source) and
+  # causal after it; the model then takes a `prefix_BxL` mask (lmreuse/objectives/prefix_lm.py).
+  prefix_lm: bool = False
   # Parameter-efficient fine-tuning modules; all off by default, leaving the param tree unchanged.
   adapter_size: int = 0  # Houlsby bottleneck adapters after every sublayer; 0 = none.
   ia3: bool = False  # (IA)^3 rescaling of attention keys/values and of the FFN hidden units.
@@ -137,6 +141,10 @@ class TransformerConfig:
     for key in STRATEGY_MODULES:  # sizes, and ia3's switch (a bool, never negative)
       if getattr(self, key) < 0:
         raise ValueError(f"{prefix}.{key}={getattr(self, key)} must be >= 0 (0 = off)")
+    if self.prefix_lm and self.architecture != "decoder":
+      raise ValueError(
+          f"{prefix}.prefix_lm=True is a decoder's attention mask, not an {self.architecture}'s"
+      )
     if self.dora and not self.lora_rank:
       raise ValueError(f"{prefix}.dora renormalises LoRA's update: set {prefix}.lora_rank too")
     if not self.head_dim and self.d_model % self.num_heads:

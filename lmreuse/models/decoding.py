@@ -123,6 +123,8 @@ def generate_decoder(
         prompt_ids_BxP[:, :-1],
         segment_ids_BxL=prompt_segment_ids_BxP[:, :-1],
         positions_BxL=positions_BxP[:, :-1],
+        # A prefix LM reads the prompt but its last token bidirectionally, as it was trained.
+        prefix_BxL=prompt_segment_ids_BxP[:, :-1] > 0 if cfg.prefix_lm else None,
         mutable=["cache"],
     )[1]["cache"]
   cache = jax.tree.map(lambda x: x if x.ndim == 0 else jnp.repeat(x, beam_size, axis=0), cache)

@@ -264,10 +264,13 @@ def attention_mask(
     causal: bool,
     q_positions_BxT: Array | None = None,
     k_positions_BxS: Array | None = None,
+    k_prefix_BxS: Array | None = None,
 ) -> Array | None:
   """Boolean [B, 1, T, S] mask: same packed segment, key not padding (segment 0), causal.
 
-  Keys of a negative segment (a soft prompt) are shared: every query may see them.
+  Keys of a negative segment (a soft prompt) are shared: every query may see them. A causal
+  mask also shows the keys `k_prefix_BxS` marks (a prefix LM's prefix) to every query of their
+  segment, so the prefix attends bidirectionally within itself.
   """
   mask = None
   if k_segments_BxS is not None:
@@ -279,6 +282,8 @@ def attention_mask(
     if q_positions_BxT is None:
       raise ValueError("a causal mask needs query and key positions")
     causal_mask = k_positions_BxS[:, None, None, :] <= q_positions_BxT[:, None, :, None]
+    if k_prefix_BxS is not None:
+      causal_mask = causal_mask | k_prefix_BxS.astype(bool)[:, None, None, :]
     mask = causal_mask if mask is None else mask & causal_mask
   return mask
 
@@ -307,7 +312,10 @@ class Attention(nn.Module):
       k_positions_BxS: Array | None = None,
       use_rope: bool = False,
       key_valid_BxS: Array | None = None,
+      key_prefix_BxS: Array | None = None,
   ) -> Array:
+    """`key_prefix_BxS` (a prefix LM's self-attention) marks the prefix keys: `mask` already
+    shows them (`attention_mask`), or with a KV cache the cache's mask does."""
     cfg = self.cfg
     is_self = kv_BxSxD is None
     kv_BxSxD = x_BxTxD if is_self else kv_BxSxD
@@ -328,9 +336,12 @@ class Attention(nn.Module):
       k_BxSxKxH = apply_rope(k_BxSxKxH, k_positions_BxS)
     q_BxTxNxH = constrain(q_BxTxNxH, ("batch", "length", "act_heads", "kv"))
 
-    is_causal = self.causal
+    # A prefix mask is causal except over the prefix: no slot-causal kernel can apply it.
+    is_causal = self.causal and key_prefix_BxS is None
     if self.decode and is_self:
-      k_BxSxKxH, v_BxSxKxH, mask = self._update_cache(k_BxSxKxH, v_BxSxKxH, mask, key_valid_BxS)
+      k_BxSxKxH, v_BxSxKxH, mask = self._update_cache(
+          k_BxSxKxH, v_BxSxKxH, mask, key_valid_BxS, key_prefix_BxS
+      )
       is_causal = False  # the cache mask already hides the future
     if cfg.prefix_length and is_self:
       k_BxSxKxH, v_BxSxKxH, mask, bias_BxNxTxS = self._prepend_prefix(
@@ -400,12 +411,19 @@ class Attention(nn.Module):
     return prepend("prefix_key", k_BxSxKxH), prepend("prefix_value", v_BxSxKxH), mask, bias_BxNxTxS
 
   def _update_cache(
-      self, k_BxTxKxH: Array, v_BxTxKxH: Array, mask: Array | None, key_valid_BxT: Array | None
+      self,
+      k_BxTxKxH: Array,
+      v_BxTxKxH: Array,
+      mask: Array | None,
+      key_valid_BxT: Array | None,
+      key_prefix_BxT: Array | None = None,
   ):
     """Writes new keys/values and their validity at the cache index; returns the cache and mask.
 
     The mask is causal over cache slots and hides invalid (padding) keys, except that every slot
-    sees itself: a padding query then attends to something and stays finite.
+    sees itself: a padding query then attends to something and stays finite. Keys this call marks
+    as prefix (`key_prefix_BxT`: a prefix LM's prompt, filled in one call) are seen by all of its
+    queries; later calls see every earlier slot anyway.
     """
     b, t = k_BxTxKxH.shape[:2]
     is_initialized = self.has_variable("cache", "cached_key")
@@ -424,9 +442,14 @@ class Attention(nn.Module):
     index.value = start + t
     q_slots_Tx1 = (start + jnp.arange(t))[:, None]
     k_slots_1xS = jnp.arange(cached_k.value.shape[1])[None, :]
-    causal_TxS = k_slots_1xS <= q_slots_Tx1
+    causal_BxTxS = (k_slots_1xS <= q_slots_Tx1)[None]
+    if key_prefix_BxT is not None:
+      prefix_BxS = jax.lax.dynamic_update_slice(
+          jnp.zeros(cached_valid.value.shape, jnp.bool_), key_prefix_BxT.astype(bool), (0, start)
+      )
+      causal_BxTxS = causal_BxTxS | prefix_BxS[:, None, :]
     own_TxS = k_slots_1xS == q_slots_Tx1
-    cache_mask = (causal_TxS & (cached_valid.value[:, None, :] | own_TxS))[:, None]
+    cache_mask = (causal_BxTxS & (cached_valid.value[:, None, :] | own_TxS))[:, None]
     return cached_k.value, cached_v.value, cache_mask if mask is None else mask & cache_mask
 
 

@@ -50,6 +50,7 @@ class Block(nn.Module):
       cross_mask=None,
       enc_positions_BxS=None,
       key_valid_BxL=None,
+      prefix_BxL=None,
   ):
     cfg = self.cfg
     pre_norm = cfg.norm_placement == "pre"
@@ -74,6 +75,7 @@ class Block(nn.Module):
             k_positions_BxS=positions_BxL,
             use_rope=use_rope,
             key_valid_BxS=key_valid_BxL,
+            key_prefix_BxS=prefix_BxL,
         ),
     )
     if self.cross:
@@ -173,9 +175,14 @@ class Stack(nn.Module):
       encoded_BxSxD: Array | None = None,
       enc_segment_ids_BxS: Array | None = None,
       enc_positions_BxS: Array | None = None,
+      prefix_BxL: Array | None = None,
       deterministic: bool = True,
   ) -> Array:
+    """`prefix_BxL` (a prefix LM, causal stacks only) marks the tokens every token of their
+    segment attends to: the prefix is bidirectional, the rest causal."""
     cfg = self.cfg
+    if prefix_BxL is not None and not self.causal:
+      raise ValueError("prefix_BxL is a causal stack's option (a prefix LM decoder)")
     if self.decode and self.num_prompt:
       raise ValueError(
           f"config.model.prompt_length={cfg.prompt_length}: prompt tuning does not "
@@ -188,6 +195,8 @@ class Stack(nn.Module):
       x_BxLxD, segment_ids_BxL, positions_BxL = self._prepend_prompt(
           x_BxLxD, segment_ids_BxL, positions_BxL
       )
+      if prefix_BxL is not None:  # the prompt is seen by every query already
+        prefix_BxL = jnp.pad(prefix_BxL, ((0, 0), (self.num_prompt, 0)))
     if cfg.norm_placement == "post":
       x_BxLxD = self.norm(x_BxLxD)
     x_BxLxD = self.embed_dropout(x_BxLxD, deterministic=deterministic)
@@ -196,7 +205,7 @@ class Stack(nn.Module):
     mask = key_valid_BxL = None
     if not self.decode:
       mask = attention_mask(
-          segment_ids_BxL, segment_ids_BxL, self.causal, positions_BxL, positions_BxL
+          segment_ids_BxL, segment_ids_BxL, self.causal, positions_BxL, positions_BxL, prefix_BxL
       )
     elif segment_ids_BxL is not None:
       key_valid_BxL = segment_ids_BxL > 0
@@ -218,6 +227,7 @@ class Stack(nn.Module):
           cross_mask,
           enc_positions_BxS,
           key_valid_BxL,
+          prefix_BxL,
       )
     if cfg.norm_placement == "pre":
       x_BxLxD = self.norm(x_BxLxD)
@@ -332,12 +342,24 @@ class Decoder(nn.Module):
     self.stack = Stack(self.cfg, self.cfg.num_layers, causal=True, decode=self.decode)
     self.lm_head = LMHead(self.cfg)
 
-  def __call__(self, ids_BxL, *, segment_ids_BxL=None, positions_BxL=None, deterministic=True):
-    """Returns (logits_BxLxV, hidden_BxLxD)."""
+  def __call__(
+      self,
+      ids_BxL,
+      *,
+      segment_ids_BxL=None,
+      positions_BxL=None,
+      prefix_BxL=None,
+      deterministic=True,
+  ):
+    """Returns (logits_BxLxV, hidden_BxLxD). `prefix_BxL`: the bidirectional prefix of a prefix
+    LM (cfg.prefix_lm), which a plain decoder refuses."""
+    if prefix_BxL is not None and not self.cfg.prefix_lm:
+      raise ValueError("prefix_BxL needs a prefix LM (config.model.prefix_lm=True)")
     hidden = self.stack(
         ids_BxL,
         segment_ids_BxL=segment_ids_BxL,
         positions_BxL=positions_BxL,
+        prefix_BxL=prefix_BxL,
         deterministic=deterministic,
     )
     return self.lm_head(hidden, self.stack.token_embed), hidden

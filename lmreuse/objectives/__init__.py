@@ -8,9 +8,12 @@ from lmreuse.objectives.base import Objective
 
 
 def _registry() -> dict[str, Objective]:
-  from lmreuse.objectives import clm, mlm, span_corruption
+  from lmreuse.objectives import clm, mlm, prefix_lm, span_corruption
 
-  return {o.name: o for o in (mlm.OBJECTIVE, clm.OBJECTIVE, span_corruption.OBJECTIVE)}
+  return {
+      o.name: o
+      for o in (mlm.OBJECTIVE, clm.OBJECTIVE, prefix_lm.OBJECTIVE, span_corruption.OBJECTIVE)
+  }
 
 
 def names() -> list[str]:

@@ -74,7 +74,9 @@ class Objective:
   batches, both from (config.objective, config.data).
 
   `flags` are the boolean config.objective options only this objective can turn on (mlm: nsp);
-  `lmreuse.objectives.check_flags` refuses them set for any other objective.
+  `lmreuse.objectives.check_flags` refuses them set for any other objective. `model` holds the
+  config.model values the objective's model needs (prefix_lm: a prefix-LM decoder), checked
+  with the architecture before anything is built.
   """
 
   name: str
@@ -84,6 +86,7 @@ class Objective:
   ]
   dataset: DatasetFn
   flags: tuple[str, ...] = ()
+  model: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
 def init_params_fn(model: nn.Module, example: dict[str, jax.Array]) -> Callable:

@@ -108,4 +108,10 @@ def program(model_cfg: TransformerConfig, objective: Any, data: Any) -> Program:
   )
 
 
-OBJECTIVE = base.Objective(name="clm", architecture="decoder", program=program, dataset=dataset)
+OBJECTIVE = base.Objective(
+    name="clm",
+    architecture="decoder",
+    program=program,
+    dataset=dataset,
+    model={"prefix_lm": False},  # a causal LM: its fine-tuning must not open a prefix
+)

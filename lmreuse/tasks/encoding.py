@@ -2,7 +2,8 @@
 
 Encoders (BERT) read `[CLS] a [SEP] b [SEP]` with sentence A/B token types, as in pretraining.
 Decoders (GPT) read `a [SEP] b [EOS]` and pool the last real token, the only one that has seen
-the whole input. Encoder-decoders (T5) read `a [SEP] b [EOS]` in the encoder and mean-pool.
+the whole input (a prefix LM reads all of it as its bidirectional prefix). Encoder-decoders (T5)
+read `a [SEP] b [EOS]` in the encoder and mean-pool.
 """
 
 from __future__ import annotations
@@ -85,8 +86,9 @@ def hidden_states(
   )
   if cfg.architecture == "encoder":
     return backbone(batch["inputs"], token_types_BxL=batch["token_types"], **kwargs)
-  if cfg.architecture == "decoder":
-    return backbone(batch["inputs"], **kwargs)[1]  # XLA drops the unused vocabulary logits
+  if cfg.architecture == "decoder":  # a prefix LM reads the whole input bidirectionally
+    prefix = batch["segment_ids"] > 0 if cfg.prefix_lm else None
+    return backbone(batch["inputs"], prefix_BxL=prefix, **kwargs)[1]  # XLA drops the logits
   return backbone.encode(
       batch["inputs"],
       segment_ids_BxS=batch["segment_ids"],

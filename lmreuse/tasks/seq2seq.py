@@ -2,7 +2,8 @@
 
 Encoder-decoders read the source in the encoder and are trained with teacher forcing on the
 target (decoder start token = [PAD], as T5). Decoders read `source [SEP] target [EOS]` as one
-row and are trained on the target positions only (a prefix LM loss). Evaluation generates
+row and are trained on the target positions only (a prefix LM loss); a prefix-LM decoder
+(cfg.prefix_lm) also attends bidirectionally over the source. Evaluation generates
 with greedy or beam search on the KV cache (lmreuse/models/decoding.py) and scores BLEU
 (sacrebleu) and ROUGE (rouge-score).
 """
@@ -38,6 +39,7 @@ class Seq2SeqModel(nn.Module):
           batch["inputs"],
           segment_ids_BxL=batch["segment_ids"],
           positions_BxL=batch["positions"],
+          prefix_BxL=batch["prefix"] if self.cfg.prefix_lm else None,
           deterministic=deterministic,
       )[0]
     return self.backbone(
@@ -97,6 +99,10 @@ class Seq2Seq(base.TaskType):
           "prompt": left,
           "prompt_segment_ids": left_segments,
       }
+      if self.ctx.model_cfg.prefix_lm:  # the source is the bidirectional prefix; from [SEP] on,
+        # causal, as generation feeds [SEP] after filling the cache with the source
+        arrays["prefix"] = np.zeros_like(row["inputs"])
+        arrays["prefix"][: len(prompt) - 1] = 1
     else:
       enc = encoding.pad_row(source[: self.ctx.max_len - 1] + [tok.eos_id], self.ctx.max_len)
       dec = encoding.pad_row(target, self.target_len)

@@ -80,11 +80,42 @@ def _assert_same(batches_a, batches_b):
       np.testing.assert_array_equal(a[k], b[k], err_msg=k)
 
 
-CASES = [("mlm", {}), ("mlm", {"nsp": True}), ("clm", {}), ("span_corruption", {})]
+CASES = [
+    ("mlm", {}),
+    ("mlm", {"nsp": True}),
+    ("clm", {}),
+    ("prefix_lm", {}),
+    ("span_corruption", {}),
+]
 
 
 def test_every_registered_objective_is_a_case():
   assert sorted({name for name, _ in CASES}) == objectives.names()
+
+
+def test_prefix_lm_batches_hold_one_document_per_row_and_its_prefix():
+  batches = _take(_ds("prefix_lm"), 10)
+  assert set(batches[0]) == {"inputs", "targets", "weights", "segment_ids", "positions", "prefix"}
+  for b in batches:
+    n_B, p_B = b["segment_ids"].sum(1), b["prefix"].sum(1)
+    assert ((p_B >= 1) & (p_B < n_B)).all()
+    assert (b["weights"].sum(1) == n_B - p_B).all()  # every token after the prefix, once
+    assert not (b["prefix"] & (b["segment_ids"] == 0)).any()
+
+
+def test_a_cycled_eval_split_gives_any_number_of_batches():
+  """`cycle_eval` (a small text corpus's validation split): eval passes over its documents
+  again and again, where one pass gives one batch fewer than asked."""
+  docs = DOCS[: BATCH * 2]
+  once = list(_ds("mlm", docs=docs, train=False))
+  assert len(once) == 2
+  objective = ml_collections.ConfigDict(dict(name="mlm", nsp=False, mask_prob=0.15))
+  data = ml_collections.ConfigDict(dict(seq_len=SEQ_LEN, target_len=0))
+  cycled = pipeline.make_pretrain_dataset(
+      objective, data, docs, TOK, batch_size=BATCH, seed=0, train=False, cycle_eval=True
+  )
+  batches = _take(cycled, 5)
+  np.testing.assert_array_equal(batches[0]["segment_ids"], batches[2]["segment_ids"])
 
 
 def test_mlm_batch_layout_and_statistics():

@@ -141,6 +141,19 @@ CASES = {
         "bleu",
     ),
     "seq2seq_decoder": ("gpt", lambda _: {"task.name": "wordnet_definition"}, "seq2seq", "rougeL"),
+    # A prefix LM reads a task's input (a seq2seq source) as its bidirectional prefix.
+    "pair_classification_on_a_prefix_lm": (
+        "prefix_lm",
+        lambda _: {"task.name": "wordnet_relation"},
+        "classification",
+        "accuracy",
+    ),
+    "seq2seq_prefix_lm": (
+        "prefix_lm",
+        lambda _: {"task.name": "wordnet_definition"},
+        "seq2seq",
+        "rougeL",
+    ),
 }
 # Task type -> the range of its headline metric: fractions, a correlation, SQuAD F1 and BLEU
 # in percent.

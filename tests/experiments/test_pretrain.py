@@ -14,7 +14,13 @@ from lmreuse.train.writers import read_metrics
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    "preset,metric", [("bert", "mlm_loss"), ("gpt", "clm_loss"), ("t5", "span_loss")]
+    "preset,metric",
+    [
+        ("bert", "mlm_loss"),
+        ("gpt", "clm_loss"),
+        ("prefix_lm", "prefix_lm_loss"),
+        ("t5", "span_loss"),
+    ],
 )
 def test_pretraining_learns_and_writes_the_workdir(tiny_config, tmp_path, preset, metric):
   config = tiny_config(
@@ -82,6 +88,11 @@ def test_another_objectives_flag_fails_before_anything_is_written(tiny_config, t
       ValueError, match=r"config\.objective\.nsp=True only applies to objective='mlm'"
   ):
     pretrain.run(tiny_config("gpt", **{"objective.nsp": True}), str(tmp_path / "w"))
+  # A prefix LM's objective and its model's attention go together, both ways.
+  for preset, objective, wants in (("gpt", "prefix_lm", True), ("prefix_lm", "clm", False)):
+    config = tiny_config(preset, **{"objective.name": objective})
+    with pytest.raises(ValueError, match=rf"config\.model\.prefix_lm={wants}, but it is"):
+      pretrain.run(config, str(tmp_path / "w"))
   assert not (tmp_path / "w").exists()
 
 

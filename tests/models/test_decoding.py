@@ -281,3 +281,30 @@ def test_outputs_beyond_the_position_table_are_an_error():
     decoding.generate_encoder_decoder(
         cfg, enc_dec_params(cfg, 0), enc, enc_seg, max_len=MAX_LEN + 1
     )
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def prefix_lm_logits(cfg, params, ids, prefix):
+  return Decoder(cfg).apply({"params": params}, ids, prefix_BxL=prefix)[0]
+
+
+@pytest.mark.parametrize("position", ["learned", "rope"])
+def test_a_prefix_lm_decodes_as_its_full_forward_with_the_prompt_as_prefix(position):
+  """The prompt but its last token fills the cache bidirectionally, as a prefix-LM task row is
+  read (the source, then causal from [SEP] on), and greedy search then equals re-running the
+  full forward with that prefix; the prefix changes the outputs."""
+  cfg = config("decoder", position=position, prefix_lm=True)
+  params = decoder_params(cfg, 0)
+  alone, ids, segments = prompts(3)
+  new = MAX_LEN - ids.shape[1]
+  out = np.asarray(generate_decoder(cfg, params, ids, segments, max_new_tokens=new, eos_id=NEVER))
+  for out_L, prompt in zip(out, alone):
+
+    def logits_at(out_1xL, t, prompt=prompt):
+      row = np.concatenate([prompt[None], out_1xL, np.zeros((1, MAX_LEN), np.int32)], axis=1)
+      prefix = (np.arange(MAX_LEN) < len(prompt) - 1)[None].astype(np.int32)
+      return prefix_lm_logits(cfg, params, row[:, :MAX_LEN], prefix)[:, len(prompt) - 1 + t]
+
+    np.testing.assert_array_equal(out_L, full_greedy(logits_at, 1, new, NEVER)[0])
+  causal = [full_greedy_decoder(cfg, params, prompt, new, NEVER) for prompt in alone]
+  assert not np.array_equal(out, np.stack(causal))

@@ -17,10 +17,12 @@ def tok(tokenizer_path):
   return load_tokenizer(tokenizer_path)
 
 
-def context(tok, architecture="encoder", labels=None, max_len=32, **task):
+def context(tok, architecture="encoder", labels=None, max_len=32, prefix_lm=False, **task):
   config = finetune_config.get_config().task
   config.update(task)
-  cfg = TransformerConfig(architecture=architecture, vocab_size=tok.vocab_size, max_len=64)
+  cfg = TransformerConfig(
+      architecture=architecture, vocab_size=tok.vocab_size, max_len=64, prefix_lm=prefix_lm
+  )
   return TaskContext(model_cfg=cfg, tokenizer=tok, task=config, labels=labels, max_len=max_len)
 
 
@@ -108,6 +110,17 @@ def test_seq2seq_trains_only_on_the_target(tok, architecture):
     assert arrays["decoder_inputs"][: len(target)].tolist() == [tok.pad_id] + target[:-1]
   else:  # the prompt is left-padded for generation and ends with [SEP]
     assert arrays["prompt"][-1] == tok.sep_id and arrays["prompt_segment_ids"][0] == 0
+    assert "prefix" not in arrays
+
+
+def test_a_prefix_lms_seq2seq_row_has_its_source_as_prefix(tok):
+  """Bidirectional over the source, causal from [SEP] on: as generation fills the cache with
+  the source and then feeds [SEP]."""
+  task = build("seq2seq", context(tok, "decoder", max_len=8, max_target_len=6, prefix_lm=True))
+  (feature,) = task.features({"source": "big dog", "target": "a domestic animal"}, None)
+  arrays, source = feature.arrays, tok.encode("big dog")
+  assert arrays["prefix"].tolist() == [1] * len(source) + [0] * (14 - len(source))
+  assert arrays["inputs"][len(source)] == tok.sep_id
 
 
 def test_augmentation_is_seeded_and_uses_wordnet_synonyms():
