@@ -43,21 +43,6 @@ ARCHITECTURES = {
         scale_attention=True,
         mlp_hidden_dropout=False,
     ),
-    # GPT's decoder with a bidirectional prefix (configs/pretrain.py:prefix_lm).
-    "prefix_lm": dict(
-        architecture="decoder",
-        position="learned",
-        norm="layernorm",
-        norm_placement="pre",
-        norm_eps=1e-5,
-        activation="gelu_tanh",
-        use_bias=True,
-        num_token_types=0,
-        tie_embeddings=True,
-        scale_attention=True,
-        mlp_hidden_dropout=False,
-        prefix_lm=True,
-    ),
     "t5": dict(
         architecture="encoder_decoder",
         position="relative_bias",
@@ -72,6 +57,9 @@ ARCHITECTURES = {
         mlp_hidden_dropout=True,
     ),
 }
+
+# GPT's decoder with a bidirectional prefix (configs/pretrain.py:prefix_lm).
+ARCHITECTURES["prefix_lm"] = {**ARCHITECTURES["gpt"], "prefix_lm": True}
 
 
 def parse_arg(arg: str | None, defaults: dict) -> dict:

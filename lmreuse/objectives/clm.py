@@ -8,6 +8,7 @@ document, so no loss crosses a document boundary, padding, or the row end.
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import flax.linen as nn
@@ -74,7 +75,8 @@ loss = functools.partial(losses.weighted_cross_entropy, prefix="clm")
 
 
 class GptPretrainer(nn.Module):
-  """Causal decoder with its LM head: GPT's pretraining model."""
+  """Causal decoder with its LM head: GPT's pretraining model, and a prefix LM's (which reads
+  batch["prefix"])."""
 
   cfg: TransformerConfig
 
@@ -86,26 +88,34 @@ class GptPretrainer(nn.Module):
         batch["inputs"],
         segment_ids_BxL=batch["segment_ids"],
         positions_BxL=batch["positions"],
+        prefix_BxL=batch.get("prefix"),
         deterministic=deterministic,
     )
     return logits_BxLxV
 
 
-def program(model_cfg: TransformerConfig, objective: Any, data: Any) -> Program:
-  del objective  # clm has no options of its own
-  model = GptPretrainer(model_cfg)
-  example = {
-      k: jnp.zeros((1, data.seq_len), jnp.int32) for k in ("inputs", "segment_ids", "positions")
-  }
-
+def decoder_program(
+    model_cfg: TransformerConfig,
+    data: Any,
+    *,
+    loss: Callable,
+    inputs: tuple[str, ...] = ("inputs", "segment_ids", "positions"),
+) -> Program:
+  """A decoder LM's Program: next-token `loss` on batch targets/weights, reading `inputs`."""
+  example = {k: jnp.zeros((1, data.seq_len), jnp.int32) for k in inputs}
   return base.token_loss_program(
-      model,
+      GptPretrainer(model_cfg),
       example,
       loss=loss,
       targets="targets",
       weights="weights",
       tokens_per_example=data.seq_len,
   )
+
+
+def program(model_cfg: TransformerConfig, objective: Any, data: Any) -> Program:
+  del objective  # clm has no options of its own
+  return decoder_program(model_cfg, data, loss=loss)
 
 
 OBJECTIVE = base.Objective(

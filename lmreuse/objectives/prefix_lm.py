@@ -13,14 +13,10 @@ from __future__ import annotations
 import functools
 from typing import TYPE_CHECKING, Any
 
-import flax.linen as nn
-import jax
-import jax.numpy as jnp
 import numpy as np
 
 from lmreuse.models.config import TransformerConfig
-from lmreuse.models.transformer import Decoder
-from lmreuse.objectives import base
+from lmreuse.objectives import base, clm
 from lmreuse.train import losses
 from lmreuse.train.trainer import Program
 
@@ -61,39 +57,10 @@ def dataset(docs: base.Documents, objective: Any, data: Any) -> grain.IterDatase
 loss = functools.partial(losses.weighted_cross_entropy, prefix="prefix_lm")
 
 
-class PrefixLmPretrainer(nn.Module):
-  """A prefix-LM decoder with its LM head."""
-
-  cfg: TransformerConfig
-
-  def setup(self):
-    self.backbone = Decoder(self.cfg)
-
-  def __call__(self, batch: dict[str, jax.Array], deterministic: bool = True) -> jax.Array:
-    logits_BxLxV, _ = self.backbone(
-        batch["inputs"],
-        segment_ids_BxL=batch["segment_ids"],
-        positions_BxL=batch["positions"],
-        prefix_BxL=batch["prefix"],
-        deterministic=deterministic,
-    )
-    return logits_BxLxV
-
-
 def program(model_cfg: TransformerConfig, objective: Any, data: Any) -> Program:
   del objective  # prefix_lm has no options of its own
-  example = {
-      k: jnp.zeros((1, data.seq_len), jnp.int32)
-      for k in ("inputs", "segment_ids", "positions", "prefix")
-  }
-  return base.token_loss_program(
-      PrefixLmPretrainer(model_cfg),
-      example,
-      loss=loss,
-      targets="targets",
-      weights="weights",
-      tokens_per_example=data.seq_len,
-  )
+  inputs = ("inputs", "segment_ids", "positions", "prefix")
+  return clm.decoder_program(model_cfg, data, loss=loss, inputs=inputs)
 
 
 OBJECTIVE = base.Objective(
