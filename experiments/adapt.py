@@ -11,7 +11,6 @@ the fine-tuning run's seed, mesh, batch size and loop settings.
 
 from __future__ import annotations
 
-import json
 import os
 
 import jax
@@ -62,9 +61,7 @@ def pretrain_config(config: ml_collections.ConfigDict, corpus: str) -> ml_collec
         "pretraining workdir, whose config.json names the objective to continue; pretrain "
         "from the import with configs/pretrain.py first"
     )
-  source = pretrained_lib.workdir_of(config.init_from)
-  with open(os.path.join(source, workdir_lib.CONFIG)) as f:
-    saved = ml_collections.ConfigDict(json.load(f))
+  saved = ml_collections.ConfigDict(pretrained_lib.saved_config(config.init_from)[1])
   if saved.get("experiment") != "pretrain":
     raise ValueError(
         f"config.adapt.steps: config.init_from={config.init_from!r} is a "

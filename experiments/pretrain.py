@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import itertools
-import json
 import os
 import time
 
@@ -79,9 +78,7 @@ def continued(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         f"config.init_from={init_from!r}: continued pretraining starts from an lmreuse "
         "pretraining workdir (import the checkpoint with configs/hf.py first)"
     )
-  source = pretrained_lib.workdir_of(init_from)
-  with open(os.path.join(source, workdir_lib.CONFIG)) as f:
-    saved = json.load(f)
+  source, saved = pretrained_lib.saved_config(init_from)
   config = ml_collections.ConfigDict(config.to_dict())
   config.model = ml_collections.ConfigDict(saved["model"])
   config.tokenizer = ml_collections.ConfigDict(saved["tokenizer"])

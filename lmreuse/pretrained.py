@@ -46,6 +46,13 @@ def workdir_of(init_from: str) -> str:
   )
 
 
+def saved_config(init_from: str) -> tuple[str, dict]:
+  """(the pretraining workdir of `init_from`, the config.json it saved)."""
+  source = workdir_of(init_from)
+  with open(os.path.join(source, workdir_lib.CONFIG)) as f:
+    return source, json.load(f)
+
+
 def load(init_from: str) -> Pretrained:
   if init_from.startswith(HF_PREFIX):
     hf_dir = init_from.removeprefix(HF_PREFIX)
@@ -55,9 +62,7 @@ def load(init_from: str) -> Pretrained:
         tokenizer_lib.load_tokenizer(hf_dir),
         lambda: hf.read(hf_dir).params,
     )
-  source = workdir_of(init_from)
-  with open(os.path.join(source, "config.json")) as f:
-    saved = json.load(f)
+  source, saved = saved_config(init_from)
   return Pretrained(
       ml_collections.ConfigDict(saved["model"]),
       tokenizer_lib.load_tokenizer(workdir_lib.saved_tokenizer(source, saved)),

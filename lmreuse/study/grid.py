@@ -107,12 +107,13 @@ def inits(study: Any) -> list[Init]:
   from-scratch twin of each: "scratch" when the grid holds one model, else "<name>-scratch"."""
   models = [Init(p, p, None) for p in study.pretrain]
   models += [Init(name, None, path) for name, path in checkpoints(study).items()]
+  steps_of_adapted = adapt_steps(study, models)
   adapted = [
       dataclasses.replace(
           model, name=f"{model.name}{ADAPTED}{steps}", adapt_steps=steps, adapted_from=model.name
       )
       for model in models
-      for steps in adapt_steps(study, models)
+      for steps in steps_of_adapted
   ]
   twins = []
   if study.from_scratch:

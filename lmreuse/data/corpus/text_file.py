@@ -18,9 +18,8 @@ import json
 import os
 from collections.abc import Iterable, Iterator
 
-import numpy as np
-
 from lmreuse import workdir as workdir_lib
+from lmreuse.data.sources import base
 
 EXTENSIONS = (".txt", ".jsonl")
 VALIDATION_FRACTION = 0.05
@@ -99,12 +98,10 @@ def data_source(path: str, split: str) -> list[dict]:
   """One split's documents as records {"segments": [...]}: the pretraining pipeline's source."""
   if split not in SPLITS:
     raise ValueError(f"split={split!r}: a text corpus has the splits {SPLITS}")
-  documents = read_documents(path)
-  order = np.random.default_rng(_SPLIT_SEED).permutation(len(documents))
-  size = max(MIN_SPLIT_DOCUMENTS, round(VALIDATION_FRACTION * len(documents)))
-  held = set(order[:size].tolist())
-  keep = (lambda i: i in held) if split == "validation" else (lambda i: i not in held)
-  return [{"segments": list(d)} for i, d in enumerate(documents) if keep(i)]
+  train, validation = base.split_off(
+      read_documents(path), VALIDATION_FRACTION, _SPLIT_SEED, minimum=MIN_SPLIT_DOCUMENTS
+  )
+  return [{"segments": list(d)} for d in (train if split == "train" else validation)]
 
 
 def segments(path: str) -> Iterator[str]:

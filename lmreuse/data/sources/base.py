@@ -55,12 +55,14 @@ class View(collections.abc.Sequence):
     return self._convert(item) if self._convert else item
 
 
-def split_off(examples: Sequence, fraction: float, seed: int) -> tuple[list[dict], list[dict]]:
-  """A seeded (rest, held_out) split taking round(fraction × n) examples, at least one."""
+def split_off(
+    examples: Sequence, fraction: float, seed: int, minimum: int = 1
+) -> tuple[list, list]:
+  """A seeded (rest, held_out) split taking round(fraction × n) examples, at least `minimum`."""
   if not 0.0 < fraction < 1.0:
     raise ValueError(f"validation_fraction={fraction} must be in (0, 1)")
   order = np.random.default_rng(seed).permutation(len(examples))
-  n_held = max(1, round(fraction * len(examples)))
+  n_held = max(minimum, round(fraction * len(examples)))
   if n_held >= len(examples):
     raise ValueError(
         f"validation_fraction={fraction} of {len(examples)} examples leaves no " "training examples"
