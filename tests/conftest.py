@@ -5,11 +5,10 @@ import os
 import pathlib
 import tempfile
 
-# Tiny test programs spend far longer in XLA's backend optimizer than running; this keeps the HLO
-# passes (sharding propagation, rematerialization) that tests inspect and skips the rest. Set in the
-# environment before jax is imported, so run.py and benchmark subprocesses inherit it too.
-os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
+# Before jax is imported: it sets the session's XLA flags.
+from tests import xla_flags  # noqa: F401
 
+# isort: split
 import jax
 import pytest
 

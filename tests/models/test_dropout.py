@@ -13,6 +13,7 @@ import pytest
 from scipy import stats
 
 from lmreuse.models import dropout
+from tests import xla_flags
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -111,7 +112,7 @@ def test_masks_are_the_same_on_every_sharding_and_need_no_communication():
       os.environ,
       PYTHONPATH=ROOT,
       JAX_PLATFORMS="cpu",
-      XLA_FLAGS="--xla_force_host_platform_device_count=8",
+      XLA_FLAGS=xla_flags.with_host_devices(8),
   )
   proc = subprocess.run(
       [sys.executable, "-c", SHARDED], env=env, capture_output=True, text=True, timeout=300

@@ -27,6 +27,7 @@ from absl.testing import flagsaver
 
 from configs import study as study_config
 from lmreuse.train.writers import read_metrics
+from tests import xla_flags
 from tests.experiments.test_study import TINY_CELLS
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -52,7 +53,7 @@ def launch(tmp_path, name: str, jobs: list[dict], num_processes: int) -> list[di
       os.environ,
       PYTHONPATH=ROOT,
       JAX_PLATFORMS="cpu",
-      XLA_FLAGS=f"--xla_force_host_platform_device_count={4 // num_processes}",
+      XLA_FLAGS=xla_flags.with_host_devices(4 // num_processes),
       JAX_COMPILATION_CACHE_DIR=os.path.join(tempfile.gettempdir(), "lmreuse-test-jax-cache"),
       JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0.5",
   )

@@ -13,6 +13,7 @@ import sys
 
 import pytest
 
+from tests import xla_flags
 from tests.parallel import sharded_check, steps
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -27,9 +28,9 @@ DEFAULT_TOLERANCE = 1e-5
 def run_check(preset: str, tokenizer_path: str) -> dict:
   env = dict(
       os.environ,
-      # The backend optimizations tests/conftest.py turns off (JAX_DISABLE_MOST_OPTIMIZATIONS,
-      # inherited) change no partitioning, only the CPU code XLA generates.
-      XLA_FLAGS="--xla_force_host_platform_device_count=8",
+      # The compile-time flags tests/xla_flags.py sets change no partitioning, only the CPU code
+      # XLA generates.
+      XLA_FLAGS=xla_flags.with_host_devices(8),
       PYTHONPATH=ROOT,
       JAX_PLATFORMS="cpu",
       TF_CPP_MIN_LOG_LEVEL="0",  # the partitioner's warnings are what the test reads
