@@ -174,21 +174,29 @@ def _mean_gradients(
     grad_fn: Callable, active: Any, batch: Batch, rng: jax.Array
 ) -> tuple[jax.Array, MetricPairs, Any]:
   """Mean loss and gradients over the micro-batches (summed pairs): one scan, so the compiled
-  step holds one micro-batch's activations however many are accumulated."""
+  step holds one micro-batch's activations however many are accumulated. One micro-batch needs
+  no scan, nor the extra trace of the gradient that shapes the scan's carry."""
+  accum = jax.tree.leaves(batch)[0].shape[0]
+  if accum == 1:
+    (loss, pairs), grads = grad_fn(active, _micro_batch(batch, 0), jax.random.fold_in(rng, 0))
+    return loss, pairs, grads
 
   def micro_step(carry, xs):
     index, micro_batch = xs
     (loss, pairs), grads = grad_fn(active, micro_batch, jax.random.fold_in(rng, index))
     return _add(carry, (loss, pairs, grads)), None
 
-  first = jax.tree.map(lambda x: x[0], batch)
+  first = _micro_batch(batch, 0)
   zeros = jax.tree.map(
       jnp.zeros_like,
       jax.eval_shape(lambda: (lambda o, g: (o[0], o[1], g))(*grad_fn(active, first, rng))),
   )
-  accum = jax.tree.leaves(batch)[0].shape[0]
   (loss, pairs, grads), _ = jax.lax.scan(micro_step, zeros, (jnp.arange(accum), batch))
   return loss / accum, pairs, jax.tree.map(lambda g: g / accum, grads)
+
+
+def _micro_batch(batch: Batch, index: int) -> Batch:
+  return jax.tree.map(lambda x: x[index], batch)
 
 
 def _zeros_for_inactive(trainable: Any, grads: Any) -> Any:
