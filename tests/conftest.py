@@ -1,9 +1,11 @@
-"""Shared fixtures: one small tokenizer and one TFDS build per test session."""
+"""Shared fixtures: one small tokenizer, one TFDS build and one pretrained BERT per test session."""
 
 import fcntl
 import os
 import pathlib
 import tempfile
+from collections.abc import Callable
+from typing import Any
 
 # Before jax is imported: it sets the session's XLA flags.
 from tests import xla_flags  # noqa: F401
@@ -12,6 +14,7 @@ from tests import xla_flags  # noqa: F401
 import jax
 import pytest
 
+from lmreuse import workdir as workdir_lib
 from lmreuse.data import tokenizer as tokenizer_lib
 from lmreuse.data.corpus import wordnet
 
@@ -33,6 +36,15 @@ def shared_dir(tmp_path_factory, worker_id: str, name: str) -> pathlib.Path:
   return path
 
 
+def build_once(directory: pathlib.Path, done: pathlib.Path, build: Callable[[], Any]) -> None:
+  """Runs `build` in the first worker to get here, under a file lock on `directory`; the others
+  wait for it and then find `done`, which `build` makes last."""
+  with open(directory / "lock", "w") as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    if not done.exists():
+      build()
+
+
 @pytest.fixture(scope="session")
 def tfds_dir(tmp_path_factory, worker_id) -> str:
   """The corpus's TFDS build, made by the first worker to need it: wordnet.build_tfds locks the
@@ -45,17 +57,18 @@ def tokenizer_path(tmp_path_factory, worker_id) -> str:
   """A 1k-piece SentencePiece model on part of the corpus: enough for tiny models, fast. The
   first worker trains it under a file lock; the others wait for it and read it."""
   directory = shared_dir(tmp_path_factory, worker_id, "tokenizer")
-  path = directory / "spm.model"
-  with open(directory / "lock", "w") as lock:
-    fcntl.flock(lock, fcntl.LOCK_EX)
-    if not path.exists():  # written atomically
-      tokenizer_lib.train_tokenizer(
+  path = directory / "spm.model"  # written atomically
+  build_once(
+      directory,
+      path,
+      lambda: tokenizer_lib.train_tokenizer(
           wordnet.segments("train"),
           str(path),
           vocab_size=1024,
           num_sentinels=32,
           max_sentences=30_000,
-      )
+      ),
+  )
   return str(path)
 
 
@@ -123,11 +136,13 @@ def finetune_config(tokenizer_path):
 
 
 @pytest.fixture(scope="session")
-def bert_pretrained(tmp_path_factory, tiny_config):
-  """A briefly pretrained tiny BERT (MLM + NSP) workdir and its config, shared by reuse tests."""
+def bert_pretrained(tmp_path_factory, worker_id, tiny_config):
+  """A briefly pretrained tiny BERT (MLM + NSP) workdir and its config, shared by reuse tests
+  (which only read it) and made by the first worker to need it."""
   from experiments import pretrain
 
   config = tiny_config("bert", total_steps=2, checkpoint_every=2, eval_steps=1)
-  workdir = str(tmp_path_factory.mktemp("bert_pretrained"))
-  pretrain.run(config, workdir)
-  return workdir, config
+  directory = shared_dir(tmp_path_factory, worker_id, "bert_pretrained")
+  workdir = directory / "run"
+  build_once(directory, workdir / workdir_lib.RESULTS, lambda: pretrain.run(config, str(workdir)))
+  return str(workdir), config
