@@ -113,3 +113,13 @@ def test_collectives_benchmark_reads_the_partitioned_steps_collectives():
   measured, expected = (float(x) for x in total.split("/"))
   assert measured > 0 and expected > 0 and math.isfinite(float(ratio)) and float(ratio) > 0
   assert len(kinds) == 5 and all(len(k.split("/")) == 2 for k in kinds)
+
+
+@pytest.mark.slow
+def test_suite_compile_benchmark_compares_the_tests_xla_flags_with_a_baseline():
+  proc = run_script("suite_compile.py", "--rounds=1", "--presets=bert")
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  rows = table_rows(proc.stdout, "XLA flags")
+  assert set(rows) == {"without fusion flag (baseline)", "tests' flags"}, proc.stdout[-3000:]
+  assert float(rows["without fusion flag (baseline)"][1]) == 1.0
+  assert all(float(seconds) > 0 for seconds, _ in rows.values())

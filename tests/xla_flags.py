@@ -18,7 +18,7 @@ os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
 # make no difference to what a test computes. An XLA that no longer knows the flag aborts at
 # start-up, so a child process checks it once; the result is kept in the environment, which
 # pytest-xdist workers and test subprocesses inherit.
-_FAST_FUSIONS = "--xla_cpu_use_fusion_emitters=false"
+FAST_FUSIONS = "--xla_cpu_use_fusion_emitters=false"
 _PROBED = "LMREUSE_TEST_XLA_FLAGS_PROBED"
 
 
@@ -31,8 +31,8 @@ def _xla_accepts(flags: str) -> bool:
 if _PROBED not in os.environ:
   os.environ[_PROBED] = "1"
   inherited = os.environ.get("XLA_FLAGS", "")
-  if _FAST_FUSIONS not in inherited and _xla_accepts(f"{inherited} {_FAST_FUSIONS}".strip()):
-    os.environ["XLA_FLAGS"] = f"{inherited} {_FAST_FUSIONS}".strip()
+  if FAST_FUSIONS not in inherited and _xla_accepts(f"{inherited} {FAST_FUSIONS}".strip()):
+    os.environ["XLA_FLAGS"] = f"{inherited} {FAST_FUSIONS}".strip()
 
 
 def with_host_devices(count: int) -> str:
