@@ -31,8 +31,9 @@ def _xla_accepts(flags: str) -> bool:
 if _PROBED not in os.environ:
   os.environ[_PROBED] = "1"
   inherited = os.environ.get("XLA_FLAGS", "")
-  if FAST_FUSIONS not in inherited and _xla_accepts(f"{inherited} {FAST_FUSIONS}".strip()):
-    os.environ["XLA_FLAGS"] = f"{inherited} {FAST_FUSIONS}".strip()
+  fast = f"{inherited} {FAST_FUSIONS}".strip()
+  if FAST_FUSIONS not in inherited and _xla_accepts(fast):
+    os.environ["XLA_FLAGS"] = fast
 
 
 def with_host_devices(count: int) -> str:
