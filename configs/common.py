@@ -58,7 +58,9 @@ ARCHITECTURES = {
     ),
 }
 
-# GPT's decoder with a bidirectional prefix (configs/pretrain.py:prefix_lm).
+# GPT's decoder with a bidirectional prefix (configs/pretrain.py:prefix_lm); ELECTRA's
+# discriminator is BERT's encoder.
+ARCHITECTURES["electra"] = ARCHITECTURES["bert"]
 ARCHITECTURES["prefix_lm"] = {**ARCHITECTURES["gpt"], "prefix_lm": True}
 
 

@@ -1,7 +1,9 @@
-"""Pretrain a BERT (MLM + NSP), GPT (causal LM), prefix LM (a GPT decoder, bidirectional over a
-random prefix) or T5 (span corruption) on the bundled corpus.
+"""Pretrain a BERT (MLM + NSP), ELECTRA (replaced-token detection on BERT's encoder), GPT
+(causal LM), prefix LM (a GPT decoder, bidirectional over a random prefix) or T5 (span
+corruption) on the bundled corpus.
 
   python run.py --config=configs/pretrain.py:bert,size=tiny --workdir=/tmp/bert_tiny
+  python run.py --config=configs/pretrain.py:electra --workdir=/tmp/electra_tiny
   python run.py --config=configs/pretrain.py:gpt --workdir=/tmp/gpt --config.total_steps=200
   python run.py --config=configs/pretrain.py:t5,size=mini --workdir=/tmp/t5 \
       --config.mesh.data=4 --config.mesh.tensor=2
@@ -19,7 +21,13 @@ import ml_collections
 
 from configs import common
 
-OBJECTIVE_OF = {"bert": "mlm", "gpt": "clm", "prefix_lm": "prefix_lm", "t5": "span_corruption"}
+OBJECTIVE_OF = {
+    "bert": "mlm",
+    "electra": "electra",
+    "gpt": "clm",
+    "prefix_lm": "prefix_lm",
+    "t5": "span_corruption",
+}
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -68,7 +76,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       dict(
           name=OBJECTIVE_OF[preset],
           nsp=preset == "bert",  # mlm only: next-sentence prediction on segment pairs
-          mask_prob=0.15,  # mlm: fraction of tokens selected (80/10/10)
+          mask_prob=0.15,  # mlm: fraction of tokens selected (80/10/10); electra (85/0/15)
+          generator_size=0.25,  # electra: the generator's width as a fraction of the model's
+          rtd_weight=50.0,  # electra: the discriminator loss's weight (Clark et al.'s lambda)
           noise_density=0.15,  # span_corruption
           mean_noise_span_length=3.0,  # span_corruption
       )

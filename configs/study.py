@@ -45,7 +45,7 @@ PRESETS = {
     # name: (pretraining presets, tasks, strategies, seeds, data fractions)
     "tiny": (("bert",), ("wordnet_supersense",), ("full", "frozen", "lora"), (0, 1, 2), (1.0,)),
     "objectives": (
-        ("bert", "gpt", "prefix_lm", "t5"),
+        ("bert", "electra", "gpt", "prefix_lm", "t5"),
         ("wordnet_definition",),
         ("full", "lora"),
         (0, 1, 2),

@@ -51,6 +51,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
         f"but config.model.architecture={config.model.architecture!r}"
     )
   objectives.check_flags(config.objective)
+  objective.check(config)
   for key, value in objective.model.items():
     if config.model.get(key, False) != value:
       raise ValueError(

@@ -26,7 +26,7 @@ def test_unknown_config_key_is_refused(tmp_path):
 def test_unknown_preset_is_refused(tmp_path):
   proc = run_cli("--config=configs/pretrain.py:bort", f"--workdir={tmp_path}/w")
   assert proc.returncode != 0
-  assert "preset must be one of ['bert', 'gpt', 'prefix_lm', 't5']" in proc.stderr
+  assert "preset must be one of ['bert', 'electra', 'gpt', 'prefix_lm', 't5']" in proc.stderr
 
 
 def test_a_runs_start_up_and_metric_writer_leave_torch_unimported(tmp_path):

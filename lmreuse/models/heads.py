@@ -12,7 +12,8 @@ from lmreuse.models.layers import Embed, Norm, constrain, dense_init, zeros_init
 Array = jax.Array
 
 
-def _dense(cfg: TransformerConfig, features: int, axes: tuple, name: str) -> nn.Dense:
+def dense(cfg: TransformerConfig, features: int, axes: tuple, name: str | None = None) -> nn.Dense:
+  """A Dense layer in the model's dtypes whose kernel and bias carry logical `axes`."""
   return nn.Dense(
       features,
       dtype=cfg.compute_dtype,
@@ -31,7 +32,7 @@ class MLMHead(nn.Module):
   @nn.compact
   def __call__(self, hidden_BxLxD: Array, embed: Embed) -> Array:
     cfg = self.cfg
-    h_BxLxD = _dense(cfg, cfg.d_model, ("embed", "embed_out"), "transform")(hidden_BxLxD)
+    h_BxLxD = dense(cfg, cfg.d_model, ("embed", "embed_out"), "transform")(hidden_BxLxD)
     h_BxLxD = Norm(cfg, name="transform_norm")(nn.gelu(h_BxLxD, approximate=False))
     logits_BxLxV = embed.attend(h_BxLxD)
     bias_V = self.param("bias", zeros_init(("vocab",)), (cfg.vocab_size,), cfg.params_dtype)
@@ -48,7 +49,7 @@ class Pooler(nn.Module):
   @nn.compact
   def __call__(self, hidden_BxLxD: Array) -> Array:
     return jnp.tanh(
-        _dense(self.cfg, self.cfg.d_model, ("embed", "embed_out"), "dense")(hidden_BxLxD[:, 0])
+        dense(self.cfg, self.cfg.d_model, ("embed", "embed_out"), "dense")(hidden_BxLxD[:, 0])
     )
 
 
@@ -60,5 +61,5 @@ class Classifier(nn.Module):
 
   @nn.compact
   def __call__(self, pooled_BxD: Array) -> Array:
-    logits_BxC = _dense(self.cfg, self.num_classes, ("embed", None), "dense")(pooled_BxD)
+    logits_BxC = dense(self.cfg, self.num_classes, ("embed", None), "dense")(pooled_BxD)
     return logits_BxC.astype(jnp.float32)

@@ -176,10 +176,13 @@ class Stack(nn.Module):
       enc_segment_ids_BxS: Array | None = None,
       enc_positions_BxS: Array | None = None,
       prefix_BxL: Array | None = None,
+      embedded_BxLxD: Array | None = None,
       deterministic: bool = True,
   ) -> Array:
     """`prefix_BxL` (a prefix LM, causal stacks only) marks the tokens every token of their
-    segment attends to: the prefix is bidirectional, the rest causal."""
+    segment attends to: the prefix is bidirectional, the rest causal. `embedded_BxLxD` replaces
+    the stack's own embedding of `ids_BxL` (ELECTRA's generator reads the discriminator's
+    `embed`), so its embedding tables are never created."""
     cfg = self.cfg
     if prefix_BxL is not None and not self.causal:
       raise ValueError("prefix_BxL is a causal stack's option (a prefix LM decoder)")
@@ -190,7 +193,9 @@ class Stack(nn.Module):
       )
     if positions_BxL is None:
       positions_BxL = _default_positions(ids_BxL)
-    x_BxLxD = self._embed(ids_BxL, positions_BxL, token_types_BxL)
+    if embedded_BxLxD is None:
+      embedded_BxLxD = self.embed(ids_BxL, positions_BxL, token_types_BxL)
+    x_BxLxD = embedded_BxLxD
     if self.num_prompt:
       x_BxLxD, segment_ids_BxL, positions_BxL = self._prepend_prompt(
           x_BxLxD, segment_ids_BxL, positions_BxL
@@ -234,7 +239,7 @@ class Stack(nn.Module):
       x_BxLxD = self.embed_dropout(x_BxLxD, deterministic=deterministic)
     return x_BxLxD[:, self.num_prompt :]
 
-  def _embed(self, ids_BxL: Array, positions_BxL: Array, token_types_BxL: Array | None) -> Array:
+  def embed(self, ids_BxL: Array, positions_BxL: Array, token_types_BxL: Array | None) -> Array:
     """Token embeddings plus the absolute position and token-type embeddings the model has."""
     cfg = self.cfg
     x_BxLxD = self.token_embed(ids_BxL)

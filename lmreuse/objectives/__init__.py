@@ -8,11 +8,17 @@ from lmreuse.objectives.base import Objective
 
 
 def _registry() -> dict[str, Objective]:
-  from lmreuse.objectives import clm, mlm, prefix_lm, span_corruption
+  from lmreuse.objectives import clm, electra, mlm, prefix_lm, span_corruption
 
   return {
       o.name: o
-      for o in (mlm.OBJECTIVE, clm.OBJECTIVE, prefix_lm.OBJECTIVE, span_corruption.OBJECTIVE)
+      for o in (
+          mlm.OBJECTIVE,
+          electra.OBJECTIVE,
+          clm.OBJECTIVE,
+          prefix_lm.OBJECTIVE,
+          span_corruption.OBJECTIVE,
+      )
   }
 
 

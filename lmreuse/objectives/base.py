@@ -76,7 +76,8 @@ class Objective:
   `flags` are the boolean config.objective options only this objective can turn on (mlm: nsp);
   `lmreuse.objectives.check_flags` refuses them set for any other objective. `model` holds the
   config.model values the objective's model needs (prefix_lm: a prefix-LM decoder), checked
-  with the architecture before anything is built.
+  with the architecture before anything is built, as `check(config)` checks the objective's own
+  options against the whole pretraining config (electra: its generator's size).
   """
 
   name: str
@@ -87,6 +88,7 @@ class Objective:
   dataset: DatasetFn
   flags: tuple[str, ...] = ()
   model: dict[str, Any] = dataclasses.field(default_factory=dict)
+  check: Callable[[ml_collections.ConfigDict], None] = lambda config: None
 
 
 def init_params_fn(model: nn.Module, example: dict[str, jax.Array]) -> Callable:

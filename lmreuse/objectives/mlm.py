@@ -243,9 +243,23 @@ def _random_segments_fn(docs: base.Documents, max_tokens: int) -> nsp.RandomSegm
 
 
 def dataset(docs: base.Documents, objective: Any, data: Any) -> grain.IterDataset:
-  """One masked row per document: `[CLS] A [SEP] B [SEP]` pairs with nsp, else `[CLS] A [SEP]`."""
+  """BERT's rows: config.objective's nsp and mask_prob, selected tokens corrupted 80/10/10."""
+  return masked_dataset(docs, data, with_nsp=objective.nsp, mask_prob=objective.mask_prob)
+
+
+def masked_dataset(
+    docs: base.Documents,
+    data: Any,
+    *,
+    with_nsp: bool,
+    mask_prob: float,
+    mask_token_prob: float = 0.8,
+    random_token_prob: float = 0.1,
+) -> grain.IterDataset:
+  """One masked row per document, `[CLS] A [SEP] B [SEP]` NSP pairs or else `[CLS] A [SEP]`;
+  `mask_tokens` selects and corrupts its tokens at the given rates."""
   tok, seq_len = docs.tokenizer, data.seq_len
-  if objective.nsp and len(docs) < 2:
+  if with_nsp and len(docs) < 2:
     raise ValueError(f"nsp=True needs a source with >= 2 documents, got {len(docs)}")
   special_ids = np.asarray(tok.special_ids)
   max_pair_tokens = seq_len - 3
@@ -253,7 +267,7 @@ def dataset(docs: base.Documents, objective: Any, data: Any) -> grain.IterDatase
 
   def make_example(doc_index: int, rng: np.random.Generator) -> base.Example:
     segments = docs.segments(doc_index)
-    if objective.nsp:
+    if with_nsp:
       a, b, is_next = nsp.make_pair(
           segments, doc_index, rng, random_segment_fn=random_segments, max_tokens=max_pair_tokens
       )
@@ -268,7 +282,9 @@ def dataset(docs: base.Documents, objective: Any, data: Any) -> grain.IterDatase
         mask_id=tok.mask_id,
         vocab_size=tok.vocab_size,
         special_ids=special_ids,
-        mask_prob=objective.mask_prob,
+        mask_prob=mask_prob,
+        mask_token_prob=mask_token_prob,
+        random_token_prob=random_token_prob,
     )
     example = {
         "inputs": masked["inputs"][0],
@@ -278,7 +294,7 @@ def dataset(docs: base.Documents, objective: Any, data: Any) -> grain.IterDatase
         "mlm_targets": masked["mlm_targets"][0],
         "mlm_weights": masked["mlm_weights"][0],
     }
-    if objective.nsp:
+    if with_nsp:
       example["nsp_labels"] = np.int32(is_next)
     return example
 

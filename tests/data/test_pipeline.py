@@ -83,6 +83,7 @@ def _assert_same(batches_a, batches_b):
 CASES = [
     ("mlm", {}),
     ("mlm", {"nsp": True}),
+    ("electra", {}),
     ("clm", {}),
     ("prefix_lm", {}),
     ("span_corruption", {}),
@@ -141,6 +142,23 @@ def test_mlm_batch_layout_and_statistics():
   maskable = (targets >= 106).sum()
   assert abs(weights.sum() / maskable - 0.15) < 0.03
   assert np.all(np.concatenate([x["token_types"] for x in batches]) == 0)
+
+
+def test_electra_rows_mask_85_percent_of_the_selected_tokens_and_keep_the_rest():
+  """ELECTRA's masking: 15% selected, of which ~85% become [MASK] and the rest stay; never a
+  random token (the generator supplies the replacements), never NSP pairs."""
+  batches = _take(_ds("electra"), 30)
+  assert "nsp_labels" not in batches[0]
+  inputs, targets, weights = (
+      np.concatenate([b[k] for b in batches]) for k in ("inputs", "mlm_targets", "mlm_weights")
+  )
+  selected = weights > 0
+  assert abs(selected.sum() / (targets >= 106).sum() - 0.15) < 0.03
+  masked = inputs[selected] == TOK.mask_id
+  assert abs(masked.mean() - 0.85) < 0.04
+  np.testing.assert_array_equal(inputs[selected][~masked], targets[selected][~masked])
+  np.testing.assert_array_equal(inputs[~selected], targets[~selected])
+  assert np.all(np.concatenate([b["token_types"] for b in batches]) == 0)
 
 
 def test_mlm_nsp_labels_and_token_types():
@@ -225,7 +243,7 @@ def test_explicit_target_len_and_errors():
   with pytest.raises(ValueError, match="target_len"):
     _ds("span_corruption", target_len=3)
   with pytest.raises(ValueError, match="objective"):
-    _ds("electra")
+    _ds("word2vec")
   with pytest.raises(ValueError, match=r"objective\.nsp=True only applies to objective='mlm'"):
     _ds("clm", nsp=True)
   with pytest.raises(ValueError, match="rows"):
