@@ -99,8 +99,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       dict(steps=0, corpus="task", learning_rate=0.0, batch_size=0)
   )
   # Knowledge distillation from a finished fine-tuning run on the same task, tokenizer and
-  # labels (lmreuse/compression/distill.py): loss = (1 - alpha) label loss + alpha T² KL.
-  config.distill = ml_collections.ConfigDict(dict(teacher="", alpha=0.5, temperature=2.0))
+  # labels (lmreuse/compression/distill.py): loss = (1 - alpha) label loss + alpha T² KL
+  # + hidden_weight · MSE(projected student's final hidden states, the teacher's).
+  config.distill = ml_collections.ConfigDict(
+      dict(teacher="", alpha=0.5, temperature=2.0, hidden_weight=0.0)
+  )
   # Representation analysis at the end of the run: PCA / t-SNE of the pooled validation
   # features before and after fine-tuning, and the attention maps of one validation example.
   config.viz = ml_collections.ConfigDict(dict(enabled=False, example=0))

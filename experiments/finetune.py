@@ -34,6 +34,7 @@ from lmreuse.compression import distill
 from lmreuse.data import pipeline, sources, tokenizer as tokenizer_lib
 from lmreuse.data.sources import extra_eval
 from lmreuse.models.config import TransformerConfig
+from lmreuse.models.layers import dense_init
 from lmreuse.objectives.base import apply_rngs, init_rngs
 from lmreuse.parallel import mesh as mesh_lib, sharding as sharding_lib
 from lmreuse.tasks import types as task_types
@@ -86,7 +87,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if config.task.type:
     tasks.get(config.task.type)
   if teacher_dir(config):
-    distill.validate(config.distill.alpha, config.distill.temperature)
+    distill.validate(config.distill.alpha, config.distill.temperature, config.distill.hidden_weight)
   adapt.validate(config)
 
 
@@ -141,18 +142,31 @@ def make_program(
   `teacher`, the training loss mixes in its outputs (its parameters are the step's constants)."""
   tokens = sum(v.size for k, v in example.items() if k in ("inputs", "decoder_inputs"))
   example = {k: np.asarray(v)[None] for k, v in example.items()}
+  hidden = teacher is not None and teacher.hidden_weight > 0
+
+  def init_params(rng):
+    params = module.init(init_rngs(rng), example)["params"]
+    if not hidden:
+      return params
+    shape = (module.cfg.d_model, teacher.width)  # the student's width to the teacher's
+    init = dense_init(module.cfg, ("embed", "embed_out"))
+    kernel = init(jax.random.fold_in(rng, 1), shape, module.cfg.params_dtype)
+    return {**params, distill.PROJECTION: {"kernel": kernel}}
 
   def loss_fn(params, batch, rng, train, teacher_params=None):
-    outputs = module.apply(
-        {"params": params}, batch, deterministic=not train, rngs=apply_rngs(rng, train)
-    )
+    kwargs = dict(deterministic=not train, rngs=apply_rngs(rng, train))
+    if teacher_params is None or not hidden:
+      outputs, student_hidden = module.apply({"params": params}, batch, **kwargs), None
+    else:
+      outputs, states = distill.apply_with_hidden(module, params, batch, **kwargs)
+      student_hidden = (states, params[distill.PROJECTION]["kernel"])
     loss, pairs = task.loss(outputs, batch)
     if teacher_params is None:
       return loss, pairs
-    return teacher.mix(task, loss, pairs, outputs, teacher_params, batch)
+    return teacher.mix(task, loss, pairs, outputs, teacher_params, batch, student_hidden)
 
   return Program(
-      init_params=lambda rng: module.init(init_rngs(rng), example)["params"],
+      init_params=init_params,
       loss_fn=loss_fn,
       tokens_per_example=tokens,
       constants=teacher.params if teacher else None,
@@ -223,13 +237,20 @@ def load_teacher(
         f"max_len, input layout): the teacher must read the student's batches as they are"
     )
   step, params = best_params(workdir, setup)
-  teacher = distill.Teacher(setup.module, params, config.distill.alpha, config.distill.temperature)
+  teacher = distill.Teacher(
+      setup.module,
+      params,
+      config.distill.alpha,
+      config.distill.temperature,
+      config.distill.hidden_weight,
+  )
   record = {
       "teacher": os.path.abspath(workdir),
       "teacher_best_step": int(step),
       "teacher_metrics": teacher_results.get("metrics", {}),
       "alpha": config.distill.alpha,
       "temperature": config.distill.temperature,
+      "hidden_weight": config.distill.hidden_weight,
       "teacher_outputs": "computed in the student's jitted train step",
   }
   return teacher, record

@@ -8,8 +8,10 @@ import pytest
 from scipy import stats
 
 from experiments import finetune
+from lmreuse import workdir as workdir_lib
 from lmreuse.compression import distill
 from lmreuse.train.writers import read_metrics
+from tests.conftest import build_once, shared_dir
 from tests.experiments.test_finetune import CASES
 
 
@@ -44,6 +46,17 @@ def test_soft_loss_equals_the_hand_computed_value():
   np.testing.assert_allclose(got, np.sum(squared * weight) / weight.sum(), rtol=1e-5)
 
 
+def test_hidden_loss_equals_the_hand_computed_value():
+  student = np.array([[[1.0, 0.0], [0.0, 2.0], [5.0, 5.0]]], np.float32)  # [B=1, L=3, S=2]
+  projection = np.array([[1.0, 0.0, 2.0], [0.0, 1.0, -1.0]], np.float32)  # [S=2, T=3]
+  teacher = np.array([[[1.0, 1.0, 1.0], [0.0, 0.0, 0.0], [9.0, 9.0, 9.0]]], np.float32)
+  weights = np.array([[1.0, 1.0, 0.0]], np.float32)  # the last token is padding
+  # Mapped: [1, 0, 2] and [0, 2, -2]; squared errors per token: (0+1+1)/3 and (0+4+4)/3.
+  expected = (2 / 3 + 8 / 3) / 2
+  got = distill.hidden_loss(*map(jnp.asarray, (student, teacher, projection, weights)))
+  np.testing.assert_allclose(got, expected, rtol=1e-6)
+
+
 # The teacher fits its own 64 training examples (seed 1 draws them) with confident, input-dependent
 # predictions the label-only student does not reproduce on its examples (seed 0's); 60 steps let
 # the students fit what they are taught.
@@ -53,11 +66,17 @@ TEACHER = {"seed": 1, "total_steps": 120, "learning_rate": 3e-3}
 STUDENT = {"seed": 0, "total_steps": 60, "learning_rate": 3e-3, "distill.alpha": 0.9}
 
 
-@pytest.fixture(scope="module")
-def teacher(finetune_config, tmp_path_factory):
-  workdir = str(tmp_path_factory.mktemp("teacher"))
-  finetune.run(finetune_config("bert", **TEACHER, **DATA), workdir)
-  return workdir
+@pytest.fixture(scope="session")
+def teacher(finetune_config, tmp_path_factory, worker_id):
+  """The teacher run, made by the first xdist worker to need it and read by the others."""
+  directory = shared_dir(tmp_path_factory, worker_id, "distill_teacher")
+  workdir = directory / "run"
+  build_once(
+      directory,
+      workdir / workdir_lib.RESULTS,
+      lambda: finetune.run(finetune_config("bert", **TEACHER, **DATA), str(workdir)),
+  )
+  return str(workdir)
 
 
 def stacked(features) -> dict[str, np.ndarray]:
@@ -95,7 +114,8 @@ def test_a_distilled_student_agrees_with_its_teacher_more_than_one_trained_on_la
       gaps[name, split] = float(kl), agrees
   record = results["distillation"]
   assert record["teacher_outputs"] == "computed in the student's jitted train step"
-  assert (record["alpha"], record["teacher_best_step"]) == (0.9, 120)
+  assert (record["alpha"], record["teacher_best_step"], record["hidden_weight"]) == (0.9, 120, 0.0)
+  assert distill.PROJECTION not in params  # only hidden-state distillation adds it
   rows = [r for r in read_metrics(str(tmp_path / "distilled")) if "train/distill_loss" in r]
   assert rows and all(np.isfinite(r["train/label_loss"]) for r in rows)
   # KL to the teacher on the transfer set, and agreement with its argmax there and on unseen
@@ -116,6 +136,27 @@ def test_a_distilled_student_agrees_with_its_teacher_more_than_one_trained_on_la
         distilled.mean(),
         labels.mean(),
     )
+
+
+@pytest.mark.slow
+def test_hidden_state_distillation_maps_a_narrower_student_onto_the_teachers_states(
+    teacher, finetune_config, tmp_path
+):
+  narrow = {"model.d_model": 32, "model.d_ff": 128}
+  keys = {"distill.teacher": teacher, "distill.hidden_weight": 1.0, **narrow}
+  config = finetune_config("bert", **{**STUDENT, **DATA, **keys})
+  results = finetune.run(config, str(tmp_path / "W"))
+  assert results["distillation"]["hidden_weight"] == 1.0
+  rows = [r for r in read_metrics(str(tmp_path / "W")) if "train/distill_hidden_loss" in r]
+  hidden = [r["train/distill_hidden_loss"] for r in rows]
+  assert len(hidden) >= 10 and np.mean(hidden[-5:]) < 0.75 * np.mean(hidden[:5]), hidden
+  setup = finetune.build(config, str(tmp_path / "W"))
+  params = finetune.best_params(str(tmp_path / "W"), setup)[1]
+  assert params[distill.PROJECTION]["kernel"].shape == (32, 64)  # student width → teacher's
+  config.distill.hidden_weight = -1.0
+  with pytest.raises(ValueError, match=r"config\.distill\.hidden_weight=-1\.0 must be >= 0"):
+    finetune.run(config, str(tmp_path / "other"))
+  assert not (tmp_path / "other").exists()
 
 
 def test_misfits_fail_before_writing(bert_pretrained, finetune_config, tmp_path):
@@ -159,6 +200,9 @@ def test_every_task_type_matches_its_teachers_outputs_where_its_loss_has_weight(
   )
   apply = jax.jit(lambda p: setup.module.apply({"params": p}, batch, deterministic=True))
   teacher, student = apply(params), apply(other)
+  # The hidden states hidden-state distillation reads: the input's, the encoder side of T5.
+  _, states = distill.apply_with_hidden(setup.module, params, batch, deterministic=True)
+  assert states.shape == (*batch["inputs"].shape, config.model.d_model)
   loss = lambda s, t: float(distill.soft_loss(setup.task, s, t, batch, 2.0))
   assert loss(teacher, teacher) == pytest.approx(0.0, abs=1e-5)
   assert loss(student, teacher) > 1e-3
