@@ -12,7 +12,7 @@ import dataclasses
 import json
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import flax.linen as nn
@@ -30,7 +30,7 @@ from lmreuse import (
     tasks,
     workdir as workdir_lib,
 )
-from lmreuse.compression import distill
+from lmreuse.compression import distill, sparse
 from lmreuse.data import pipeline, sources, tokenizer as tokenizer_lib
 from lmreuse.data.sources import extra_eval
 from lmreuse.models.config import TransformerConfig
@@ -635,13 +635,20 @@ def extra_eval_names(setup: Setup) -> list[str]:
 def write_reusables(
     config: ml_collections.ConfigDict, workdir: str, setup: Setup, trained: Trained
 ) -> dict:
-  """The representation plots (config.viz) and, when only part of the model trains, that part
-  alone in trainable/ (shareable without the backbone); the plots' record for results.json."""
+  """The representation plots (config.viz); when only part of the model trains, that part
+  alone in trainable/ (shareable without the backbone); when a strategy leaves parameters sparse
+  (pruning), the whole model stored sparse; and the plots' record for results.json."""
   extra = {}
   trainer = setup.trainer
   partial = trainer.trainable_count() < trainer.param_count()
-  # A collective: every process takes part, process 0 writes the plots and trainable/.
-  host_best = trainer.to_host(trained.best_params) if config.viz.enabled or partial else None
+  paths = traverse_util.flatten_dict(trained.best_params, sep="/")
+  pruned = any(setup.plan.sparse(p) for p in paths)
+  # A collective: every process takes part, process 0 writes the plots, trainable/ and the
+  # sparse model.
+  needed = config.viz.enabled or partial or pruned
+  host_best = trainer.to_host(trained.best_params) if needed else None
+  if pruned and jax.process_index() == 0:
+    sparse.save(os.path.join(workdir, workdir_lib.SPARSE_MODEL), host_best, setup.plan.sparse)
   if config.viz.enabled and jax.process_index() == 0:
     from lmreuse.viz import finetune_plots
 
@@ -720,11 +727,16 @@ def write_results(
   )
 
 
-def stored_bytes(params: Any, report: dict) -> int:
-  """The bytes the selected model takes stored as the run holds it: every parameter at its dtype,
-  less what a strategy's report entry stores quantized (`float_bytes` → `model_bytes`: qat's
-  whole model, a QLoRA base), so a study can set score against storage."""
-  total = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(params))
+def stored_bytes(params: Any, report: dict, plan: strategies.Plan, to_host: Callable) -> int:
+  """The bytes the selected model takes stored as the run holds it: every parameter at its dtype
+  or, where the strategy leaves it sparse (pruning), in sparse.py's form, less what a strategy's
+  report entry stores quantized (`float_bytes` → `model_bytes`: qat's whole model, a QLoRA
+  base), so a study can set score against storage. `to_host` is a collective."""
+  flat = traverse_util.flatten_dict(params, sep="/")
+  kept_sparse = to_host({p: v for p, v in flat.items() if plan.sparse(p)})
+  total = sum(sparse.nbytes(v) for v in kept_sparse.values()) + sum(
+      v.size * v.dtype.itemsize for p, v in flat.items() if p not in kept_sparse
+  )
   for entry in report.values():
     if isinstance(entry, dict) and {"model_bytes", "float_bytes"} <= entry.keys():
       total += entry["model_bytes"] - entry["float_bytes"]
@@ -750,7 +762,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     if adaptation:
       extra["adapt"] = adaptation
     extra.update(setup.plan.report(trained.best_params, setup.trainer.to_host))
-    extra["model_bytes"] = stored_bytes(trained.best_params, extra)
+    extra["model_bytes"] = stored_bytes(
+        trained.best_params, extra, setup.plan, setup.trainer.to_host
+    )
     if setup.distillation:
       extra["distillation"] = setup.distillation
     return write_results(config, workdir, setup, trained, metrics, extra, start_time)

@@ -31,6 +31,7 @@ RESULTS = "results.json"  # a finished run's record
 TOKENIZER = "tokenizer"  # a SentencePiece model the run trained, or an HF import's files
 BEST = "best"  # fine-tuning: the best checkpoint's parameters
 TRAINABLE = "trainable"  # fine-tuning: the best trainable (head + strategy) parameters
+SPARSE_MODEL = "sparse_model.safetensors"  # fine-tuning, pruned: the best model, stored sparse
 EARLY_STOPPING = "early_stopping.json"
 PREDICTIONS = "predictions.jsonl"
 EXTRA_PREDICTIONS = "extra_eval"  # fine-tuning: <NAME>.jsonl per config.task.extra_eval set
@@ -59,6 +60,7 @@ RUN_OUTPUTS = (
     TOKENIZER,
     BEST,
     TRAINABLE,
+    SPARSE_MODEL,
     EARLY_STOPPING,
     PREDICTIONS,
     EXTRA_PREDICTIONS,

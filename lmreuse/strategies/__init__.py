@@ -154,6 +154,9 @@ class Plan:
   def report(self, params: Any, to_host: Callable[[Any], Any]) -> dict:
     return {k: v for s in self.strategies for k, v in s.report(params, to_host).items()}
 
+  def sparse(self, path: str) -> bool:
+    return any(s.sparse(path) for s in self.strategies)
+
   def check(self, paths: list[str]) -> None:
     for strategy in self.strategies:
       strategy.check(paths)

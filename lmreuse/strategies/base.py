@@ -131,6 +131,12 @@ class Strategy:
     them (a collective with several processes: every process reports)."""
     return {}
 
+  def sparse(self, path: str) -> bool:
+    """Whether the strategy leaves the parameter mostly zeros, so the run stores it sparse
+    (lmreuse/compression/sparse.py)."""
+    del path
+    return False
+
   def check(self, paths: list[str]) -> None:
     """Raises ValueError, before training, when the strategy does not fit the model."""
 

@@ -202,6 +202,9 @@ class Prune(base.Strategy):
         }
     }
 
+  def sparse(self, path: str) -> bool:
+    return is_target(path)
+
   def check(self, paths: list[str]) -> None:
     cfg = self.cfg
     if not 0.0 < cfg.sparsity < 1.0:

@@ -13,6 +13,8 @@ import pytest
 from flax import traverse_util
 
 from experiments import finetune
+from lmreuse import workdir as workdir_lib
+from lmreuse.compression import sparse
 from lmreuse.strategies import prune
 from lmreuse.train import restore
 
@@ -130,6 +132,34 @@ def test_a_pruned_fine_tuning_run_saves_and_reports_its_exact_sparsity(
   # Embeddings and heads are not pruned.
   flat = traverse_util.flatten_dict(restore.load_params(str(tmp_path)), sep="/")
   assert not np.any(np.asarray(flat["backbone/stack/token_embed/embedding"]) == 0)
+  # The selected model, stored sparse: it loads back bitwise, and its bytes are results.json's.
+  selected = ocp.PyTreeCheckpointer().restore(str(best))
+  stored = sparse.load(str(tmp_path / workdir_lib.SPARSE_MODEL))
+  flat_selected, flat_stored = (traverse_util.flatten_dict(t, sep="/") for t in (selected, stored))
+  assert flat_stored.keys() == flat_selected.keys()
+  for path, value in flat_selected.items():
+    np.testing.assert_array_equal(flat_stored[path], value, err_msg=path)
+  assert results["model_bytes"] == sparse.stored_bytes(selected, prune.is_target)
+  dense = sum(np.asarray(v).nbytes for v in flat_selected.values())
+  # float32 kernels at 75% sparsity: 1/8 + 4/4 bytes a weight instead of 4.
+  assert dense - results["model_bytes"] == pytest.approx(size * (4 - 1 / 8 - 1), abs=size * 0.01)
+
+
+def test_sparse_storage_round_trips_and_counts_a_bit_a_weight_plus_the_kept_values(tmp_path):
+  kernel = np.array([[0.0, 1.5, 0.0], [-2.0, 0.0, 0.0], [0.0, 0.0, 3.0]], np.float32)
+  bitmap, values = sparse.encode(kernel)
+  np.testing.assert_array_equal(np.unpackbits(bitmap)[:9], [0, 1, 0, 1, 0, 0, 0, 0, 1])
+  np.testing.assert_array_equal(values, [1.5, -2.0, 3.0])
+  np.testing.assert_array_equal(sparse.decode(bitmap, values, kernel.shape), kernel)
+  assert sparse.nbytes(kernel) == 2 + 3 * 4  # 9 bits in 2 bytes, 3 float32 values
+  params = {"layer": {"kernel": kernel, "bias": np.array([0.0, 1.0], np.float32)}}
+  is_kernel = lambda path: path.endswith("kernel")
+  sparse.save(str(tmp_path / "m.safetensors"), params, is_kernel)
+  loaded = sparse.load(str(tmp_path / "m.safetensors"))
+  np.testing.assert_array_equal(loaded["layer"]["kernel"], kernel)
+  np.testing.assert_array_equal(loaded["layer"]["bias"], params["layer"]["bias"])
+  assert loaded["layer"]["kernel"].dtype == np.float32
+  assert sparse.stored_bytes(params, is_kernel) == 14 + 8  # the bias stays dense
 
 
 def test_misfits_fail_before_training(finetune_config, tmp_path):
