@@ -57,16 +57,19 @@ def pretrain_setup(
     accum_steps: int = 1,
     optimizer: dict | None = None,
     initial: TrainState | None = None,
+    overrides: dict | None = None,
 ) -> Setup:
   """The pretraining trainer of `preset` (tiny) on the mesh, its state and a device batch.
 
-  `optimizer` overrides keys of `config.optimizer`. `initial` (host arrays) is placed on the
-  mesh instead of initialising the state there, which would compile an initialisation per mesh.
+  `optimizer` overrides keys of `config.optimizer`, `overrides` dotted keys of the config.
+  `initial` (host arrays) is placed on the mesh instead of initialising the state there, which
+  would compile an initialisation per mesh.
   """
   config = pretrain.get_config(f"{preset},size=tiny")
   config.data.seq_len = SEQ_LEN
   config.model.num_layers = num_layers
   config.optimizer.update(optimizer or {})
+  config.update_from_flattened_dict(overrides or {})
   mesh = mesh_lib.make_mesh(mesh_config(mesh_axes), devices)
   rules = sharding_lib.rules_from_config(config.mesh.rules)
   model_cfg = TransformerConfig.from_config(config.model, synthetic.VOCAB)

@@ -25,7 +25,7 @@ def batch(
       .astype(np.int32)[None]
       .repeat(batch_size, 0)
   )
-  if objective == "mlm":
+  if objective in ("mlm", "electra"):
     return dict(
         inputs=tokens(seq_len),
         token_types=(positions(seq_len) >= seq_len // 2).astype(np.int32),
@@ -35,14 +35,18 @@ def batch(
         mlm_weights=exact_selection(rng, batch_size, seq_len - 3),
         nsp_labels=rng.integers(0, 2, (batch_size,)).astype(np.int32),
     )
-  if objective == "clm":
-    return dict(
+  if objective in ("clm", "prefix_lm"):
+    rows = dict(
         inputs=tokens(seq_len),
         targets=tokens(seq_len),
         weights=segments(seq_len).astype(np.float32),
         segment_ids=segments(seq_len),
         positions=positions(seq_len),
     )
+    if objective == "prefix_lm":  # a random prefix of 1..n-1 of each row's n real tokens
+      lengths = rng.integers(1, seq_len - 3, (batch_size, 1))
+      rows["prefix"] = (positions(seq_len) < lengths).astype(np.int32)
+    return rows
   target_len = seq_len // 4
   return dict(
       encoder_inputs=tokens(seq_len),

@@ -1,9 +1,10 @@
 """Train steps on every 8-device mesh compile without involuntary rematerialization, shard what
 the rules shard, and (pretraining) equal the 1-device step.
 
-One subprocess per architecture (tests/parallel/sharded_check.py) compiles each step once for
-all three checks; they are one test per architecture, because pytest-xdist would run a module
-fixture once per worker, and three tests spread over the workers.
+One subprocess per architecture (tests/parallel/sharded_check.py; ELECTRA with BERT and the
+prefix LM with GPT, on one mesh) compiles each step once for all three checks; they are one test
+per architecture, because pytest-xdist would run a module fixture once per worker, and three
+tests spread over the workers.
 """
 
 import json
@@ -13,6 +14,8 @@ import sys
 
 import pytest
 
+from configs import pretrain as pretrain_config
+from lmreuse import objectives
 from tests import xla_flags
 from tests.parallel import sharded_check, steps
 
@@ -71,6 +74,12 @@ def problems(name: str, case: dict, mesh_axes: dict) -> list[str]:
   return found
 
 
+def test_every_objective_is_checked_on_8_devices():
+  """A new objective's step must join a preset's process here (SAME_ARCHITECTURE)."""
+  presets = [*PRESETS, *(p for more in sharded_check.SAME_ARCHITECTURE.values() for p in more)]
+  assert sorted(pretrain_config.OBJECTIVE_OF[p] for p in presets) == objectives.names()
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("preset", PRESETS)
 def test_sharded_steps_are_partitioned_well_and_match_single_device(preset, tokenizer_path):
@@ -84,10 +93,14 @@ def test_sharded_steps_are_partitioned_well_and_match_single_device(preset, toke
       for mesh, strategy in sharded_check.FINETUNE_CASES[preset].items()
   }
   pretrain = {f"{preset}/{mesh}/pretrain" for mesh in steps.MESHES}
+  others = sharded_check.SAME_ARCHITECTURE[preset]
+  pretrain |= {f"{other}/{sharded_check.CONTROL_MESH}/pretrain" for other in others}
   assert set(sharded_check.FINETUNE_CASES[preset]) == set(steps.MESHES)  # fine-tuned on each
-  assert set(report) == pretrain | finetune | {f"{preset}/reference"}
+  references = {f"{name}/reference" for name in (preset, *others)}
+  assert set(report) == pretrain | finetune | references
   # Without warm-up the step trains: Adam moves each weight by ~lr.
-  assert report.pop(f"{preset}/reference")["moved"] > 5e-4, preset
+  for reference in references:
+    assert report.pop(reference)["moved"] > 5e-4, reference
   found = []
   for name, case in sorted(report.items()):
     found += problems(name, case, steps.MESHES[name.split("/")[1]])
