@@ -95,7 +95,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, data: TaskData) -> dict
   corpus = config.adapt.corpus
   if corpus == TASK_CORPUS:
     corpus = os.path.join(workdir, workdir_lib.ADAPT_CORPUS)
-    if jax.process_index() == 0:
+    # Written once (atomically): a rerun's config equals the first run's, so its task too.
+    if jax.process_index() == 0 and not os.path.exists(corpus):
       spec = task_types.TASK_TYPES[data.task_type]
       text_file.write_documents(corpus, (spec.input_text(e) for e in data.splits["train"]))
     if jax.process_count() > 1:  # the others read the file process 0 wrote

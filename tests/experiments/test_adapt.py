@@ -64,11 +64,15 @@ def test_task_adaptive_pretraining_moves_the_backbone_fine_tuning_starts_from(
   report = json.loads((tmp_path / "ft" / workdir_lib.INIT_REPORT).read_text())
   assert report["new"] and all("head" in p or "classifier" in p for p in report["new"]), report
 
-  # A rerun finds the phase finished and reuses it as it is.
-  finished = (tmp_path / "ft" / "adapt" / workdir_lib.RESULTS).stat().st_mtime_ns
+  # A rerun finds the phase finished and reuses it, and its corpus, as they are.
+  written = [
+      tmp_path / "ft" / "adapt" / workdir_lib.RESULTS,
+      tmp_path / "ft" / "adapt_corpus.jsonl",
+  ]
+  finished = [path.stat().st_mtime_ns for path in written]
   again = finetune.run(config, str(tmp_path / "ft"))
   assert again["adapt"] == record
-  assert (tmp_path / "ft" / "adapt" / workdir_lib.RESULTS).stat().st_mtime_ns == finished
+  assert [path.stat().st_mtime_ns for path in written] == finished
 
 
 def test_bad_adaptations_fail_before_writing(bert_pretrained, finetune_config, tmp_path):
