@@ -166,3 +166,36 @@ def test_finetuning_preempted_at_an_eval_step_resumes_bitwise(
       straight["best_step"],
       straight["steps"],
   )
+
+
+@pytest.mark.slow
+def test_a_run_preempted_inside_its_adaptation_phase_resumes_the_phase_bitwise(
+    bert_pretrained, finetune_config, tmp_path, counted_steps
+):
+  """config.adapt's continued pretraining (W/adapt) stops at the signal like any run; the rerun
+  trains the phase's remaining steps, then fine-tunes, as an uninterrupted run does."""
+  config = finetune_config(
+      init_from=bert_pretrained[0], total_steps=2, checkpoint_every=100, **{"adapt.steps": 4}
+  )
+  steps, signal_after = counted_steps
+  straight = finetune.run(config, str(tmp_path / "straight"))
+  assert steps == [0, 1, 2, 3, 0, 1]  # the phase's 4 steps, then fine-tuning's 2
+
+  workdir = tmp_path / "preempted"
+  steps.clear()
+  signal_after[0] = 1  # inside the phase
+  with pytest.raises(preemption.Preempted, match="stopped after step 2"):
+    finetune.run(config, str(workdir))
+  assert (
+      not (workdir / "adapt" / "results.json").exists() and not (workdir / "results.json").exists()
+  )
+  signal_after[0] = None
+  steps.clear()
+  resumed = finetune.run(config, str(workdir))
+  assert steps == [2, 3, 0, 1]  # the phase's remaining steps, then fine-tuning
+
+  for run in ("adapt", ""):
+    assert without_timing(workdir / run) == without_timing(tmp_path / "straight" / run), run
+  same = lambda record: {k: v for k, v in record.items() if k != "init_from"}  # its own W/adapt
+  assert same(resumed["adapt"]) == same(straight["adapt"])
+  assert resumed["metrics"] == straight["metrics"]
