@@ -32,6 +32,7 @@ import numpy as np
 import optax
 from absl import app, flags, logging
 
+from benchmarks.flops import flops_per_token, measure_peak
 from configs import pretrain
 from lmreuse import objectives
 from lmreuse.models.config import TransformerConfig
@@ -67,19 +68,6 @@ def mlm_batch(batch_size: int, seq_len: int, seed: int = 0) -> Batch:
   return batch
 
 
-def flops_per_token(cfg: TransformerConfig, seq_len: int) -> tuple[float, int]:
-  """PaLM (Chowdhery et al. 2022, app. B): 6N + 12·L·d·T; returns it and N.
-
-  N counts the matmul weights each token goes through: attention and MLP kernels, the MLM
-  transform and the tied output projection; embedding lookups are gathers, not matmuls.
-  """
-  d, h = cfg.d_model, cfg.dim_per_head
-  attention = d * (cfg.num_heads + 2 * cfg.kv_heads) * h + cfg.num_heads * h * d
-  mlp = (3 if cfg.activation in ("swiglu", "geglu") else 2) * d * cfg.d_ff
-  n = cfg.num_layers * (attention + mlp) + d * d + cfg.vocab_size * d
-  return 6 * n + 12 * cfg.num_layers * cfg.num_heads * h * seq_len, n
-
-
 def matmul_params(params: Any, tied_table: str) -> int:
   """Sizes of every 'kernel' leaf plus the tied embedding table: N as read off a param tree."""
   total = 0
@@ -88,21 +76,6 @@ def matmul_params(params: Any, tied_table: str) -> int:
     if name.endswith("['kernel']") or tied_table in name:
       total += int(np.prod(leaf.shape))
   return total
-
-
-def measure_peak(n: int, reps: int) -> float:
-  """Best FLOPs/s of one jitted fp32 n×n matmul: the attainable peak of this machine now."""
-  ka, kb = jax.random.split(jax.random.PRNGKey(0))
-  a = jax.random.normal(ka, (n, n), jnp.float32)
-  b = jax.random.normal(kb, (n, n), jnp.float32)
-  matmul = jax.jit(lambda x, y: jnp.matmul(x, y, precision=jax.lax.Precision.HIGHEST))
-  jax.block_until_ready(matmul(a, b))
-  best = float("inf")
-  for _ in range(reps):
-    start = time.perf_counter()
-    jax.block_until_ready(matmul(a, b))
-    best = min(best, time.perf_counter() - start)
-  return 2 * n**3 / best
 
 
 class Runner:

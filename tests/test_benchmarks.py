@@ -123,3 +123,37 @@ def test_suite_compile_benchmark_compares_the_tests_xla_flags_with_a_baseline():
   assert set(rows) == {"without fusion flag (baseline)", "tests' flags"}, proc.stdout[-3000:]
   assert float(rows["without fusion flag (baseline)"][1]) == 1.0
   assert all(float(seconds) > 0 for seconds, _ in rows.values())
+
+
+@pytest.mark.slow
+def test_device_check_runs_its_quick_form_on_cpu(tokenizer_path):
+  """The GPU check's script, at tiny sizes: MFU rows for both models against a measured peak,
+  XLA attention timed and cuDNN reported unavailable off a GPU, and the strategy ratios."""
+  proc = subprocess.run(
+      [
+          "bash",
+          os.path.join("benchmarks", "device_check.sh"),
+          "--quick",
+          f"--tokenizer={tokenizer_path}",
+      ],
+      cwd=ROOT,
+      capture_output=True,
+      text=True,
+      timeout=600,
+  )
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  models = table_rows(proc.stdout, "model")
+  assert {"bert,size=tiny", "gpt,size=tiny"} <= set(models), proc.stdout[-3000:]
+  for row in (models["bert,size=tiny"], models["gpt,size=tiny"]):
+    assert "measured" in row[8] and float(row[9].strip(" %")) > 0
+  attention = table_rows(proc.stdout, "attention")
+  assert float(attention["xla"][0]) > 0 and "not available" in attention["cudnn"][0]
+  strategies = table_rows(proc.stdout, "strategy")
+  assert float(strategies["full"][2]) == 1.0 and "lora" in strategies
+  bad = subprocess.run(
+      ["bash", os.path.join("benchmarks", "device_check.sh"), "--fast"],
+      cwd=ROOT,
+      capture_output=True,
+      text=True,
+  )
+  assert bad.returncode == 2 and "unknown argument --fast" in bad.stderr
