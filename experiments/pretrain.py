@@ -111,21 +111,24 @@ def _pretrain(config: ml_collections.ConfigDict, workdir: str) -> dict:
   mesh = mesh_lib.make_mesh(config.mesh)
   rules = sharding_lib.rules_from_config(config.mesh.rules)
   check_batch(config, mesh, rules)
-  workdir_lib.prepare(workdir, config)
 
+  # The tokenizer (a new one is trained in a temporary directory) and the trainer, which checks
+  # that every parameter divides over the mesh, before the workdir is written to.
   local_corpus = config.data.corpus != "wordnet"
   tokenizer = tokenizer_lib.from_config(
       config.tokenizer,
       workdir,
+      reuse_trained=not workdir_lib.discards_run(workdir, config),
       corpus=functools.partial(text_file.segments, config.data.corpus) if local_corpus else None,
   )
-  tokenizer_lib.save_trained(tokenizer, config.tokenizer, workdir)
   model_cfg = TransformerConfig.from_config(config.model, tokenizer.vocab_size)
   objective = objectives.get(config.objective.name)
   program = objective.program(model_cfg, config.objective, config.data)
   tx, schedule = optim.make_optimizer(config.optimizer, config.total_steps)
   trainer = Trainer(program, tx, schedule, mesh, rules, skip_nonfinite=config.nonfinite == "skip")
   logging.info("model: %s, %s parameters", model_cfg, f"{trainer.param_count():,}")
+  workdir_lib.prepare(workdir, config)
+  tokenizer_lib.save_trained(tokenizer, config.tokenizer, workdir)
 
   def dataset(split: str, train: bool):
     if local_corpus:

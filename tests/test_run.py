@@ -5,12 +5,19 @@ import os
 import subprocess
 import sys
 
+from tests import xla_flags
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def run_cli(*args):
+def run_cli(*args, env=None):
   return subprocess.run(
-      [sys.executable, "run.py", *args], cwd=ROOT, capture_output=True, text=True, timeout=120
+      [sys.executable, "run.py", *args],
+      cwd=ROOT,
+      capture_output=True,
+      text=True,
+      timeout=120,
+      env=env,
   )
 
 
@@ -20,6 +27,26 @@ def test_unknown_config_key_is_refused(tmp_path):
   )
   assert proc.returncode != 0
   assert "modle" in proc.stderr
+  assert not (tmp_path / "w").exists()
+
+
+def test_parameters_that_do_not_split_over_the_mesh_are_refused_before_writing(
+    tmp_path, tokenizer_path
+):
+  """ELECTRA's tiny generator has 1 attention head: tensor=2 cannot split it. Two fake devices;
+  the refusal comes from the trainer's check, before the workdir is created."""
+  env = dict(os.environ, XLA_FLAGS=xla_flags.with_host_devices(2), JAX_PLATFORMS="cpu")
+  proc = run_cli(
+      "--config=configs/pretrain.py:electra",
+      f"--workdir={tmp_path}/w",
+      "--config.mesh.tensor=2",
+      f"--config.tokenizer.path={tokenizer_path}",
+      "--config.tokenizer.vocab_size=1024",
+      env=env,
+  )
+  assert proc.returncode != 0
+  assert "['generator']['layers_0']['self_attention']" in proc.stderr, proc.stderr[-2000:]
+  assert "does not divide over mesh axes ('tensor',)" in proc.stderr
   assert not (tmp_path / "w").exists()
 
 
