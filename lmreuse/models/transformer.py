@@ -193,9 +193,9 @@ class Stack(nn.Module):
       )
     if positions_BxL is None:
       positions_BxL = _default_positions(ids_BxL)
-    if embedded_BxLxD is None:
-      embedded_BxLxD = self.embed(ids_BxL, positions_BxL, token_types_BxL)
     x_BxLxD = embedded_BxLxD
+    if x_BxLxD is None:
+      x_BxLxD = self.embed(ids_BxL, positions_BxL, token_types_BxL)
     if self.num_prompt:
       x_BxLxD, segment_ids_BxL, positions_BxL = self._prepend_prompt(
           x_BxLxD, segment_ids_BxL, positions_BxL
