@@ -23,8 +23,9 @@ done
 
 python benchmarks/mfu.py $quick
 if [ -n "$quick" ]; then
-  python benchmarks/strategies.py --quick --strategies=full,lora --batch_size=8 --seq_len=32 \
-      "${tokenizer[@]}"
+  python benchmarks/strategies.py --quick \
+      --strategies=full,lora:rank=4:targets=all_linear,gradual_unfreeze --batch_size=8 \
+      --seq_len=32 "${tokenizer[@]}"
 else
   python benchmarks/strategies.py --batch_size=64 --seq_len=128 \
       --strategies=full,frozen,lora,adapters,bitfit,prefix_tuning,prompt_tuning "${tokenizer[@]}"
