@@ -10,8 +10,10 @@ import ml_collections
 import numpy as np
 import pytest
 from flax import traverse_util
+from safetensors.numpy import load_file
 
 from experiments import finetune, pretrain
+from lmreuse.interop import hf
 from lmreuse.models.config import TransformerConfig
 from lmreuse.objectives import electra
 from lmreuse.train.writers import read_metrics
@@ -172,3 +174,10 @@ def test_electra_learns_and_fine_tuning_keeps_the_discriminator_and_drops_the_ge
   dropped = {p.split("/")[0] for p in report["dropped"]}
   assert dropped == {"generator", "generator_project", "generator_head", "rtd_head"}, dropped
   assert not any(p.startswith("backbone/") for p in report["new"])
+  # Exported to Hugging Face, the discriminator is a BertModel: encoder weights, no MLM head.
+  hf.export_workdir(str(tmp_path / "electra"), str(tmp_path / "hf"))
+  tensors = load_file(str(tmp_path / "hf" / "model.safetensors"))
+  saved = json.loads((tmp_path / "hf" / "config.json").read_text())
+  assert saved["architectures"] == ["BertModel"]
+  assert "encoder.layer.0.attention.self.query.weight" in tensors
+  assert not any(name.startswith("cls.") for name in tensors)
