@@ -46,7 +46,7 @@ def nbytes(dense: np.ndarray) -> int:
 def stored_bytes(params: Any, is_sparse: Callable[[str], bool]) -> int:
   """The bytes of `params` as `save` stores them (arrays only, not the file's header)."""
   flat = traverse_util.flatten_dict(params, sep="/")
-  return sum(nbytes(v) if is_sparse(p) else np.asarray(v).nbytes for p, v in sorted(flat.items()))
+  return sum(nbytes(v) if is_sparse(p) else np.asarray(v).nbytes for p, v in flat.items())
 
 
 def save(path: str, params: Any, is_sparse: Callable[[str], bool]) -> None:

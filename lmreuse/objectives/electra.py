@@ -125,9 +125,7 @@ class ElectraPretrainer(nn.Module):
         embedded_BxLxD=self.generator_project(embedded_BxLxD),
         deterministic=deterministic,
     )
-    positions_BxP = jnp.argsort(-batch["mlm_weights"], axis=1, stable=True)[
-        :, : self.num_predictions
-    ]
+    positions_BxP = mlm.selected_positions(batch["mlm_weights"], self.num_predictions)
     generator_logits_BxPxV = self.generator_head(
         mlm.gather_predictions(generated_BxLxG, positions_BxP), stack.token_embed
     )

@@ -159,6 +159,12 @@ def max_predictions(seq_len: int, mask_prob: float) -> int:
   return max(1, int(np.round(seq_len * mask_prob)))
 
 
+def selected_positions(weights_BxL: jax.Array, num_predictions: int) -> jax.Array:
+  """[B, P] positions of each row's selected tokens (weight 1) first, in order; the rest of the
+  P slots point at weight-0 positions."""
+  return jnp.argsort(-weights_BxL, axis=1, stable=True)[:, :num_predictions]
+
+
 def gather_predictions(values_BxL: jax.Array, positions_BxP: jax.Array) -> jax.Array:
   index = positions_BxP.reshape(positions_BxP.shape + (1,) * (values_BxL.ndim - 2))
   return jnp.take_along_axis(values_BxL, index, axis=1)
@@ -191,10 +197,7 @@ class BertPretrainer(nn.Module):
         token_types_BxL=batch["token_types"],
         deterministic=deterministic,
     )
-    # Selected positions first (weight 1), in order; the rest of the P slots have weight 0.
-    positions_BxP = jnp.argsort(-batch["mlm_weights"], axis=1, stable=True)[
-        :, : self.num_predictions
-    ]
+    positions_BxP = selected_positions(batch["mlm_weights"], self.num_predictions)
     out = {
         "mlm_logits": self.mlm_head(
             gather_predictions(hidden_BxLxD, positions_BxP), self.backbone.stack.token_embed
