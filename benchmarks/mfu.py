@@ -33,11 +33,9 @@ from absl import app, flags, logging
 
 from benchmarks.flops import flops_per_token, measure_peak
 from configs import pretrain
-from lmreuse import objectives
-from lmreuse.models.config import TransformerConfig
+from experiments import pretrain as pretrain_experiment
 from lmreuse.objectives.mlm import max_predictions
 from lmreuse.parallel import mesh as mesh_lib, sharding as sharding_lib
-from lmreuse.train import optim
 from lmreuse.train.trainer import Trainer
 from tests.parallel import synthetic
 
@@ -71,12 +69,10 @@ def build(preset: str, size: str, seq_len: int, batch_size: int, dtype: str, voc
   config.mesh.data = -1
   mesh = mesh_lib.make_mesh(config.mesh)
   rules = sharding_lib.rules_from_config(config.mesh.rules)
-  model_cfg = TransformerConfig.from_config(config.model, vocab)
-  objective = config.objective.name
-  program = objectives.get(objective).program(model_cfg, config.objective, config.data)
-  tx, schedule = optim.make_optimizer(config.optimizer, config.total_steps)
-  trainer = Trainer(program, tx, schedule, mesh, rules)
-  batch = synthetic.batch(objective, batch_size=batch_size, seq_len=seq_len, vocab=vocab)
+  model_cfg, trainer = pretrain_experiment.make_trainer(config, vocab, mesh, rules)
+  batch = synthetic.batch(
+      config.objective.name, batch_size=batch_size, seq_len=seq_len, vocab=vocab
+  )
   return config, model_cfg, trainer, trainer.init_state(0), trainer.train_batch(batch, 1)
 
 

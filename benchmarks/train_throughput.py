@@ -34,10 +34,9 @@ from absl import app, flags, logging
 
 from benchmarks.flops import flops_per_token, measure_peak
 from configs import pretrain
-from lmreuse import objectives
-from lmreuse.models.config import TransformerConfig
+from experiments import pretrain as pretrain_experiment
 from lmreuse.parallel import mesh as mesh_lib, sharding as sharding_lib
-from lmreuse.train import optim, trainer as trainer_lib
+from lmreuse.train import trainer as trainer_lib
 from tests.parallel import synthetic
 
 _STEPS = flags.DEFINE_integer("steps", 20, "Train steps per timed round (per model).")
@@ -117,13 +116,10 @@ def build_ours(batch: Batch, lr: float, prng_impl: str = "threefry2x32"):
   config.objective.nsp = False
   # A constant LR so both models take identical optimizer steps (clipping, decay mask included).
   config.optimizer.update(learning_rate=lr, warmup_steps=0, schedule="constant")
-  model_cfg = TransformerConfig.from_config(config.model, VOCAB)
-  model_cfg.validate()
-  program = objectives.get("mlm").program(model_cfg, config.objective, config.data)
-  tx, schedule = optim.make_optimizer(config.optimizer, config.total_steps)
   mesh = mesh_lib.make_mesh(config.mesh)
   rules = sharding_lib.rules_from_config(config.mesh.rules)
-  trainer = trainer_lib.Trainer(program, tx, schedule, mesh, rules)
+  model_cfg, trainer = pretrain_experiment.make_trainer(config, VOCAB, mesh, rules)
+  model_cfg.validate()
   with trainer_lib.prng_impl(config):
     state = trainer.init_state(config.seed)
   device_batch = trainer.device_batch(trainer_lib.split_microbatches(batch, 1), leading_axes=1)
@@ -133,7 +129,7 @@ def build_ours(batch: Batch, lr: float, prng_impl: str = "threefry2x32"):
       s, metrics = trainer.train_step(s, device_batch)
     return s, {"loss": metrics["train/loss"]}
 
-  return model_cfg, program, tx, trainer, state, device_batch, step
+  return model_cfg, trainer.program, trainer.tx, trainer, state, device_batch, step
 
 
 # ----------------------------------------------------------------------------- Hugging Face

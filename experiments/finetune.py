@@ -733,10 +733,8 @@ def stored_bytes(params: Any, report: dict, plan: strategies.Plan, to_host: Call
   report entry stores quantized (`float_bytes` → `model_bytes`: qat's whole model, a QLoRA
   base), so a study can set score against storage. `to_host` is a collective."""
   flat = traverse_util.flatten_dict(params, sep="/")
-  kept_sparse = to_host({p: v for p, v in flat.items() if plan.sparse(p)})
-  total = sum(sparse.nbytes(v) for v in kept_sparse.values()) + sum(
-      v.size * v.dtype.itemsize for p, v in flat.items() if p not in kept_sparse
-  )
+  flat.update(to_host({p: v for p, v in flat.items() if plan.sparse(p)}))
+  total = sparse.stored_bytes(flat, plan.sparse)
   for entry in report.values():
     if isinstance(entry, dict) and {"model_bytes", "float_bytes"} <= entry.keys():
       total += entry["model_bytes"] - entry["float_bytes"]

@@ -6,6 +6,7 @@ import functools
 import itertools
 import os
 import time
+from typing import TYPE_CHECKING
 
 import ml_collections
 from absl import logging
@@ -26,6 +27,9 @@ from lmreuse.train.trainer import (
     validate_loop,
 )
 from lmreuse.train.writers import MetricWriter
+
+if TYPE_CHECKING:
+  from jax.sharding import Mesh
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
@@ -105,6 +109,19 @@ def _continue_from(init_from: str, trainer: Trainer, state):
   return trainer.state_with_params(state, params)
 
 
+def make_trainer(
+    config: ml_collections.ConfigDict, vocab_size: int, mesh: Mesh, rules: sharding_lib.Rules
+) -> tuple[TransformerConfig, Trainer]:
+  """config's model, objective and optimizer as a Trainer on `mesh`, which checks that every
+  parameter divides over it; and the model's config."""
+  model_cfg = TransformerConfig.from_config(config.model, vocab_size)
+  objective = objectives.get(config.objective.name)
+  program = objective.program(model_cfg, config.objective, config.data)
+  tx, schedule = optim.make_optimizer(config.optimizer, config.total_steps)
+  skip = config.nonfinite == "skip"
+  return model_cfg, Trainer(program, tx, schedule, mesh, rules, skip_nonfinite=skip)
+
+
 def _pretrain(config: ml_collections.ConfigDict, workdir: str) -> dict:
   start_time = time.time()
   validate(config)
@@ -121,11 +138,7 @@ def _pretrain(config: ml_collections.ConfigDict, workdir: str) -> dict:
       reuse_trained=not workdir_lib.discards_run(workdir, config),
       corpus=functools.partial(text_file.segments, config.data.corpus) if local_corpus else None,
   )
-  model_cfg = TransformerConfig.from_config(config.model, tokenizer.vocab_size)
-  objective = objectives.get(config.objective.name)
-  program = objective.program(model_cfg, config.objective, config.data)
-  tx, schedule = optim.make_optimizer(config.optimizer, config.total_steps)
-  trainer = Trainer(program, tx, schedule, mesh, rules, skip_nonfinite=config.nonfinite == "skip")
+  model_cfg, trainer = make_trainer(config, tokenizer.vocab_size, mesh, rules)
   logging.info("model: %s, %s parameters", model_cfg, f"{trainer.param_count():,}")
   workdir_lib.prepare(workdir, config)
   tokenizer_lib.save_trained(tokenizer, config.tokenizer, workdir)

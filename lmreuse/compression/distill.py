@@ -31,6 +31,7 @@ import jax
 import jax.numpy as jnp
 
 from lmreuse.tasks.base import TaskType
+from lmreuse.train import losses
 from lmreuse.train.losses import MetricPairs
 
 PROJECTION = "distill_projection"
@@ -77,8 +78,7 @@ def hidden_loss(
       "bls,st->blt", student_BxLxS.astype(jnp.float32), projection_SxT.astype(jnp.float32)
   )
   per_token_BxL = jnp.mean(jnp.square(mapped_BxLxT - teacher_BxLxT.astype(jnp.float32)), -1)
-  weights_BxL = weights_BxL.astype(jnp.float32)
-  return jnp.sum(per_token_BxL * weights_BxL) / jnp.maximum(jnp.sum(weights_BxL), 1e-8)
+  return losses.weighted_loss(per_token_BxL, weights_BxL.astype(jnp.float32))[0]
 
 
 def soft_loss(
@@ -98,8 +98,7 @@ def soft_loss(
       # 0 · log 0 = 0 where the teacher puts no mass (masked span positions).
       kl = jnp.where(p_teacher > 0, p_teacher * (log_teacher - log_student), 0.0)
       per_row = temperature**2 * jnp.sum(kl, axis=-1)
-    weights = weights.astype(jnp.float32)
-    terms.append(jnp.sum(per_row * weights) / jnp.maximum(jnp.sum(weights), 1e-8))
+    terms.append(losses.weighted_loss(per_row, weights.astype(jnp.float32))[0])
   return sum(terms) / len(terms)
 
 

@@ -44,9 +44,11 @@ def nbytes(dense: np.ndarray) -> int:
 
 
 def stored_bytes(params: Any, is_sparse: Callable[[str], bool]) -> int:
-  """The bytes of `params` as `save` stores them (arrays only, not the file's header)."""
+  """The bytes of `params` as `save` stores them (arrays only, not the file's header). Only the
+  sparse leaves are read (host arrays); the dense ones count by shape and dtype, so they may be
+  device arrays."""
   flat = traverse_util.flatten_dict(params, sep="/")
-  return sum(nbytes(v) if is_sparse(p) else np.asarray(v).nbytes for p, v in flat.items())
+  return sum(nbytes(v) if is_sparse(p) else v.size * v.dtype.itemsize for p, v in flat.items())
 
 
 def save(path: str, params: Any, is_sparse: Callable[[str], bool]) -> None:

@@ -14,11 +14,8 @@ import ml_collections
 import numpy as np
 
 from configs import finetune as finetune_config, pretrain
-from experiments import finetune
-from lmreuse import objectives
-from lmreuse.models.config import TransformerConfig
+from experiments import finetune, pretrain as pretrain_experiment
 from lmreuse.parallel import mesh as mesh_lib, sharding as sharding_lib
-from lmreuse.train import optim
 from lmreuse.train.trainer import Trainer, TrainState
 from tests.parallel import synthetic
 
@@ -72,10 +69,7 @@ def pretrain_setup(
   config.update_from_flattened_dict(overrides or {})
   mesh = mesh_lib.make_mesh(mesh_config(mesh_axes), devices)
   rules = sharding_lib.rules_from_config(config.mesh.rules)
-  model_cfg = TransformerConfig.from_config(config.model, synthetic.VOCAB)
-  program = objectives.get(config.objective.name).program(model_cfg, config.objective, config.data)
-  tx, schedule = optim.make_optimizer(config.optimizer, config.total_steps)
-  trainer = Trainer(program, tx, schedule, mesh, rules)
+  _, trainer = pretrain_experiment.make_trainer(config, synthetic.VOCAB, mesh, rules)
   if initial is None:
     state = trainer.init_state(seed=0)
   else:
