@@ -11,6 +11,9 @@
   # continued pretraining on the task's own text first (task-adaptive), then fine-tuning:
   python run.py --config=configs/finetune.py --workdir=/tmp/ft_tapt \
       --config.init_from=/tmp/bert_tiny --config.adapt.steps=200
+  # one backbone fine-tuned on several tasks at once, a head each (experiments/multitask.py):
+  python run.py --config=configs/finetune.py --workdir=/tmp/ft_multi \
+      --config.init_from=/tmp/bert_tiny --config.task.name=wordnet_supersense+wordnet_relation
   # your own files:
   python run.py --config=configs/finetune.py --workdir=/tmp/ft_local --config.init_from=W \
       --config.task.name=local --config.task.type=classification \
@@ -26,7 +29,7 @@ import ml_collections
 from configs import common
 from lmreuse import strategies
 from lmreuse.data.sources import local
-from lmreuse.tasks import types as task_types
+from lmreuse.tasks import mixture, types as task_types
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -85,6 +88,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
           heldout_lexnames="",
           **task_types.config_defaults(),  # keys single task types read: lmreuse/tasks/types.py
           **local.config_defaults(),  # name=local: files and their columns
+          # name="a+b" fine-tunes one backbone on several tasks: members, mixing rates
+          **mixture.config_defaults(),
       )
   )
   # How the pretrained model is reused: one of `strategies.names()` or a comma-separated

@@ -12,6 +12,7 @@ the fine-tuning run's seed, mesh, batch size and loop settings.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 
 import jax
 import ml_collections
@@ -86,10 +87,13 @@ def pretrain_config(config: ml_collections.ConfigDict, corpus: str) -> ml_collec
   return saved
 
 
-def run(config: ml_collections.ConfigDict, workdir: str, data: TaskData) -> dict | None:
-  """Runs (or resumes, or reuses) the adaptation of a fine-tuning run in `workdir`; returns its
-  record for results.json (where its weights are, its corpus, its validation loss before and
-  after), or None when config.adapt.steps is 0."""
+def run(
+    config: ml_collections.ConfigDict, workdir: str, task_data: Sequence[TaskData]
+) -> dict | None:
+  """Runs (or resumes, or reuses) the adaptation of a fine-tuning run in `workdir` on the
+  training inputs of its task (of each task, in a multi-task run); returns its record for
+  results.json (where its weights are, its corpus, its validation loss before and after), or
+  None when config.adapt.steps is 0."""
   if not steps(config):
     return None
   corpus = config.adapt.corpus
@@ -97,8 +101,14 @@ def run(config: ml_collections.ConfigDict, workdir: str, data: TaskData) -> dict
     corpus = os.path.join(workdir, workdir_lib.ADAPT_CORPUS)
     # Written once (atomically): a rerun's config equals the first run's, so its task too.
     if jax.process_index() == 0 and not os.path.exists(corpus):
-      spec = task_types.TASK_TYPES[data.task_type]
-      text_file.write_documents(corpus, (spec.input_text(e) for e in data.splits["train"]))
+      text_file.write_documents(
+          corpus,
+          (
+              task_types.TASK_TYPES[data.task_type].input_text(e)
+              for data in task_data
+              for e in data.splits["train"]
+          ),
+      )
     if jax.process_count() > 1:  # the others read the file process 0 wrote
       multihost_utils.sync_global_devices("lmreuse adapt corpus")
   adapt_dir = os.path.join(workdir, workdir_lib.ADAPT)

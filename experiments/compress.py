@@ -62,7 +62,9 @@ def write_predictions(workdir: str, setup: finetune.Setup, predictions: list) ->
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   start_time = time.time()
   quantize.validate(config.quantize.weights, config.quantize.activations)
-  ft_config, ft_results = finetune.finished_run(config.init_from, "config.init_from")
+  ft_config, ft_results = finetune.finished_run(
+      config.init_from, "config.init_from", single_task=True
+  )
   if config.quantize.activations:
     quantize.refuse_generation(
         ft_results["task"]["type"],

@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import flax.linen as nn
+import grain
 import jax
 import ml_collections
 import numpy as np
@@ -37,7 +38,7 @@ from lmreuse.models.config import TransformerConfig
 from lmreuse.models.layers import dense_init
 from lmreuse.objectives.base import apply_rngs, init_rngs
 from lmreuse.parallel import mesh as mesh_lib, sharding as sharding_lib
-from lmreuse.tasks import types as task_types
+from lmreuse.tasks import mixture, types as task_types
 from lmreuse.tasks.evaluation import EvalSet, Evaluator, featurize
 from lmreuse.train import compute as compute_lib, optim, restore
 from lmreuse.train.checkpoint import Checkpointer, abstract_like
@@ -173,8 +174,11 @@ def make_program(
   )
 
 
-def finished_run(workdir: str, key: str) -> tuple[ml_collections.ConfigDict, dict]:
-  """(config, results) of the finished fine-tuning run in `workdir`, which config `key` names."""
+def finished_run(
+    workdir: str, key: str, single_task: bool = False
+) -> tuple[ml_collections.ConfigDict, dict]:
+  """(config, results) of the finished fine-tuning run in `workdir`, which config `key` names;
+  with `single_task`, one whose config.task.name is not a multi-task mixture."""
   paths = [os.path.join(workdir, name) for name in (workdir_lib.CONFIG, workdir_lib.RESULTS)]
   missing = [p for p in paths if not os.path.exists(p)]
   if not workdir or missing:
@@ -186,6 +190,12 @@ def finished_run(workdir: str, key: str) -> tuple[ml_collections.ConfigDict, dic
   if config.get("experiment") != "finetune":
     raise ValueError(
         f"{key}={workdir!r} is a {config.get('experiment')!r} run, not a fine-tuning run"
+    )
+  name = (config.get("task") or {}).get("name", "")
+  if single_task and mixture.is_mixture(name):
+    raise ValueError(
+        f"{key}={workdir!r} is a multi-task run ({name!r}); this takes a "
+        "single-task fine-tuning run"
     )
   return config, results
 
@@ -213,7 +223,7 @@ def load_teacher(
   labels and read the student's batches as they are (the same tokenizer and input layout)."""
   workdir = config.distill.teacher
   key = "config.distill.teacher"
-  teacher_config, teacher_results = finished_run(workdir, key)
+  teacher_config, teacher_results = finished_run(workdir, key, single_task=True)
   teacher_config.mesh = config.mesh
   if teacher_config.get("distill"):
     teacher_config.distill.teacher = ""  # its own teacher plays no part in its outputs
@@ -271,7 +281,36 @@ class Setup:
   tokenizer: tokenizer_lib.Tokenizer | HFTokenizer
   model_cfg: TransformerConfig
   plan: strategies.Plan
+  evaluator: Evaluator
   distillation: dict | None = None  # load_teacher's record, for results.json
+
+  def validation_scores(self, params: Any) -> dict[str, float]:
+    """The validation metrics that select the best step (without prefix)."""
+    return self.evaluator(params, self.eval_sets["validation"])[0]
+
+  def train_batches(self, config: ml_collections.ConfigDict) -> Iterator[dict[str, np.ndarray]]:
+    """The shuffled training batches, this process's rows of each."""
+    return iter(task_batches(config, self.data, self.task, self.trainer))
+
+  def labels_record(self) -> dict | None:
+    """labels.json's contents, where the task has a label set."""
+    return None if self.data.labels is None else {"labels": self.data.labels}
+
+  def task_data(self) -> list[sources.TaskData]:
+    """The data of every task the run trains on (continued pretraining reads their inputs)."""
+    return [self.data]
+
+  def selected_metrics(self, workdir: str, trained: Trained) -> dict[str, float]:
+    return best_metrics(workdir, self, trained)
+
+  def task_record(self, config: ml_collections.ConfigDict) -> dict:
+    """results.json's "task": its name, type, examples per split and where they came from."""
+    return {"name": config.task.name, **task_summary(self.data, self.eval_sets)}
+
+  def step_batches(self, train_iter: Iterator) -> list[tuple[dict[str, np.ndarray], float]]:
+    """Host batches shaped like the training steps', each with its share of the steps (for
+    compute_lib.summary)."""
+    return [(next(train_iter), 1.0)]
 
   def first_train_batch(self, batch_size: int) -> dict[str, np.ndarray]:
     """The first `batch_size` training features, stacked, unshuffled: one fixed step's batch
@@ -422,7 +461,12 @@ def initial_state(
 
 
 def build(config: ml_collections.ConfigDict, workdir: str) -> Setup:
-  """Validates and builds the run; raises on any bad input without writing run outputs."""
+  """Validates and builds the run; raises on any bad input without writing run outputs. A
+  `+`-joined config.task.name builds a multi-task run (experiments/multitask.py)."""
+  if mixture.is_mixture(config.task.name):
+    from experiments import multitask  # which builds on this module
+
+    return multitask.build(config, workdir)
   validate(config)
   mesh = mesh_lib.make_mesh(config.mesh)
   rules = sharding_lib.rules_from_config(config.mesh.rules)
@@ -448,18 +492,19 @@ def build(config: ml_collections.ConfigDict, workdir: str) -> Setup:
   trainer = make_trainer(config, plan, program, mesh, rules)
   state, report = initial_state(config, trainer, plan, source)
   return Setup(
-      data,
-      task,
-      module,
-      trainer,
-      state,
-      report,
-      eval_sets,
-      stopper,
-      tokenizer,
-      model_cfg,
-      plan,
-      distillation,
+      data=data,
+      task=task,
+      module=module,
+      trainer=trainer,
+      state=state,
+      report=report,
+      eval_sets=eval_sets,
+      stopper=stopper,
+      tokenizer=tokenizer,
+      model_cfg=model_cfg,
+      plan=plan,
+      evaluator=Evaluator(trainer, task, module, config.batch_size),
+      distillation=distillation,
   )
 
 
@@ -468,11 +513,8 @@ class Selection:
   parameters, kept beside the resumable checkpoints and rewound to the step a run resumes from
   (the steps run again save their best anew)."""
 
-  def __init__(
-      self, config: ml_collections.ConfigDict, workdir: str, setup: Setup, resume_step: int
-  ):
-    self.evaluator = Evaluator(setup.trainer, setup.task, setup.module, config.batch_size)
-    self.validation = setup.eval_sets["validation"]
+  def __init__(self, workdir: str, setup: Setup, resume_step: int):
+    self.scores = setup.validation_scores
     self.timers = setup.trainer.timers
     self.is_main = jax.process_index() == 0
     self.checkpointer = Checkpointer(os.path.join(workdir, workdir_lib.BEST), max_to_keep=1)
@@ -483,9 +525,6 @@ class Selection:
         self.path, rule.metric, rule.mode, rule.patience, resume_step
     )
     self.first_step = setup.plan.first_selectable_step()
-
-  def scores(self, params: Any) -> dict[str, float]:
-    return self.evaluator(params, self.validation)[0]
 
   def evaluate(self, params: Any) -> dict[str, float]:
     """The training loop's evaluation."""
@@ -527,20 +566,20 @@ class Trained:
   params_before: Any  # the initial params on the host, for the "before" plots (viz only)
 
 
-def train_batches(
-    config: ml_collections.ConfigDict, setup: Setup
-) -> Iterator[dict[str, np.ndarray]]:
-  """The shuffled training batches, this process's rows of each."""
-  task = setup.task
-  return iter(
-      pipeline.make_task_dataset(
-          setup.data.splits["train"],
-          lambda ex, rng: [f.arrays for f in task.features(ex, rng)],
-          batch_size=config.batch_size,
-          seed=config.seed,
-          rows=setup.trainer.host_rows(config.batch_size, config.grad_accum_steps),
-          random_features=task.random_features,
-      )
+def task_batches(
+    config: ml_collections.ConfigDict,
+    data: sources.TaskData,
+    task: tasks.TaskType,
+    trainer: Trainer,
+) -> grain.IterDataset:
+  """A task's endless shuffled training batches, this process's rows of each."""
+  return pipeline.make_task_dataset(
+      data.splits["train"],
+      lambda ex, rng: [f.arrays for f in task.features(ex, rng)],
+      batch_size=config.batch_size,
+      seed=config.seed,
+      rows=trainer.host_rows(config.batch_size, config.grad_accum_steps),
+      random_features=task.random_features,
   )
 
 
@@ -548,6 +587,7 @@ def write_inputs(
     config: ml_collections.ConfigDict, workdir: str, setup: Setup, resumed: bool
 ) -> None:
   """init_report.json (for a run starting afresh from init_from) and labels.json."""
+  labels = setup.labels_record()
   report, is_main = setup.report, jax.process_index() == 0
   if report is not None and not resumed:
     logging.info(
@@ -562,8 +602,8 @@ def write_inputs(
     )
     if is_main:
       restore.write_report(os.path.join(workdir, workdir_lib.INIT_REPORT), report)
-  if is_main and setup.data.labels is not None:
-    workdir_lib.write_json(os.path.join(workdir, workdir_lib.LABELS), {"labels": setup.data.labels})
+  if is_main and labels is not None:
+    workdir_lib.write_json(os.path.join(workdir, workdir_lib.LABELS), labels)
 
 
 def train(config: ml_collections.ConfigDict, workdir: str, setup: Setup) -> Trained:
@@ -571,11 +611,11 @@ def train(config: ml_collections.ConfigDict, workdir: str, setup: Setup) -> Trai
   checkpointer = Checkpointer(
       os.path.join(workdir, workdir_lib.CHECKPOINTS), max_to_keep=config.keep_checkpoints
   )
-  train_iter = train_batches(config, setup)
+  train_iter = setup.train_batches(config)
   latest, restored = checkpointer.restore_latest(abstract_like(setup.state), train_iter)
   state = setup.state if latest is None else restored
   write_inputs(config, workdir, setup, resumed=latest is not None)
-  selection = Selection(config, workdir, setup, latest or 0)
+  selection = Selection(workdir, setup, latest or 0)
   # Fetched before training, which donates the initial state's buffers.
   params_before = setup.trainer.to_host(setup.state.params) if config.viz.enabled else None
   writer = MetricWriter(workdir, resume_step=latest or 0)
@@ -603,33 +643,58 @@ def best_metrics(workdir: str, setup: Setup, trained: Trained) -> dict[str, floa
   """The best step's validation, test and extra sets' metrics; predictions.jsonl for the test
   split (the validation split where there is no test split), extra_eval/<NAME>.jsonl for each
   config.task.extra_eval set."""
-  selection = trained.selection
-  results = {f"validation/{k}": v for k, v in selection.stopper.best_metrics.items()}
-  split = "test" if "test" in setup.eval_sets else "validation"
-  with selection.timers("eval"):
-    scores, predictions = selection.evaluator(trained.best_params, setup.eval_sets[split])
-  if split == "test":
-    results.update({f"test/{k}": v for k, v in scores.items()})
-  outputs = {os.path.join(workdir, workdir_lib.PREDICTIONS): (split, predictions)}
-  for name in extra_eval_names(setup):
-    with selection.timers("eval"):
-      extra, extra_predictions = selection.evaluator(trained.best_params, setup.eval_sets[name])
-    results.update({f"{name}/{k}": v for k, v in extra.items()})
-    path = os.path.join(workdir, workdir_lib.EXTRA_PREDICTIONS, f"{name}.jsonl")
-    outputs[path] = (name, extra_predictions)
-  if jax.process_index() == 0:
-    for path, (name, records) in outputs.items():
-      examples = setup.eval_sets[name].examples
-      workdir_lib.write_jsonl(
-          path, [setup.task.record(examples[i], p) for i, p in enumerate(records)]
-      )
+  results = {f"validation/{k}": v for k, v in trained.selection.stopper.best_metrics.items()}
+  results.update(
+      score_selected(workdir, setup.evaluator, setup.task, setup.eval_sets, trained.best_params)
+  )
   logging.info("best step %d: %s", trained.best_step, results)
   return results
 
 
-def extra_eval_names(setup: Setup) -> list[str]:
+def score_selected(
+    directory: str,
+    evaluator: Evaluator,
+    task: tasks.TaskType,
+    eval_sets: dict[str, EvalSet],
+    params: Any,
+) -> dict[str, float]:
+  """The selected parameters' test metrics (the validation split's predictions where there is no
+  test split) and each extra set's, prefixed by the set's name; their predictions written in
+  `directory` (predictions.jsonl, extra_eval/<NAME>.jsonl)."""
+  results = {}
+  split = "test" if "test" in eval_sets else "validation"
+  outputs = {}
+  for name in [split, *extra_eval_names(eval_sets)]:
+    with evaluator.trainer.timers("eval"):
+      scores, predictions = evaluator(params, eval_sets[name])
+    if name != "validation":
+      results.update({f"{name}/{k}": v for k, v in scores.items()})
+    path = (
+        os.path.join(directory, workdir_lib.PREDICTIONS)
+        if name == split
+        else os.path.join(directory, workdir_lib.EXTRA_PREDICTIONS, f"{name}.jsonl")
+    )
+    outputs[path] = (name, predictions)
+  if jax.process_index() == 0:
+    for path, (name, records) in outputs.items():
+      examples = eval_sets[name].examples
+      workdir_lib.write_jsonl(path, [task.record(examples[i], p) for i, p in enumerate(records)])
+  return results
+
+
+def extra_eval_names(eval_sets: dict[str, EvalSet]) -> list[str]:
   """config.task.extra_eval's set names, in their order."""
-  return [name for name in setup.eval_sets if name not in ("validation", "test")]
+  return [name for name in eval_sets if name not in ("validation", "test")]
+
+
+def task_summary(data: sources.TaskData, eval_sets: dict[str, EvalSet]) -> dict:
+  """A task's type, examples per split and extra set, and where its splits came from."""
+  return {
+      "type": data.task_type,
+      "examples": {k: len(v) for k, v in data.splits.items()},
+      "extra_eval": {name: len(eval_sets[name].examples) for name in extra_eval_names(eval_sets)},
+      "origin": data.origin,
+  }
 
 
 def write_reusables(
@@ -706,21 +771,13 @@ def write_results(
       },
       strategy=setup.plan.name,
       parameters={"total": total, "trainable": trainable, "trainable_fraction": trainable / total},
-      task={
-          "name": config.task.name,
-          "type": setup.data.task_type,
-          "examples": {k: len(v) for k, v in setup.data.splits.items()},
-          "extra_eval": {
-              name: len(setup.eval_sets[name].examples) for name in extra_eval_names(setup)
-          },
-          "origin": setup.data.origin,
-      },
+      task=setup.task_record(config),
       model=dataclasses.asdict(setup.model_cfg),
       tokenizer=setup.tokenizer.model_path,
       compute=compute_lib.summary(
           setup.trainer,
           trained.state,
-          lambda: next(trained.train_iter),
+          lambda: setup.step_batches(trained.train_iter),
           config.grad_accum_steps,
       ),
       **extra,
@@ -749,13 +806,13 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     workdir_lib.prepare(workdir, config)  # the first write: every check above has passed
     if not config.init_from:
       tokenizer_lib.save_trained(setup.tokenizer, config.tokenizer, workdir)
-    adaptation = adapt.run(config, workdir, setup.data)
+    adaptation = adapt.run(config, workdir, setup.task_data())
     if adaptation:  # fine-tuning starts from the adapted weights
       source = pretrained_lib.load(adaptation["init_from"])
       state, report = initial_state(config, setup.trainer, setup.plan, source)
       setup = dataclasses.replace(setup, state=state, report=report)
     trained = train(config, workdir, setup)
-    metrics = best_metrics(workdir, setup, trained)
+    metrics = setup.selected_metrics(workdir, trained)
     extra = write_reusables(config, workdir, setup, trained)
     if adaptation:
       extra["adapt"] = adaptation

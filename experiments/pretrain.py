@@ -184,7 +184,9 @@ def _pretrain(config: ml_collections.ConfigDict, workdir: str) -> dict:
   finally:
     checkpointer.close()
     writer.close()
-  compute = compute_lib.summary(trainer, state, lambda: next(train_iter), config.grad_accum_steps)
+  compute = compute_lib.summary(
+      trainer, state, lambda: [(next(train_iter), 1.0)], config.grad_accum_steps
+  )
   return workdir_lib.write_results(
       workdir,
       config,

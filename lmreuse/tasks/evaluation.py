@@ -11,7 +11,7 @@ same early-stopping decision).
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import jax
@@ -21,7 +21,7 @@ import tqdm
 from lmreuse.parallel import sharding as sharding_lib
 from lmreuse.tasks.base import Feature, TaskType
 from lmreuse.train import compute
-from lmreuse.train.trainer import Trainer, reduce_pairs
+from lmreuse.train.trainer import LossFn, Trainer, reduce_pairs
 
 
 @dataclasses.dataclass
@@ -61,14 +61,28 @@ def padded_batches(features: list[Feature], batch_size: int) -> Iterator[tuple[d
 
 
 class Evaluator:
-  """Runs a task's `predict` and loss over EvalSets with one compiled step."""
+  """Runs a task's `predict` and loss over EvalSets with one compiled step.
 
-  def __init__(self, trainer: Trainer, task: TaskType, module: Any, batch_size: int):
+  By default the step evaluates the trainer's program; a multi-task run evaluates each task with
+  its own `loss_fn` on `params_of(params)`, the task's view of the shared tree (taken inside the
+  step, so nothing is copied).
+  """
+
+  def __init__(
+      self,
+      trainer: Trainer,
+      task: TaskType,
+      module: Any,
+      batch_size: int,
+      loss_fn: LossFn | None = None,
+      params_of: Callable[[Any], Any] = lambda params: params,
+  ):
     self.trainer, self.task, self.batch_size = trainer, task, batch_size
     self._rows = np.asarray(trainer.host_rows(batch_size))
-    loss_fn = trainer.program.loss_fn
+    loss_fn = loss_fn or trainer.program.loss_fn
 
     def step(params, batch):
+      params = params_of(params)
       _, pairs = loss_fn(params, batch, jax.random.PRNGKey(0), False)
       return task.predict(module, params, batch), pairs
 

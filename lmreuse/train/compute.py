@@ -157,15 +157,17 @@ def steps_per_phase(phases: Sequence[int], steps: int) -> dict[int, int]:
 def summary(
     trainer: Trainer,
     state: TrainState,
-    next_batch: Callable[[], dict[str, np.ndarray]],
+    step_batches: Callable[[], Sequence[tuple[dict[str, np.ndarray], float]]],
     grad_accum_steps: int,
 ) -> dict:
   """The results.json "compute" section of a run whose final state is `state`.
 
   FLOPs and tokens count every update `state.step` says the run has, so a resumed run's equal an
   uninterrupted one's; a phase this process never ran (a run resumed past LP-FT's probe, or one
-  that had already finished) is compiled here for its analyses, on `next_batch()`, a host batch
-  shaped like training's (only read if the run has taken a step). FLOPs are XLA's count for the
+  that had already finished) is compiled here for its analyses, on `step_batches()`: host
+  batches shaped like training's, each with the share of the steps shaped like it (one batch,
+  share 1, but in a multi-task run, whose tasks' steps differ); only read if the run has taken
+  a step. FLOPs are XLA's count for the
   whole mesh; `train_flops_6nd` is the classic estimate 6 · N (`non_embedding_param_count`) ·
   tokens, which ignores attention and that frozen parameters need no weight gradients. Times
   are this process's (`Timers`).
@@ -174,11 +176,14 @@ def summary(
   counts = {p: n for p, n in steps_per_phase(trainer.phases, steps).items() if n}
   per_step, peak_memory, tokens = {}, 0, 0
   if counts:
-    batch = trainer.train_batch(next_batch(), grad_accum_steps)
+    batches = [(trainer.train_batch(b, grad_accum_steps), share) for b, share in step_batches()]
     for phase in counts:
-      per_step[phase] = trainer.train_step_flops(state, batch, phase)
-      peak_memory = max(peak_memory, memory_bytes(trainer.compiled_train_step(state, batch, phase)))
-    accum, micro = jax.tree.leaves(batch)[0].shape[:2]
+      per_step[phase] = 0.0
+      for batch, share in batches:
+        per_step[phase] += share * trainer.train_step_flops(state, batch, phase)
+        compiled = trainer.compiled_train_step(state, batch, phase)
+        peak_memory = max(peak_memory, memory_bytes(compiled))
+    accum, micro = jax.tree.leaves(batches[0][0])[0].shape[:2]
     tokens = steps * accum * micro * trainer.program.tokens_per_example
   return {
       "train_flops": sum(per_step[p] * n for p, n in counts.items()),

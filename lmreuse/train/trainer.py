@@ -289,7 +289,9 @@ class Trainer:
     self.phases: tuple[int, ...] = tuple(
         sorted({0} | {int(s) for m, s in zip(jax.tree.leaves(mask), jax.tree.leaves(starts)) if m})
     )
-    self._jitted_train_steps: dict[int, Callable] = {}
+    # Per phase and batch keys: a multi-task run's tasks each feed their own keys (their own
+    # compiled step).
+    self._jitted_train_steps: dict[tuple, Callable] = {}
     # Per phase; keyed by the batch alone: the state's shardings are fixed by in_shardings.
     self._train_steps: dict[int, compute.AheadOfTime] = {}
     # Replicated outputs: every process reads the same totals (they span all processes).
@@ -411,7 +413,8 @@ class Trainer:
       return jitted.lower(state, batch, self.program.constants)
 
   def _jitted_train(self, phase: int, batch: dict[str, jax.Array]) -> Callable:
-    if phase not in self._jitted_train_steps:
+    key = (phase, tuple(sorted(batch)))
+    if key not in self._jitted_train_steps:
       batch_shardings = {k: v.sharding for k, v in batch.items()}
       active = self._active_mask_or_none(phase)
       fn = lambda s, b, c: train_step(
@@ -425,13 +428,13 @@ class Trainer:
           skip_nonfinite=self.skip_nonfinite,
       )
       constants = jax.tree.map(lambda x: x.sharding, self.program.constants)
-      self._jitted_train_steps[phase] = jax.jit(
+      self._jitted_train_steps[key] = jax.jit(
           fn,
           in_shardings=(self.state_shardings, batch_shardings, constants),
           out_shardings=(self.state_shardings, self.replicated),
           donate_argnums=0,
       )
-    return self._jitted_train_steps[phase]
+    return self._jitted_train_steps[key]
 
   def train_step_flops(
       self, state: TrainState, batch: dict[str, jax.Array], step: int | None = None
@@ -592,10 +595,11 @@ class StepMetrics:
     )
 
   def row(self) -> dict[str, float]:
-    """Means of the finite steps since the last row (+ the skipped count under "skip")."""
+    """Means of the finite steps since the last row (+ the skipped count under "skip"); a
+    metric only some steps report (one task's of a multi-task run) averages over those."""
     self.fetch()
-    keys = [k for k in (self._window[0] if self._window else {}) if k != "train/nonfinite"]
-    record = {k: float(np.mean([m[k] for m in self._window])) for k in keys}
+    keys = dict.fromkeys(k for m in self._window for k in m if k != "train/nonfinite")
+    record = {k: float(np.mean([m[k] for m in self._window if k in m])) for k in keys}
     if self.loop.nonfinite == "skip":
       record["train/skipped_updates"] = float(self._skipped)
     self._window, self._skipped = [], 0
