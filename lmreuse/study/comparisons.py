@@ -1,6 +1,7 @@
 """Which differences in a study's tables are real: every strategy against full fine-tuning at
-the same init, every pretrained init against its from-scratch twin at the same strategy, and
-every adapted init (continued pretraining) against its model at the same strategy.
+the same init, every pretrained init against its from-scratch twin at the same strategy, every
+adapted init (continued pretraining) against its model at the same strategy, and every task
+fine-tuned in a multi-task mixture against its single-task run from the same init.
 
 Each pair is tested twice, for the two sources of noise a reviewer asks about: Welch's t-test
 over the seeds' scores (training randomness) and a paired bootstrap over test examples (which
@@ -14,13 +15,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from lmreuse.study import results, selection, statistics
-from lmreuse.study.results import COMPRESSED, GROUP, split_compressed
+from lmreuse.study.results import COMPRESSED, GROUP, MULTITASK, split_compressed
 from lmreuse.tasks import types as task_types
 
 ALPHA = 0.05
 TESTS = ("welch", "paired_bootstrap")
 BASELINE_STRATEGY = "full"
 ADAPTED_KIND = "adapted vs not"
+MULTITASK_KIND = "multi-task vs single-task"
 
 
 def pairs(
@@ -28,7 +30,7 @@ def pairs(
 ) -> list[tuple[tuple, tuple, str]]:
   """(a, b, kind) group keys to compare, in table order: strategy vs full, a compressed group
   vs its float self, reuse, then an adapted init (`adapted`: name → the init it continues)
-  against its model at the same strategy."""
+  against its model at the same strategy, then a multi-task row against its single-task one."""
   keys = [tuple(line[k] for k in GROUP) for line in summary]
   present = set(keys)
   out = []
@@ -56,6 +58,10 @@ def pairs(
       out.append(
           ((task, init, strategy, fraction), (task, model, strategy, fraction), ADAPTED_KIND)
       )
+  for task, init, strategy, fraction in keys:
+    single = (task, init.removesuffix(MULTITASK), strategy, fraction)
+    if init.endswith(MULTITASK) and single in present:
+      out.append(((task, init, strategy, fraction), single, MULTITASK_KIND))
   return out
 
 

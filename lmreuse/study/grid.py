@@ -239,6 +239,7 @@ def check_compress(config: ml_collections.ConfigDict) -> None:
   quantizes the activations of a seq2seq task (its generation decodes in float)."""
   from configs import compress, finetune
   from lmreuse.data.sources import wordnet_tasks
+  from lmreuse.tasks import mixture
 
   entries = tuple(config.study.get("compress", ()))
   known = (NO_COMPRESSION, *compress.PRESETS)
@@ -249,6 +250,11 @@ def check_compress(config: ml_collections.ConfigDict) -> None:
   child = finetune.get_config()
   child.update(config.finetune.to_dict())
   for task in config.study.tasks:
+    if compressions(config.study) and mixture.is_mixture(task):
+      raise ValueError(
+          f"config.study.compress: task {task!r} is a multi-task mixture, which compression "
+          "(configs/compress.py) does not take; list the mixture in a study without compress"
+      )
     task_type = wordnet_tasks.TASK_TYPE_OF.get(task, child.task.type)
     for method in compressions(config.study):
       if task_type == "seq2seq" and compress.PRESETS[method]["activations"]:

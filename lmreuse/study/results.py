@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from lmreuse import workdir as workdir_lib
+from lmreuse.tasks import mixture
 
 GROUP = ("task", "init", "strategy", "train_fraction")
 SCORED = ("finetune", "compress")  # the cell kinds with a row: pretraining cells have none
@@ -19,6 +20,9 @@ SCORED = ("finetune", "compress")  # the cell kinds with a row: pretraining cell
 # by configs/compress.py's int8 preset. The float strategy stays a group of its own.
 COMPRESSED = "@"
 ADAPTED = "+adapt"  # an adapted init's name: "<model>+adapt<steps>" (config.study.adapt_steps)
+# A multi-task cell (a study task "a+b") gives one row per member task, its init marked
+# "<init>+multitask", so each task's table sets it beside that task's single-task rows.
+MULTITASK = "+multitask"
 NO_COMPRESSION = "none"
 
 
@@ -73,6 +77,7 @@ def row(workdir: str, cell: dict) -> dict:
       "best_step": None,
       "model_bytes": None,  # the selected model's storage (lmreuse/compression/)
       "error": None,
+      "predictions": os.path.join(run_dir, workdir_lib.PREDICTIONS),
   }
   if os.path.exists(os.path.join(run_dir, workdir_lib.RESULTS)):
     results = read_json(os.path.join(run_dir, workdir_lib.RESULTS))
@@ -96,12 +101,48 @@ def row(workdir: str, cell: dict) -> dict:
   return out
 
 
+def member_rows(cell_row: dict) -> list[dict]:
+  """A multi-task cell's row as one row per member task: the member's metrics without its
+  name, its predictions, the mixture's parameters and compute (the members share them)."""
+  members = mixture.members(cell_row["task"])
+  results = (
+      read_json(os.path.join(cell_row["workdir"], workdir_lib.RESULTS))
+      if cell_row["status"] == "ok"
+      else None
+  )
+  out = []
+  for name in members:
+    metrics = {}
+    for key, value in cell_row["metrics"].items():
+      split, _, rest = key.partition("/")
+      if rest.startswith(f"{name}/"):
+        metrics[f"{split}/{rest[len(name) + 1 :]}"] = value
+    out.append(
+        {
+            **cell_row,
+            "task": name,
+            "init": cell_row["init"] + MULTITASK,
+            "task_type": results["task"]["members"][name]["type"] if results else None,
+            "metrics": metrics,
+            "predictions": os.path.join(
+                cell_row["workdir"], workdir_lib.TASKS, mixture.key(name), workdir_lib.PREDICTIONS
+            ),
+        }
+    )
+  return out
+
+
 def collect(workdir: str, cells: Sequence[dict] | None = None) -> list[dict]:
   """Rows of the fine-tuning and compressed cells in `cells` (all the manifest's when None), in
-  grid order."""
+  grid order; a multi-task cell's members in order."""
   if cells is None:
     cells = manifest(workdir)["cells"]
-  return [row(workdir, cell) for cell in cells if cell["kind"] in SCORED]
+  rows = []
+  for cell in cells:
+    if cell["kind"] in SCORED:
+      found = row(workdir, cell)
+      rows.extend(member_rows(found) if mixture.is_mixture(found["task"]) else [found])
+  return rows
 
 
 def by_group(rows: Sequence[dict]) -> dict[tuple, list[dict]]:
@@ -113,7 +154,6 @@ def by_group(rows: Sequence[dict]) -> dict[tuple, list[dict]]:
 
 
 def predictions(row: dict) -> list[dict]:
-  """The cell's predictions.jsonl: one record per evaluated example, gold fields included."""
-  path = os.path.join(row["workdir"], workdir_lib.PREDICTIONS)
-  with open(path) as f:
+  """The row's predictions.jsonl: one record per evaluated example, gold fields included."""
+  with open(row["predictions"]) as f:
     return [json.loads(line) for line in f if line.strip()]

@@ -17,8 +17,8 @@ from collections.abc import Callable, Sequence
 
 from lmreuse import workdir as workdir_lib
 from lmreuse.study import comparisons
-from lmreuse.study.comparisons import ADAPTED_KIND
-from lmreuse.study.results import ADAPTED, COMPRESSED, GROUP
+from lmreuse.study.comparisons import ADAPTED_KIND, MULTITASK_KIND
+from lmreuse.study.results import ADAPTED, COMPRESSED, GROUP, MULTITASK
 from lmreuse.tasks import types
 
 _HEAD = (
@@ -65,6 +65,13 @@ ADAPTED_LEGEND = (
     f"An init <model>{ADAPTED}N continues <model>'s pretraining objective for N steps before "
     "fine-tuning, on the task's training inputs unless config.adapt.corpus names a file; "
     "Δ vs not adapted is it minus <model> at the same strategy."
+)
+# Added to LEGEND where a task's table has multi-task rows.
+MULTITASK_LEGEND = (
+    f"An init <init>{MULTITASK} is this task's head on a backbone fine-tuned with the other tasks "
+    "of its mixture (config.task.name 'a+b'), selected by the mixture's mean validation score; "
+    "Δ vs single-task is it minus <init> at the same strategy. Its trainable %, FLOPs, memory "
+    "and time are the whole mixture's."
 )
 
 
@@ -145,13 +152,24 @@ def results_table(
   swept = any(line["configurations"] > 1 for line in lines)
   compressed = any(COMPRESSED in line["strategy"] for line in lines)
   adapted = any(ADAPTED in line["init"] for line in lines)
+  multitask = any(MULTITASK in line["init"] for line in lines)
   best = _best(lines, score, mode) if found else set()
   extras = extra_sets(lines, metric)
   header, numeric = _results_columns(
-      metric, extras, fractions=fractions, swept=swept, compressed=compressed, adapted=adapted
+      metric,
+      extras,
+      fractions=fractions,
+      swept=swept,
+      compressed=compressed,
+      adapted=adapted,
+      multitask=multitask,
   )
   kinds = ["strategy vs full", *(["compressed vs float"] if compressed else [])]
-  after = ["pretrained vs scratch", *([ADAPTED_KIND] if adapted else [])]
+  after = [
+      "pretrained vs scratch",
+      *([ADAPTED_KIND] if adapted else []),
+      *([MULTITASK_KIND] if multitask else []),
+  ]
   cells = []
   for i, line in enumerate(lines):
     keys = (f"test/{metric}", f"validation/{metric}", *(f"{name}/{metric}" for name in extras))
@@ -182,6 +200,7 @@ def _results_columns(
     swept: bool,
     compressed: bool,
     adapted: bool = False,
+    multitask: bool = False,
 ) -> tuple[list[str], list[bool]]:
   """The header and which columns are numeric; the data fraction, selected hparams and
   compression's columns only show where they vary, so a single-run table stays narrow; each
@@ -198,6 +217,7 @@ def _results_columns(
       *([("Δ vs float", True)] if compressed else []),
       ("Δ vs scratch", True),
       *([("Δ vs not adapted", True)] if adapted else []),
+      *([("Δ vs single-task", True)] if multitask else []),
       ("trainable %", True),
       *([("model (MB)", True)] if compressed else []),
       ("train FLOPs", True),
@@ -403,6 +423,8 @@ def legend(lines: Sequence[dict]) -> str:
     parts.append(COMPRESSED_LEGEND)
   if any(ADAPTED in line["init"] for line in lines):
     parts.append(ADAPTED_LEGEND)
+  if any(MULTITASK in line["init"] for line in lines):
+    parts.append(MULTITASK_LEGEND)
   return " ".join(parts)
 
 

@@ -404,6 +404,7 @@ def test_every_preset_expands_with_valid_sweeps():
         (("none", "int3"), "wordnet_supersense", r"entry 'int3' is not one of \('none', 'int8'"),
         (("int8w", "int8w"), "wordnet_supersense", "entry 'int8w' is listed twice"),
         (("int8",), "wordnet_definition", "quantizes activations, which seq2seq task"),
+        (("int8w",), "wordnet_supersense+wordnet_relation", "is a multi-task mixture"),
     ],
 )
 def test_bad_compression_entries_fail_before_any_cell(tiny_study, tmp_path, entries, task, message):
@@ -518,3 +519,26 @@ def test_an_adapted_study_compares_each_adapted_init_with_its_model(tiny_study, 
   table = (tmp_path / "results.md").read_text()
   assert "Δ vs not adapted" in table and "bert+adapt2" in table
   assert "continues <model>'s pretraining objective" in table
+
+
+def test_a_multitask_study_sets_each_task_beside_its_single_task_run(tiny_study, tmp_path):
+  """A study task "a+b" gives each member a row of its own table, marked +multitask, with its
+  own metrics and predictions, compared with the member's single-task row."""
+  tiny_study.study.strategies = ("full",)
+  tiny_study.study.seeds = (0,)
+  tiny_study.study.tasks = ("wordnet_supersense", "wordnet_supersense+wordnet_relation")
+  result = study.run(tiny_study, str(tmp_path))
+  assert not result["failed"]
+  cell = tmp_path / "runs" / "wordnet_supersense+wordnet_relation.bert.full.seed0"
+  metrics = json.loads((cell / workdir_lib.RESULTS).read_text())["metrics"]
+  pairs = [r for r in result["report"]["comparisons"] if r["kind"] == "multi-task vs single-task"]
+  assert {(r["task"], r["a"], r["b"]) for r in pairs} == {
+      ("wordnet_supersense", "bert+multitask/full", "bert/full")
+  }
+  summary = {(s["task"], s["init"]): s for s in result["report"]["summary"]}
+  for member in ("wordnet_supersense", "wordnet_relation"):
+    line = summary[(member, "bert+multitask")]
+    assert line["test/accuracy.mean"] == metrics[f"test/{member}/accuracy"]
+  table = (tmp_path / "results.md").read_text()
+  assert "Δ vs single-task" in table and "bert+multitask" in table
+  assert "fine-tuned with the other tasks of its mixture" in table
