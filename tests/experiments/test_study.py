@@ -379,6 +379,13 @@ def test_every_preset_expands_with_valid_sweeps():
   grid.check_sweeps(quick)
   assert quick.study.selection == "first_seed" and len(quick.study.seeds) >= 3
 
+  multitask = grid.expand(study_config.get_config("multitask").study)
+  assert {c.group["task"] for c in multitask if c.kind == "finetune"} == {
+      "wordnet_supersense",
+      "wordnet_relation",
+      "wordnet_supersense+wordnet_relation",
+  }
+
   reuse = study_config.get_config("reuse")
   assert len(reuse.study.strategies) >= 10 and len(reuse.study.tasks) >= 2
   assert [i.name for i in grid.inits(reuse.study)] == [
