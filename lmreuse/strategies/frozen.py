@@ -4,6 +4,8 @@ named by `train_modules`) trains. `linear_probe` trains the head's final linear 
 
 from __future__ import annotations
 
+import re
+
 from lmreuse.strategies import base
 
 
@@ -34,7 +36,9 @@ class LinearProbe(Frozen):
   name = "linear_probe"
 
   def trainable(self, path: str) -> bool:
-    return path.startswith("classifier/") or bool(self.also and self.also.search(path))
+    # "classifier/..." or, in a multi-task run, "<task>/classifier/..."
+    head_classifier = base.is_head(path) and bool(re.search(r"(^|/)classifier/", path))
+    return head_classifier or bool(self.also and self.also.search(path))
 
 
 STRATEGY = Frozen

@@ -69,9 +69,9 @@ ADAPTED_LEGEND = (
 # Added to LEGEND where a task's table has multi-task rows.
 MULTITASK_LEGEND = (
     f"An init <init>{MULTITASK} is this task's head on a backbone fine-tuned with the other tasks "
-    "of its mixture (config.task.name 'a+b'), selected by the mixture's mean validation score; "
-    "Δ vs single-task is it minus <init> at the same strategy. Its trainable %, FLOPs, memory "
-    "and time are the whole mixture's."
+    "of its mixture (config.task.name 'a+b'): each run's step selected by the mixture's mean "
+    "validation score, the configuration by this task's; Δ vs single-task is it minus <init> "
+    "at the same strategy. Its trainable %, FLOPs, memory and time are the whole mixture's."
 )
 
 

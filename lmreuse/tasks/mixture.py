@@ -121,20 +121,22 @@ def rates(sizes: Mapping[str, int], mixing: str, temperature: float = 1.0) -> di
 
 def view(params: Mapping[str, Any], member: str) -> dict[str, Any]:
   """Member `member`'s parameters as its single-task model has them."""
-  return {BACKBONE: params[BACKBONE], **params[key(member)]}
+  return {BACKBONE: params[BACKBONE], **params.get(key(member), {})}
 
 
 def combine(trees: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
   """The mixture's parameters from each member's single-task tree: one backbone (their union:
   a T5 classifier reads the encoder only, a seq2seq member the decoder too), each head under
-  its member's name."""
+  its member's key; a member without a head (seq2seq: its LM head is the backbone's) has none."""
   backbone: dict[str, Any] = {}
   for tree in trees.values():
     for path, leaf in traverse_util.flatten_dict(tree[BACKBONE]).items():
       backbone.setdefault(path, leaf)
   combined = {BACKBONE: traverse_util.unflatten_dict(backbone)}
   for name, tree in trees.items():
-    combined[key(name)] = {k: v for k, v in tree.items() if k != BACKBONE}
+    head = {k: v for k, v in tree.items() if k != BACKBONE}
+    if head:  # an empty subtree would have no leaves for masks and shardings to follow
+      combined[key(name)] = head
   return combined
 
 

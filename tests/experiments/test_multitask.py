@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from flax import traverse_util
 
-from experiments import finetune
+from experiments import adapt, finetune
 from lmreuse import workdir as workdir_lib
-from lmreuse.tasks import mixture
+from lmreuse.tasks import mixture, types as task_types
 from lmreuse.train import preemption
 from tests.experiments.test_preemption import counted_steps, without_timing  # noqa: F401
 
@@ -74,6 +74,10 @@ def test_combined_parameters_and_views_with_slashed_names():
       "backbone": combined["backbone"],
       "classifier": {"kernel": 2},
   }
+  # A seq2seq member has no head (its LM head is the backbone's): no subtree of its own.
+  headless = mixture.combine({**trees, "definition": {"backbone": {"encoder": {"k": 1}}}})
+  assert set(headless) == set(combined)
+  assert mixture.view(headless, "definition") == {"backbone": combined["backbone"]}
   batch = mixture.prefixed("glue/sst2", {"inputs": 1, "weight": 2})
   assert batch == {"glue__sst2/inputs": 1, "glue__sst2/weight": 2}
   assert mixture.split(batch) == ("glue__sst2", {"inputs": 1, "weight": 2})
@@ -221,3 +225,65 @@ def test_single_task_readers_refuse_a_multitask_run(tmp_path):
   assert finetune.finished_run(str(tmp_path), "config.init_from")[0].task.name == PAIR
   with pytest.raises(ValueError, match=r"config\.init_from=.* is a multi-task run"):
     finetune.finished_run(str(tmp_path), "config.init_from", single_task=True)
+
+
+def test_continued_pretraining_reads_every_tasks_inputs(
+    finetune_config, bert_pretrained, tmp_path, monkeypatch
+):
+  """config.adapt's task corpus holds each member's training inputs, in member order (the
+  pretraining phase itself is experiments/adapt.py's, tested there)."""
+  config = finetune_config(init_from=bert_pretrained[0], **{"task.name": PAIR, "adapt.steps": 2})
+  setup = finetune.build(config, str(tmp_path))
+  finished = {"steps": 2, "metrics_before": {"eval/loss": 2.0}, "metrics": {"eval/loss": 1.0}}
+  monkeypatch.setattr(adapt.pretrain, "run", lambda phase, directory: finished)
+  record = adapt.run(config, str(tmp_path), setup.task_data())
+  lines = (tmp_path / workdir_lib.ADAPT_CORPUS).read_text().splitlines()
+  expected = [
+      task_types.TASK_TYPES[data.task_type].input_text(example)
+      for data in setup.task_data()
+      for example in data.splits["train"]
+  ]
+  assert [json.loads(line)["segments"] for line in lines] == expected
+  assert len(expected) == 2 * config.task.max_train_examples
+  assert (record["loss_before"], record["loss_after"]) == (2.0, 1.0)
+
+
+def test_strategies_answer_for_every_members_head(finetune_config, tmp_path):
+  """A linear probe trains each member's classifier and nothing else; LoRA's factors in the
+  shared backbone train with every head."""
+  config = finetune_config(**{"task.name": PAIR, "strategy.name": "linear_probe"})
+  setup = finetune.build(config, str(tmp_path / "probe"))
+  flat = traverse_util.flatten_dict(setup.trainer.trainable_mask, sep="/")
+  assert {"/".join(p.split("/")[:2]) for p, trains in flat.items() if trains} == {
+      "wordnet_supersense/classifier",
+      "wordnet_relation/classifier",
+  }
+  config = finetune_config(**{"task.name": PAIR, "strategy.name": "lora"})
+  setup = finetune.build(config, str(tmp_path / "lora"))
+  flat = traverse_util.flatten_dict(setup.trainer.trainable_mask, sep="/")
+  trained = {p for p, trains in flat.items() if trains}
+  assert any("lora" in p and p.startswith("backbone/") for p in trained)
+  assert {p.split("/")[0] for p in trained} == {
+      "backbone",
+      "wordnet_supersense",
+      "wordnet_relation",
+  }
+  assert not any(p.startswith("backbone/") and "lora" not in p for p in trained)
+
+
+def test_an_encoder_decoder_mixes_classification_with_generation(finetune_config, tmp_path):
+  """T5: the classifier reads the encoder, the seq2seq member the decoder too (and has no head
+  of its own); each member's loss on its batch is finite and its own."""
+  config = finetune_config("t5", **{"task.name": "wordnet_supersense+wordnet_definition"})
+  setup = finetune.build(config, str(tmp_path))
+  params = setup.trainer.to_host(setup.state.params)
+  assert set(params) == {"backbone", "wordnet_supersense"}
+  assert {"encoder", "decoder"} <= set(params["backbone"])
+  batches = {}
+  stream = setup.train_batches(config)
+  while len(batches) < 2:
+    batch = next(stream)
+    batches.setdefault(mixture.split(batch)[0], batch)
+  for member, batch in batches.items():
+    loss, pairs = setup.trainer.program.loss_fn(params, batch, jax.random.PRNGKey(0), False)
+    assert np.isfinite(loss) and all(k.startswith(f"{member}/") for k in pairs)
