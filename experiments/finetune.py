@@ -203,12 +203,17 @@ def finished_run(
 def best_params(workdir: str, setup: Setup) -> tuple[int, Any]:
   """The selected step's parameters of the finished run in `workdir`, which `setup` rebuilt
   (the initial ones of a run that trained no step)."""
+  step, params = restore_selected(workdir, abstract_like(setup.state.params))
+  return (0, setup.state.params) if step is None else (step, params)
+
+
+def restore_selected(workdir: str, abstract: Any) -> tuple[int | None, Any]:
+  """(step, parameters) of the finished run in `workdir`'s selected checkpoint, restored onto
+  `abstract`'s shardings; (None, None) when it selected no trained step."""
   checkpointer = Checkpointer(os.path.join(workdir, workdir_lib.BEST), max_to_keep=1)
   try:
     step = checkpointer.latest_step()
-    if step is None:
-      return 0, setup.state.params
-    return step, checkpointer.restore(step, abstract_like(setup.state.params), None)
+    return (None, None) if step is None else (step, checkpointer.restore(step, abstract, None))
   finally:
     checkpointer.close()
 
@@ -216,39 +221,56 @@ def best_params(workdir: str, setup: Setup) -> tuple[int, Any]:
 def load_teacher(
     config: ml_collections.ConfigDict,
     data: sources.TaskData,
-    task: tasks.TaskType,
+    features: dict[str, np.ndarray],
+    mesh: Mesh,
+    rules: sharding_lib.Rules,
 ) -> tuple[distill.Teacher, dict]:
-  """The teacher of config.distill rebuilt from its workdir on this run's mesh, its selected
-  parameters loaded; and its record for results.json. It must solve the same task with the same
-  labels and read the student's batches as they are (the same tokenizer and input layout)."""
+  """The teacher of config.distill, its model rebuilt from its workdir and its selected
+  parameters restored onto this run's mesh; and its record for results.json. It must solve the
+  same task with the same labels (from its results.json and labels.json, without loading its
+  data) and read the student's batches as they are: `features` are the student's of training
+  example 0, which the teacher's must equal (the same tokenizer and input layout). Only what its
+  outputs need is built: no optimizer, trainer, initial state or evaluation sets."""
   workdir = config.distill.teacher
   key = "config.distill.teacher"
   teacher_config, teacher_results = finished_run(workdir, key, single_task=True)
-  teacher_config.mesh = config.mesh
-  if teacher_config.get("distill"):
-    teacher_config.distill.teacher = ""  # its own teacher plays no part in its outputs
-  setup = build(teacher_config, workdir)
-  theirs, ours = teacher_config.task.name, config.task.name
-  if (theirs, setup.data.task_type, setup.data.labels) != (ours, data.task_type, data.labels):
+  labels_path = os.path.join(workdir, workdir_lib.LABELS)
+  labels = None
+  if os.path.exists(labels_path):
+    with open(labels_path) as f:
+      labels = json.load(f)["labels"]
+  theirs = (teacher_config.task.name, teacher_results["task"]["type"], labels)
+  if theirs != (config.task.name, data.task_type, data.labels):
     raise ValueError(
-        f"{key}={workdir!r} was fine-tuned on {theirs!r} ({setup.data.task_type}, labels "
-        f"{setup.data.labels}), not on this run's {ours!r} ({data.task_type}, labels "
-        f"{data.labels})"
+        f"{key}={workdir!r} was fine-tuned on {theirs[0]!r} ({theirs[1]}, labels {labels}), "
+        f"not on this run's {config.task.name!r} ({data.task_type}, labels {data.labels})"
     )
-  example = data.splits["train"][0]
-  student_features = task.features(example, None)[0].arrays
-  teacher_features = setup.task.features(example, None)[0].arrays
-  if student_features.keys() != teacher_features.keys() or any(
-      np.shape(v) != np.shape(teacher_features[k]) or not np.array_equal(v, teacher_features[k])
-      for k, v in student_features.items()
+  source = pretrained_lib.load(teacher_config.init_from) if teacher_config.init_from else None
+  model_cfg, tokenizer = model_and_tokenizer(teacher_config, workdir, source)
+  plan = strategies.Plan(
+      teacher_config.strategy,
+      strategies.StrategyContext(
+          model_cfg=model_cfg, task_type=data.task_type, total_steps=teacher_config.total_steps
+      ),
+  )
+  model_cfg = plan.model(model_cfg)
+  model_cfg.validate()
+  teacher_task = build_task(teacher_config, data, model_cfg, tokenizer)
+  theirs_features = teacher_task.features(data.splits["train"][0], None)[0].arrays
+  if features.keys() != theirs_features.keys() or any(
+      np.shape(v) != np.shape(theirs_features[k]) or not np.array_equal(v, theirs_features[k])
+      for k, v in features.items()
   ):
     raise ValueError(
-        f"{key}={workdir!r} reads its inputs differently (tokenizer {setup.tokenizer.model_path}, "
+        f"{key}={workdir!r} reads its inputs differently (tokenizer {tokenizer.model_path}, "
         f"max_len, input layout): the teacher must read the student's batches as they are"
     )
-  step, params = best_params(workdir, setup)
+  module = plan.module(teacher_task.model())
+  step, params = selected_params(
+      workdir, key, make_program(teacher_task, module, features), mesh, rules
+  )
   teacher = distill.Teacher(
-      setup.module,
+      module,
       params,
       config.distill.alpha,
       config.distill.temperature,
@@ -264,6 +286,27 @@ def load_teacher(
       "teacher_outputs": "computed in the student's jitted train step",
   }
   return teacher, record
+
+
+def selected_params(
+    workdir: str, key: str, program: Program, mesh: Mesh, rules: sharding_lib.Rules
+) -> tuple[int, Any]:
+  """(step, parameters) of the finished run in `workdir`'s selected checkpoint, restored onto
+  `mesh` with the shardings `rules` give `program`'s parameters."""
+  with sharding_lib.mesh_context(mesh, rules):
+    boxed = jax.eval_shape(program.init_params, jax.random.PRNGKey(0))
+  shardings = sharding_lib.logical_shardings(boxed, mesh, rules)
+  abstract = jax.tree.map(
+      lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+      nn.meta.unbox(boxed),
+      shardings,
+  )
+  step, params = restore_selected(workdir, abstract)
+  if step is None:
+    raise ValueError(
+        f"{key}={workdir!r} selected no trained step (total_steps=0?): nothing to load"
+    )
+  return step, params
 
 
 @dataclasses.dataclass
@@ -486,8 +529,10 @@ def build(config: ml_collections.ConfigDict, workdir: str) -> Setup:
   stopper = early_stopping(config, data.task_type)
   eval_sets = eval_sets_of(config, task, data)
   module = plan.module(task.model())
-  teacher, distillation = load_teacher(config, data, task) if teacher_dir(config) else (None, None)
   example = task.features(data.splits["train"][0], None)[0].arrays
+  teacher, distillation = (
+      load_teacher(config, data, example, mesh, rules) if teacher_dir(config) else (None, None)
+  )
   program = make_program(task, module, example, teacher)
   trainer = make_trainer(config, plan, program, mesh, rules)
   state, report = initial_state(config, trainer, plan, source)

@@ -176,6 +176,11 @@ def test_misfits_fail_before_writing(bert_pretrained, finetune_config, tmp_path)
   config = finetune_config("bert", **{"distill.teacher": bert_pretrained[0]})
   with pytest.raises(ValueError, match="is a 'pretrain' run, not a fine-tuning run"):
     finetune.run(config, str(workdir))
+  untrained = str(tmp_path / "untrained")  # evaluated its initial model only: nothing selected
+  finetune.run(finetune_config("bert", **DATA, total_steps=0), untrained)
+  config = finetune_config("bert", **{**DATA, "distill.teacher": untrained})
+  with pytest.raises(ValueError, match="selected no trained step"):
+    finetune.run(config, str(workdir))
   assert not workdir.exists()
 
 
