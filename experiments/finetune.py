@@ -247,12 +247,7 @@ def load_teacher(
     )
   source = pretrained_lib.load(teacher_config.init_from) if teacher_config.init_from else None
   model_cfg, tokenizer = model_and_tokenizer(teacher_config, workdir, source)
-  plan = strategies.Plan(
-      teacher_config.strategy,
-      strategies.StrategyContext(
-          model_cfg=model_cfg, task_type=data.task_type, total_steps=teacher_config.total_steps
-      ),
-  )
+  plan = make_plan(teacher_config, model_cfg, data.task_type)
   model_cfg = plan.model(model_cfg)
   model_cfg.validate()
   teacher_task = build_task(teacher_config, data, model_cfg, tokenizer)
@@ -441,6 +436,18 @@ def eval_sets_of(
   return eval_sets
 
 
+def make_plan(
+    config: ml_collections.ConfigDict, model_cfg: TransformerConfig, task_type: str
+) -> strategies.Plan:
+  """config.strategy's combination, for `task_type` on `model_cfg` (before its changes)."""
+  return strategies.Plan(
+      config.strategy,
+      strategies.StrategyContext(
+          model_cfg=model_cfg, task_type=task_type, total_steps=config.total_steps
+      ),
+  )
+
+
 def make_trainer(
     config: ml_collections.ConfigDict,
     plan: strategies.Plan,
@@ -517,12 +524,7 @@ def build(config: ml_collections.ConfigDict, workdir: str) -> Setup:
   source = pretrained_lib.load(config.init_from) if config.init_from else None
   model_cfg, tokenizer = model_and_tokenizer(config, workdir, source)
   data = load_data(config)
-  plan = strategies.Plan(
-      config.strategy,
-      strategies.StrategyContext(
-          model_cfg=model_cfg, task_type=data.task_type, total_steps=config.total_steps
-      ),
-  )
+  plan = make_plan(config, model_cfg, data.task_type)
   model_cfg = plan.model(model_cfg)
   model_cfg.validate()
   task = build_task(config, data, model_cfg, tokenizer)

@@ -168,15 +168,7 @@ def build(config: ml_collections.ConfigDict, workdir: str) -> MixtureSetup:
   names = mixture.members(config.task.name)
   configs = {name: member_config(config, name) for name in names}
   datas = {name: finetune.load_data(c) for name, c in configs.items()}
-  plans = {
-      name: strategies.Plan(
-          config.strategy,
-          strategies.StrategyContext(
-              model_cfg=model_cfg, task_type=data.task_type, total_steps=config.total_steps
-          ),
-      )
-      for name, data in datas.items()
-  }
+  plans = {name: finetune.make_plan(config, model_cfg, d.task_type) for name, d in datas.items()}
   plan = plans[names[0]]  # answers per path, as every member's plan does
   model_cfg = plan.model(model_cfg)
   model_cfg.validate()

@@ -33,6 +33,7 @@ from lmreuse.train.trainer import Program
 SEPARATOR = "+"
 BACKBONE = "backbone"
 MIXINGS = ("proportional", "equal", "temperature")
+MIXTURE_KEYS = ("members", "mixing", "mixing_temperature")  # config.task's, not a member's
 # The summary metric over members that selects the best step by default: the mean of their
 # headline metrics (lmreuse/tasks/types.py) in points.
 MEAN = "mean"
@@ -77,9 +78,6 @@ def member_task(task: ml_collections.ConfigDict, name: str) -> ml_collections.Co
   member.update(overrides)
   member.name = name
   return member
-
-
-MIXTURE_KEYS = ("members", "mixing", "mixing_temperature")
 
 
 def config_defaults() -> dict[str, Any]:
