@@ -78,10 +78,18 @@ def _needed(
   answers, pending = [], []
   for group in groups:
     rows = results.collect(study_dir, [c for c in members if c["group"] == group])
-    (choice,) = selection.choose_all(rows, "first_seed", first_seed).values()
-    same = next(r for r in rows if r["hparams"] == cell.hparams and r["seed"] == cell.seed)
-    answers.append(selection.needed(choice, same, first_seed))
-    pending += [r["name"] for c in choice.candidates for r in c.rows if r["status"] == "missing"]
+    # One choice per row group: a multi-task cell's rows are its tasks', each its own group,
+    # and the cell runs where any of them selected its configuration.
+    for key, choice in selection.choose_all(rows, "first_seed", first_seed).items():
+      same = next(
+          r
+          for r in rows
+          if r["hparams"] == cell.hparams
+          and r["seed"] == cell.seed
+          and tuple(r[k] for k in results.GROUP) == key
+      )
+      answers.append(selection.needed(choice, same, first_seed))
+      pending += [r["name"] for c in choice.candidates for r in c.rows if r["status"] == "missing"]
   if any(answers):
     return True, []
   return (None, pending) if None in answers else (False, [])

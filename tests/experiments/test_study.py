@@ -530,22 +530,31 @@ def test_an_adapted_study_compares_each_adapted_init_with_its_model(tiny_study, 
 
 def test_a_multitask_study_sets_each_task_beside_its_single_task_run(tiny_study, tmp_path):
   """A study task "a+b" gives each member a row of its own table, marked +multitask, with its
-  own metrics and predictions, compared with the member's single-task row."""
+  own metrics and predictions, compared with the member's single-task row; under a first-seed
+  sweep a mixture's later seeds run where either task selected the rate."""
   tiny_study.study.strategies = ("full",)
-  tiny_study.study.seeds = (0,)
+  tiny_study.study.seeds = (0, 1)
+  tiny_study.study.selection = "first_seed"
+  tiny_study.study.sweep.learning_rate = (1e-3, 3e-3)
   tiny_study.study.tasks = ("wordnet_supersense", "wordnet_supersense+wordnet_relation")
   result = study.run(tiny_study, str(tmp_path))
   assert not result["failed"]
-  cell = tmp_path / "runs" / "wordnet_supersense+wordnet_relation.bert.full.seed0"
-  metrics = json.loads((cell / workdir_lib.RESULTS).read_text())["metrics"]
+
+  def mixture_results(hparams: str, seed: int) -> dict:
+    name = f"wordnet_supersense+wordnet_relation.bert.full.{hparams}.seed{seed}"
+    return json.loads((tmp_path / "runs" / name / workdir_lib.RESULTS).read_text())
+
+  summary = {(s["task"], s["init"]): s for s in result["report"]["summary"]}
+  for member in ("wordnet_supersense", "wordnet_relation"):
+    line = summary[(member, "bert+multitask")]
+    seeds = [mixture_results(line["selected_hparams"], seed) for seed in (0, 1)]
+    assert line["test/accuracy.mean"] == pytest.approx(
+        np.mean([r["metrics"][f"test/{member}/accuracy"] for r in seeds])
+    )
   pairs = [r for r in result["report"]["comparisons"] if r["kind"] == "multi-task vs single-task"]
   assert {(r["task"], r["a"], r["b"]) for r in pairs} == {
       ("wordnet_supersense", "bert+multitask/full", "bert/full")
   }
-  summary = {(s["task"], s["init"]): s for s in result["report"]["summary"]}
-  for member in ("wordnet_supersense", "wordnet_relation"):
-    line = summary[(member, "bert+multitask")]
-    assert line["test/accuracy.mean"] == metrics[f"test/{member}/accuracy"]
   table = (tmp_path / "results.md").read_text()
   assert "Δ vs single-task" in table and "bert+multitask" in table
   assert "fine-tuned with the other tasks of its mixture" in table
