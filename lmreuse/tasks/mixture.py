@@ -94,13 +94,13 @@ def config_defaults() -> dict[str, Any]:
 
 
 def validate(task: ml_collections.ConfigDict) -> None:
-  members(task.name)
+  names = members(task.name)
   mixing = task.get("mixing", "proportional")
   if mixing not in MIXINGS:
     raise ValueError(f"config.task.mixing={mixing!r} must be one of {MIXINGS}")
   if mixing == "temperature" and not task.mixing_temperature > 0:
     raise ValueError(f"config.task.mixing_temperature={task.mixing_temperature} must be positive")
-  stray = sorted(set(task.get("members") or {}) - set(members(task.name)))
+  stray = sorted(set(task.get("members") or {}) - set(names))
   if stray:
     raise ValueError(
         f"config.task.members has {stray}, which config.task.name={task.name!r} does not name"
@@ -161,8 +161,9 @@ def program(programs: Mapping[str, Program], shares: Mapping[str, float]) -> Pro
   by_key = {key(name): (name, p) for name, p in programs.items()}
 
   def loss_fn(params, batch, rng, train):
-    name, member = by_key[split(batch)[0]]
-    loss, pairs = member.loss_fn(view(params, name), split(batch)[1], rng, train)
+    member_key, own = split(batch)
+    name, member = by_key[member_key]
+    loss, pairs = member.loss_fn(view(params, name), own, rng, train)
     return loss, {f"{name}/{k}": v for k, v in pairs.items()}
 
   tokens = sum(shares[name] * p.tokens_per_example for name, p in programs.items())
