@@ -102,14 +102,21 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
       config,
       metrics,
       start_time=start_time,
+      model_bytes=model_bytes["quantized"],
+      reference={"metrics": reference, "model_bytes": model_bytes["float"]},
+      **_record(config, ft_results, step),
+  )
+
+
+def _record(config: ml_collections.ConfigDict, ft_results: dict, step: int) -> dict:
+  """What results.json says of the quantization and of the fine-tuned run it started from."""
+  return dict(
       quantization={
           "weights": config.quantize.weights,
           "activations": config.quantize.activations or "float",
           "method": "qwix absmax, per output channel (per row of a table); weights held "
           "dequantized; int8 activations dynamic per token, multiplied in int8 by qwix",
       },
-      model_bytes=model_bytes["quantized"],
-      reference={"metrics": reference, "model_bytes": model_bytes["float"]},
       finetuned={
           "workdir": os.path.abspath(config.init_from),
           "best_step": int(step),

@@ -218,6 +218,28 @@ def restore_selected(workdir: str, abstract: Any) -> tuple[int | None, Any]:
     checkpointer.close()
 
 
+def _check_same_task(
+    config: ml_collections.ConfigDict,
+    data: sources.TaskData,
+    teacher_config: ml_collections.ConfigDict,
+    teacher_results: dict,
+) -> None:
+  """Refuses a teacher fine-tuned on another task, or on the same task with other labels."""
+  workdir = config.distill.teacher
+  labels_path = os.path.join(workdir, workdir_lib.LABELS)
+  labels = None
+  if os.path.exists(labels_path):
+    with open(labels_path) as f:
+      labels = json.load(f)["labels"]
+  theirs = (teacher_config.task.name, teacher_results["task"]["type"], labels)
+  if theirs != (config.task.name, data.task_type, data.labels):
+    raise ValueError(
+        f"config.distill.teacher={workdir!r} was fine-tuned on {theirs[0]!r} ({theirs[1]}, "
+        f"labels {labels}), not on this run's {config.task.name!r} ({data.task_type}, labels "
+        f"{data.labels})"
+    )
+
+
 def load_teacher(
     config: ml_collections.ConfigDict,
     data: sources.TaskData,
@@ -234,17 +256,7 @@ def load_teacher(
   workdir = config.distill.teacher
   key = "config.distill.teacher"
   teacher_config, teacher_results = finished_run(workdir, key, single_task=True)
-  labels_path = os.path.join(workdir, workdir_lib.LABELS)
-  labels = None
-  if os.path.exists(labels_path):
-    with open(labels_path) as f:
-      labels = json.load(f)["labels"]
-  theirs = (teacher_config.task.name, teacher_results["task"]["type"], labels)
-  if theirs != (config.task.name, data.task_type, data.labels):
-    raise ValueError(
-        f"{key}={workdir!r} was fine-tuned on {theirs[0]!r} ({theirs[1]}, labels {labels}), "
-        f"not on this run's {config.task.name!r} ({data.task_type}, labels {data.labels})"
-    )
+  _check_same_task(config, data, teacher_config, teacher_results)
   source = pretrained_lib.load(teacher_config.init_from) if teacher_config.init_from else None
   model_cfg, tokenizer = model_and_tokenizer(teacher_config, workdir, source)
   plan = make_plan(teacher_config, model_cfg, data.task_type)

@@ -157,6 +157,31 @@ def member_config(config: ml_collections.ConfigDict, name: str) -> ml_collection
   return member
 
 
+def _member(
+    name: str,
+    config: ml_collections.ConfigDict,
+    data: sources.TaskData,
+    plan: strategies.Plan,
+    model_cfg: TransformerConfig,
+    tokenizer: Any,
+) -> Member:
+  """Member `name`'s task, model and program, as its single-task run would build them (its
+  evaluator comes once the mixture's trainer exists)."""
+  task = finetune.build_task(config, data, model_cfg, tokenizer)
+  module = plan.module(task.model())
+  example = task.features(data.splits["train"][0], None)[0].arrays
+  return Member(
+      name=name,
+      config=config,
+      data=data,
+      task=task,
+      module=module,
+      program=finetune.make_program(task, module, example),
+      eval_sets=finetune.eval_sets_of(config, task, data),
+      headline=headline_points(data.task_type),
+  )
+
+
 def build(config: ml_collections.ConfigDict, workdir: str) -> MixtureSetup:
   """Validates and builds a multi-task run; raises on any bad input without writing outputs."""
   validate(config)
@@ -172,22 +197,10 @@ def build(config: ml_collections.ConfigDict, workdir: str) -> MixtureSetup:
   plan = plans[names[0]]  # answers per path, as every member's plan does
   model_cfg = plan.model(model_cfg)
   model_cfg.validate()
-  members = {}
-  for name in names:
-    data, member = datas[name], configs[name]
-    task = finetune.build_task(member, data, model_cfg, tokenizer)
-    module = plans[name].module(task.model())
-    example = task.features(data.splits["train"][0], None)[0].arrays
-    members[name] = Member(
-        name=name,
-        config=member,
-        data=data,
-        task=task,
-        module=module,
-        program=finetune.make_program(task, module, example),
-        eval_sets=finetune.eval_sets_of(member, task, data),
-        headline=headline_points(data.task_type),
-    )
+  members = {
+      name: _member(name, configs[name], datas[name], plans[name], model_cfg, tokenizer)
+      for name in names
+  }
   shares = mixture.rates(
       {name: len(data.splits["train"]) for name, data in datas.items()},
       config.task.mixing,

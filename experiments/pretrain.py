@@ -31,6 +31,8 @@ from lmreuse.train.writers import MetricWriter
 if TYPE_CHECKING:
   from jax.sharding import Mesh
 
+  from lmreuse.data.hf_tokenizer import HFTokenizer
+
 
 def validate(config: ml_collections.ConfigDict) -> None:
   """Every check that needs no compilation, so bad configs fail in seconds."""
@@ -122,6 +124,34 @@ def make_trainer(
   return model_cfg, Trainer(program, tx, schedule, mesh, rules, skip_nonfinite=skip)
 
 
+def _dataset(
+    config: ml_collections.ConfigDict,
+    tokenizer: tokenizer_lib.Tokenizer | HFTokenizer,
+    trainer: Trainer,
+    split: str,
+    train: bool,
+):
+  """The objective's batches of `split`: this process's rows of each global batch, from the
+  bundled corpus or a local text file (whose validation split may hold fewer documents than a
+  batch, so it cycles)."""
+  local_corpus = config.data.corpus != "wordnet"
+  if local_corpus:
+    source = text_file.data_source(config.data.corpus, split)
+  else:
+    source = wordnet.data_source("documents", split, config.data.tfds_dir or None)
+  return pipeline.make_pretrain_dataset(
+      config.objective,
+      config.data,
+      source,
+      tokenizer,
+      batch_size=config.batch_size,
+      seed=config.seed,
+      train=train,
+      rows=trainer.host_rows(config.batch_size, config.grad_accum_steps if train else 1),
+      cycle_eval=local_corpus,
+  )
+
+
 def _pretrain(config: ml_collections.ConfigDict, workdir: str) -> dict:
   start_time = time.time()
   validate(config)
@@ -143,25 +173,8 @@ def _pretrain(config: ml_collections.ConfigDict, workdir: str) -> dict:
   workdir_lib.prepare(workdir, config)
   tokenizer_lib.save_trained(tokenizer, config.tokenizer, workdir)
 
-  def dataset(split: str, train: bool):
-    if local_corpus:
-      source = text_file.data_source(config.data.corpus, split)
-    else:
-      source = wordnet.data_source("documents", split, config.data.tfds_dir or None)
-    return pipeline.make_pretrain_dataset(
-        config.objective,
-        config.data,
-        source,
-        tokenizer,
-        batch_size=config.batch_size,
-        seed=config.seed,
-        train=train,  # this process's rows of each global batch:
-        rows=trainer.host_rows(config.batch_size, config.grad_accum_steps if train else 1),
-        cycle_eval=local_corpus,  # its validation split may hold fewer documents than a batch
-    )
-
-  train_iter = iter(dataset("train", train=True))
-  eval_ds = dataset("validation", train=False)
+  train_iter = iter(_dataset(config, tokenizer, trainer, "train", train=True))
+  eval_ds = _dataset(config, tokenizer, trainer, "validation", train=False)
   eval_batches = lambda: itertools.islice(iter(eval_ds), config.eval_steps)
 
   checkpointer = Checkpointer(

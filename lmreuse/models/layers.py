@@ -318,23 +318,11 @@ class Attention(nn.Module):
     shows them (`attention_mask`), or with a KV cache the cache's mask does."""
     cfg = self.cfg
     is_self = kv_BxSxD is None
-    kv_BxSxD = x_BxTxD if is_self else kv_BxSxD
-    n, k, h = cfg.num_heads, cfg.kv_heads, cfg.dim_per_head
-
-    def proj(name, features, axes, x):
-      y = Projection(cfg, features, ("embed",) + axes, name=name)(x)
-      return lora.branch(self, name, x, 1, features, y)
-
-    q_BxTxNxH = proj("query", (n, h), ("heads", "kv"), x_BxTxD)
-    k_BxSxKxH = proj("key", (k, h), ("kv_heads", "kv"), kv_BxSxD)
-    v_BxSxKxH = proj("value", (k, h), ("kv_heads", "kv"), kv_BxSxD)
-    if cfg.ia3:
-      k_BxSxKxH = ia3_rescale(self, "ia3_key", k_BxSxKxH, ("kv_heads", "kv"))
-      v_BxSxKxH = ia3_rescale(self, "ia3_value", v_BxSxKxH, ("kv_heads", "kv"))
-    if use_rope:
-      q_BxTxNxH = apply_rope(q_BxTxNxH, q_positions_BxT)
-      k_BxSxKxH = apply_rope(k_BxSxKxH, k_positions_BxS)
-    q_BxTxNxH = constrain(q_BxTxNxH, ("batch", "length", "act_heads", "kv"))
+    q_BxTxNxH, k_BxSxKxH, v_BxSxKxH = self._project(
+        x_BxTxD,
+        x_BxTxD if is_self else kv_BxSxD,
+        (q_positions_BxT, k_positions_BxS) if use_rope else None,
+    )
 
     # A prefix mask is causal except over the prefix: no slot-causal kernel can apply it.
     is_causal = self.causal and key_prefix_BxS is None
@@ -349,7 +337,7 @@ class Attention(nn.Module):
       )
       is_causal = False  # now part of the mask: the prefix shifts the key slots
 
-    scale = 1.0 / math.sqrt(h) if cfg.scale_attention else 1.0
+    scale = 1.0 / math.sqrt(cfg.dim_per_head) if cfg.scale_attention else 1.0
     self._sow_probs(q_BxTxNxH, k_BxSxKxH, bias_BxNxTxS, mask, scale, is_causal)
     out_BxTxNxH = dot_product_attention(
         q_BxTxNxH,
@@ -367,6 +355,32 @@ class Attention(nn.Module):
     )(out_BxTxNxH)
     out_BxTxD = lora.branch(self, "out", out_BxTxNxH, num_in, (cfg.d_model,), out_BxTxD)
     return constrain(out_BxTxD, ("batch", "length", "act_embed"))
+
+  def _project(
+      self,
+      x_BxTxD: Array,
+      kv_BxSxD: Array,
+      rope_positions: tuple[Array, Array] | None,
+  ) -> tuple[Array, Array, Array]:
+    """Queries, keys and values, each with its LoRA branch and IA3 rescaling where on, rotated
+    by RoPE at `rope_positions` (the queries', the keys') where given."""
+    cfg = self.cfg
+    n, k, h = cfg.num_heads, cfg.kv_heads, cfg.dim_per_head
+
+    def proj(name, features, axes, x):
+      y = Projection(cfg, features, ("embed",) + axes, name=name)(x)
+      return lora.branch(self, name, x, 1, features, y)
+
+    q_BxTxNxH = proj("query", (n, h), ("heads", "kv"), x_BxTxD)
+    k_BxSxKxH = proj("key", (k, h), ("kv_heads", "kv"), kv_BxSxD)
+    v_BxSxKxH = proj("value", (k, h), ("kv_heads", "kv"), kv_BxSxD)
+    if cfg.ia3:
+      k_BxSxKxH = ia3_rescale(self, "ia3_key", k_BxSxKxH, ("kv_heads", "kv"))
+      v_BxSxKxH = ia3_rescale(self, "ia3_value", v_BxSxKxH, ("kv_heads", "kv"))
+    if rope_positions is not None:
+      q_BxTxNxH = apply_rope(q_BxTxNxH, rope_positions[0])
+      k_BxSxKxH = apply_rope(k_BxSxKxH, rope_positions[1])
+    return constrain(q_BxTxNxH, ("batch", "length", "act_heads", "kv")), k_BxSxKxH, v_BxSxKxH
 
   def _sow_probs(self, q_BxTxNxH, k_BxSxKxH, bias_BxNxTxS, mask, scale, is_causal) -> None:
     """The attention probabilities for the viz maps, only when asked for: fused attention

@@ -184,13 +184,7 @@ class Stack(nn.Module):
     the stack's own embedding of `ids_BxL` (ELECTRA's generator reads the discriminator's
     `embed`), so its embedding tables are never created."""
     cfg = self.cfg
-    if prefix_BxL is not None and not self.causal:
-      raise ValueError("prefix_BxL is a causal stack's option (a prefix LM decoder)")
-    if self.decode and self.num_prompt:
-      raise ValueError(
-          f"config.model.prompt_length={cfg.prompt_length}: prompt tuning does not "
-          "support KV-cache generation on decoder-only models; use prefix tuning"
-      )
+    self._check_options(prefix_BxL)
     if positions_BxL is None:
       positions_BxL = _default_positions(ids_BxL)
     x_BxLxD = embedded_BxLxD
@@ -205,19 +199,9 @@ class Stack(nn.Module):
     if cfg.norm_placement == "post":
       x_BxLxD = self.norm(x_BxLxD)
     x_BxLxD = self.embed_dropout(x_BxLxD, deterministic=deterministic)
-
-    # With a KV cache, causality and padding come from the cache: keys enter it with their validity.
-    mask = key_valid_BxL = None
-    if not self.decode:
-      mask = attention_mask(
-          segment_ids_BxL, segment_ids_BxL, self.causal, positions_BxL, positions_BxL, prefix_BxL
-      )
-    elif segment_ids_BxL is not None:
-      key_valid_BxL = segment_ids_BxL > 0
-    bias = None
-    if cfg.position == "relative_bias":
-      k_positions = self.key_positions(positions_BxL) if self.decode else positions_BxL
-      bias = self.relative_bias(positions_BxL, k_positions)
+    mask, key_valid_BxL, bias = self._self_attention_masks(
+        segment_ids_BxL, positions_BxL, prefix_BxL
+    )
     cross_mask = None
     if self.cross:
       cross_mask = attention_mask(segment_ids_BxL, enc_segment_ids_BxS, False)
@@ -238,6 +222,34 @@ class Stack(nn.Module):
       x_BxLxD = self.norm(x_BxLxD)
       x_BxLxD = self.embed_dropout(x_BxLxD, deterministic=deterministic)
     return x_BxLxD[:, self.num_prompt :]
+
+  def _check_options(self, prefix_BxL: Array | None) -> None:
+    if prefix_BxL is not None and not self.causal:
+      raise ValueError("prefix_BxL is a causal stack's option (a prefix LM decoder)")
+    if self.decode and self.num_prompt:
+      raise ValueError(
+          f"config.model.prompt_length={self.cfg.prompt_length}: prompt tuning does not "
+          "support KV-cache generation on decoder-only models; use prefix tuning"
+      )
+
+  def _self_attention_masks(
+      self, segment_ids_BxL: Array | None, positions_BxL: Array, prefix_BxL: Array | None
+  ) -> tuple[Array | None, Array | None, Array | None]:
+    """The self-attention mask, the keys' validity (decode only) and the relative position
+    bias. With a KV cache, causality and padding come from the cache: keys enter it with their
+    validity."""
+    mask = key_valid_BxL = None
+    if not self.decode:
+      mask = attention_mask(
+          segment_ids_BxL, segment_ids_BxL, self.causal, positions_BxL, positions_BxL, prefix_BxL
+      )
+    elif segment_ids_BxL is not None:
+      key_valid_BxL = segment_ids_BxL > 0
+    bias = None
+    if self.cfg.position == "relative_bias":
+      k_positions = self.key_positions(positions_BxL) if self.decode else positions_BxL
+      bias = self.relative_bias(positions_BxL, k_positions)
+    return mask, key_valid_BxL, bias
 
   def embed(self, ids_BxL: Array, positions_BxL: Array, token_types_BxL: Array | None) -> Array:
     """Token embeddings plus the absolute position and token-type embeddings the model has."""
