@@ -434,6 +434,7 @@ def test_the_question_cap_is_half_of_max_len_unless_set(finetune_config, tokeniz
     question_cap(36)
 
 
+@pytest.mark.slow
 def test_a_run_draws_its_keys_from_its_prng_impl_and_keeps_it(finetune_config, tmp_path):
   """unsafe_rbg: another run than threefry's (other init and dropout bits), the same run again
   on the same mesh, and keys of its own shape in the checkpoint; switching on resume is refused

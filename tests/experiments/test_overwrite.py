@@ -53,6 +53,7 @@ def test_a_rerun_falls_back_past_a_bad_checkpoint_and_overwrite_leaves_nothing(
   assert saved["config"]["seed"] == 1 and saved["config"]["strategy"]["name"] != "lora"
 
 
+@pytest.mark.slow
 def test_a_run_that_trains_its_tokenizer_writes_it_only_once_it_may_write(
     finetune_config, tmp_path
 ):

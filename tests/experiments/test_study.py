@@ -528,6 +528,7 @@ def test_an_adapted_study_compares_each_adapted_init_with_its_model(tiny_study, 
   assert "continues <model>'s pretraining objective" in table
 
 
+@pytest.mark.slow
 def test_a_multitask_study_sets_each_task_beside_its_single_task_run(tiny_study, tmp_path):
   """A study task "a+b" gives each member a row of its own table, marked +multitask, with its
   own metrics and predictions, compared with the member's single-task row; under a first-seed
