@@ -69,6 +69,7 @@ def row(workdir: str, cell: dict) -> dict:
       "workdir": run_dir,
       "status": "missing",
       "task_type": None,
+      "member_types": {},  # a multi-task cell's member tasks' types, by member name
       "metrics": {},
       "parameters": {},
       "compute": {},
@@ -87,6 +88,7 @@ def row(workdir: str, cell: dict) -> dict:
     out.update(
         status="ok",
         task_type=results["task"]["type"],
+        member_types={n: m["type"] for n, m in results["task"].get("members", {}).items()},
         metrics=results["metrics"],
         parameters=results["parameters"],
         compute=results.get("compute", {}),
@@ -105,11 +107,6 @@ def member_rows(cell_row: dict) -> list[dict]:
   """A multi-task cell's row as one row per member task: the member's metrics without its
   name, its predictions, the mixture's parameters and compute (the members share them)."""
   members = mixture.members(cell_row["task"])
-  results = (
-      read_json(os.path.join(cell_row["workdir"], workdir_lib.RESULTS))
-      if cell_row["status"] == "ok"
-      else None
-  )
   out = []
   for name in members:
     metrics = {}
@@ -122,7 +119,8 @@ def member_rows(cell_row: dict) -> list[dict]:
             **cell_row,
             "task": name,
             "init": cell_row["init"] + MULTITASK,
-            "task_type": results["task"]["members"][name]["type"] if results else None,
+            "task_type": cell_row["member_types"].get(name),
+            "member_types": {},
             "metrics": metrics,
             "predictions": os.path.join(
                 cell_row["workdir"], workdir_lib.TASKS, mixture.key(name), workdir_lib.PREDICTIONS
