@@ -259,11 +259,10 @@ def load_teacher(
   _check_same_task(config, data, teacher_config, teacher_results)
   source = pretrained_lib.load(teacher_config.init_from) if teacher_config.init_from else None
   model_cfg, tokenizer = model_and_tokenizer(teacher_config, workdir, source)
-  plan = make_plan(teacher_config, model_cfg, data.task_type)
-  model_cfg = plan.model(model_cfg)
-  model_cfg.validate()
-  teacher_task = build_task(teacher_config, data, model_cfg, tokenizer)
-  theirs_features = teacher_task.features(data.splits["train"][0], None)[0].arrays
+  plan, model_cfg = planned_model(teacher_config, model_cfg, data.task_type)
+  teacher_task, module, theirs_features = task_and_module(
+      teacher_config, data, plan, model_cfg, tokenizer
+  )
   if features.keys() != theirs_features.keys() or any(
       np.shape(v) != np.shape(theirs_features[k]) or not np.array_equal(v, theirs_features[k])
       for k, v in features.items()
@@ -272,7 +271,6 @@ def load_teacher(
         f"{key}={workdir!r} reads its inputs differently (tokenizer {tokenizer.model_path}, "
         f"max_len, input layout): the teacher must read the student's batches as they are"
     )
-  module = plan.module(teacher_task.model())
   step, params = selected_params(
       workdir, key, make_program(teacher_task, module, features), mesh, rules
   )
@@ -299,9 +297,14 @@ def selected_params(
     workdir: str, key: str, program: Program, mesh: Mesh, rules: sharding_lib.Rules
 ) -> tuple[int, Any]:
   """(step, parameters) of the finished run in `workdir`'s selected checkpoint, restored onto
-  `mesh` with the shardings `rules` give `program`'s parameters."""
+  `mesh` with the shardings `rules` give `program`'s parameters (checked to split first, so
+  that a misfit names `key` instead of failing inside the restore)."""
   with sharding_lib.mesh_context(mesh, rules):
     boxed = jax.eval_shape(program.init_params, jax.random.PRNGKey(0))
+  try:
+    sharding_lib.check_divisible(boxed, mesh, rules)
+  except ValueError as e:
+    raise ValueError(f"{key}={workdir!r}: {e}") from e
   shardings = sharding_lib.logical_shardings(boxed, mesh, rules)
   abstract = jax.tree.map(
       lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
@@ -424,6 +427,20 @@ def build_task(
   )
 
 
+def task_and_module(
+    config: ml_collections.ConfigDict,
+    data: sources.TaskData,
+    plan: strategies.Plan,
+    model_cfg: TransformerConfig,
+    tokenizer: tokenizer_lib.Tokenizer | HFTokenizer,
+) -> tuple[tasks.TaskType, nn.Module, dict[str, np.ndarray]]:
+  """The task, its model under `plan`, and training example 0's features: what a program is
+  traced on, and what a distillation teacher must read alike."""
+  task = build_task(config, data, model_cfg, tokenizer)
+  module = plan.module(task.model())
+  return task, module, task.features(data.splits["train"][0], None)[0].arrays
+
+
 def early_stopping(config: ml_collections.ConfigDict, task_type: str) -> EarlyStopping:
   """The selection rule: config.early_stopping, else the task type's headline metric."""
   metric = config.early_stopping.metric or task_types.get(task_type).headline
@@ -458,6 +475,16 @@ def make_plan(
           model_cfg=model_cfg, task_type=task_type, total_steps=config.total_steps
       ),
   )
+
+
+def planned_model(
+    config: ml_collections.ConfigDict, model_cfg: TransformerConfig, task_type: str
+) -> tuple[strategies.Plan, TransformerConfig]:
+  """config.strategy's plan and the model config with its changes (added modules), checked."""
+  plan = make_plan(config, model_cfg, task_type)
+  model_cfg = plan.model(model_cfg)
+  model_cfg.validate()
+  return plan, model_cfg
 
 
 def make_trainer(
@@ -536,14 +563,10 @@ def build(config: ml_collections.ConfigDict, workdir: str) -> Setup:
   source = pretrained_lib.load(config.init_from) if config.init_from else None
   model_cfg, tokenizer = model_and_tokenizer(config, workdir, source)
   data = load_data(config)
-  plan = make_plan(config, model_cfg, data.task_type)
-  model_cfg = plan.model(model_cfg)
-  model_cfg.validate()
-  task = build_task(config, data, model_cfg, tokenizer)
+  plan, model_cfg = planned_model(config, model_cfg, data.task_type)
+  task, module, example = task_and_module(config, data, plan, model_cfg, tokenizer)
   stopper = early_stopping(config, data.task_type)
   eval_sets = eval_sets_of(config, task, data)
-  module = plan.module(task.model())
-  example = task.features(data.splits["train"][0], None)[0].arrays
   teacher, distillation = (
       load_teacher(config, data, example, mesh, rules) if teacher_dir(config) else (None, None)
   )

@@ -167,9 +167,7 @@ def _member(
 ) -> Member:
   """Member `name`'s task, model and program, as its single-task run would build them (its
   evaluator comes once the mixture's trainer exists)."""
-  task = finetune.build_task(config, data, model_cfg, tokenizer)
-  module = plan.module(task.model())
-  example = task.features(data.splits["train"][0], None)[0].arrays
+  task, module, example = finetune.task_and_module(config, data, plan, model_cfg, tokenizer)
   return Member(
       name=name,
       config=config,

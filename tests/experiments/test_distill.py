@@ -1,6 +1,11 @@
 """Knowledge distillation: the soft loss by hand, a distilled student closer to its teacher than
 the same student trained on labels alone, and misfits refused before anything is written."""
 
+import json
+import os
+import subprocess
+import sys
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -11,8 +16,11 @@ from experiments import finetune
 from lmreuse import workdir as workdir_lib
 from lmreuse.compression import distill
 from lmreuse.train.writers import read_metrics
+from tests import xla_flags
 from tests.conftest import build_once, shared_dir
 from tests.experiments.test_finetune import CASES
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 class Stand:
@@ -176,12 +184,38 @@ def test_misfits_fail_before_writing(bert_pretrained, finetune_config, tmp_path)
   config = finetune_config("bert", **{"distill.teacher": bert_pretrained[0]})
   with pytest.raises(ValueError, match="is a 'pretrain' run, not a fine-tuning run"):
     finetune.run(config, str(workdir))
+  config = finetune_config("bert", **{**DATA, "distill.teacher": teacher})
+  misfit = divided_over_three_devices(config, workdir)
+  assert "config.distill.teacher=" in misfit and "does not divide over mesh axes" in misfit
   untrained = str(tmp_path / "untrained")  # evaluated its initial model only: nothing selected
   finetune.run(finetune_config("bert", **DATA, total_steps=0), untrained)
   config = finetune_config("bert", **{**DATA, "distill.teacher": untrained})
   with pytest.raises(ValueError, match="selected no trained step"):
     finetune.run(config, str(workdir))
   assert not workdir.exists()
+
+
+def divided_over_three_devices(config, workdir) -> str:
+  """The error of building `config` with tensor=3 on 3 fake CPU devices (a subprocess: the
+  device count is fixed when JAX starts), where no tiny dimension splits: the teacher, loaded
+  before the student's model is checked, must be refused naming its key."""
+  config.mesh.update(data=1, fsdp=1, tensor=3)
+  script = (
+      "import json, sys, ml_collections\n"
+      "from experiments import finetune\n"
+      "finetune.build(ml_collections.ConfigDict(json.loads(sys.argv[1])), sys.argv[2])\n"
+  )
+  env = dict(os.environ, XLA_FLAGS=xla_flags.with_host_devices(3), JAX_PLATFORMS="cpu")
+  proc = subprocess.run(
+      [sys.executable, "-c", script, json.dumps(config.to_dict()), str(workdir)],
+      cwd=ROOT,
+      env=dict(env, PYTHONPATH=ROOT),
+      capture_output=True,
+      text=True,
+      timeout=300,
+  )
+  assert proc.returncode != 0
+  return proc.stderr[-3000:]
 
 
 # The task types besides classification (the test above): their soft targets and weights.
