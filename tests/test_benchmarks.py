@@ -106,6 +106,18 @@ def test_suite_compile_benchmark_compares_the_tests_xla_flags_with_a_baseline():
   assert all(float(seconds) > 0 for seconds, _ in rows.values())
 
 
+def test_compile_depth_benchmark_lowers_and_compiles_each_depth():
+  proc = run_script(
+      "compile_depth.py", "--sizes=tiny", "--layers=1", "--vocab=1024", "--seq_len=32"
+  )
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  rows = table_rows(proc.stdout, "model")
+  assert set(rows) == {"bert-tiny"}, proc.stdout[-3000:]
+  layers, parameters, lower, compile_s, total, ratio = rows["bert-tiny"]
+  assert int(layers) == 1 and int(parameters.replace(",", "")) > 0 and float(ratio) == 1.0
+  assert float(lower) > 0 and float(compile_s) > 0 and float(total) > 0
+
+
 @pytest.mark.slow
 def test_device_check_runs_its_quick_form_on_cpu(tokenizer_path):
   """The GPU check's script, at tiny sizes: MFU rows for both models against a measured peak,

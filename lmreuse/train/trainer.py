@@ -274,6 +274,12 @@ class Trainer:
         abstract, self.mesh, self.rules
     )
     self.abstract_params = nn.meta.unbox(abstract.params)
+    # Shapes, dtypes and shardings of the state: enough to lower a step, with nothing allocated.
+    self.abstract_state: TrainState = jax.tree.map(
+        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+        nn.meta.unbox(abstract),
+        self.state_shardings,
+    )
     self.replicated = NamedSharding(self.mesh, PartitionSpec())
     mask = (
         self.trainable_mask
