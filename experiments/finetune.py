@@ -305,12 +305,7 @@ def selected_params(
     sharding_lib.check_divisible(boxed, mesh, rules)
   except ValueError as e:
     raise ValueError(f"{key}={workdir!r}: {e}") from e
-  shardings = sharding_lib.logical_shardings(boxed, mesh, rules)
-  abstract = jax.tree.map(
-      lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-      nn.meta.unbox(boxed),
-      shardings,
-  )
+  abstract = sharding_lib.placed_shapes(boxed, sharding_lib.logical_shardings(boxed, mesh, rules))
   step, params = restore_selected(workdir, abstract)
   if step is None:
     raise ValueError(

@@ -58,6 +58,16 @@ def logical_shardings(boxed_tree: Any, mesh: Mesh, rules: Rules) -> Any:
   return nn.logical_to_mesh_sharding(specs, mesh, rules)
 
 
+def placed_shapes(boxed_tree: Any, shardings: Any) -> Any:
+  """The tree's shapes and dtypes carrying `shardings`: what a restore or a lowering needs, with
+  nothing allocated."""
+  return jax.tree.map(
+      lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+      nn.meta.unbox(boxed_tree),
+      shardings,
+  )
+
+
 def check_divisible(boxed_tree: Any, mesh: Mesh, rules: Rules) -> None:
   """Fails before compiling when a parameter dimension does not split over its mesh axes."""
   specs = nn.get_partition_spec(boxed_tree)

@@ -275,11 +275,7 @@ class Trainer:
     )
     self.abstract_params = nn.meta.unbox(abstract.params)
     # Shapes, dtypes and shardings of the state: enough to lower a step, with nothing allocated.
-    self.abstract_state: TrainState = jax.tree.map(
-        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-        nn.meta.unbox(abstract),
-        self.state_shardings,
-    )
+    self.abstract_state: TrainState = sharding_lib.placed_shapes(abstract, self.state_shardings)
     self.replicated = NamedSharding(self.mesh, PartitionSpec())
     mask = (
         self.trainable_mask
