@@ -21,10 +21,15 @@ import sys
 import time
 from typing import Any
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import jax
 from absl import app, flags
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+from configs import pretrain
+from experiments import pretrain as experiment
+from lmreuse.parallel import mesh as mesh_lib, sharding as sharding_lib
+from tests.parallel import synthetic
 
 _SIZES = flags.DEFINE_list("sizes", ["base", "large"], "BERT sizes (configs/common.py) to compile.")
 _LAYERS = flags.DEFINE_list(
@@ -37,14 +42,6 @@ _VOCAB = flags.DEFINE_integer("vocab", 30522, "Vocabulary size (BERT's WordPiece
 
 def compile_seconds(size: str, layers: str) -> dict[str, Any]:
   """Lowers and compiles the bert `size` pretraining step at `layers` layers; its seconds."""
-  from configs import pretrain  # pylint: disable=import-outside-toplevel
-  from experiments import pretrain as experiment  # pylint: disable=import-outside-toplevel
-  from lmreuse.parallel import (
-      mesh as mesh_lib,  # pylint: disable=import-outside-toplevel
-      sharding as sharding_lib,  # pylint: disable=import-outside-toplevel
-  )
-  from tests.parallel import synthetic  # pylint: disable=import-outside-toplevel
-
   config = pretrain.get_config(f"bert,size={size}")
   config.data.seq_len = config.model.max_len = _SEQ_LEN.value
   if layers != "full":
@@ -73,8 +70,6 @@ def compile_seconds(size: str, layers: str) -> dict[str, Any]:
 
 def main(argv: list[str]) -> None:
   del argv
-  import jax  # pylint: disable=import-outside-toplevel
-
   jax.config.update("jax_enable_compilation_cache", False)
   compile_seconds("tiny", "full")  # warm-up: the process's one-time costs stay out of the rows
   rows = [compile_seconds(size, layers) for size in _SIZES.value for layers in _LAYERS.value]
