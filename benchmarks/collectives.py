@@ -132,8 +132,7 @@ def build(cfg: ml_collections.ConfigDict, mesh_axes: dict, vocab: int) -> Traine
   rules = sharding_lib.rules_from_config(cfg.mesh.rules)
   model_cfg = TransformerConfig.from_config(cfg.model, vocab)
   program = objectives.get(cfg.objective.name).program(model_cfg, cfg.objective, cfg.data)
-  tx, schedule = optim.make_optimizer(cfg.optimizer, cfg.total_steps)
-  return Trainer(program, tx, schedule, mesh, rules)
+  return Trainer(program, optim.make_optimizer(cfg.optimizer, cfg.total_steps), mesh, rules)
 
 
 def compiled_hlo(trainer: Trainer, batch_size: int, seq_len: int) -> str:

@@ -129,7 +129,8 @@ def build_ours(batch: Batch, lr: float, prng_impl: str = "threefry2x32"):
       s, metrics = trainer.train_step(s, device_batch)
     return s, {"loss": metrics["train/loss"]}
 
-  return model_cfg, trainer.program, trainer.tx, trainer, state, device_batch, step
+  tx = trainer.optimizer.transformation()
+  return model_cfg, trainer.program, tx, trainer, state, device_batch, step
 
 
 # ----------------------------------------------------------------------------- Hugging Face
@@ -239,7 +240,7 @@ def profile(ours: tuple, hf: tuple, reps: int) -> None:
   rng = jax.random.PRNGKey(2)
   ours_loss = lambda p, b, r: program.loss_fn(p, b, r, True)[0]
   ours_step = lambda s, b: trainer_lib.train_step(
-      s, b, loss_fn=program.loss_fn, tx=tx, schedule=trainer.schedule
+      s, b, loss_fn=program.loss_fn, tx=tx, schedule=trainer.optimizer.schedule()
   )
   rows = {
       "ours": dict(

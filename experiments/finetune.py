@@ -494,12 +494,11 @@ def make_trainer(
   plan.check(list(traverse_util.flatten_dict(abstract, sep="/")))
   opt = plan.optimizer(config.optimizer)
   optim.validate(opt)
-  tx, schedule = optim.make_optimizer(opt, max(config.total_steps, 1))
+  optimizer = optim.make_optimizer(opt, max(config.total_steps, 1))
   mask = plan.by_path(abstract, plan.trainable)
   return Trainer(
       program,
-      plan.wrap_optimizer(tx, abstract, mask),
-      schedule,
+      optimizer.wrapped(lambda tx: plan.wrap_optimizer(tx, abstract, mask)),
       mesh,
       rules,
       trainable_mask=mask,

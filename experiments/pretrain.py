@@ -119,9 +119,9 @@ def make_trainer(
   model_cfg = TransformerConfig.from_config(config.model, vocab_size)
   objective = objectives.get(config.objective.name)
   program = objective.program(model_cfg, config.objective, config.data)
-  tx, schedule = optim.make_optimizer(config.optimizer, config.total_steps)
+  optimizer = optim.make_optimizer(config.optimizer, config.total_steps)
   skip = config.nonfinite == "skip"
-  return model_cfg, Trainer(program, tx, schedule, mesh, rules, skip_nonfinite=skip)
+  return model_cfg, Trainer(program, optimizer, mesh, rules, skip_nonfinite=skip)
 
 
 def _dataset(

@@ -1,7 +1,10 @@
-"""optax optimizer and schedule from `config.optimizer`."""
+"""optax optimizer and schedule from `config.optimizer`, as functions of the peak learning rate."""
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -11,18 +14,21 @@ SCHEDULES = ("linear", "cosine", "constant")
 OPTIMIZERS = ("adamw", "adafactor")
 
 
-def make_schedule(opt: Any, total_steps: int) -> optax.Schedule:
-  """Linear warmup from 0, then linear/cosine decay to `end_lr_factor` × peak (or constant)."""
-  peak, warmup = opt.learning_rate, opt.warmup_steps
-  end = peak * opt.end_lr_factor
+Peak = float | jax.Array  # the peak learning rate: a number, or a traced scalar in the step
+
+
+def make_schedule(opt: Any, total_steps: int, peak: Peak | None = None) -> optax.Schedule:
+  """Linear warmup from 0, then linear/cosine decay to `end_lr_factor` × peak (or constant);
+  `peak` is `opt.learning_rate` unless given (it may be traced: nothing branches on it)."""
+  peak = opt.learning_rate if peak is None else peak
+  warmup = opt.warmup_steps
   decay_steps = max(total_steps - warmup, 1)
   if opt.schedule == "cosine":
-    return optax.warmup_cosine_decay_schedule(0.0, peak, warmup, warmup + decay_steps, end)
-  after = (
-      optax.constant_schedule(peak)
-      if opt.schedule == "constant"
-      else optax.linear_schedule(peak, end, decay_steps)
-  )
+    after = optax.cosine_decay_schedule(peak, decay_steps, alpha=opt.end_lr_factor)
+  elif opt.schedule == "constant":
+    after = optax.constant_schedule(peak)
+  else:
+    after = optax.linear_schedule(peak, peak * opt.end_lr_factor, decay_steps)
   return optax.join_schedules([optax.linear_schedule(0.0, peak, warmup), after], [warmup])
 
 
@@ -31,10 +37,44 @@ def decay_mask(params: Any) -> Any:
   return jax.tree.map(lambda p: p.ndim > 1, params)
 
 
-def make_optimizer(
-    opt: Any, total_steps: int
-) -> tuple[optax.GradientTransformation, optax.Schedule]:
-  schedule = make_schedule(opt, total_steps)
+@dataclasses.dataclass(frozen=True)
+class Optimizer:
+  """The optimizer as a function of its peak learning rate, and that rate.
+
+  The jitted train step takes the peak as an argument (lmreuse/train/trainer.py) rather than
+  closing over it, so runs that differ only in the rate, such as a study's learning-rate sweep,
+  share one compiled step and its persistent-cache entry instead of compiling one each. The
+  optimizer state does not depend on the peak, so checkpoints are the same either way.
+  """
+
+  transformation_at: Callable[[Peak], optax.GradientTransformation]
+  schedule_at: Callable[[Peak], optax.Schedule]
+  learning_rate: float
+
+  def transformation(self, peak: Peak | None = None) -> optax.GradientTransformation:
+    return self.transformation_at(self.learning_rate if peak is None else peak)
+
+  def schedule(self, peak: Peak | None = None) -> optax.Schedule:
+    return self.schedule_at(self.learning_rate if peak is None else peak)
+
+  def wrapped(
+      self, wrap: Callable[[optax.GradientTransformation], optax.GradientTransformation]
+  ) -> Optimizer:
+    """This optimizer with `wrap` applied to its transformation at every peak."""
+    inner = self.transformation_at
+    return dataclasses.replace(self, transformation_at=lambda peak: wrap(inner(peak)))
+
+
+def make_optimizer(opt: Any, total_steps: int) -> Optimizer:
+  return Optimizer(
+      transformation_at=functools.partial(_transformation, opt, total_steps),
+      schedule_at=functools.partial(make_schedule, opt, total_steps),
+      learning_rate=opt.learning_rate,
+  )
+
+
+def _transformation(opt: Any, total_steps: int, peak: Peak) -> optax.GradientTransformation:
+  schedule = make_schedule(opt, total_steps, peak)
   if opt.name == "adamw":
     core = optax.adamw(
         schedule, b1=opt.b1, b2=opt.b2, eps=opt.eps, weight_decay=opt.weight_decay, mask=decay_mask
@@ -44,7 +84,7 @@ def make_optimizer(
         schedule, weight_decay_rate=opt.weight_decay or None, weight_decay_mask=decay_mask
     )
   parts = [optax.clip_by_global_norm(opt.clip_norm)] if opt.clip_norm > 0 else []
-  return optax.chain(*parts, core), schedule
+  return optax.chain(*parts, core)
 
 
 def validate(opt: Any) -> None:

@@ -23,7 +23,7 @@ from absl import logging
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from lmreuse.parallel import sharding as sharding_lib
-from lmreuse.train import compute, preemption
+from lmreuse.train import compute, optim, preemption
 from lmreuse.train.checkpoint import Checkpointer
 from lmreuse.train.writers import MetricWriter
 
@@ -252,8 +252,8 @@ class Trainer:
   """
 
   program: Program
-  tx: optax.GradientTransformation
-  schedule: optax.Schedule
+  # Its peak learning rate enters the compiled train step as an argument (optim.Optimizer).
+  optimizer: optim.Optimizer
   mesh: Mesh
   rules: tuple
   trainable_mask: Any = None  # bools shaped like the params (True = trains); None = all train
@@ -277,6 +277,8 @@ class Trainer:
     # Shapes, dtypes and shardings of the state: enough to lower a step, with nothing allocated.
     self.abstract_state: TrainState = sharding_lib.placed_shapes(abstract, self.state_shardings)
     self.replicated = NamedSharding(self.mesh, PartitionSpec())
+    peak = np.float32(self.optimizer.learning_rate)  # the train step's argument, on every device
+    self._learning_rate = jax.make_array_from_callback((), self.replicated, lambda _: peak)
     mask = (
         self.trainable_mask
         if self.trainable_mask is not None
@@ -305,7 +307,7 @@ class Trainer:
   def _init_boxed(self, seed_key: jax.Array) -> TrainState:
     param_rng, dropout_rng = jax.random.split(seed_key)
     params = self.program.init_params(param_rng)
-    opt_state = self.tx.init(select_trainable(params, self.trainable_mask))
+    opt_state = self.optimizer.transformation().init(select_trainable(params, self.trainable_mask))
     return TrainState(
         step=jnp.zeros((), jnp.int32),
         params=params,
@@ -329,7 +331,8 @@ class Trainer:
     """Swaps in (e.g. pretrained) params and re-initialises the optimizer state for them."""
     params = jax.device_put(params, self.state_shardings.params)
     with sharding_lib.mesh_context(self.mesh, self.rules):
-      init = lambda p: self.tx.init(select_trainable(p, self.trainable_mask))
+      tx = self.optimizer.transformation()
+      init = lambda p: tx.init(select_trainable(p, self.trainable_mask))
       opt_state = jax.jit(init, out_shardings=self.state_shardings.opt_state)(params)
     return state.replace(params=params, opt_state=opt_state)
 
@@ -392,7 +395,8 @@ class Trainer:
 
   def train_step(self, state: TrainState, batch: dict[str, jax.Array], step: int | None = None):
     """One update; pass the (0-based) `step` to run only its phase's gradients."""
-    return self.compiled_train_step(state, batch, step)(state, batch, self.program.constants)
+    compiled = self.compiled_train_step(state, batch, step)
+    return compiled(state, batch, self.program.constants, self._learning_rate)
 
   def compiled_train_step(
       self, state: TrainState, batch: dict[str, jax.Array], step: int | None = None
@@ -412,19 +416,19 @@ class Trainer:
     """The step `train_step` runs at `step`, lowered for XLA's cost and memory analyses."""
     with sharding_lib.mesh_context(self.mesh, self.rules):
       jitted = self._jitted_train(self.phase(step), batch)
-      return jitted.lower(state, batch, self.program.constants)
+      return jitted.lower(state, batch, self.program.constants, self._learning_rate)
 
   def _jitted_train(self, phase: int, batch: dict[str, jax.Array]) -> Callable:
     key = (phase, tuple(sorted(batch)))
     if key not in self._jitted_train_steps:
       batch_shardings = {k: v.sharding for k, v in batch.items()}
       active = self._active_mask_or_none(phase)
-      fn = lambda s, b, c: train_step(
+      fn = lambda s, b, c, peak: train_step(
           s,
           b,
           loss_fn=self.program.training_loss(c),
-          tx=self.tx,
-          schedule=self.schedule,
+          tx=self.optimizer.transformation(peak),
+          schedule=self.optimizer.schedule(peak),
           trainable_mask=self.trainable_mask,
           active_mask=active,
           skip_nonfinite=self.skip_nonfinite,
@@ -432,7 +436,7 @@ class Trainer:
       constants = jax.tree.map(lambda x: x.sharding, self.program.constants)
       self._jitted_train_steps[key] = jax.jit(
           fn,
-          in_shardings=(self.state_shardings, batch_shardings, constants),
+          in_shardings=(self.state_shardings, batch_shardings, constants, self.replicated),
           out_shardings=(self.state_shardings, self.replicated),
           donate_argnums=0,
       )

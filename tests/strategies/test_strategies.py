@@ -349,7 +349,8 @@ def test_gradual_unfreezing_lp_ft_and_slanted_triangular_lr(finetune_config, tmp
   # The learning rate the trainer steps with: up over cut_frac * 50 = 5 steps, then down over
   # the other 45 to peak / 32; at step 20, a third of the way down: 1 - (1/3)(31/32) = 65/96.
   peak = config.optimizer.learning_rate
-  assert [float(setup.trainer.schedule(step)) for step in (0, 2, 5, 20, 50)] == pytest.approx(
+  schedule = setup.trainer.optimizer.schedule()
+  assert [float(schedule(step)) for step in (0, 2, 5, 20, 50)] == pytest.approx(
       [0.0, 0.4 * peak, peak, 65 / 96 * peak, peak / 32], rel=1e-5
   )
   config = finetune_config("bert", **{"strategy.name": "lp_ft", "strategy.probe_steps": 3})

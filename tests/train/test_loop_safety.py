@@ -14,7 +14,7 @@ import optax
 import pytest
 
 from lmreuse.parallel import mesh as mesh_lib, sharding as sharding_lib
-from lmreuse.train import preemption
+from lmreuse.train import optim, preemption
 from lmreuse.train.checkpoint import Checkpointer
 from lmreuse.train.trainer import LoopConfig, Program, Trainer, run_loop
 from lmreuse.train.writers import MetricWriter, read_metrics
@@ -36,11 +36,10 @@ def linear_trainer(skip_nonfinite: bool) -> Trainer:
   mesh = mesh_lib.make_mesh(
       ml_collections.ConfigDict(dict(data=1, fsdp=1, tensor=1)), jax.devices()[:1]
   )
-  tx = optax.adam(0.1)
+  optimizer = optim.Optimizer(optax.adam, optax.constant_schedule, learning_rate=0.1)
   return Trainer(
       program,
-      tx,
-      optax.constant_schedule(0.1),
+      optimizer,
       mesh,
       sharding_lib.DEFAULT_RULES,
       skip_nonfinite=skip_nonfinite,
