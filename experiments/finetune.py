@@ -87,6 +87,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
     )
   if config.task.type:
     tasks.get(config.task.type)
+  selection = config.task.get("selection", mixture.SELECTIONS[0])
+  if selection != mixture.SELECTIONS[0] and not mixture.is_mixture(config.task.name):
+    raise ValueError(
+        f"config.task.selection={selection!r} is for multi-task runs; config.task.name="
+        f"{config.task.name!r} is one task"
+    )
   if teacher_dir(config):
     distill.validate(config.distill.alpha, config.distill.temperature, config.distill.hidden_weight)
   adapt.validate(config)
@@ -336,6 +342,10 @@ class Setup:
     """The validation metrics that select the best step (without prefix)."""
     return self.evaluator(params, self.eval_sets["validation"])[0]
 
+  def selection(self, workdir: str, resume_step: int) -> Selection:
+    """What picks the run's best step, resumed at `resume_step`."""
+    return Selection(workdir, self, resume_step)
+
   def train_batches(self, config: ml_collections.ConfigDict) -> Iterator[dict[str, np.ndarray]]:
     """The shuffled training batches, this process's rows of each."""
     return iter(task_batches(config, self.data, self.task, self.trainer))
@@ -351,8 +361,9 @@ class Setup:
   def selected_metrics(self, workdir: str, trained: Trained) -> dict[str, float]:
     return best_metrics(workdir, self, trained)
 
-  def task_record(self, config: ml_collections.ConfigDict) -> dict:
+  def task_record(self, config: ml_collections.ConfigDict, trained: Trained) -> dict:
     """results.json's "task": its name, type, examples per split and where they came from."""
+    del trained  # one task: its selection is results.json's own
     return {"name": config.task.name, **task_summary(self.data, self.eval_sets)}
 
   def step_batches(self, train_iter: Iterator) -> list[tuple[dict[str, np.ndarray], float]]:
@@ -584,23 +595,49 @@ def build(config: ml_collections.ConfigDict, workdir: str) -> Setup:
   )
 
 
+class BestRecord:
+  """One selection rule's early-stopping record and its best step's parameters, in
+  `directory`'s early_stopping.json and best/ (a run's workdir; a multi-task member's
+  W/tasks/<key>/), rewound to the step a run resumes from (the steps run again save their
+  best anew)."""
+
+  def __init__(
+      self, directory: str, rule: EarlyStopping, resume_step: int, timers: compute_lib.Timers
+  ):
+    self.checkpointer = Checkpointer(os.path.join(directory, workdir_lib.BEST), max_to_keep=1)
+    self.checkpointer.discard_after(resume_step)
+    self.path = os.path.join(directory, workdir_lib.EARLY_STOPPING)
+    self.stopper = EarlyStopping.restore(
+        self.path, rule.metric, rule.mode, rule.patience, resume_step
+    )
+    self.timers = timers
+
+  def update(self, step: int, params: Any, metrics: dict[str, float]) -> bool:
+    """Records one evaluation, saving `params` when it improves; True when the rule's patience
+    has run out."""
+    improved, stop = self.stopper.update(step, metrics)
+    if improved:
+      with self.timers("checkpoint"):
+        self.checkpointer.save(step, params, None, force=True)
+        self.checkpointer.wait()
+    if jax.process_index() == 0:
+      self.stopper.save(self.path)
+    return stop
+
+
 class Selection:
-  """Picks the best step by validation score: early stopping's record and the best step's
-  parameters, kept beside the resumable checkpoints and rewound to the step a run resumes from
-  (the steps run again save their best anew)."""
+  """Picks the best step by validation score (the run's selected model): early stopping's
+  record and the best step's parameters, kept beside the resumable checkpoints."""
 
   def __init__(self, workdir: str, setup: Setup, resume_step: int):
     self.scores = setup.validation_scores
     self.timers = setup.trainer.timers
-    self.is_main = jax.process_index() == 0
-    self.checkpointer = Checkpointer(os.path.join(workdir, workdir_lib.BEST), max_to_keep=1)
-    self.checkpointer.discard_after(resume_step)
-    self.path = os.path.join(workdir, workdir_lib.EARLY_STOPPING)
-    rule = setup.stopper
-    self.stopper = EarlyStopping.restore(
-        self.path, rule.metric, rule.mode, rule.patience, resume_step
-    )
+    self.record = BestRecord(workdir, setup.stopper, resume_step, self.timers)
     self.first_step = setup.plan.first_selectable_step()
+
+  @property
+  def stopper(self) -> EarlyStopping:
+    return self.record.stopper
 
   def evaluate(self, params: Any) -> dict[str, float]:
     """The training loop's evaluation."""
@@ -611,23 +648,24 @@ class Selection:
     before the strategy's first selectable one (pruning's ramp) are neither kept nor counted."""
     if step < self.first_step:
       return False
-    improved, stop = self.stopper.update(step, {k.split("/", 1)[1]: v for k, v in scores.items()})
-    if improved:
-      with self.timers("checkpoint"):
-        self.checkpointer.save(step, state.params, None, force=True)
-        self.checkpointer.wait()
-    if self.is_main:
-      self.stopper.save(self.path)
-    return stop
+    return self.record.update(step, state.params, unprefixed(scores))
 
   def best(self, state: TrainState) -> tuple[int, Any]:
     """(step, params) of the best evaluation; with none (total_steps=0), the initial model's."""
-    step = self.checkpointer.latest_step()
+    step = self.record.checkpointer.latest_step()
     if step is not None:
-      return step, self.checkpointer.restore(step, abstract_like(state.params), None)
+      return step, self.record.checkpointer.restore(step, abstract_like(state.params), None)
     with self.timers("eval"):
       self.stopper.best_metrics = self.scores(state.params)
     return 0, state.params
+
+  def close(self) -> None:
+    self.record.checkpointer.close()
+
+
+def unprefixed(scores: dict[str, float]) -> dict[str, float]:
+  """{"validation/accuracy": v} → {"accuracy": v}: metrics as early stopping names them."""
+  return {k.split("/", 1)[1]: v for k, v in scores.items()}
 
 
 @dataclasses.dataclass
@@ -691,7 +729,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, setup: Setup) -> Trai
   latest, restored = checkpointer.restore_latest(abstract_like(setup.state), train_iter)
   state = setup.state if latest is None else restored
   write_inputs(config, workdir, setup, resumed=latest is not None)
-  selection = Selection(workdir, setup, latest or 0)
+  selection = setup.selection(workdir, latest or 0)
   # Fetched before training, which donates the initial state's buffers.
   params_before = setup.trainer.to_host(setup.state.params) if config.viz.enabled else None
   writer = MetricWriter(workdir, resume_step=latest or 0)
@@ -710,7 +748,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, setup: Setup) -> Trai
     best_step, best_params = selection.best(state)
   finally:
     checkpointer.close()
-    selection.checkpointer.close()
+    selection.close()
     writer.close()
   return Trained(state, best_step, best_params, selection, train_iter, params_before)
 
@@ -847,7 +885,7 @@ def write_results(
       },
       strategy=setup.plan.name,
       parameters={"total": total, "trainable": trainable, "trainable_fraction": trainable / total},
-      task=setup.task_record(config),
+      task=setup.task_record(config, trained),
       model=dataclasses.asdict(setup.model_cfg),
       tokenizer=setup.tokenizer.model_path,
       compute=compute_lib.summary(

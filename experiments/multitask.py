@@ -1,6 +1,7 @@
 """Multi-task fine-tuning: one shared backbone, a head per task, the tasks' batches mixed at set
 rates (lmreuse/tasks/mixture.py); every task evaluated on its own splits, the best step
-selected by the mean of their headline metrics (or by one task's metric).
+selected by the mean of their headline metrics (or by one task's metric), or, with
+config.task.selection=per_task, each task scored at its own best step.
 
   python run.py --config=configs/finetune.py --workdir=/tmp/ft_multi \
       --config.init_from=/tmp/bert_tiny \
@@ -34,6 +35,7 @@ from lmreuse.models.config import TransformerConfig
 from lmreuse.parallel import mesh as mesh_lib, sharding as sharding_lib
 from lmreuse.tasks import mixture, types as task_types
 from lmreuse.tasks.evaluation import EvalSet, Evaluator
+from lmreuse.train.checkpoint import abstract_like
 from lmreuse.train.early_stopping import EarlyStopping
 from lmreuse.train.trainer import Program, Trainer, TrainState, check_batch
 
@@ -66,6 +68,8 @@ class MixtureSetup:
   tokenizer: Any
   model_cfg: TransformerConfig
   plan: strategies.Plan
+  # config.task.selection="per_task": each member's rule for its own best step (else None).
+  member_rules: dict[str, EarlyStopping] | None = None
   distillation: None = None
 
   def validation_scores(self, params: Any) -> dict[str, float]:
@@ -73,6 +77,11 @@ class MixtureSetup:
         name: m.evaluator(params, m.eval_sets["validation"])[0] for name, m in self.members.items()
     }
     return mixture.scores(member_scores, self._headlines())
+
+  def selection(self, workdir: str, resume_step: int) -> finetune.Selection:
+    if self.member_rules is None:
+      return finetune.Selection(workdir, self, resume_step)
+    return PerTaskSelection(workdir, self, resume_step)
 
   def _headlines(self) -> dict[str, tuple[str, float]]:
     return {name: m.headline for name, m in self.members.items()}
@@ -93,34 +102,48 @@ class MixtureSetup:
     return [m.data for m in self.members.values()]
 
   def selected_metrics(self, workdir: str, trained: finetune.Trained) -> dict[str, float]:
-    """The best step's validation metrics (each member's and their mean), each member's test
-    and extra sets' metrics under its name (and "test/mean"), its predictions in
-    W/tasks/<member>/."""
-    results = {f"validation/{k}": v for k, v in trained.selection.stopper.best_metrics.items()}
+    """Each member's validation metrics at its selected step (the joint one, or its own), its
+    test and extra sets' metrics there under its name, and the members' mean of each split
+    ("validation/mean", "test/mean"); its predictions in W/tasks/<member>/."""
+    results = {}
     for name, m in self.members.items():
-      directory = os.path.join(workdir, workdir_lib.TASKS, mixture.key(name))
-      scores = finetune.score_selected(
-          directory, m.evaluator, m.task, m.eval_sets, trained.best_params
-      )
+      directory = member_dir(workdir, name)
+      step, params, validation = _selected(trained, name, directory)
+      results.update({f"validation/{k}": v for k, v in validation.items()})
+      scores = finetune.score_selected(directory, m.evaluator, m.task, m.eval_sets, params)
       for k, v in scores.items():
         split, metric = k.split("/", 1)
         results[f"{split}/{name}/{metric}"] = v
-    if all("test" in m.eval_sets for m in self.members.values()):
-      test = {n: {h: results[f"test/{n}/{h}"]} for n, (h, _) in self._headlines().items()}
-      results["test/mean"] = mixture.mean_points(test, self._headlines())
+      logging.info("%s: selected step %d", name, step)
+    for split in ("validation", "test"):
+      if split == "validation" or all(split in m.eval_sets for m in self.members.values()):
+        scores = {n: {h: results[f"{split}/{n}/{h}"]} for n, (h, _) in self._headlines().items()}
+        results[f"{split}/{mixture.MEAN}"] = mixture.mean_points(scores, self._headlines())
     logging.info("best step %d: %s", trained.best_step, results)
     return results
 
-  def task_record(self, config: ml_collections.ConfigDict) -> dict:
-    """results.json's "task": the mixture's name and mixing, and each member's own record."""
+  def task_record(self, config: ml_collections.ConfigDict, trained: finetune.Trained) -> dict:
+    """results.json's "task": the mixture's name, mixing and selection, and each member's own
+    record (with config.task.selection="per_task", its selected step and rule)."""
+    per_task = {}
+    if isinstance(trained.selection, PerTaskSelection):
+      per_task = trained.selection.member_steps(trained.best_step)
     return {
         "name": config.task.name,
         "type": "multitask",
         "mixing": config.task.mixing,
         "mixing_temperature": config.task.mixing_temperature,
-        "selection": {"metric": self.stopper.metric, "mode": self.stopper.mode},
+        "selection": {
+            "metric": self.stopper.metric,
+            "mode": self.stopper.mode,
+            "per_task": config.task.selection == "per_task",
+        },
         "members": {
-            name: {**finetune.task_summary(m.data, m.eval_sets), "share": self.shares[name]}
+            name: {
+                **finetune.task_summary(m.data, m.eval_sets),
+                "share": self.shares[name],
+                **per_task.get(name, {}),
+            }
             for name, m in self.members.items()
         },
     }
@@ -132,6 +155,75 @@ class MixtureSetup:
         (mixture.prefixed(name, next(iter(self._batches(m)))), self.shares[name])
         for name, m in self.members.items()
     ]
+
+
+class PerTaskSelection(finetune.Selection):
+  """config.task.selection="per_task": besides the run's selected model (by
+  config.early_stopping.metric, which then no longer stops the run), each member's own best
+  step on its headline metric, its parameters and record in W/tasks/<member>/ as a single-task
+  run keeps them in its workdir. The run stops early once every member has gone
+  config.early_stopping.patience evaluations without improving."""
+
+  def __init__(self, workdir: str, setup: MixtureSetup, resume_step: int):
+    super().__init__(workdir, setup, resume_step)
+    self.members = {
+        name: finetune.BestRecord(member_dir(workdir, name), rule, resume_step, self.timers)
+        for name, rule in setup.member_rules.items()
+    }
+
+  def after_eval(self, step: int, state: TrainState, scores: dict[str, float]) -> bool:
+    if step < self.first_step:
+      return False
+    metrics = finetune.unprefixed(scores)
+    # Every record sees the evaluation: no short-circuit.
+    stops = [record.update(step, state.params, metrics) for record in self.members.values()]
+    stop = all(stops)
+    if stop:
+      self.stopper.stopped_at = step  # the joint rule has no patience of its own
+    self.record.update(step, state.params, metrics)
+    return stop
+
+  def member_steps(self, joint_step: int) -> dict[str, dict]:
+    """Each member's selected step and the rule that chose it, for results.json (the joint
+    step where no evaluation was kept)."""
+    out = {}
+    for name, record in self.members.items():
+      best = record.stopper.best
+      out[name] = {
+          "selected_step": joint_step if best is None else best[0],
+          "selection": {
+              "metric": f"validation/{record.stopper.metric}",
+              "mode": record.stopper.mode,
+          },
+      }
+    return out
+
+  def close(self) -> None:
+    super().close()
+    for record in self.members.values():
+      record.checkpointer.close()
+
+
+def member_dir(workdir: str, name: str) -> str:
+  """W/tasks/<member key>/: the member's predictions and, selected per task, its best step."""
+  return os.path.join(workdir, workdir_lib.TASKS, mixture.key(name))
+
+
+def _selected(trained: finetune.Trained, name: str, directory: str) -> tuple[int, Any, dict]:
+  """(step, parameters, validation metrics "<member>/<metric>") at which member `name` is
+  scored: its own best step when selected per task and one was kept, else the joint one."""
+  prefix = f"{name}/"
+  if isinstance(trained.selection, PerTaskSelection):
+    step, params = finetune.restore_selected(directory, abstract_like(trained.best_params))
+    if step is not None:
+      own = trained.selection.members[name].stopper.best_metrics
+      return step, params, {k: v for k, v in own.items() if k.startswith(prefix)}
+  joint = trained.selection.stopper.best_metrics
+  return (
+      trained.best_step,
+      trained.best_params,
+      {k: v for k, v in joint.items() if k.startswith(prefix)},
+  )
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
@@ -222,16 +314,27 @@ def build(config: ml_collections.ConfigDict, workdir: str) -> MixtureSetup:
       {n: (m.headline[0], task_types.get(m.data.task_type).mode) for n, m in members.items()},
   )
   state, report = finetune.initial_state(config, trainer, plan, source)
+  patience = config.early_stopping.patience
+  member_rules = None
+  if config.task.selection == "per_task":
+    member_rules = {
+        name: EarlyStopping(
+            f"{name}/{m.headline[0]}", task_types.get(m.data.task_type).mode, patience
+        )
+        for name, m in members.items()
+    }
+    patience = 0  # the members' patience stops the run (PerTaskSelection)
   return MixtureSetup(
       members=members,
       shares=shares,
       trainer=trainer,
       state=state,
       report=report,
-      stopper=EarlyStopping(metric, mode, config.early_stopping.patience),
+      stopper=EarlyStopping(metric, mode, patience),
       tokenizer=tokenizer,
       model_cfg=model_cfg,
       plan=plan,
+      member_rules=member_rules,
   )
 
 

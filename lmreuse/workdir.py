@@ -35,7 +35,9 @@ SPARSE_MODEL = "sparse_model.safetensors"  # fine-tuning, pruned: the best model
 EARLY_STOPPING = "early_stopping.json"
 PREDICTIONS = "predictions.jsonl"
 EXTRA_PREDICTIONS = "extra_eval"  # fine-tuning: <NAME>.jsonl per config.task.extra_eval set
-TASKS = "tasks"  # multi-task fine-tuning: <member key>/ holds that task's prediction files
+# multi-task fine-tuning: <member key>/ holds that task's prediction files and, with
+# config.task.selection="per_task", its own best/ and early_stopping.json
+TASKS = "tasks"
 ADAPT = "adapt"  # fine-tuning: config.adapt's continued pretraining, a pretraining workdir
 ADAPT_CORPUS = "adapt_corpus.jsonl"  # fine-tuning: the task's training inputs it pretrains on
 INIT_REPORT = "init_report.json"  # loaded / new / dropped parameter paths

@@ -28,12 +28,15 @@ import ml_collections
 import numpy as np
 from flax import traverse_util
 
+from lmreuse.train.early_stopping import default_mode
 from lmreuse.train.trainer import Program
 
 SEPARATOR = "+"
 BACKBONE = "backbone"
 MIXINGS = ("proportional", "equal", "temperature")
-MIXTURE_KEYS = ("members", "mixing", "mixing_temperature")  # config.task's, not a member's
+SELECTIONS = ("joint", "per_task")
+# config.task's, not a member's
+MIXTURE_KEYS = ("members", "mixing", "mixing_temperature", "selection")
 # The summary metric over members that selects the best step by default: the mean of their
 # headline metrics (lmreuse/tasks/types.py) in points.
 MEAN = "mean"
@@ -90,6 +93,12 @@ def config_defaults() -> dict[str, Any]:
       # proportion to examples^(1/mixing_temperature) (T5's temperature-scaled mixing).
       "mixing": "proportional",
       "mixing_temperature": 2.0,
+      # Which step each member is scored at: "joint", the one step config.early_stopping.metric
+      # selects (the members' mean by default); or "per_task", each member at its own best
+      # validation step of its headline metric, kept in W/tasks/<member>/best/ (the run's
+      # model is still the joint selection's; the run stops early once every member's patience
+      # has run out).
+      "selection": "joint",
   }
 
 
@@ -100,6 +109,9 @@ def validate(task: ml_collections.ConfigDict) -> None:
     raise ValueError(f"config.task.mixing={mixing!r} must be one of {MIXINGS}")
   if mixing == "temperature" and not task.mixing_temperature > 0:
     raise ValueError(f"config.task.mixing_temperature={task.mixing_temperature} must be positive")
+  selection = task.get("selection", SELECTIONS[0])
+  if selection not in SELECTIONS:
+    raise ValueError(f"config.task.selection={selection!r} must be one of {SELECTIONS}")
   stray = sorted(set(task.get("members") or {}) - set(names))
   if stray:
     raise ValueError(
@@ -179,7 +191,8 @@ def mixed(datasets: Mapping[str, grain.IterDataset], shares: Mapping[str, float]
 def selection(metric: str, mode: str, headlines: Mapping[str, tuple[str, str]]) -> tuple[str, str]:
   """(metric, mode) that select a mixture's best step from config.early_stopping's ('' =
   defaults) and each member's (headline metric, mode): by default `MEAN`, the members'
-  headline metrics averaged; or one member's metric ("wordnet_relation/f1")."""
+  headline metrics averaged; or one member's metric ("wordnet_relation/f1"), by default
+  maximised unless it is a loss."""
   metric = metric or MEAN
   if metric != MEAN and not any(metric.startswith(f"{name}/") for name in headlines):
     raise ValueError(
@@ -194,7 +207,7 @@ def selection(metric: str, mode: str, headlines: Mapping[str, tuple[str, str]]) 
           "better: set config.early_stopping.metric (e.g. one member's) or .mode"
       )
     mode = modes.pop()
-  return metric, mode
+  return metric, mode or default_mode(metric.rsplit("/", 1)[1])
 
 
 def scores(

@@ -370,6 +370,8 @@ def test_config_errors_name_the_key(finetune_config, tmp_path):
     finetune.run(finetune_config(label_smoothing=1.5), str(tmp_path))
   with pytest.raises(ValueError, match=r"config.task.name='nope'"):
     finetune.run(finetune_config(**{"task.name": "nope"}), str(tmp_path))
+  with pytest.raises(ValueError, match=r"config.task.selection='per_task' is for multi-task"):
+    finetune.run(finetune_config(**{"task.selection": "per_task"}), str(tmp_path))
   with pytest.raises(FileNotFoundError, match=r"config.init_from"):
     finetune.run(finetune_config(init_from=str(tmp_path / "missing")), str(tmp_path))
   with pytest.raises(ValueError, match=r"seq2seq.* cannot run on the encoder architecture"):

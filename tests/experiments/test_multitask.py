@@ -3,16 +3,19 @@ single-task runs have them, and a real run that reports every task and resumes b
 
 import collections
 import json
+import types
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import traverse_util
 
-from experiments import adapt, finetune
+from experiments import adapt, finetune, multitask
 from lmreuse import workdir as workdir_lib
 from lmreuse.tasks import mixture, types as task_types
-from lmreuse.train import preemption
+from lmreuse.train import compute, preemption
+from lmreuse.train.early_stopping import EarlyStopping
 from tests.experiments.test_preemption import counted_steps, without_timing  # noqa: F401
 
 PAIR = "wordnet_supersense+wordnet_relation"
@@ -26,6 +29,14 @@ def test_rates_by_hand():
   assert mixture.rates(sizes, "temperature", 2.0) == pytest.approx({"a": 1 / 3, "b": 2 / 3})
   with pytest.raises(ValueError, match=r"config\.task\.mixing='uniform'"):
     mixture.rates(sizes, "uniform")
+
+
+def test_one_members_metric_selects_in_its_own_direction():
+  headlines = {"a": ("accuracy", "max"), "b": ("f1", "max")}
+  assert mixture.selection("", "", headlines) == (mixture.MEAN, "max")
+  assert mixture.selection("b/loss", "", headlines) == ("b/loss", "min")
+  assert mixture.selection("b/f1", "", headlines) == ("b/f1", "max")
+  assert mixture.selection("b/loss", "max", headlines) == ("b/loss", "max")  # as configured
 
 
 @pytest.mark.parametrize(
@@ -135,9 +146,47 @@ def test_a_member_trains_and_evaluates_its_single_task_model(finetune_config, tm
   )
 
 
+def test_per_task_selection_keeps_each_members_best_and_stops_when_all_have(tmp_path):
+  """Each member's record keeps its own best step's parameters; the run stops once every
+  member's patience has run out, and a resumed selection forgets the evaluations after the
+  step it resumes from."""
+  rule = lambda member: EarlyStopping(f"{member}/accuracy", "max", patience=1)
+  setup = types.SimpleNamespace(
+      validation_scores=None,
+      trainer=types.SimpleNamespace(timers=compute.Timers()),
+      stopper=EarlyStopping(mixture.MEAN, "max", patience=0),
+      plan=types.SimpleNamespace(first_selectable_step=lambda: 0),
+      member_rules={"a": rule("a"), "b": rule("b")},
+  )
+  state = lambda step: types.SimpleNamespace(params={"w": jnp.full((2,), float(step))})
+  scores = lambda a, b: {
+      "validation/a/accuracy": a,
+      "validation/b/accuracy": b,
+      "validation/mean": 50 * (a + b),
+  }
+  selection = multitask.PerTaskSelection(str(tmp_path), setup, resume_step=0)
+  assert not selection.after_eval(1, state(1), scores(0.5, 0.5))
+  assert not selection.after_eval(2, state(2), scores(0.4, 0.6))  # a's patience is out, b's not
+  assert selection.after_eval(3, state(3), scores(0.3, 0.5))  # both out: the run stops
+  assert selection.stopper.stopped_at == 3
+  assert {m: r["selected_step"] for m, r in selection.member_steps(0).items()} == {"a": 1, "b": 2}
+  selection.close()
+  for member, step in (("a", 1), ("b", 2)):
+    directory = multitask.member_dir(str(tmp_path), member)
+    restored_step, params = finetune.restore_selected(directory, {"w": jnp.zeros(2)})
+    assert restored_step == step and np.all(np.asarray(params["w"]) == step)
+
+  resumed = multitask.PerTaskSelection(str(tmp_path), setup, resume_step=1)
+  assert resumed.members["b"].stopper.history == [(1, 0.5)]
+  assert not resumed.stopper.stopped_at
+  assert not resumed.after_eval(2, state(2), scores(0.4, 0.6))
+  resumed.close()
+
+
 @pytest.mark.parametrize(
     "overrides, match",
     [
+        ({"task.selection": "best"}, "config.task.selection='best'"),
         ({"viz.enabled": True}, "config.viz.enabled"),
         ({"distill.teacher": "/nowhere"}, "config.distill.teacher"),
         ({"task.mixing": "uniform"}, "config.task.mixing='uniform'"),
@@ -158,16 +207,18 @@ def test_a_multitask_run_reports_every_task_and_resumes_bitwise(
     finetune_config, bert_pretrained, tmp_path, counted_steps  # noqa: F811
 ):
   """Classification + extractive QA (their own batch keys, so their own compiled steps) from a
-  pretrained BERT: every task's metrics and predictions, the shared backbone loaded, and a run
-  preempted mid-way resumes to the uninterrupted run's outputs bit for bit."""
+  pretrained BERT, each scored at its own best step (config.task.selection=per_task): every
+  task's metrics and predictions, the shared backbone loaded, and a run preempted mid-way
+  resumes to the uninterrupted run's outputs bit for bit."""
   name = "wordnet_supersense+wordnet_headword_qa"
+  overrides = {"task.name": name, "task.mixing": "equal", "task.selection": "per_task"}
   config = finetune_config(
       init_from=bert_pretrained[0],
       total_steps=6,
       eval_every=2,
       log_every=1,
       checkpoint_every=100,
-      **{"task.name": name, "task.mixing": "equal"},
+      **overrides,
   )
   steps, signal_after = counted_steps
   straight = finetune.run(config, str(tmp_path / "straight"))
@@ -182,6 +233,27 @@ def test_a_multitask_run_reports_every_task_and_resumes_bitwise(
   assert steps == [3, 4, 5]
   assert without_timing(workdir) == without_timing(tmp_path / "straight")
   assert (resumed["metrics"], resumed["best_step"]) == (straight["metrics"], straight["best_step"])
+  for member in ("wordnet_supersense", "wordnet_headword_qa"):
+    for directory in (tmp_path / "straight", workdir):
+      assert (directory / workdir_lib.TASKS / member / workdir_lib.BEST).is_dir()
+
+  # Each member at its own best validation step of its headline metric: the step, and the
+  # scores a run selecting by that member's metric alone gets (the same training).
+  rows = [r for r in without_timing(tmp_path / "straight") if "validation/mean" in r]
+  for member, headline in (("wordnet_supersense", "accuracy"), ("wordnet_headword_qa", "f1")):
+    values = [r[f"validation/{member}/{headline}"] for r in rows]
+    best_row = rows[values.index(max(values))]
+    record = straight["task"]["members"][member]
+    assert record["selected_step"] == best_row["step"]
+    assert record["selection"] == {"metric": f"validation/{member}/{headline}", "mode": "max"}
+  config.task.selection = "joint"
+  config.early_stopping.metric = "wordnet_headword_qa/f1"
+  alone = finetune.run(config, str(tmp_path / "by_qa"))
+  qa_record = straight["task"]["members"]["wordnet_headword_qa"]
+  assert alone["best_step"] == qa_record["selected_step"]
+  for key, value in alone["metrics"].items():
+    if "/wordnet_headword_qa/" in key:
+      assert straight["metrics"][key] == value, key
 
   metrics = straight["metrics"]
   for member, headline in (("wordnet_supersense", "accuracy"), ("wordnet_headword_qa", "f1")):
